@@ -1,0 +1,93 @@
+"""Channels to the other services of the suite.
+
+One long-lived channel per target, created inside the running event loop.
+Every call gets a deadline (the configured one, cut to what the incoming call
+has left); UNAVAILABLE is retried by gRPC itself through the service config;
+`round_robin` spreads calls over every address a headless Service resolves to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.sdk.trace import TracerProvider
+
+from runtime.deadlines import timeout_for_call
+
+GRPC_SERVICES = {
+    "users": "lifecycle.users.v1.UserService",
+    "workflows": "lifecycle.workflows.v1.WorkflowService",
+    "segments": "lifecycle.segments.v1.SegmentService",
+    "triggers": "lifecycle.triggers.v1.TriggerService",
+    "metrics": "lifecycle.metrics.v1.MetricsService",
+}
+
+_RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.enable_retries", 1),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+)
+
+
+def service_config(service: str) -> str:
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {"name": [{"service": GRPC_SERVICES[service]}], "retryPolicy": _RETRY_POLICY}
+            ],
+        }
+    )
+
+
+class ServiceClients:
+    """Channels to peer services, keyed by service name ("users", ...)."""
+
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        default_timeout: float,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self._addresses = dict(addresses)
+        self._default_timeout = default_timeout
+        self._tracer_provider = tracer_provider
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        channel = self._channels.get(service)
+        if channel is None:
+            interceptors = (
+                aio_client_interceptors(tracer_provider=self._tracer_provider)
+                if self._tracer_provider is not None
+                else ()
+            )
+            channel = grpc.aio.insecure_channel(
+                self._addresses[service],
+                options=(*CHANNEL_OPTIONS, ("grpc.service_config", service_config(service))),
+                interceptors=interceptors,
+            )
+            self._channels[service] = channel
+        return channel
+
+    def timeout(self) -> float:
+        return timeout_for_call(self._default_timeout)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()

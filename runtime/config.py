@@ -1,0 +1,194 @@
+"""Typed configuration read from environment variables.
+
+Every variable has a default that works on a developer machine. A bad value
+stops the process at start with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+SERVICE_NAMES = ("users", "workflows", "segments", "triggers", "metrics")
+DEFAULT_PORTS = {"users": 50051, "workflows": 50052, "segments": 50053, "triggers": 50054, "metrics": 50055}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more environment variables have bad values."""
+
+
+class _Reader:
+    """Reads variables and collects every problem before failing once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def get(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not {expected}")
+            return default
+
+    def check(self) -> None:
+        if self.problems:
+            raise ConfigError("invalid configuration: " + "; ".join(self.problems))
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _log_level(raw: str) -> str:
+    if raw.upper() not in LOG_LEVELS:
+        raise ValueError(raw)
+    return raw.upper()
+
+
+def _database_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("postgres", "postgresql"):
+        raise ValueError(raw)
+    return raw
+
+
+def _service_env(service: str, suffix: str) -> str:
+    return f"LIFECYCLE_{service.upper()}_{suffix}"
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+def service_role(admin_url: str, service: str) -> str:
+    """The role a service connects as by default: `<database>_<service>`.
+
+    Deriving it from the database name keeps the roles of two databases on one
+    server (say, a test run beside a dev suite) apart.
+    """
+    return f"{database_name(admin_url)}_{service}"[:63]
+
+
+def with_user(url: str, user: str) -> str:
+    """The same URL with another user and no password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}@{host}"))
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    service_name: str
+    otlp_endpoint: str | None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything one service process needs to run."""
+
+    service: str
+    host: str
+    port: int
+    database_url: str
+    pool_max_size: int
+    log_level: str
+    shutdown_grace: float
+    drain_delay: float
+    max_connection_age: float
+    call_timeout: float
+    telemetry: TelemetryConfig
+    peers: Mapping[str, str]
+    page_token_secret: str
+    outbox_poll_interval: float
+
+
+def admin_database_url(env: Mapping[str, str] | None = None) -> str | None:
+    """The suite's database URL, or None when an embedded PostgreSQL should be used."""
+    env = os.environ if env is None else env
+    reader = _Reader(env)
+    url = reader.get("LIFECYCLE_DATABASE_URL", "", _database_url, "a postgresql:// URL")
+    reader.check()
+    return url or None
+
+
+def peer_addresses(env: Mapping[str, str]) -> dict[str, str]:
+    """Where each service listens, as seen by the others."""
+    host = env.get("LIFECYCLE_PEER_HOST", "127.0.0.1")
+    return {
+        name: env.get(_service_env(name, "ADDRESS")) or f"{host}:{DEFAULT_PORTS[name]}"
+        for name in SERVICE_NAMES
+    }
+
+
+def load_service_config(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Reads the configuration of `service` from `env` (the process environment by default)."""
+    if service not in SERVICE_NAMES:
+        raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(SERVICE_NAMES)}")
+    env = os.environ if env is None else env
+    reader = _Reader(env)
+    admin_url = reader.get("LIFECYCLE_DATABASE_URL", "", _database_url, "a postgresql:// URL")
+    own_url = reader.get(_service_env(service, "DATABASE_URL"), "", _database_url, "a postgresql:// URL")
+    if not own_url and not admin_url:
+        reader.problems.append(
+            f"set {_service_env(service, 'DATABASE_URL')} or LIFECYCLE_DATABASE_URL "
+            "(or start the whole suite with `lifecycle up`, which provides one)"
+        )
+    config = ServiceConfig(
+        service=service,
+        host=env.get("LIFECYCLE_HOST", "127.0.0.1"),
+        port=reader.get(_service_env(service, "PORT"), DEFAULT_PORTS[service], _port, "a port number"),
+        database_url=own_url or with_user(admin_url, service_role(admin_url, service)),
+        pool_max_size=reader.get("LIFECYCLE_DB_POOL_SIZE", 10, _positive_int, "a positive integer"),
+        log_level=reader.get("LIFECYCLE_LOG_LEVEL", "INFO", _log_level, f"one of {LOG_LEVELS}"),
+        shutdown_grace=reader.get(
+            "LIFECYCLE_SHUTDOWN_GRACE_SECONDS", 10.0, _positive_float, "a positive number"
+        ),
+        drain_delay=reader.get("LIFECYCLE_DRAIN_DELAY_SECONDS", 0.0, float, "a number of seconds"),
+        max_connection_age=reader.get(
+            "LIFECYCLE_MAX_CONNECTION_AGE_SECONDS", 300.0, _positive_float, "a positive number"
+        ),
+        call_timeout=reader.get(
+            "LIFECYCLE_CALL_TIMEOUT_SECONDS", 5.0, _positive_float, "a positive number"
+        ),
+        telemetry=TelemetryConfig(
+            service_name=env.get("OTEL_SERVICE_NAME") or f"lifecycle-{service}",
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        ),
+        peers=peer_addresses(env),
+        page_token_secret=env.get("LIFECYCLE_PAGE_TOKEN_SECRET", "lifecycle-ops-development-secret"),
+        outbox_poll_interval=reader.get(
+            "LIFECYCLE_OUTBOX_POLL_SECONDS", 1.0, _positive_float, "a positive number"
+        ),
+    )
+    reader.check()
+    return config

@@ -1,0 +1,55 @@
+"""Parsing of request fields shared by every servicer; problems are added to a
+Violations under the field's name so that one error reports them all."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from runtime.errors import Violations
+from runtime.stages import stage_name
+
+
+def parse_uuid(value: str, field: str, violations: Violations, *, required: bool = True) -> uuid.UUID | None:
+    if not value:
+        if required:
+            violations.add(field, "is required")
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        violations.add(field, "must be a UUID")
+        return None
+
+
+def parse_stage(
+    value: int, field: str, violations: Violations, *, default: str | None = None
+) -> str | None:
+    """The stored name of a stage enum; `default` (or a violation) for UNSPECIFIED."""
+    if value == 0:
+        if default is None:
+            violations.add(field, "is required")
+        return default
+    name = stage_name(value)
+    if name is None:
+        violations.add(field, f"{value} is not a lifecycle stage")
+    return name
+
+
+def parse_stages(values: list[int], field: str, violations: Violations) -> list[str]:
+    names = []
+    for position, value in enumerate(values):
+        name = parse_stage(value, f"{field}[{position}]", violations)
+        if name is not None:
+            names.append(name)
+    return names
+
+
+def optional_time(message: object, name: str) -> datetime | None:
+    """A Timestamp field as an aware datetime, or None when unset."""
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    return stamp.ToDatetime(tzinfo=UTC)

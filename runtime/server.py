@@ -1,0 +1,245 @@
+"""The gRPC host of one service: its lifecycle from start to graceful stop.
+
+start: pool (lazy) -> service components -> grpc.aio server with tracing and
+error interceptors, health and reflection -> workers (outbox relay, ...).
+stop (SIGTERM/SIGINT, or `stop()`): health flips to NOT_SERVING, an optional
+drain delay, the server stops taking calls and gives in-flight ones a grace
+period, workers finish, channels and pool close, spans are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
+
+from runtime.clients import GRPC_SERVICES, ServiceClients
+from runtime.config import ServiceConfig
+from runtime.database import UnitOfWork, create_pool
+from runtime.interceptors import ErrorInterceptor
+from runtime.outbox import Destination, OutboxRelay
+from runtime.pagination import PageTokens
+from runtime.partitions import PartitionedTable
+from runtime.telemetry import UNTRACED, create_tracer_provider, instrument_database
+
+log = logging.getLogger(__name__)
+
+# Readiness is "" (what the kubelet asks by default); liveness does not depend on the database.
+LIVENESS = "liveness"
+HEALTH_INTERVAL_SECONDS = 2.0
+
+
+class Worker(Protocol):
+    """A background loop of a service; it returns soon after `stopping` is set."""
+
+    name: str
+
+    async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+@dataclass
+class ServiceContext:
+    """What a service is built from."""
+
+    config: ServiceConfig
+    pool: asyncpg.Pool
+    clients: ServiceClients
+    page_tokens: PageTokens
+    relay: OutboxRelay
+
+    def unit_of_work(self) -> UnitOfWork:
+        return UnitOfWork(self.pool, on_commit=self.relay.wake)
+
+
+@dataclass
+class ServiceComponents:
+    """What a built service adds to the host."""
+
+    register: Callable[[grpc.aio.Server], None] | None = None
+    workers: Sequence[Worker] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """A service of the suite, as the runtime sees it."""
+
+    name: str
+    migrations: Path
+    build: Callable[[ServiceContext], Awaitable[ServiceComponents]]
+    partitioned_tables: tuple[PartitionedTable, ...] = ()
+    # Outbox topics this service sends, and where they go.
+    destinations: dict[str, Destination] = field(default_factory=dict)
+
+    @property
+    def grpc_service(self) -> str:
+        return GRPC_SERVICES[self.name]
+
+
+class ServiceHost:
+    def __init__(
+        self,
+        definition: ServiceDefinition,
+        config: ServiceConfig,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.definition = definition
+        self.config = config
+        # A provider passed in is shared (tests run several hosts in one process): flush it, keep it.
+        self._owns_tracer_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider or create_tracer_provider(config.telemetry)
+        self.port = 0
+        self.context: ServiceContext | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pool: asyncpg.Pool | None = None
+        self._clients: ServiceClients | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        config = self.config
+        instrument_database(self.tracer_provider)
+        self._pool = await create_pool(config.database_url, self.definition.name, config.pool_max_size)
+        self._clients = ServiceClients(config.peers, config.call_timeout, self.tracer_provider)
+        relay = OutboxRelay(
+            self._pool,
+            self._clients,
+            self.definition.destinations,
+            poll_interval=config.outbox_poll_interval,
+        )
+        self.context = ServiceContext(
+            config, self._pool, self._clients, PageTokens(config.page_token_secret), relay
+        )
+        components = await self.definition.build(self.context)
+        server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(tracer_provider=self.tracer_provider, filter_=UNTRACED),
+                ErrorInterceptor(domain=f"lifecycle.{self.definition.name}"),
+            ],
+            options=[
+                ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.shutdown_grace * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            ],
+        )
+        if components.register is not None:
+            components.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (self.definition.grpc_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_readiness(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
+        await server.start()
+        self._server = server
+        readiness = _ReadinessWatch(self._pool, self._set_readiness)
+        for worker in (readiness, relay, *components.workers):
+            self._tasks.append(asyncio.create_task(self._run_worker(worker)))
+        log.info("%s listening on %s", self.definition.name, self.address)
+
+    async def _run_worker(self, worker: Worker) -> None:
+        try:
+            await worker.run(self._stopping)
+        except Exception:
+            log.exception("worker %s stopped on an error", worker.name)
+            raise
+
+    async def _set_readiness(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", self.definition.grpc_service):
+            await self._health.set(name, status)
+
+    async def stop(self) -> None:
+        """Graceful stop; safe to call more than once."""
+        if self._stopping.is_set():
+            await self._stopped.wait()
+            return
+        self._stopping.set()
+        try:
+            await self._health.enter_graceful_shutdown()
+            if self.config.drain_delay > 0:
+                await asyncio.sleep(self.config.drain_delay)
+            if self._server is not None:
+                await self._server.stop(self.config.shutdown_grace)
+            await self._finish_workers()
+            if self._clients is not None:
+                await self._clients.close()
+            if self._pool is not None:
+                await asyncio.wait_for(self._pool.close(), self.config.shutdown_grace)
+            self.tracer_provider.force_flush()
+            if self._owns_tracer_provider:
+                self.tracer_provider.shutdown()
+        finally:
+            self._stopped.set()
+            log.info("%s stopped", self.definition.name)
+
+    async def _finish_workers(self) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=self.config.shutdown_grace)
+        for task in pending:
+            task.cancel()
+
+    async def serve(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        log.info("%s received a stop signal", self.definition.name)
+        await self.stop()
+
+
+class _ReadinessWatch:
+    """Readiness follows the database: SERVING only while `SELECT 1` answers."""
+
+    name = "readiness"
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        set_readiness: Callable[[health_pb2.HealthCheckResponse.ServingStatus], Awaitable[None]],
+    ) -> None:
+        self._pool = pool
+        self._set_readiness = set_readiness
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(self._pool.fetchval("SELECT 1"), HEALTH_INTERVAL_SECONDS)
+                status = health_pb2.HealthCheckResponse.SERVING
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("database unreachable: %s", error)
+                status = health_pb2.HealthCheckResponse.NOT_SERVING
+            if not stopping.is_set():
+                await self._set_readiness(status)
+            try:
+                await asyncio.wait_for(stopping.wait(), HEALTH_INTERVAL_SECONDS)
+            except TimeoutError:
+                pass
+
+
+async def contract_only(context: ServiceContext) -> ServiceComponents:
+    """For a service whose API is settled but not built yet: health, reflection
+    and the outbox run; every RPC of its contract answers UNIMPLEMENTED."""
+    return ServiceComponents()

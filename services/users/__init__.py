@@ -1,0 +1,1 @@
+"""The users service: users, their lifecycle stage and its history."""

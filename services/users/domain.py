@@ -1,0 +1,73 @@
+"""The rules of users: what a valid email and attribute set are, what changed,
+and the lifecycle events a change produces. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from runtime.errors import Violations
+from runtime.structs import JsonObject, json_size
+
+MAX_EMAIL_LENGTH = 255
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+DEFAULT_STAGE = "Acquisition"
+# Deliberately simple: one @, no spaces or control characters, a dot in the domain.
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f.]+$")
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
+    email: str
+    stage: str
+    attributes: JsonObject
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def etag(self) -> str:
+        """Changes whenever the user does; opaque to callers."""
+        digest = hashlib.sha256(f"{self.id}:{self.updated_at.isoformat()}".encode())
+        return digest.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Transition:
+    id: int
+    user_id: uuid.UUID
+    from_stage: str | None
+    to_stage: str
+    transitioned_at: datetime
+    workflow_execution_id: uuid.UUID | None
+    metadata: JsonObject
+
+
+def normalize_email(raw: str, field: str, violations: Violations) -> str:
+    """The email as stored: trimmed, otherwise as given."""
+    email = raw.strip()
+    if not email:
+        violations.add(field, "is required")
+    elif len(email) > MAX_EMAIL_LENGTH:
+        violations.add(field, f"must be at most {MAX_EMAIL_LENGTH} characters")
+    elif not _EMAIL.match(email):
+        violations.add(field, "is not an email address")
+    return email
+
+
+def check_attributes(attributes: JsonObject, field: str, violations: Violations) -> None:
+    if json_size(attributes) > MAX_ATTRIBUTES_BYTES:
+        violations.add(field, f"must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON")
+
+
+def attribute_changes(before: JsonObject, after: JsonObject) -> dict[str, dict[str, Any]]:
+    """Top-level keys whose value changed, with their old and new values (None when absent)."""
+    return {
+        key: {"from": before.get(key), "to": after.get(key)}
+        for key in before.keys() | after.keys()
+        if before.get(key) != after.get(key) or (key in before) != (key in after)
+    }

@@ -1,0 +1,252 @@
+"""gRPC entry point of the users service: validate, call the use case, map back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import grpc
+from google.protobuf import struct_pb2
+
+from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from runtime.errors import InvalidArgument, Violations
+from runtime.idempotency import request_key
+from runtime.lifecycle_events import timestamp
+from runtime.pagination import PageTokens, page_size
+from runtime.parsing import optional_time, parse_stage, parse_stages, parse_uuid
+from runtime.stages import stage_value
+from runtime.structs import dict_to_struct, struct_to_dict
+from services.users.domain import (
+    DEFAULT_STAGE,
+    Transition,
+    User,
+    check_attributes,
+    normalize_email,
+)
+from services.users.handlers import ImportSummary, UserDirectory
+from services.users.store import ImportRow
+
+Context = grpc.aio.ServicerContext
+UPDATABLE = ("email", "attributes")
+# Kept within one transaction each, so that locks stay short on big imports.
+IMPORT_CHUNK_ROWS = 5000
+MAX_REPORTED_IMPORT_ERRORS = 1000
+
+
+def user_message(user: User) -> users_pb2.User:
+    return users_pb2.User(
+        id=str(user.id),
+        email=user.email,
+        lifecycle_stage=stage_value(user.stage),
+        attributes=dict_to_struct(user.attributes),
+        create_time=timestamp(user.created_at),
+        update_time=timestamp(user.updated_at),
+        etag=user.etag,
+    )
+
+
+def transition_message(transition: Transition) -> users_pb2.StageTransition:
+    return users_pb2.StageTransition(
+        id=transition.id,
+        user_id=str(transition.user_id),
+        from_stage=stage_value(transition.from_stage),
+        to_stage=stage_value(transition.to_stage),
+        transition_time=timestamp(transition.transitioned_at),
+        workflow_execution_id=str(transition.workflow_execution_id or ""),
+        metadata=dict_to_struct(transition.metadata),
+    )
+
+
+def _attributes(struct: struct_pb2.Struct, field: str, violations: Violations) -> dict[str, object]:
+    attributes = struct_to_dict(struct)
+    check_attributes(attributes, field, violations)
+    return attributes
+
+
+class UserServicer(users_pb2_grpc.UserServiceServicer):
+    def __init__(self, directory: UserDirectory, page_tokens: PageTokens) -> None:
+        self._directory = directory
+        self._tokens = page_tokens
+
+    async def CreateUser(
+        self, request: users_pb2.CreateUserRequest, context: Context
+    ) -> users_pb2.CreateUserResponse:
+        violations = Violations()
+        if not request.HasField("user"):
+            raise InvalidArgument.field("user", "is required")
+        email = normalize_email(request.user.email, "user.email", violations)
+        stage = parse_stage(request.user.lifecycle_stage, "user.lifecycle_stage", violations, default=DEFAULT_STAGE)
+        attributes = _attributes(request.user.attributes, "user.attributes", violations)
+        key = request_key(request, "CreateUser", violations)
+        violations.check()
+        assert stage is not None
+        user = await self._directory.create_user(email, stage, attributes, key)
+        return users_pb2.CreateUserResponse(user=user_message(user))
+
+    async def GetUser(self, request: users_pb2.GetUserRequest, context: Context) -> users_pb2.GetUserResponse:
+        lookup = request.WhichOneof("lookup")
+        if lookup == "email" and request.email.strip():
+            return users_pb2.GetUserResponse(user=user_message(await self._directory.get_user_by_email(request.email)))
+        if lookup != "user_id":
+            raise InvalidArgument.field("user_id", "user_id or email is required")
+        violations = Violations()
+        user_id = parse_uuid(request.user_id, "user_id", violations)
+        violations.check()
+        assert user_id is not None
+        return users_pb2.GetUserResponse(user=user_message(await self._directory.get_user(user_id)))
+
+    async def ListUsers(self, request: users_pb2.ListUsersRequest, context: Context) -> users_pb2.ListUsersResponse:
+        violations = Violations()
+        limit = page_size(request.page_size)
+        stages = parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
+        created_after = optional_time(request, "created_after")
+        created_before = optional_time(request, "created_before")
+        violations.check()
+        query = [sorted(stages), created_after, created_before]
+        cursor = None
+        if request.page_token:
+            created_at, user_id = self._tokens.decode(request.page_token, query)
+            cursor = (datetime.fromisoformat(created_at), uuid.UUID(user_id))
+        users = await self._directory.list_users(stages or None, created_after, created_before, cursor, limit + 1)
+        next_token = ""
+        if len(users) > limit:
+            users = users[:limit]
+            next_token = self._tokens.encode([users[-1].created_at.isoformat(), str(users[-1].id)], query)
+        return users_pb2.ListUsersResponse(users=[user_message(u) for u in users], next_page_token=next_token)
+
+    async def UpdateUser(self, request: users_pb2.UpdateUserRequest, context: Context) -> users_pb2.UpdateUserResponse:
+        violations = Violations()
+        user_id = parse_uuid(request.user.id, "user.id", violations)
+        paths = self._update_paths(request)
+        replace = "*" in paths
+        email = None
+        attributes = None
+        if replace or "email" in paths:
+            email = normalize_email(request.user.email, "user.email", violations)
+        if replace or "attributes" in paths:
+            attributes = _attributes(request.user.attributes, "user.attributes", violations)
+        violations.check()
+        assert user_id is not None
+        user = await self._directory.update_user(user_id, email, attributes, replace, request.user.etag)
+        return users_pb2.UpdateUserResponse(user=user_message(user))
+
+    @staticmethod
+    def _update_paths(request: users_pb2.UpdateUserRequest) -> set[str]:
+        if not request.HasField("update_mask"):
+            paths = {"email"} if request.user.email else set()
+            return paths | ({"attributes"} if request.user.HasField("attributes") else set())
+        paths = set(request.update_mask.paths)
+        for path in paths - {*UPDATABLE, "*"}:
+            hint = "; use TransitionStage" if path == "lifecycle_stage" else ""
+            raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated{hint}")
+        if not paths:
+            raise InvalidArgument.field("update_mask", "names no field")
+        return paths
+
+    async def DeleteUser(self, request: users_pb2.DeleteUserRequest, context: Context) -> users_pb2.DeleteUserResponse:
+        violations = Violations()
+        user_id = parse_uuid(request.user_id, "user_id", violations)
+        violations.check()
+        assert user_id is not None
+        await self._directory.erase_user(user_id, request.etag, request.allow_missing)
+        return users_pb2.DeleteUserResponse()
+
+    async def TransitionStage(
+        self, request: users_pb2.TransitionStageRequest, context: Context
+    ) -> users_pb2.TransitionStageResponse:
+        violations = Violations()
+        user_id = parse_uuid(request.user_id, "user_id", violations)
+        to_stage = parse_stage(request.to_stage, "to_stage", violations)
+        execution_id = parse_uuid(
+            request.workflow_execution_id, "workflow_execution_id", violations, required=False
+        )
+        metadata = struct_to_dict(request.metadata)
+        key = request_key(request, "TransitionStage", violations)
+        violations.check()
+        assert user_id is not None and to_stage is not None
+        user, transition = await self._directory.transition_stage(
+            user_id, to_stage, request.allow_same_stage, execution_id, metadata, key
+        )
+        return users_pb2.TransitionStageResponse(
+            user=user_message(user), transition=transition_message(transition)
+        )
+
+    async def GetLifecycleHistory(
+        self, request: users_pb2.GetLifecycleHistoryRequest, context: Context
+    ) -> users_pb2.GetLifecycleHistoryResponse:
+        violations = Violations()
+        user_id = parse_uuid(request.user_id, "user_id", violations)
+        limit = page_size(request.page_size)
+        violations.check()
+        assert user_id is not None
+        query = [str(user_id)]
+        cursor = None
+        if request.page_token:
+            at, transition_id = self._tokens.decode(request.page_token, query)
+            cursor = (datetime.fromisoformat(at), int(transition_id))
+        transitions = await self._directory.history(user_id, cursor, limit + 1)
+        next_token = ""
+        if len(transitions) > limit:
+            transitions = transitions[:limit]
+            last = transitions[-1]
+            next_token = self._tokens.encode([last.transitioned_at.isoformat(), last.id], query)
+        return users_pb2.GetLifecycleHistoryResponse(
+            transitions=[transition_message(t) for t in transitions], next_page_token=next_token
+        )
+
+    async def ImportUsers(
+        self, request_iterator: AsyncIterator[users_pb2.ImportUsersRequest], context: Context
+    ) -> users_pb2.ImportUsersResponse:
+        response = users_pb2.ImportUsersResponse()
+        next_index = 0
+        async for request in request_iterator:
+            for start in range(0, len(request.users), IMPORT_CHUNK_ROWS):
+                chunk = request.users[start : start + IMPORT_CHUNK_ROWS]
+                rows = self._import_rows(chunk, next_index, response)
+                next_index += len(chunk)
+                if rows:
+                    _add_summary(response, await self._directory.import_users(rows), chunk, next_index - len(chunk))
+        return response
+
+    @staticmethod
+    def _import_rows(
+        chunk: list[users_pb2.UserImport], first_index: int, response: users_pb2.ImportUsersResponse
+    ) -> list[ImportRow]:
+        rows = []
+        seen: dict[str, int] = {}
+        for offset, item in enumerate(chunk):
+            index = first_index + offset
+            violations = Violations()
+            email = normalize_email(item.email, "email", violations)
+            stage = None
+            if item.lifecycle_stage:
+                stage = parse_stage(item.lifecycle_stage, "lifecycle_stage", violations)
+            attributes = _attributes(item.attributes, "attributes", violations)
+            earlier = seen.setdefault(email.lower(), index)
+            if earlier != index:
+                violations.add("email", f"repeats the email of row {earlier} of this batch")
+            if violations.items:
+                _add_error(response, index, item.email, violations.items[0].field, violations.items[0].description)
+                continue
+            rows.append(ImportRow(index, email, stage, attributes))
+        return rows
+
+
+def _add_error(response: users_pb2.ImportUsersResponse, index: int, email: str, field: str, message: str) -> None:
+    response.failed_count += 1
+    if len(response.errors) < MAX_REPORTED_IMPORT_ERRORS:
+        response.errors.add(index=index, email=email, field=field, message=message)
+
+
+def _add_summary(
+    response: users_pb2.ImportUsersResponse,
+    summary: ImportSummary,
+    chunk: list[users_pb2.UserImport],
+    first_index: int,
+) -> None:
+    response.created_count += summary.created
+    response.updated_count += summary.updated
+    response.unchanged_count += summary.unchanged
+    for index, message in summary.failed:
+        _add_error(response, index, chunk[index - first_index].email, "email", message)

