@@ -13,7 +13,13 @@ from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 SERVICE_NAMES = ("users", "workflows", "segments", "triggers", "metrics")
-DEFAULT_PORTS = {"users": 50051, "workflows": 50052, "segments": 50053, "triggers": 50054, "metrics": 50055}
+DEFAULT_PORTS = {
+    "users": 50051,
+    "workflows": 50052,
+    "segments": 50053,
+    "triggers": 50054,
+    "metrics": 50055,
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 T = TypeVar("T")
@@ -153,11 +159,15 @@ def peer_addresses(env: Mapping[str, str]) -> dict[str, str]:
 def load_service_config(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
     """Reads the configuration of `service` from `env` (the process environment by default)."""
     if service not in SERVICE_NAMES:
-        raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(SERVICE_NAMES)}")
+        raise ConfigError(
+            f"unknown service {service!r}; expected one of {', '.join(SERVICE_NAMES)}"
+        )
     env = os.environ if env is None else env
     reader = _Reader(env)
     admin_url = reader.get("LIFECYCLE_DATABASE_URL", "", _database_url, "a postgresql:// URL")
-    own_url = reader.get(_service_env(service, "DATABASE_URL"), "", _database_url, "a postgresql:// URL")
+    own_url = reader.get(
+        _service_env(service, "DATABASE_URL"), "", _database_url, "a postgresql:// URL"
+    )
     if not own_url and not admin_url:
         reader.problems.append(
             f"set {_service_env(service, 'DATABASE_URL')} or LIFECYCLE_DATABASE_URL "
@@ -166,7 +176,9 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
     config = ServiceConfig(
         service=service,
         host=env.get("LIFECYCLE_HOST", "127.0.0.1"),
-        port=reader.get(_service_env(service, "PORT"), DEFAULT_PORTS[service], _port, "a port number"),
+        port=reader.get(
+            _service_env(service, "PORT"), DEFAULT_PORTS[service], _port, "a port number"
+        ),
         database_url=own_url or with_user(admin_url, service_role(admin_url, service)),
         pool_max_size=reader.get("LIFECYCLE_DB_POOL_SIZE", 10, _positive_int, "a positive integer"),
         log_level=reader.get("LIFECYCLE_LOG_LEVEL", "INFO", _log_level, f"one of {LOG_LEVELS}"),
@@ -185,7 +197,9 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         ),
         peers=peer_addresses(env),
-        page_token_secret=env.get("LIFECYCLE_PAGE_TOKEN_SECRET", "lifecycle-ops-development-secret"),
+        page_token_secret=env.get(
+            "LIFECYCLE_PAGE_TOKEN_SECRET", "lifecycle-ops-development-secret"
+        ),
         outbox_poll_interval=reader.get(
             "LIFECYCLE_OUTBOX_POLL_SECONDS", 1.0, _positive_float, "a positive number"
         ),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import asyncpg
 
@@ -18,7 +19,9 @@ def _dumps(value: Any) -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog"
+        )
 
 
 async def create_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
@@ -34,52 +37,33 @@ async def create_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
     return pool
 
 
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the pool, for reads outside a unit of work."""
+    async with pool.acquire() as proxy:
+        yield cast(asyncpg.Connection, proxy)
+
+
+@dataclass
 class UnitOfWork:
-    """One transaction. Outbox messages published in it are written just before
-    the commit and the relay is woken once the commit succeeded."""
+    """A transaction in progress, and the outbox messages it will commit with."""
 
-    def __init__(self, pool: asyncpg.Pool, on_commit: Callable[[], None] | None = None) -> None:
-        self._pool = pool
-        self._on_commit = on_commit
-        self._messages: list[tuple[str, bytes]] = []
-        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
-        self._transaction: asyncpg.transaction.Transaction | None = None
-
-    @property
-    def conn(self) -> asyncpg.Connection:
-        assert self._conn is not None, "use the unit of work in `async with`"
-        return self._conn  # type: ignore[return-value]
+    conn: asyncpg.Connection
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
 
     def publish(self, topic: str, payload: bytes) -> None:
-        self._messages.append((topic, payload))
+        self.messages.append((topic, payload))
 
-    async def __aenter__(self) -> UnitOfWork:
-        self._conn = await self._pool.acquire()
-        try:
-            self._transaction = self._conn.transaction()
-            await self._transaction.start()
-        except BaseException:
-            await self._pool.release(self._conn)
-            raise
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        assert self._conn is not None and self._transaction is not None
-        committed = False
-        try:
-            if exc_type is None:
-                await enqueue(self.conn, self._messages)
-                await self._transaction.commit()
-                committed = True
-            else:
-                await self._transaction.rollback()
-        finally:
-            await self._pool.release(self._conn)
-            self._conn = None
-        if committed and self._messages and self._on_commit is not None:
-            self._on_commit()
+@contextlib.asynccontextmanager
+async def unit_of_work(
+    pool: asyncpg.Pool, on_commit: Callable[[], None] | None = None
+) -> AsyncIterator[UnitOfWork]:
+    """One transaction: the block's changes and its outbox messages commit together
+    (or not at all), and `on_commit` (the relay's wake-up) runs once they did."""
+    async with connection(pool) as conn, conn.transaction():
+        work = UnitOfWork(conn)
+        yield work
+        await enqueue(conn, work.messages)
+    if work.messages and on_commit is not None:
+        on_commit()

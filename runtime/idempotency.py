@@ -18,7 +18,6 @@ from runtime.errors import Aborted, InvalidArgument, Violations
 from runtime.parsing import parse_uuid
 
 
-
 @dataclass(frozen=True)
 class RequestKey:
     """A request_id with the fingerprint of the request it came with."""
@@ -38,7 +37,7 @@ def fingerprint(request: Message) -> bytes:
     """The request without its request_id, hashed; a reused id must come with the same request."""
     copy = type(request)()
     copy.CopyFrom(request)
-    copy.ClearField("request_id")  # type: ignore[arg-type]
+    copy.ClearField("request_id")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
 
 

@@ -23,6 +23,10 @@ from runtime.telemetry import current_trace_ids
 
 log = logging.getLogger(__name__)
 
+# grpc's stubs type handlers for the synchronous server; these are grpc.aio's.
+Handler = Any
+Context = Any
+
 _UNAVAILABLE = (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, TimeoutError)
 _CONFLICT = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
@@ -33,15 +37,17 @@ def _as_service_error(error: Exception) -> ServiceError | None:
     if isinstance(error, _CONFLICT):
         return Aborted("the change conflicted with a concurrent one; retry", reason="CONFLICT")
     if isinstance(error, _UNAVAILABLE):
-        return Unavailable("the service's database is unreachable; retry", reason="DATABASE_UNAVAILABLE")
+        return Unavailable(
+            "the service's database is unreachable; retry", reason="DATABASE_UNAVAILABLE"
+        )
     return None
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, domain: str) -> None:
         self._domain = domain
 
-    async def _abort(self, context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    async def _abort(self, context: Context, error: Exception, method: str) -> None:
         known = _as_service_error(error)
         if known is not None:
             status = to_status(known, self._domain)
@@ -53,55 +59,60 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
-        if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
+        if handler.response_streaming:
+            return self._streaming(handler, details.method)
+        return self._unary(handler, details.method)
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with deadline_scope(context.time_remaining()):
-                    try:
-                        result = inner(request, context)
-                        return await result if inspect.isawaitable(result) else result
-                    except (grpc.aio.AbortError, grpc.RpcError):
-                        raise
-                    except Exception as error:  # noqa: BLE001 - every failure gets a status
-                        await self._abort(context, error, method)
+    def _unary(self, handler: Handler, method: str) -> Handler:
+        inner = handler.unary_unary or handler.stream_unary
 
-            factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return factory(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_stream = handler.unary_stream or handler.stream_stream
-
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def guarded(request: Any, context: Context) -> Any:
             with deadline_scope(context.time_remaining()):
                 try:
-                    async for response in inner_stream(request, context):
-                        yield response
+                    result = inner(request, context)
+                    return await result if inspect.isawaitable(result) else result
                 except (grpc.aio.AbortError, grpc.RpcError):
                     raise
-                except Exception as error:  # noqa: BLE001 - every failure gets a status
+                except Exception as error:
                     await self._abort(context, error, method)
 
         factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
+            grpc.stream_unary_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler
         )
         return factory(
-            streaming,
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _streaming(self, handler: Handler, method: str) -> Handler:
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            with deadline_scope(context.time_remaining()):
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                except (grpc.aio.AbortError, grpc.RpcError):
+                    raise
+                except Exception as error:
+                    await self._abort(context, error, method)
+
+        factory = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return factory(
+            guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

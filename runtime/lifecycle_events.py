@@ -24,11 +24,14 @@ from runtime.structs import JsonObject, dict_to_struct
 RECORD_EVENTS = "metrics.record_events"
 # Each service that holds user data erases it when the users service asks.
 ERASE_TOPICS = {
-    service: f"{service}.erase_user_data" for service in ("workflows", "segments", "triggers", "metrics")
+    service: f"{service}.erase_user_data"
+    for service in ("workflows", "segments", "triggers", "metrics")
 }
 
 DESTINATIONS = {
-    RECORD_EVENTS: Destination("metrics", f"/{GRPC_SERVICES['metrics']}/RecordEvents", mergeable=True),
+    RECORD_EVENTS: Destination(
+        "metrics", f"/{GRPC_SERVICES['metrics']}/RecordEvents", mergeable=True
+    ),
     **{
         topic: Destination(service, f"/{GRPC_SERVICES[service]}/EraseUserData")
         for service, topic in ERASE_TOPICS.items()

@@ -11,10 +11,11 @@ checksum and skipped (a changed checksum is an error). For each service it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -96,47 +97,68 @@ async def migrate(
 
 async def _migrate_owner(conn: asyncpg.Connection, owner: SchemaOwner, today: date) -> list[str]:
     await _bootstrap(conn, owner)
-    role, schema = quote_identifier(owner.role), quote_identifier(owner.schema)
-    await conn.execute(f"SET ROLE {role}; SET search_path = {schema}")
-    try:
+    async with acting_as(conn, owner):
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
             " checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
             " PRIMARY KEY (component, version))"
         )
-        done = {
-            (r["component"], r["version"]): r["checksum"]
-            for r in await conn.fetch("SELECT component, version, checksum FROM schema_migrations")
-        }
-        applied = []
-        pending = load_migrations(RUNTIME_MIGRATIONS, "runtime") + load_migrations(
-            owner.migrations, owner.schema
-        )
-        for migration in pending:
-            key = (migration.component, migration.version)
-            if key in done:
-                if done[key] != migration.checksum:
-                    raise MigrationError(
-                        f"{owner.schema}: migration {migration.component} {migration.version:04d}_"
-                        f"{migration.name} changed after it was applied; add a new migration instead"
-                    )
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (component, version, name, checksum) "
-                    "VALUES ($1, $2, $3, $4)",
-                    migration.component,
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-            applied.append(f"{owner.schema}: {migration.component} {migration.version:04d}_{migration.name}")
-            log.info("applied migration %s", applied[-1])
+        applied = [
+            await _apply(conn, owner.schema, migration) for migration in await _pending(conn, owner)
+        ]
         for spec in owner.partitioned_tables:
             await ensure_partitions(conn, spec, today)
         return applied
+
+
+async def _pending(conn: asyncpg.Connection, owner: SchemaOwner) -> list[Migration]:
+    """The runtime's and the service's migrations not applied yet; an applied one
+    whose file changed is an error."""
+    done = {
+        (r["component"], r["version"]): r["checksum"]
+        for r in await conn.fetch("SELECT component, version, checksum FROM schema_migrations")
+    }
+    pending = []
+    for migration in load_migrations(RUNTIME_MIGRATIONS, "runtime") + load_migrations(
+        owner.migrations, owner.schema
+    ):
+        checksum = done.get((migration.component, migration.version))
+        if checksum is None:
+            pending.append(migration)
+        elif checksum != migration.checksum:
+            raise MigrationError(
+                f"{owner.schema}: migration {migration.component} "
+                f"{migration.version:04d}_{migration.name} changed after it was applied; "
+                "add a new migration instead"
+            )
+    return pending
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, migration: Migration) -> str:
+    async with conn.transaction():
+        await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (component, version, name, checksum) "
+            "VALUES ($1, $2, $3, $4)",
+            migration.component,
+            migration.version,
+            migration.name,
+            migration.checksum,
+        )
+    applied = f"{schema}: {migration.component} {migration.version:04d}_{migration.name}"
+    log.info("applied migration %s", applied)
+    return applied
+
+
+@contextlib.asynccontextmanager
+async def acting_as(conn: asyncpg.Connection, owner: SchemaOwner) -> AsyncIterator[None]:
+    """Runs the block as the service's role in its schema, so that what it creates
+    belongs to the service."""
+    role, schema = quote_identifier(owner.role), quote_identifier(owner.schema)
+    await conn.execute(f"SET ROLE {role}; SET search_path = {schema}")
+    try:
+        yield
     finally:
         await conn.execute("RESET ROLE; RESET search_path")
 

@@ -7,6 +7,8 @@ replicas share the work and a crashed one's claims come back), sends them as
 raw bytes, deletes them once the callee accepted, and otherwise backs off
 exponentially. Nothing is dropped: a row stays until its call succeeds.
 Receivers are idempotent (event ids, request ids), so a retry is harmless.
+A relay claims only the topics it has a destination for, so during a rolling
+deploy an older replica leaves a newer topic to the replicas that know it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ async def enqueue(conn: asyncpg.Connection, messages: Sequence[tuple[str, bytes]
 
 _CLAIM = """
 WITH due AS (
-  SELECT id FROM outbox WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+  SELECT id FROM outbox WHERE available_at <= now() AND topic = ANY($3::text[])
+  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 UPDATE outbox o SET available_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
 FROM due WHERE o.id = due.id
@@ -104,7 +107,9 @@ class OutboxRelay:
                 continue
             self._wake.clear()
             waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())]
-            await asyncio.wait(waits, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in waits:
                 task.cancel()
 
@@ -112,13 +117,19 @@ class OutboxRelay:
         """One round: claim due rows, deliver them, record the outcome. Returns rows claimed."""
         rows = [
             OutboxRow(r["id"], r["topic"], r["payload"], r["attempts"])
-            for r in await self._pool.fetch(_CLAIM, self._batch_size, self._lease)
+            for r in await self._pool.fetch(
+                _CLAIM, self._batch_size, self._lease, list(self._destinations)
+            )
         ]
         by_topic: dict[str, list[OutboxRow]] = defaultdict(list)
         for row in rows:
             by_topic[row.topic].append(row)
         outcomes = await asyncio.gather(
-            *(self._deliver(topic, batch) for topic, batch in by_topic.items() for batch in self._batches(topic, batch))
+            *(
+                self._deliver(topic, batch)
+                for topic, batch in by_topic.items()
+                for batch in self._batches(topic, batch)
+            )
         )
         delivered = [row.id for ok, batch, _ in outcomes if ok for row in batch]
         if delivered:
@@ -129,15 +140,18 @@ class OutboxRelay:
         return len(rows)
 
     def _batches(self, topic: str, rows: list[OutboxRow]) -> Iterable[list[OutboxRow]]:
-        destination = self._destinations.get(topic)
-        size = destination.max_batch if destination and destination.mergeable else 1
+        destination = self._destinations[topic]
+        size = destination.max_batch if destination.mergeable else 1
         return (rows[i : i + size] for i in range(0, len(rows), size))
 
-    async def _deliver(self, topic: str, batch: list[OutboxRow]) -> tuple[bool, list[OutboxRow], str]:
-        destination = self._destinations.get(topic)
-        if destination is None:
-            return False, batch, f"no destination is configured for topic {topic!r}"
-        call = self._clients.channel(destination.service).unary_unary(destination.method)
+    async def _deliver(
+        self, topic: str, batch: list[OutboxRow]
+    ) -> tuple[bool, list[OutboxRow], str]:
+        destination = self._destinations[topic]
+        # Payloads are serialized requests already; the answer is not needed.
+        call = self._clients.channel(destination.service).unary_unary(
+            destination.method, request_serializer=None, response_deserializer=None
+        )
         try:
             await call(b"".join(row.payload for row in batch), timeout=self._clients.timeout())
         except grpc.aio.AioRpcError as error:
@@ -149,7 +163,11 @@ class OutboxRelay:
         delay = min(self._max_backoff, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
         log.warning(
             "outbox delivery failed (%s, %d messages, attempt %d, next in %.1fs): %s",
-            batch[0].topic, len(batch), attempts, delay, error,
+            batch[0].topic,
+            len(batch),
+            attempts,
+            delay,
+            error,
         )
         await self._pool.execute(
             "UPDATE outbox SET available_at = now() + make_interval(secs => $2), last_error = $3 "

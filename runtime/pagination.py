@@ -46,7 +46,9 @@ class PageTokens:
         """The cursor inside `token`; INVALID_ARGUMENT if it is not ours or the query changed."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            cursor = json.loads(self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _bind(query)))
+            cursor = json.loads(
+                self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _bind(query))
+            )
         except (ValueError, InvalidTag) as error:
             raise InvalidArgument.field(
                 field, "is not a token returned by this list with these same parameters"

@@ -12,7 +12,9 @@ from runtime.errors import Violations
 from runtime.stages import stage_name
 
 
-def parse_uuid(value: str, field: str, violations: Violations, *, required: bool = True) -> uuid.UUID | None:
+def parse_uuid(
+    value: str, field: str, violations: Violations, *, required: bool = True
+) -> uuid.UUID | None:
     if not value:
         if required:
             violations.add(field, "is required")

@@ -40,7 +40,9 @@ def shift(start: date, period: Period, count: int) -> date:
 
 
 def partition_name(spec: PartitionedTable, start: date) -> str:
-    suffix = f"{start.year:04d}_{start.month:02d}" if spec.period == "month" else f"{start.year:04d}"
+    suffix = (
+        f"{start.year:04d}_{start.month:02d}" if spec.period == "month" else f"{start.year:04d}"
+    )
     return f"{spec.table}_{suffix}"
 
 

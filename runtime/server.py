@@ -10,6 +10,7 @@ period, workers finish, channels and pool close, spans are flushed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,12 +27,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.config import ServiceConfig
-from runtime.database import UnitOfWork, create_pool
+from runtime.database import UnitOfWork, connection, create_pool, unit_of_work
 from runtime.interceptors import ErrorInterceptor
 from runtime.outbox import Destination, OutboxRelay
 from runtime.pagination import PageTokens
 from runtime.partitions import PartitionedTable
-from runtime.telemetry import UNTRACED, create_tracer_provider, instrument_database
+from runtime.telemetry import UNTRACED, instrument_database
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ class ServiceContext:
     page_tokens: PageTokens
     relay: OutboxRelay
 
-    def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.pool, on_commit=self.relay.wake)
+    def unit_of_work(self) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
+        return unit_of_work(self.pool, on_commit=self.relay.wake)
+
+    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return connection(self.pool)
 
 
 @dataclass
@@ -88,20 +92,17 @@ class ServiceDefinition:
 
 class ServiceHost:
     def __init__(
-        self,
-        definition: ServiceDefinition,
-        config: ServiceConfig,
-        tracer_provider: TracerProvider | None = None,
+        self, definition: ServiceDefinition, config: ServiceConfig, tracer_provider: TracerProvider
     ) -> None:
         self.definition = definition
         self.config = config
-        # A provider passed in is shared (tests run several hosts in one process): flush it, keep it.
-        self._owns_tracer_provider = tracer_provider is None
-        self.tracer_provider = tracer_provider or create_tracer_provider(config.telemetry)
+        # Owned by the caller, who shuts it down; asyncpg spans go to the first
+        # provider a process instruments with, so a process has one.
+        self.tracer_provider = tracer_provider
         self.port = 0
         self.context: ServiceContext | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,7 +116,9 @@ class ServiceHost:
     async def start(self) -> None:
         config = self.config
         instrument_database(self.tracer_provider)
-        self._pool = await create_pool(config.database_url, self.definition.name, config.pool_max_size)
+        self._pool = await create_pool(
+            config.database_url, self.definition.name, config.pool_max_size
+        )
         self._clients = ServiceClients(config.peers, config.call_timeout, self.tracer_provider)
         relay = OutboxRelay(
             self._pool,
@@ -151,8 +154,12 @@ class ServiceHost:
         self.port = server.add_insecure_port(f"{config.host}:{config.port}")
         await server.start()
         self._server = server
-        readiness = _ReadinessWatch(self._pool, self._set_readiness)
-        for worker in (readiness, relay, *components.workers):
+        workers: list[Worker] = [
+            _ReadinessWatch(self._pool, self._set_readiness),
+            relay,
+            *components.workers,
+        ]
+        for worker in workers:
             self._tasks.append(asyncio.create_task(self._run_worker(worker)))
         log.info("%s listening on %s", self.definition.name, self.address)
 
@@ -185,8 +192,6 @@ class ServiceHost:
             if self._pool is not None:
                 await asyncio.wait_for(self._pool.close(), self.config.shutdown_grace)
             self.tracer_provider.force_flush()
-            if self._owns_tracer_provider:
-                self.tracer_provider.shutdown()
         finally:
             self._stopped.set()
             log.info("%s stopped", self.definition.name)
@@ -233,10 +238,8 @@ class _ReadinessWatch:
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
             if not stopping.is_set():
                 await self._set_readiness(status)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), HEALTH_INTERVAL_SECONDS)
-            except TimeoutError:
-                pass
 
 
 async def contract_only(context: ServiceContext) -> ServiceComponents:

@@ -19,7 +19,7 @@ _BY_NAME = {name: value for value, name in _BY_ENUM.items()}
 
 def stage_name(value: int) -> str | None:
     """The stored name of an enum value; None for UNSPECIFIED or an unknown number."""
-    return _BY_ENUM.get(value)  # type: ignore[call-overload]
+    return _BY_ENUM.get(value)  # type: ignore[call-overload, no-any-return]
 
 
 def stage_value(name: str | None) -> stage_pb2.LifecycleStage.ValueType:

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.grpc import filters
 from opentelemetry.sdk.resources import Resource
@@ -31,9 +32,9 @@ def create_tracer_provider(
 ) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
     if config.otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint)))
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint))
+        )
     for processor in processors:
         provider.add_span_processor(processor)
     return provider

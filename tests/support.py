@@ -3,16 +3,20 @@ real PostgreSQL database, and reading rich errors."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config
 from runtime.server import ServiceHost
@@ -22,7 +26,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class TestDatabase:
+class ScratchDatabase:
     admin_url: str
     name: str
 
@@ -34,7 +38,7 @@ def free_port() -> int:
         return port
 
 
-def service_env(database: TestDatabase, ports: dict[str, int], **extra: str) -> dict[str, str]:
+def service_env(database: ScratchDatabase, ports: dict[str, int], **extra: str) -> dict[str, str]:
     """The environment a service of the test suite runs with."""
     env = {
         "LIFECYCLE_DATABASE_URL": database.admin_url,
@@ -54,12 +58,16 @@ def service_config(service: str, env: dict[str, str]) -> ServiceConfig:
     return load_service_config(service, env)
 
 
+SPANS = InMemorySpanExporter()
+TRACER_PROVIDER = TracerProvider()
+TRACER_PROVIDER.add_span_processor(SimpleSpanProcessor(SPANS))
+
+
 @asynccontextmanager
-async def running(
-    service: str, env: dict[str, str], tracer_provider: TracerProvider | None = None
-) -> AsyncIterator[ServiceHost]:
-    """A real gRPC server of `service` in this process, stopped gracefully on exit."""
-    host = ServiceHost(DEFINITIONS[service], service_config(service, env), tracer_provider)
+async def running(service: str, env: dict[str, str]) -> AsyncIterator[ServiceHost]:
+    """A real gRPC server of `service` in this process, stopped gracefully on exit.
+    Its spans land in SPANS."""
+    host = ServiceHost(DEFINITIONS[service], service_config(service, env), TRACER_PROVIDER)
     await host.start()
     try:
         yield host
@@ -77,7 +85,7 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)
+    status = rpc_status.from_call(cast(grpc.Call, error))
     assert status is not None, "the error carries no google.rpc.Status"
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
@@ -87,10 +95,60 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 
 def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)
+    status = rpc_status.from_call(cast(grpc.Call, error))
     assert status is not None
     for detail in status.details:
         bad_request = error_details_pb2.BadRequest()
         if detail.Unpack(bad_request):
             return [v.field for v in bad_request.field_violations]
     return []
+
+
+class TcpProxy:
+    """Forwards a loopback port to a PostgreSQL server, so a test can cut the
+    database off from a service and give it back."""
+
+    def __init__(self, target_url: str) -> None:
+
+        parts = urlsplit(target_url)
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        self._unix_path = (
+            f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir.startswith("/") else None
+        )
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._streams: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        """Closes the port and every connection through it."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._streams:
+            writer.close()
+        self._streams.clear()
+
+    async def _handle(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        if self._unix_path:
+            reader, writer = await asyncio.open_unix_connection(self._unix_path)
+        else:
+            reader, writer = await asyncio.open_connection(*self._target)
+        self._streams += [client_writer, writer]
+        await asyncio.gather(
+            _pipe(client_reader, writer), _pipe(reader, client_writer), return_exceptions=True
+        )
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()

@@ -12,5 +12,8 @@ DEFINITION = ServiceDefinition(
     name="metrics",
     migrations=Path(__file__).parent / "migrations",
     build=contract_only,
-    partitioned_tables=(PartitionedTable("lifecycle_events", "month", ahead=3), PartitionedTable("metrics_daily", "year", ahead=3, timestamped=False),),
+    partitioned_tables=(
+        PartitionedTable("lifecycle_events", "month", ahead=3),
+        PartitionedTable("metrics_daily", "year", ahead=3, timestamped=False),
+    ),
 )

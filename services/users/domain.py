@@ -47,6 +47,24 @@ class Transition:
     metadata: JsonObject
 
 
+@dataclass(frozen=True)
+class StageChange:
+    """A requested move of a user to a stage."""
+
+    to_stage: str
+    workflow_execution_id: uuid.UUID | None
+    metadata: JsonObject
+    # Record a move to the stage the user is in, instead of refusing it.
+    allow_same_stage: bool = False
+
+
+@dataclass(frozen=True)
+class UserFilter:
+    stages: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
 def normalize_email(raw: str, field: str, violations: Violations) -> str:
     """The email as stored: trimmed, otherwise as given."""
     email = raw.strip()

@@ -15,7 +15,6 @@ import asyncpg
 
 from lifecycle.metrics.v1 import metrics_pb2
 from runtime import idempotency
-from runtime.database import UnitOfWork
 from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime.idempotency import RequestKey
 from runtime.lifecycle_events import RECORD_EVENTS, erase_messages, events_payload, lifecycle_event
@@ -24,8 +23,10 @@ from services.users import store
 from services.users.domain import (
     DEFAULT_STAGE,
     MAX_ATTRIBUTES_BYTES,
+    StageChange,
     Transition,
     User,
+    UserFilter,
     attribute_changes,
 )
 from services.users.store import ImportedUser, ImportRow
@@ -36,10 +37,16 @@ EVENTS_PER_MESSAGE = 1000
 
 
 def _not_found(user_id: uuid.UUID | str) -> NotFound:
-    return NotFound(f"user {user_id} does not exist", reason="USER_NOT_FOUND", metadata={"user_id": str(user_id)})
+    return NotFound(
+        f"user {user_id} does not exist",
+        reason="USER_NOT_FOUND",
+        metadata={"user_id": str(user_id)},
+    )
 
 
-def _created_event(user_id: uuid.UUID, stage: str, at: datetime, source: str) -> metrics_pb2.LifecycleEvent:
+def _created_event(
+    user_id: uuid.UUID, stage: str, at: datetime, source: str
+) -> metrics_pb2.LifecycleEvent:
     return lifecycle_event(
         "user.created", PRODUCER, at, user_id=user_id, stage=stage, data={"source": source}
     )
@@ -66,7 +73,12 @@ def _attributes_changed_event(
     user_id: uuid.UUID, stage: str, at: datetime, changes: dict[str, Any]
 ) -> metrics_pb2.LifecycleEvent:
     return lifecycle_event(
-        "user.attributes_changed", PRODUCER, at, user_id=user_id, stage=stage, data={"changes": changes}
+        "user.attributes_changed",
+        PRODUCER,
+        at,
+        user_id=user_id,
+        stage=stage,
+        data={"changes": changes},
     )
 
 
@@ -85,56 +97,59 @@ class UserDirectory:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
 
-    def _unit_of_work(self) -> UnitOfWork:
-        return self._context.unit_of_work()
-
     async def create_user(
         self, email: str, stage: str, attributes: dict[str, Any], key: RequestKey | None
     ) -> User:
-        async with self._unit_of_work() as uow:
+        async with self._context.unit_of_work() as uow:
             if key is not None and (stored := await idempotency.claim(uow.conn, key)) is not None:
                 return await self._replayed_user(uow.conn, json.loads(stored)["user_id"])
             user = await store.insert_user(uow.conn, email, stage, attributes)
             if user is None:
                 raise AlreadyExists(
-                    "a user with this email already exists", reason="EMAIL_TAKEN", metadata={"email": email}
+                    "a user with this email already exists",
+                    reason="EMAIL_TAKEN",
+                    metadata={"email": email},
                 )
             await store.insert_first_transition(uow.conn, user, "api")
-            uow.publish(RECORD_EVENTS, events_payload([_created_event(user.id, stage, user.created_at, "api")]))
+            uow.publish(
+                RECORD_EVENTS,
+                events_payload([_created_event(user.id, stage, user.created_at, "api")]),
+            )
             if key is not None:
-                await idempotency.store(uow.conn, key, json.dumps({"user_id": str(user.id)}).encode())
+                await idempotency.store(
+                    uow.conn, key, json.dumps({"user_id": str(user.id)}).encode()
+                )
             return user
 
     async def _replayed_user(self, conn: asyncpg.Connection, user_id: str) -> User:
         user = await store.get_user(conn, uuid.UUID(user_id))
         if user is None:
-            raise NotFound(f"the user this request created ({user_id}) was erased since", reason="USER_ERASED")
+            raise NotFound(
+                f"the user this request created ({user_id}) was erased since", reason="USER_ERASED"
+            )
         return user
 
     async def get_user(self, user_id: uuid.UUID) -> User:
-        async with self._context.pool.acquire() as conn:
+        async with self._context.connection() as conn:
             user = await store.get_user(conn, user_id)
         if user is None:
             raise _not_found(user_id)
         return user
 
     async def get_user_by_email(self, email: str) -> User:
-        async with self._context.pool.acquire() as conn:
+        async with self._context.connection() as conn:
             user = await store.get_user_by_email(conn, email)
         if user is None:
-            raise NotFound("no user has this email", reason="USER_NOT_FOUND", metadata={"email": email})
+            raise NotFound(
+                "no user has this email", reason="USER_NOT_FOUND", metadata={"email": email}
+            )
         return user
 
     async def list_users(
-        self,
-        stages: Sequence[str] | None,
-        created_after: datetime | None,
-        created_before: datetime | None,
-        cursor: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, where: UserFilter, cursor: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[User]:
-        async with self._context.pool.acquire() as conn:
-            return await store.list_users(conn, stages, created_after, created_before, cursor, limit)
+        async with self._context.connection() as conn:
+            return await store.list_users(conn, where, cursor, limit)
 
     async def update_user(
         self,
@@ -144,32 +159,38 @@ class UserDirectory:
         replace_attributes: bool,
         etag: str,
     ) -> User:
-        async with self._unit_of_work() as uow:
+        async with self._context.unit_of_work() as uow:
             current = await store.get_user(uow.conn, user_id, lock=True)
             if current is None:
                 raise _not_found(user_id)
             if etag and etag != current.etag:
                 raise Aborted("the user changed since the etag was read", reason="ETAG_MISMATCH")
             try:
-                updated = await store.update_user(uow.conn, user_id, email, attributes, replace_attributes)
+                updated = await store.update_user(
+                    uow.conn, user_id, email, attributes, replace_attributes
+                )
             except asyncpg.CheckViolationError as error:
                 raise InvalidArgument.field(
                     "user.attributes", f"the merged attributes exceed {MAX_ATTRIBUTES_BYTES} bytes"
                 ) from error
             if updated is None:
                 raise AlreadyExists(
-                    "another user has this email", reason="EMAIL_TAKEN", metadata={"email": email or ""}
+                    "another user has this email",
+                    reason="EMAIL_TAKEN",
+                    metadata={"email": email or ""},
                 )
             changes = attribute_changes(current.attributes, updated.attributes)
             if changes:
-                event = _attributes_changed_event(updated.id, updated.stage, updated.updated_at, changes)
+                event = _attributes_changed_event(
+                    updated.id, updated.stage, updated.updated_at, changes
+                )
                 uow.publish(RECORD_EVENTS, events_payload([event]))
             return updated
 
     async def erase_user(self, user_id: uuid.UUID, etag: str, allow_missing: bool) -> None:
         """GDPR erase: the user and their history go now, every other service's data
         through the outbox (docs/schema.md, "Erasing a user")."""
-        async with self._unit_of_work() as uow:
+        async with self._context.unit_of_work() as uow:
             current = await store.get_user(uow.conn, user_id, lock=True)
             if current is None:
                 if allow_missing:
@@ -181,24 +202,20 @@ class UserDirectory:
             for topic, payload in erase_messages(user_id):
                 uow.publish(topic, payload)
             # Anonymous on purpose: it survives the erase of the user's events.
-            erased = lifecycle_event("user.erased", PRODUCER, current.updated_at, stage=current.stage)
+            erased = lifecycle_event(
+                "user.erased", PRODUCER, current.updated_at, stage=current.stage
+            )
             uow.publish(RECORD_EVENTS, events_payload([erased]))
 
     async def transition_stage(
-        self,
-        user_id: uuid.UUID,
-        to_stage: str,
-        allow_same_stage: bool,
-        workflow_execution_id: uuid.UUID | None,
-        metadata: dict[str, Any],
-        key: RequestKey | None,
+        self, user_id: uuid.UUID, change: StageChange, key: RequestKey | None
     ) -> tuple[User, Transition]:
-        async with self._unit_of_work() as uow:
+        async with self._context.unit_of_work() as uow:
             if key is not None and (stored := await idempotency.claim(uow.conn, key)) is not None:
-                return await self._replayed_transition(uow.conn, json.loads(stored)["transition_id"])
-            outcome = await store.transition(
-                uow.conn, user_id, to_stage, allow_same_stage, workflow_execution_id, metadata
-            )
+                return await self._replayed_transition(
+                    uow.conn, json.loads(stored)["transition_id"]
+                )
+            outcome = await store.transition(uow.conn, user_id, change)
             if outcome is None:
                 raise _not_found(user_id)
             if outcome.user is None or outcome.transition is None:
@@ -213,7 +230,9 @@ class UserDirectory:
                 await idempotency.store(uow.conn, key, json.dumps(reference).encode())
             return outcome.user, outcome.transition
 
-    async def _replayed_transition(self, conn: asyncpg.Connection, transition_id: int) -> tuple[User, Transition]:
+    async def _replayed_transition(
+        self, conn: asyncpg.Connection, transition_id: int
+    ) -> tuple[User, Transition]:
         transition = await store.get_transition(conn, transition_id)
         user = await store.get_user(conn, transition.user_id) if transition else None
         if transition is None or user is None:
@@ -223,7 +242,7 @@ class UserDirectory:
     async def history(
         self, user_id: uuid.UUID, cursor: tuple[datetime, int] | None, limit: int
     ) -> list[Transition]:
-        async with self._context.pool.acquire() as conn:
+        async with self._context.connection() as conn:
             transitions = await store.list_transitions(conn, user_id, cursor, limit)
             if not transitions and cursor is None and not await store.user_exists(conn, user_id):
                 raise _not_found(user_id)
@@ -232,7 +251,7 @@ class UserDirectory:
     async def import_users(self, rows: Sequence[ImportRow]) -> ImportSummary:
         """Upserts valid rows by email in one transaction, set-based."""
         summary = ImportSummary()
-        async with self._unit_of_work() as uow:
+        async with self._context.unit_of_work() as uow:
             existing = await store.import_existing(uow.conn, rows)
             done = {user.index for user in existing}
             fresh = [row for row in rows if row.index not in done]
@@ -250,7 +269,9 @@ class UserDirectory:
             written = existing + created + late
             events = self._import_events(written, summary)
             for start in range(0, len(events), EVENTS_PER_MESSAGE):
-                uow.publish(RECORD_EVENTS, events_payload(events[start : start + EVENTS_PER_MESSAGE]))
+                uow.publish(
+                    RECORD_EVENTS, events_payload(events[start : start + EVENTS_PER_MESSAGE])
+                )
         return summary
 
     def _import_events(
@@ -271,5 +292,7 @@ class UserDirectory:
                 events.append(_stage_changed_event(user.transition))
             changes = attribute_changes(user.old_attributes, user.attributes)
             if changes:
-                events.append(_attributes_changed_event(user.user_id, user.stage, user.changed_at, changes))
+                events.append(
+                    _attributes_changed_event(user.user_id, user.stage, user.changed_at, changes)
+                )
         return events

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
@@ -19,15 +20,17 @@ from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, struct_to_dict
 from services.users.domain import (
     DEFAULT_STAGE,
+    StageChange,
     Transition,
     User,
+    UserFilter,
     check_attributes,
     normalize_email,
 )
 from services.users.handlers import ImportSummary, UserDirectory
 from services.users.store import ImportRow
 
-Context = grpc.aio.ServicerContext
+Context = grpc.aio.ServicerContext[Any, Any]
 UPDATABLE = ("email", "attributes")
 # Kept within one transaction each, so that locks stay short on big imports.
 IMPORT_CHUNK_ROWS = 5000
@@ -76,7 +79,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         if not request.HasField("user"):
             raise InvalidArgument.field("user", "is required")
         email = normalize_email(request.user.email, "user.email", violations)
-        stage = parse_stage(request.user.lifecycle_stage, "user.lifecycle_stage", violations, default=DEFAULT_STAGE)
+        stage = parse_stage(
+            request.user.lifecycle_stage, "user.lifecycle_stage", violations, default=DEFAULT_STAGE
+        )
         attributes = _attributes(request.user.attributes, "user.attributes", violations)
         key = request_key(request, "CreateUser", violations)
         violations.check()
@@ -84,10 +89,14 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         user = await self._directory.create_user(email, stage, attributes, key)
         return users_pb2.CreateUserResponse(user=user_message(user))
 
-    async def GetUser(self, request: users_pb2.GetUserRequest, context: Context) -> users_pb2.GetUserResponse:
+    async def GetUser(
+        self, request: users_pb2.GetUserRequest, context: Context
+    ) -> users_pb2.GetUserResponse:
         lookup = request.WhichOneof("lookup")
         if lookup == "email" and request.email.strip():
-            return users_pb2.GetUserResponse(user=user_message(await self._directory.get_user_by_email(request.email)))
+            return users_pb2.GetUserResponse(
+                user=user_message(await self._directory.get_user_by_email(request.email))
+            )
         if lookup != "user_id":
             raise InvalidArgument.field("user_id", "user_id or email is required")
         violations = Violations()
@@ -96,26 +105,38 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         assert user_id is not None
         return users_pb2.GetUserResponse(user=user_message(await self._directory.get_user(user_id)))
 
-    async def ListUsers(self, request: users_pb2.ListUsersRequest, context: Context) -> users_pb2.ListUsersResponse:
+    async def ListUsers(
+        self, request: users_pb2.ListUsersRequest, context: Context
+    ) -> users_pb2.ListUsersResponse:
         violations = Violations()
         limit = page_size(request.page_size)
-        stages = parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
-        created_after = optional_time(request, "created_after")
-        created_before = optional_time(request, "created_before")
+        where = UserFilter(
+            stages=tuple(
+                sorted(parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations))
+            ),
+            created_after=optional_time(request, "created_after"),
+            created_before=optional_time(request, "created_before"),
+        )
         violations.check()
-        query = [sorted(stages), created_after, created_before]
+        query = [where.stages, where.created_after, where.created_before]
         cursor = None
         if request.page_token:
             created_at, user_id = self._tokens.decode(request.page_token, query)
             cursor = (datetime.fromisoformat(created_at), uuid.UUID(user_id))
-        users = await self._directory.list_users(stages or None, created_after, created_before, cursor, limit + 1)
+        users = await self._directory.list_users(where, cursor, limit + 1)
         next_token = ""
         if len(users) > limit:
             users = users[:limit]
-            next_token = self._tokens.encode([users[-1].created_at.isoformat(), str(users[-1].id)], query)
-        return users_pb2.ListUsersResponse(users=[user_message(u) for u in users], next_page_token=next_token)
+            next_token = self._tokens.encode(
+                [users[-1].created_at.isoformat(), str(users[-1].id)], query
+            )
+        return users_pb2.ListUsersResponse(
+            users=[user_message(u) for u in users], next_page_token=next_token
+        )
 
-    async def UpdateUser(self, request: users_pb2.UpdateUserRequest, context: Context) -> users_pb2.UpdateUserResponse:
+    async def UpdateUser(
+        self, request: users_pb2.UpdateUserRequest, context: Context
+    ) -> users_pb2.UpdateUserResponse:
         violations = Violations()
         user_id = parse_uuid(request.user.id, "user.id", violations)
         paths = self._update_paths(request)
@@ -128,7 +149,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             attributes = _attributes(request.user.attributes, "user.attributes", violations)
         violations.check()
         assert user_id is not None
-        user = await self._directory.update_user(user_id, email, attributes, replace, request.user.etag)
+        user = await self._directory.update_user(
+            user_id, email, attributes, replace, request.user.etag
+        )
         return users_pb2.UpdateUserResponse(user=user_message(user))
 
     @staticmethod
@@ -144,7 +167,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             raise InvalidArgument.field("update_mask", "names no field")
         return paths
 
-    async def DeleteUser(self, request: users_pb2.DeleteUserRequest, context: Context) -> users_pb2.DeleteUserResponse:
+    async def DeleteUser(
+        self, request: users_pb2.DeleteUserRequest, context: Context
+    ) -> users_pb2.DeleteUserResponse:
         violations = Violations()
         user_id = parse_uuid(request.user_id, "user_id", violations)
         violations.check()
@@ -161,13 +186,16 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         execution_id = parse_uuid(
             request.workflow_execution_id, "workflow_execution_id", violations, required=False
         )
-        metadata = struct_to_dict(request.metadata)
         key = request_key(request, "TransitionStage", violations)
         violations.check()
         assert user_id is not None and to_stage is not None
-        user, transition = await self._directory.transition_stage(
-            user_id, to_stage, request.allow_same_stage, execution_id, metadata, key
+        change = StageChange(
+            to_stage=to_stage,
+            workflow_execution_id=execution_id,
+            metadata=struct_to_dict(request.metadata),
+            allow_same_stage=request.allow_same_stage,
         )
+        user, transition = await self._directory.transition_stage(user_id, change, key)
         return users_pb2.TransitionStageResponse(
             user=user_message(user), transition=transition_message(transition)
         )
@@ -206,7 +234,12 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
                 rows = self._import_rows(chunk, next_index, response)
                 next_index += len(chunk)
                 if rows:
-                    _add_summary(response, await self._directory.import_users(rows), chunk, next_index - len(chunk))
+                    _add_summary(
+                        response,
+                        await self._directory.import_users(rows),
+                        chunk,
+                        next_index - len(chunk),
+                    )
         return response
 
     @staticmethod
@@ -227,13 +260,21 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             if earlier != index:
                 violations.add("email", f"repeats the email of row {earlier} of this batch")
             if violations.items:
-                _add_error(response, index, item.email, violations.items[0].field, violations.items[0].description)
+                _add_error(
+                    response,
+                    index,
+                    item.email,
+                    violations.items[0].field,
+                    violations.items[0].description,
+                )
                 continue
             rows.append(ImportRow(index, email, stage, attributes))
         return rows
 
 
-def _add_error(response: users_pb2.ImportUsersResponse, index: int, email: str, field: str, message: str) -> None:
+def _add_error(
+    response: users_pb2.ImportUsersResponse, index: int, email: str, field: str, message: str
+) -> None:
     response.failed_count += 1
     if len(response.errors) < MAX_REPORTED_IMPORT_ERRORS:
         response.errors.add(index=index, email=email, field=field, message=message)

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from services.users.domain import User, Transition
+from services.users.domain import StageChange, Transition, User, UserFilter
 
 IMPORT_METADATA = {"source": "import"}
 _USER_COLUMNS = "id, email, current_lifecycle_stage, attributes, created_at, updated_at"
@@ -56,17 +56,21 @@ async def insert_user(
 
 async def insert_first_transition(conn: asyncpg.Connection, user: User, source: str) -> Transition:
     row = await conn.fetchrow(
-        "INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at, metadata) "
-        "VALUES ($1, NULL, $2, $3, $4) RETURNING *",
+        "INSERT INTO user_lifecycle_history"
+        " (user_id, from_stage, to_stage, transitioned_at, metadata)"
+        " VALUES ($1, NULL, $2, $3, $4) RETURNING *",
         user.id,
         user.stage,
         user.created_at,
         {"source": source},
     )
+    assert row is not None
     return _transition(row)
 
 
-async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
+async def get_user(
+    conn: asyncpg.Connection, user_id: uuid.UUID, *, lock: bool = False
+) -> User | None:
     suffix = " FOR UPDATE" if lock else ""
     row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1{suffix}", user_id)
     return _user(row) if row else None
@@ -134,18 +138,18 @@ FROM current_stage c LEFT JOIN moved m ON true LEFT JOIN recorded r ON true
 
 
 async def transition(
-    conn: asyncpg.Connection,
-    user_id: uuid.UUID,
-    to_stage: str,
-    allow_same_stage: bool,
-    workflow_execution_id: uuid.UUID | None,
-    metadata: dict[str, Any],
+    conn: asyncpg.Connection, user_id: uuid.UUID, change: StageChange
 ) -> TransitionOutcome | None:
     """Moves the user and records it in one statement; concurrent moves of one
     user queue on the row lock, so each records the stage the previous one left.
     None when the user does not exist."""
     row = await conn.fetchrow(
-        _TRANSITION, user_id, to_stage, allow_same_stage, workflow_execution_id, metadata
+        _TRANSITION,
+        user_id,
+        change.to_stage,
+        change.allow_same_stage,
+        change.workflow_execution_id,
+        change.metadata,
     )
     if row is None:
         return None
@@ -156,7 +160,7 @@ async def transition(
         id=row["transition_id"],
         user_id=user.id,
         from_stage=row["from_stage"],
-        to_stage=to_stage,
+        to_stage=change.to_stage,
         transitioned_at=row["transitioned_at"],
         workflow_execution_id=row["workflow_execution_id"],
         metadata=row["metadata"] or {},
@@ -171,9 +175,7 @@ async def get_transition(conn: asyncpg.Connection, transition_id: int) -> Transi
 
 async def list_users(
     conn: asyncpg.Connection,
-    stages: Sequence[str] | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
+    where: UserFilter,
     cursor: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[User]:
@@ -184,9 +186,9 @@ async def list_users(
         "  AND ($3::timestamptz IS NULL OR created_at < $3) "
         "  AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::uuid)) "
         "ORDER BY created_at, id LIMIT $6",
-        stages,
-        created_after,
-        created_before,
+        list(where.stages) or None,
+        where.created_after,
+        where.created_before,
         cursor[0] if cursor else None,
         cursor[1] if cursor else None,
         limit,
@@ -239,7 +241,8 @@ class ImportedUser:
 
 _IMPORT_EXISTING = """
 WITH input AS (
-  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::jsonb[]) AS i(idx, lemail, stage, patch)
+  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::jsonb[])
+    AS i(idx, lemail, stage, patch)
 ), locked AS (
   SELECT u.id, i.idx, u.current_lifecycle_stage AS old_stage, u.attributes AS old_attrs,
          coalesce(i.stage, u.current_lifecycle_stage) AS new_stage,
@@ -264,7 +267,8 @@ FROM locked l LEFT JOIN updated up ON up.id = l.id LEFT JOIN recorded r ON r.use
 
 _IMPORT_NEW = """
 WITH input AS (
-  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::jsonb[]) AS i(idx, email, stage, attrs)
+  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::jsonb[])
+    AS i(idx, email, stage, attrs)
 ), inserted AS (
   INSERT INTO users (email, current_lifecycle_stage, attributes)
   SELECT email, stage, jsonb_strip_nulls(attrs) FROM input ORDER BY idx
@@ -280,7 +284,9 @@ JOIN input i ON lower(i.email) = lower(ins.email)
 """
 
 
-async def import_existing(conn: asyncpg.Connection, rows: Sequence[ImportRow]) -> list[ImportedUser]:
+async def import_existing(
+    conn: asyncpg.Connection, rows: Sequence[ImportRow]
+) -> list[ImportedUser]:
     """Merges rows into the users they name; rows naming no user are left out."""
     records = await conn.fetch(
         _IMPORT_EXISTING,

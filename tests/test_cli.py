@@ -1,0 +1,183 @@
+"""The `lifecycle` command as a new user runs it: `up` starts every service in
+its own process and Ctrl-C stops all of them (and an embedded PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runtime.config import SERVICE_NAMES, with_database
+from tests.conftest import create_database, drop_database
+from tests.support import ScratchDatabase, free_port
+
+pytestmark = pytest.mark.users
+
+STARTUP_SECONDS = 90
+
+
+def lifecycle(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "suite.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def suite_environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    for name in SERVICE_NAMES:
+        env[f"LIFECYCLE_{name.upper()}_PORT"] = str(free_port())
+    env["LIFECYCLE_SHUTDOWN_GRACE_SECONDS"] = "3"
+    env.update(extra)
+    return env
+
+
+def read_until_up(process: subprocess.Popen[str]) -> list[str]:
+    """Lines printed until the suite says it is up; fails if it exits first."""
+    assert process.stdout is not None
+    lines = []
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if line.startswith("Press Ctrl-C"):
+            return lines
+    raise AssertionError("the suite did not come up:\n" + "\n".join(lines))
+
+
+def interrupt_and_check_nothing_is_left(process: subprocess.Popen[str], services: int) -> None:
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert len(children) >= services
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"orphans left behind: {alive}"
+
+
+@pytest.fixture
+def scratch_url(server_url: str) -> Iterator[str]:
+    database = asyncio.run(create_database(server_url, f"lifecycle_up_{secrets.token_hex(4)}"))
+    try:
+        yield database.admin_url
+    finally:
+        asyncio.run(drop_database(server_url, database))
+
+
+def test_up_runs_every_service_in_its_own_process_and_ctrl_c_stops_them(scratch_url: str) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url)
+    process = lifecycle("up", env=env)
+    try:
+        lines = read_until_up(process)
+        for name in SERVICE_NAMES:
+            assert f"  {name:<10} 127.0.0.1:{env[f'LIFECYCLE_{name.upper()}_PORT']}" in lines
+        services = [p for p in psutil.Process(process.pid).children() if "serve" in p.cmdline()]
+        assert sorted(p.cmdline()[-1] for p in services) == sorted(SERVICE_NAMES)
+        interrupt_and_check_nothing_is_left(process, len(SERVICE_NAMES))
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_up_without_a_database_url_starts_and_stops_an_embedded_postgresql(tmp_path: Path) -> None:
+    env = suite_environment(LIFECYCLE_DATA_DIR=str(tmp_path))
+    process = lifecycle("up", "users", env=env)
+    try:
+        read_until_up(process)
+        postgres = [
+            p
+            for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "postgres" and str(tmp_path) in " ".join(p.info["cmdline"] or [])
+        ]
+        assert postgres, "no embedded PostgreSQL runs in the data folder"
+        interrupt_and_check_nothing_is_left(process, 1)
+        _, alive = psutil.wait_procs(postgres, timeout=15)
+        assert alive == [], "the embedded PostgreSQL was left running"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_migrate_and_maintenance_commands(scratch_url: str) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url)
+    first = subprocess.run(
+        [sys.executable, "-m", "suite.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "10 applied" in first.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "suite.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "0 applied" in again.stderr
+    maintenance = subprocess.run(
+        [sys.executable, "-m", "suite.cli", "maintenance"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert maintenance.returncode == 0, maintenance.stderr
+    assert "metrics: expired 0 idempotency keys" in maintenance.stdout
+
+
+def test_migrate_creates_the_database_it_is_pointed_at(server_url: str) -> None:
+    name = f"lifecycle_new_{secrets.token_hex(4)}"
+    env = suite_environment(LIFECYCLE_DATABASE_URL=with_database(server_url, name))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "suite.cli", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    finally:
+        asyncio.run(
+            drop_database(server_url, ScratchDatabase(with_database(server_url, name), name))
+        )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LIFECYCLE_USERS_PORT", "eighty"),
+        ("LIFECYCLE_LOG_LEVEL", "LOUD"),
+        ("LIFECYCLE_DATABASE_URL", "mysql://x"),
+    ],
+)
+def test_a_bad_setting_stops_the_service_with_a_message_naming_it(
+    variable: str, value: str
+) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL="postgresql://localhost/x")
+    env[variable] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "suite.cli", "serve", "users"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert variable in result.stderr and repr(value) in result.stderr
