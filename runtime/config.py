@@ -116,6 +116,8 @@ def with_database(url: str, database: str) -> str:
 class TelemetryConfig:
     service_name: str
     otlp_endpoint: str | None
+    # OTEL_TRACES_SAMPLER, which the SDK reads itself when it is set.
+    sampler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
         telemetry=TelemetryConfig(
             service_name=env.get("OTEL_SERVICE_NAME") or f"lifecycle-{service}",
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            sampler=env.get("OTEL_TRACES_SAMPLER") or None,
         ),
         peers=peer_addresses(env),
         page_token_secret=env.get(

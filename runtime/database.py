@@ -12,6 +12,10 @@ import asyncpg
 
 from runtime.outbox import enqueue
 
+# What a read runs on: a connection (inside a unit of work) or the pool itself,
+# which acquires one for the statement, the cheapest way to run a single read.
+Executor = asyncpg.Connection | asyncpg.Pool
+
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -24,6 +28,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Services never change session state outside a transaction (only SET LOCAL),
+    so a released connection needs no RESET ALL round trip; asyncpg still rolls
+    back a transaction left open."""
+
+
 async def create_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
     """A pool that connects lazily, so a service starts (NOT_SERVING) while its database is down."""
     pool = await asyncpg.create_pool(
@@ -31,6 +41,7 @@ async def create_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
         min_size=0,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={"search_path": schema, "application_name": f"lifecycle-{schema}"},
     )
     assert pool is not None

@@ -6,20 +6,22 @@ The catalog of event types is in docs/architecture.md.
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2
 
 from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2
 from lifecycle.workflows.v1 import workflows_pb2
 from runtime.clients import GRPC_SERVICES
+from runtime.database import UnitOfWork
 from runtime.outbox import Destination
 from runtime.stages import stage_value
-from runtime.structs import JsonObject, dict_to_struct
+from runtime.structs import JsonObject, set_timestamp
 
 RECORD_EVENTS = "metrics.record_events"
 # Each service that holds user data erases it when the users service asks.
@@ -39,37 +41,65 @@ DESTINATIONS = {
 }
 
 
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+# The variant nibble of a version 4 UUID is 10xx in binary.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
-def lifecycle_event(
-    event_type: str,
-    producer: str,
-    event_time: datetime,
-    *,
-    user_id: uuid.UUID | None = None,
-    stage: str | None = None,
-    data: JsonObject | None = None,
-    workflow_execution_id: uuid.UUID | None = None,
-) -> metrics_pb2.LifecycleEvent:
-    return metrics_pb2.LifecycleEvent(
-        event_id=str(uuid.uuid4()),
-        event_type=event_type,
-        user_id=str(user_id) if user_id else "",
-        workflow_execution_id=str(workflow_execution_id) if workflow_execution_id else "",
-        lifecycle_stage=stage_value(stage),
-        data=dict_to_struct(data),
-        event_time=timestamp(event_time),
-        producer=producer,
-    )
+def _event_ids() -> Iterator[str]:
+    """Random version 4 UUIDs, formatted from one urandom call per thousand:
+    a system call and a UUID object per id are what make big imports slow."""
+    while True:
+        block = os.urandom(16 * 1024).hex()
+        for at in range(0, len(block), 32):
+            h = block[at : at + 32]
+            yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-def events_payload(events: Sequence[metrics_pb2.LifecycleEvent]) -> bytes:
-    """The outbox payload of RECORD_EVENTS: a RecordEventsRequest holding `events`."""
-    return metrics_pb2.RecordEventsRequest(events=events).SerializeToString()
+new_event_id = _event_ids().__next__
+
+
+class EventBatch:
+    """Lifecycle events of one producer, built in place into RecordEvents
+    requests of at most `per_request` events: the outbox payloads."""
+
+    def __init__(self, producer: str, per_request: int = 1000) -> None:
+        self._producer = producer
+        self._per_request = per_request
+        self._requests: list[metrics_pb2.RecordEventsRequest] = []
+
+    def add(
+        self,
+        event_type: str,
+        event_time: datetime,
+        *,
+        user_id: uuid.UUID | None = None,
+        stage: str | None = None,
+        data: JsonObject | struct_pb2.Struct | None = None,
+        workflow_execution_id: uuid.UUID | None = None,
+    ) -> None:
+        """Adds an event; `data` may be a prepared Struct when many events share it."""
+        if not self._requests or len(self._requests[-1].events) >= self._per_request:
+            self._requests.append(metrics_pb2.RecordEventsRequest())
+        event = self._requests[-1].events.add(
+            event_id=new_event_id(),
+            event_type=event_type,
+            user_id=str(user_id) if user_id else "",
+            workflow_execution_id=str(workflow_execution_id) if workflow_execution_id else "",
+            lifecycle_stage=stage_value(stage),
+            producer=self._producer,
+        )
+        if isinstance(data, struct_pb2.Struct):
+            event.data.CopyFrom(data)
+        elif data:
+            event.data.update(data)
+        set_timestamp(event.event_time, event_time)
+
+    def payloads(self) -> list[bytes]:
+        return [request.SerializeToString() for request in self._requests]
+
+    def publish(self, uow: UnitOfWork) -> None:
+        for payload in self.payloads():
+            uow.publish(RECORD_EVENTS, payload)
 
 
 _ERASE_REQUESTS = {

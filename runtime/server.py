@@ -27,12 +27,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.config import ServiceConfig
-from runtime.database import UnitOfWork, connection, create_pool, unit_of_work
+from runtime.database import UnitOfWork, create_pool, unit_of_work
 from runtime.interceptors import ErrorInterceptor
 from runtime.outbox import Destination, OutboxRelay
 from runtime.pagination import PageTokens
 from runtime.partitions import PartitionedTable
-from runtime.telemetry import UNTRACED, instrument_database
+from runtime.telemetry import instrument_database, traced
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,6 @@ class ServiceContext:
 
     def unit_of_work(self) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
         return unit_of_work(self.pool, on_commit=self.relay.wake)
-
-    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
-        return connection(self.pool)
 
 
 @dataclass
@@ -132,7 +129,7 @@ class ServiceHost:
         components = await self.definition.build(self.context)
         server = grpc.aio.server(
             interceptors=[
-                aio_server_interceptor(tracer_provider=self.tracer_provider, filter_=UNTRACED),
+                aio_server_interceptor(tracer_provider=self.tracer_provider, filter_=traced),
                 ErrorInterceptor(domain=f"lifecycle.{self.definition.name}"),
             ],
             options=[

@@ -1,7 +1,8 @@
 """OpenTelemetry tracing and JSON logs that carry trace and span ids.
 
-Spans are always recorded, so that logs and INTERNAL errors carry a trace id;
-they are exported over OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set. Without
+an exporter they are not recorded (OTEL_TRACES_SAMPLER can say otherwise),
+but every request still gets a trace id, propagated and written in the logs.
 """
 
 from __future__ import annotations
@@ -14,23 +15,31 @@ from datetime import UTC, datetime
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.instrumentation.grpc import filters
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from runtime.config import TelemetryConfig
 
-# Probes and reflection would drown the traces that matter.
-UNTRACED = filters.negate(
-    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
-)
+_UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def traced(details: object) -> bool:
+    """Probes and reflection would drown the traces that matter. (The instrumentation's
+    own filters parse the method name on every call; a prefix test is enough.)"""
+    method: str = getattr(details, "method", "") or ""
+    return not method.startswith(_UNTRACED_PREFIXES)
 
 
 def create_tracer_provider(
     config: TelemetryConfig, processors: tuple[SpanProcessor, ...] = ()
 ) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
+    exported = bool(config.otlp_endpoint or processors)
+    sampler = None if exported or config.sampler else ALWAYS_OFF
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": config.service_name}), sampler=sampler
+    )
     if config.otlp_endpoint:
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint))

@@ -17,7 +17,7 @@ from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.database import unit_of_work
-from runtime.lifecycle_events import RECORD_EVENTS, events_payload, lifecycle_event
+from runtime.lifecycle_events import RECORD_EVENTS, EventBatch
 from runtime.outbox import Destination, OutboxRelay
 from runtime.server import ServiceHost
 from tests.support import ScratchDatabase, free_port, running, service_env
@@ -175,14 +175,12 @@ async def test_users_events_stay_pending_while_metrics_does_not_implement_record
 
 
 def test_merged_payloads_parse_as_one_request_holding_every_event() -> None:
-
-    events = [
-        lifecycle_event("user.created", "users", datetime.now(UTC), user_id=uuid.uuid4())
-        for _ in range(3)
-    ]
-    merged = b"".join(events_payload([event]) for event in events)
-    assert list(metrics_pb2.RecordEventsRequest.FromString(merged).events) == events
-    destination = Destination(
-        "metrics", f"/{GRPC_SERVICES['metrics']}/RecordEvents", mergeable=True
-    )
-    assert destination.mergeable
+    batch = EventBatch("users", per_request=1)
+    for _ in range(3):
+        batch.add("user.created", datetime.now(UTC), user_id=uuid.uuid4())
+    payloads = batch.payloads()
+    assert len(payloads) == 3
+    events = [e for p in payloads for e in metrics_pb2.RecordEventsRequest.FromString(p).events]
+    merged = metrics_pb2.RecordEventsRequest.FromString(b"".join(payloads))
+    assert list(merged.events) == events
+    assert len({e.event_id for e in events}) == 3

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from runtime.errors import Violations
-from runtime.structs import JsonObject, json_size
+from runtime.structs import JsonObject, compact_json
 
 MAX_EMAIL_LENGTH = 255
 MAX_ATTRIBUTES_BYTES = 64 * 1024
@@ -59,6 +59,16 @@ class StageChange:
 
 
 @dataclass(frozen=True)
+class UserChange:
+    """An update of a user: a new email, and attributes as a merge patch or a replacement."""
+
+    email: str | None = None
+    # Compact JSON text, or None to leave the attributes as they are.
+    attributes_json: str | None = None
+    replace_attributes: bool = False
+
+
+@dataclass(frozen=True)
 class UserFilter:
     stages: tuple[str, ...] = ()
     created_after: datetime | None = None
@@ -77,9 +87,12 @@ def normalize_email(raw: str, field: str, violations: Violations) -> str:
     return email
 
 
-def check_attributes(attributes: JsonObject, field: str, violations: Violations) -> None:
-    if json_size(attributes) > MAX_ATTRIBUTES_BYTES:
+def encode_attributes(attributes: JsonObject, field: str, violations: Violations) -> str:
+    """The attributes as the JSON text stored, checked against the size limit."""
+    text = compact_json(attributes)
+    if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
         violations.add(field, f"must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON")
+    return text
 
 
 def attribute_changes(before: JsonObject, after: JsonObject) -> dict[str, dict[str, Any]]:

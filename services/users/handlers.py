@@ -13,12 +13,12 @@ from typing import Any
 
 import asyncpg
 
-from lifecycle.metrics.v1 import metrics_pb2
 from runtime import idempotency
 from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime.idempotency import RequestKey
-from runtime.lifecycle_events import RECORD_EVENTS, erase_messages, events_payload, lifecycle_event
+from runtime.lifecycle_events import EventBatch, erase_messages
 from runtime.server import ServiceContext
+from runtime.structs import dict_to_struct
 from services.users import store
 from services.users.domain import (
     DEFAULT_STAGE,
@@ -26,14 +26,13 @@ from services.users.domain import (
     StageChange,
     Transition,
     User,
+    UserChange,
     UserFilter,
     attribute_changes,
 )
-from services.users.store import ImportedUser, ImportRow
+from services.users.store import ImportRow, MergedUser
 
 PRODUCER = "users"
-# Events per outbox message of an import; RecordEvents takes them as one batch.
-EVENTS_PER_MESSAGE = 1000
 
 
 def _not_found(user_id: uuid.UUID | str) -> NotFound:
@@ -44,18 +43,18 @@ def _not_found(user_id: uuid.UUID | str) -> NotFound:
     )
 
 
-def _created_event(
-    user_id: uuid.UUID, stage: str, at: datetime, source: str
-) -> metrics_pb2.LifecycleEvent:
-    return lifecycle_event(
-        "user.created", PRODUCER, at, user_id=user_id, stage=stage, data={"source": source}
-    )
+_SOURCES = {source: dict_to_struct({"source": source}) for source in ("api", "import")}
 
 
-def _stage_changed_event(transition: Transition) -> metrics_pb2.LifecycleEvent:
-    return lifecycle_event(
+def _add_created(
+    events: EventBatch, user_id: uuid.UUID, stage: str, at: datetime, source: str
+) -> None:
+    events.add("user.created", at, user_id=user_id, stage=stage, data=_SOURCES[source])
+
+
+def _add_stage_changed(events: EventBatch, transition: Transition) -> None:
+    events.add(
         "user.stage_changed",
-        PRODUCER,
         transition.transitioned_at,
         user_id=transition.user_id,
         stage=transition.to_stage,
@@ -69,16 +68,11 @@ def _stage_changed_event(transition: Transition) -> metrics_pb2.LifecycleEvent:
     )
 
 
-def _attributes_changed_event(
-    user_id: uuid.UUID, stage: str, at: datetime, changes: dict[str, Any]
-) -> metrics_pb2.LifecycleEvent:
-    return lifecycle_event(
-        "user.attributes_changed",
-        PRODUCER,
-        at,
-        user_id=user_id,
-        stage=stage,
-        data={"changes": changes},
+def _add_attributes_changed(
+    events: EventBatch, user_id: uuid.UUID, stage: str, at: datetime, changes: dict[str, Any]
+) -> None:
+    events.add(
+        "user.attributes_changed", at, user_id=user_id, stage=stage, data={"changes": changes}
     )
 
 
@@ -98,12 +92,12 @@ class UserDirectory:
         self._context = context
 
     async def create_user(
-        self, email: str, stage: str, attributes: dict[str, Any], key: RequestKey | None
+        self, email: str, stage: str, attributes_json: str, key: RequestKey | None
     ) -> User:
         async with self._context.unit_of_work() as uow:
             if key is not None and (stored := await idempotency.claim(uow.conn, key)) is not None:
                 return await self._replayed_user(uow.conn, json.loads(stored)["user_id"])
-            user = await store.insert_user(uow.conn, email, stage, attributes)
+            user = await store.insert_user(uow.conn, email, stage, attributes_json)
             if user is None:
                 raise AlreadyExists(
                     "a user with this email already exists",
@@ -111,10 +105,9 @@ class UserDirectory:
                     metadata={"email": email},
                 )
             await store.insert_first_transition(uow.conn, user, "api")
-            uow.publish(
-                RECORD_EVENTS,
-                events_payload([_created_event(user.id, stage, user.created_at, "api")]),
-            )
+            events = EventBatch(PRODUCER)
+            _add_created(events, user.id, stage, user.created_at, "api")
+            events.publish(uow)
             if key is not None:
                 await idempotency.store(
                     uow.conn, key, json.dumps({"user_id": str(user.id)}).encode()
@@ -130,15 +123,13 @@ class UserDirectory:
         return user
 
     async def get_user(self, user_id: uuid.UUID) -> User:
-        async with self._context.connection() as conn:
-            user = await store.get_user(conn, user_id)
+        user = await store.get_user(self._context.pool, user_id)
         if user is None:
             raise _not_found(user_id)
         return user
 
     async def get_user_by_email(self, email: str) -> User:
-        async with self._context.connection() as conn:
-            user = await store.get_user_by_email(conn, email)
+        user = await store.get_user_by_email(self._context.pool, email)
         if user is None:
             raise NotFound(
                 "no user has this email", reason="USER_NOT_FOUND", metadata={"email": email}
@@ -148,17 +139,9 @@ class UserDirectory:
     async def list_users(
         self, where: UserFilter, cursor: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[User]:
-        async with self._context.connection() as conn:
-            return await store.list_users(conn, where, cursor, limit)
+        return await store.list_users(self._context.pool, where, cursor, limit)
 
-    async def update_user(
-        self,
-        user_id: uuid.UUID,
-        email: str | None,
-        attributes: dict[str, Any] | None,
-        replace_attributes: bool,
-        etag: str,
-    ) -> User:
+    async def update_user(self, user_id: uuid.UUID, change: UserChange, etag: str) -> User:
         async with self._context.unit_of_work() as uow:
             current = await store.get_user(uow.conn, user_id, lock=True)
             if current is None:
@@ -166,9 +149,7 @@ class UserDirectory:
             if etag and etag != current.etag:
                 raise Aborted("the user changed since the etag was read", reason="ETAG_MISMATCH")
             try:
-                updated = await store.update_user(
-                    uow.conn, user_id, email, attributes, replace_attributes
-                )
+                updated = await store.update_user(uow.conn, user_id, change)
             except asyncpg.CheckViolationError as error:
                 raise InvalidArgument.field(
                     "user.attributes", f"the merged attributes exceed {MAX_ATTRIBUTES_BYTES} bytes"
@@ -177,14 +158,15 @@ class UserDirectory:
                 raise AlreadyExists(
                     "another user has this email",
                     reason="EMAIL_TAKEN",
-                    metadata={"email": email or ""},
+                    metadata={"email": change.email or ""},
                 )
             changes = attribute_changes(current.attributes, updated.attributes)
             if changes:
-                event = _attributes_changed_event(
-                    updated.id, updated.stage, updated.updated_at, changes
+                events = EventBatch(PRODUCER)
+                _add_attributes_changed(
+                    events, updated.id, updated.stage, updated.updated_at, changes
                 )
-                uow.publish(RECORD_EVENTS, events_payload([event]))
+                events.publish(uow)
             return updated
 
     async def erase_user(self, user_id: uuid.UUID, etag: str, allow_missing: bool) -> None:
@@ -201,11 +183,10 @@ class UserDirectory:
             await store.delete_user(uow.conn, user_id)
             for topic, payload in erase_messages(user_id):
                 uow.publish(topic, payload)
+            events = EventBatch(PRODUCER)
             # Anonymous on purpose: it survives the erase of the user's events.
-            erased = lifecycle_event(
-                "user.erased", PRODUCER, current.updated_at, stage=current.stage
-            )
-            uow.publish(RECORD_EVENTS, events_payload([erased]))
+            events.add("user.erased", current.updated_at, stage=current.stage)
+            events.publish(uow)
 
     async def transition_stage(
         self, user_id: uuid.UUID, change: StageChange, key: RequestKey | None
@@ -224,7 +205,9 @@ class UserDirectory:
                     reason="SAME_STAGE",
                     metadata={"stage": outcome.previous_stage},
                 )
-            uow.publish(RECORD_EVENTS, events_payload([_stage_changed_event(outcome.transition)]))
+            events = EventBatch(PRODUCER)
+            _add_stage_changed(events, outcome.transition)
+            events.publish(uow)
             if key is not None:
                 reference = {"transition_id": outcome.transition.id}
                 await idempotency.store(uow.conn, key, json.dumps(reference).encode())
@@ -242,57 +225,51 @@ class UserDirectory:
     async def history(
         self, user_id: uuid.UUID, cursor: tuple[datetime, int] | None, limit: int
     ) -> list[Transition]:
-        async with self._context.connection() as conn:
-            transitions = await store.list_transitions(conn, user_id, cursor, limit)
-            if not transitions and cursor is None and not await store.user_exists(conn, user_id):
-                raise _not_found(user_id)
+        pool = self._context.pool
+        transitions = await store.list_transitions(pool, user_id, cursor, limit)
+        if not transitions and cursor is None and not await store.user_exists(pool, user_id):
+            raise _not_found(user_id)
         return transitions
 
     async def import_users(self, rows: Sequence[ImportRow]) -> ImportSummary:
         """Upserts valid rows by email in one transaction, set-based."""
         summary = ImportSummary()
         async with self._context.unit_of_work() as uow:
-            existing = await store.import_existing(uow.conn, rows)
-            done = {user.index for user in existing}
+            merged = await store.import_existing(uow.conn, rows)
+            done = {user.index for user in merged}
             fresh = [row for row in rows if row.index not in done]
             created = await store.import_new(uow.conn, fresh, DEFAULT_STAGE)
             done |= {user.index for user in created}
             # Rows whose email another writer inserted between the two statements.
             raced = [row for row in fresh if row.index not in done]
-            late = await store.import_existing(uow.conn, raced) if raced else []
-            done |= {user.index for user in late}
+            if raced:
+                late = await store.import_existing(uow.conn, raced)
+                merged += late
+                done |= {user.index for user in late}
             summary.failed += [
                 (row.index, "the email was written concurrently; retry the row")
                 for row in raced
                 if row.index not in done
             ]
-            written = existing + created + late
-            events = self._import_events(written, summary)
-            for start in range(0, len(events), EVENTS_PER_MESSAGE):
-                uow.publish(
-                    RECORD_EVENTS, events_payload(events[start : start + EVENTS_PER_MESSAGE])
-                )
+            events = EventBatch(PRODUCER)
+            for user in created:
+                _add_created(events, user.user_id, user.stage, user.created_at, "import")
+            summary.created = len(created)
+            self._add_merge_events(events, merged, summary)
+            events.publish(uow)
         return summary
 
-    def _import_events(
-        self, written: list[ImportedUser], summary: ImportSummary
-    ) -> list[metrics_pb2.LifecycleEvent]:
-        events = []
-        for user in written:
-            if user.created:
-                summary.created += 1
-                assert user.changed_at is not None
-                events.append(_created_event(user.user_id, user.stage, user.changed_at, "import"))
-                continue
-            if user.changed_at is None:
+    @staticmethod
+    def _add_merge_events(
+        events: EventBatch, merged: list[MergedUser], summary: ImportSummary
+    ) -> None:
+        for user in merged:
+            if user.updated_at is None:
                 summary.unchanged += 1
                 continue
             summary.updated += 1
             if user.transition is not None:
-                events.append(_stage_changed_event(user.transition))
+                _add_stage_changed(events, user.transition)
             changes = attribute_changes(user.old_attributes, user.attributes)
             if changes:
-                events.append(
-                    _attributes_changed_event(user.user_id, user.stage, user.changed_at, changes)
-                )
-        return events
+                _add_attributes_changed(events, user.user_id, user.stage, user.updated_at, changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -13,18 +14,18 @@ from google.protobuf import struct_pb2
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.lifecycle_events import timestamp
 from runtime.pagination import PageTokens, page_size
 from runtime.parsing import optional_time, parse_stage, parse_stages, parse_uuid
 from runtime.stages import stage_value
-from runtime.structs import dict_to_struct, struct_to_dict
+from runtime.structs import dict_to_struct, struct_to_dict, timestamp
 from services.users.domain import (
     DEFAULT_STAGE,
     StageChange,
     Transition,
     User,
+    UserChange,
     UserFilter,
-    check_attributes,
+    encode_attributes,
     normalize_email,
 )
 from services.users.handlers import ImportSummary, UserDirectory
@@ -61,10 +62,9 @@ def transition_message(transition: Transition) -> users_pb2.StageTransition:
     )
 
 
-def _attributes(struct: struct_pb2.Struct, field: str, violations: Violations) -> dict[str, object]:
-    attributes = struct_to_dict(struct)
-    check_attributes(attributes, field, violations)
-    return attributes
+def _attributes(struct: struct_pb2.Struct, field: str, violations: Violations) -> str:
+    """The attributes of a request as the JSON text to store."""
+    return encode_attributes(struct_to_dict(struct), field, violations)
 
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
@@ -141,17 +141,18 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         user_id = parse_uuid(request.user.id, "user.id", violations)
         paths = self._update_paths(request)
         replace = "*" in paths
-        email = None
-        attributes = None
-        if replace or "email" in paths:
-            email = normalize_email(request.user.email, "user.email", violations)
-        if replace or "attributes" in paths:
-            attributes = _attributes(request.user.attributes, "user.attributes", violations)
+        change = UserChange(
+            email=normalize_email(request.user.email, "user.email", violations)
+            if replace or "email" in paths
+            else None,
+            attributes_json=_attributes(request.user.attributes, "user.attributes", violations)
+            if replace or "attributes" in paths
+            else None,
+            replace_attributes=replace,
+        )
         violations.check()
         assert user_id is not None
-        user = await self._directory.update_user(
-            user_id, email, attributes, replace, request.user.etag
-        )
+        user = await self._directory.update_user(user_id, change, request.user.etag)
         return users_pb2.UpdateUserResponse(user=user_message(user))
 
     @staticmethod
@@ -228,18 +229,29 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.ImportUsersResponse:
         response = users_pb2.ImportUsersResponse()
         next_index = 0
-        async for request in request_iterator:
-            for start in range(0, len(request.users), IMPORT_CHUNK_ROWS):
-                chunk = request.users[start : start + IMPORT_CHUNK_ROWS]
-                rows = self._import_rows(chunk, next_index, response)
-                next_index += len(chunk)
-                if rows:
-                    _add_summary(
-                        response,
-                        await self._directory.import_users(rows),
-                        chunk,
-                        next_index - len(chunk),
-                    )
+        # While one chunk is written, the next one is validated, so Python and the
+        # database work at the same time; chunks still apply in stream order.
+        writing: tuple[asyncio.Task[ImportSummary], list[users_pb2.UserImport], int] | None = None
+        try:
+            async for request in request_iterator:
+                for start in range(0, len(request.users), IMPORT_CHUNK_ROWS):
+                    chunk = list(request.users[start : start + IMPORT_CHUNK_ROWS])
+                    rows = self._import_rows(chunk, next_index, response)
+                    if writing is not None:
+                        _add_summary(response, await writing[0], *writing[1:])
+                        writing = None
+                    if rows:
+                        task = asyncio.create_task(self._directory.import_users(rows))
+                        writing = (task, chunk, next_index)
+                    next_index += len(chunk)
+            if writing is not None:
+                _add_summary(response, await writing[0], *writing[1:])
+        finally:
+            if writing is not None:
+                writing[0].cancel()
+        errors = sorted(response.errors, key=lambda error: error.index)
+        del response.errors[:]
+        response.errors.extend(errors)
         return response
 
     @staticmethod

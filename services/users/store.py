@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from services.users.domain import StageChange, Transition, User, UserFilter
+from runtime.database import Executor
+from services.users.domain import StageChange, Transition, User, UserChange, UserFilter
 
 IMPORT_METADATA = {"source": "import"}
 _USER_COLUMNS = "id, email, current_lifecycle_stage, attributes, created_at, updated_at"
@@ -41,15 +42,16 @@ def _transition(row: asyncpg.Record) -> Transition:
 
 
 async def insert_user(
-    conn: asyncpg.Connection, email: str, stage: str, attributes: dict[str, Any]
+    conn: asyncpg.Connection, email: str, stage: str, attributes_json: str
 ) -> User | None:
     """The new user, or None when the email is taken."""
     row = await conn.fetchrow(
-        "INSERT INTO users (email, current_lifecycle_stage, attributes) VALUES ($1, $2, $3) "
-        f"ON CONFLICT DO NOTHING RETURNING {_USER_COLUMNS}",
+        "INSERT INTO users (email, current_lifecycle_stage, attributes)"
+        " VALUES ($1, $2, jsonb_strip_nulls($3::text::jsonb))"
+        f" ON CONFLICT DO NOTHING RETURNING {_USER_COLUMNS}",
         email,
         stage,
-        attributes,
+        attributes_json,
     )
     return _user(row) if row else None
 
@@ -68,15 +70,13 @@ async def insert_first_transition(conn: asyncpg.Connection, user: User, source: 
     return _transition(row)
 
 
-async def get_user(
-    conn: asyncpg.Connection, user_id: uuid.UUID, *, lock: bool = False
-) -> User | None:
+async def get_user(conn: Executor, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
     suffix = " FOR UPDATE" if lock else ""
     row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1{suffix}", user_id)
     return _user(row) if row else None
 
 
-async def get_user_by_email(conn: asyncpg.Connection, email: str) -> User | None:
+async def get_user_by_email(conn: Executor, email: str) -> User | None:
     row = await conn.fetchrow(
         f"SELECT {_USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email.strip()
     )
@@ -84,24 +84,20 @@ async def get_user_by_email(conn: asyncpg.Connection, email: str) -> User | None
 
 
 async def update_user(
-    conn: asyncpg.Connection,
-    user_id: uuid.UUID,
-    email: str | None,
-    attributes: dict[str, Any] | None,
-    replace_attributes: bool,
+    conn: asyncpg.Connection, user_id: uuid.UUID, change: UserChange
 ) -> User | None:
     """Applies the change; None when the new email belongs to another user."""
     try:
         row = await conn.fetchrow(
-            "UPDATE users SET email = coalesce($2, email), attributes = CASE "
-            "  WHEN $3::jsonb IS NULL THEN attributes "
-            "  WHEN $4 THEN $3::jsonb "
-            "  ELSE jsonb_merge_patch(attributes, $3::jsonb) END "
-            f"WHERE id = $1 RETURNING {_USER_COLUMNS}",
+            "UPDATE users SET email = coalesce($2, email), attributes = CASE"
+            "  WHEN $3::text IS NULL THEN attributes"
+            "  WHEN $4 THEN jsonb_strip_nulls($3::text::jsonb)"
+            "  ELSE jsonb_merge_patch(attributes, $3::text::jsonb) END"
+            f" WHERE id = $1 RETURNING {_USER_COLUMNS}",
             user_id,
-            email,
-            attributes,
-            replace_attributes,
+            change.email,
+            change.attributes_json,
+            change.replace_attributes,
         )
     except asyncpg.UniqueViolationError:
         return None
@@ -168,13 +164,13 @@ async def transition(
     return TransitionOutcome(row["previous_stage"], user, recorded)
 
 
-async def get_transition(conn: asyncpg.Connection, transition_id: int) -> Transition | None:
+async def get_transition(conn: Executor, transition_id: int) -> Transition | None:
     row = await conn.fetchrow("SELECT * FROM user_lifecycle_history WHERE id = $1", transition_id)
     return _transition(row) if row else None
 
 
 async def list_users(
-    conn: asyncpg.Connection,
+    conn: Executor,
     where: UserFilter,
     cursor: tuple[datetime, uuid.UUID] | None,
     limit: int,
@@ -197,7 +193,7 @@ async def list_users(
 
 
 async def list_transitions(
-    conn: asyncpg.Connection, user_id: uuid.UUID, cursor: tuple[datetime, int] | None, limit: int
+    conn: Executor, user_id: uuid.UUID, cursor: tuple[datetime, int] | None, limit: int
 ) -> list[Transition]:
     rows = await conn.fetch(
         "SELECT * FROM user_lifecycle_history WHERE user_id = $1 "
@@ -211,7 +207,7 @@ async def list_transitions(
     return [_transition(row) for row in rows]
 
 
-async def user_exists(conn: asyncpg.Connection, user_id: uuid.UUID) -> bool:
+async def user_exists(conn: Executor, user_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
 
 
@@ -220,33 +216,42 @@ class ImportRow:
     index: int
     email: str
     stage: str | None
-    attributes: dict[str, Any]
+    # The merge patch as compact JSON text, serialized once when it was validated.
+    attributes_json: str
 
 
 @dataclass(frozen=True)
-class ImportedUser:
+class MergedUser:
+    """An existing user an import row was merged into."""
+
     index: int
     user_id: uuid.UUID
-    created: bool
-    old_stage: str | None
     stage: str
     old_attributes: dict[str, Any]
     attributes: dict[str, Any]
-    # When the row was written: created_at for a new user, updated_at otherwise;
-    # None when an existing user was left as it was.
-    changed_at: datetime | None
-    # The stage change an existing user underwent.
+    # None when the row changed nothing.
+    updated_at: datetime | None
     transition: Transition | None
+
+
+@dataclass(frozen=True)
+class CreatedUser:
+    """A user an import row created."""
+
+    index: int
+    user_id: uuid.UUID
+    stage: str
+    created_at: datetime
 
 
 _IMPORT_EXISTING = """
 WITH input AS (
-  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::jsonb[])
+  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[])
     AS i(idx, lemail, stage, patch)
 ), locked AS (
   SELECT u.id, i.idx, u.current_lifecycle_stage AS old_stage, u.attributes AS old_attrs,
          coalesce(i.stage, u.current_lifecycle_stage) AS new_stage,
-         jsonb_merge_patch(u.attributes, i.patch) AS new_attrs
+         jsonb_merge_patch(u.attributes, i.patch::jsonb) AS new_attrs
   FROM users u JOIN input i ON lower(u.email) = i.lemail
   FOR UPDATE OF u
 ), updated AS (
@@ -267,82 +272,70 @@ FROM locked l LEFT JOIN updated up ON up.id = l.id LEFT JOIN recorded r ON r.use
 
 _IMPORT_NEW = """
 WITH input AS (
-  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::jsonb[])
+  SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[])
     AS i(idx, email, stage, attrs)
 ), inserted AS (
   INSERT INTO users (email, current_lifecycle_stage, attributes)
-  SELECT email, stage, jsonb_strip_nulls(attrs) FROM input ORDER BY idx
+  SELECT email, stage, jsonb_strip_nulls(attrs::jsonb) FROM input ORDER BY idx
   ON CONFLICT DO NOTHING
-  RETURNING id, email, current_lifecycle_stage, attributes, created_at
+  RETURNING id, email, current_lifecycle_stage, created_at
 ), recorded AS (
   INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at, metadata)
   SELECT id, NULL, current_lifecycle_stage, created_at, '{"source": "import"}'::jsonb FROM inserted
 )
-SELECT i.idx, ins.id, ins.current_lifecycle_stage, ins.attributes, ins.created_at
+SELECT i.idx, ins.id, ins.current_lifecycle_stage, ins.created_at
 FROM inserted ins
 JOIN input i ON lower(i.email) = lower(ins.email)
 """
 
 
-async def import_existing(
-    conn: asyncpg.Connection, rows: Sequence[ImportRow]
-) -> list[ImportedUser]:
+async def import_existing(conn: asyncpg.Connection, rows: Sequence[ImportRow]) -> list[MergedUser]:
     """Merges rows into the users they name; rows naming no user are left out."""
     records = await conn.fetch(
         _IMPORT_EXISTING,
         [r.index for r in rows],
         [r.email.lower() for r in rows],
         [r.stage for r in rows],
-        [r.attributes for r in rows],
+        [r.attributes_json for r in rows],
     )
-    return [
-        ImportedUser(
-            index=rec["idx"],
+    return [_merged(rec) for rec in records]
+
+
+def _merged(rec: asyncpg.Record) -> MergedUser:
+    transition = None
+    if rec["transition_id"] is not None:
+        transition = Transition(
+            id=rec["transition_id"],
             user_id=rec["id"],
-            created=False,
-            old_stage=rec["old_stage"],
-            stage=rec["new_stage"],
-            old_attributes=rec["old_attrs"],
-            attributes=rec["new_attrs"],
-            changed_at=rec["updated_at"],
-            transition=None
-            if rec["transition_id"] is None
-            else Transition(
-                id=rec["transition_id"],
-                user_id=rec["id"],
-                from_stage=rec["old_stage"],
-                to_stage=rec["new_stage"],
-                transitioned_at=rec["transitioned_at"],
-                workflow_execution_id=None,
-                metadata=IMPORT_METADATA,
-            ),
+            from_stage=rec["old_stage"],
+            to_stage=rec["new_stage"],
+            transitioned_at=rec["transitioned_at"],
+            workflow_execution_id=None,
+            metadata=IMPORT_METADATA,
         )
-        for rec in records
-    ]
+    return MergedUser(
+        index=rec["idx"],
+        user_id=rec["id"],
+        stage=rec["new_stage"],
+        old_attributes=rec["old_attrs"],
+        attributes=rec["new_attrs"],
+        updated_at=rec["updated_at"],
+        transition=transition,
+    )
 
 
 async def import_new(
     conn: asyncpg.Connection, rows: Sequence[ImportRow], default_stage: str
-) -> list[ImportedUser]:
+) -> list[CreatedUser]:
     """Inserts rows as new users; rows whose email was taken meanwhile are left out."""
     records = await conn.fetch(
         _IMPORT_NEW,
         [r.index for r in rows],
         [r.email for r in rows],
         [r.stage or default_stage for r in rows],
-        [r.attributes for r in rows],
+        [r.attributes_json for r in rows],
     )
     return [
-        ImportedUser(
-            index=rec["idx"],
-            user_id=rec["id"],
-            created=True,
-            old_stage=None,
-            stage=rec["current_lifecycle_stage"],
-            old_attributes={},
-            attributes=rec["attributes"],
-            changed_at=rec["created_at"],
-            transition=None,
-        )
+        CreatedUser(rec["idx"], rec["id"], rec["current_lifecycle_stage"], rec["created_at"])
         for rec in records
     ]
