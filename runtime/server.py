@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +82,9 @@ class ServiceDefinition:
     partitioned_tables: tuple[PartitionedTable, ...] = ()
     # Outbox topics this service sends, and where they go.
     destinations: dict[str, Destination] = field(default_factory=dict)
+    # Upkeep the service owns (retention, ...), run by `lifecycle maintenance` on a
+    # connection acting as the service's role in its schema; returns lines to report.
+    maintenance: Callable[[asyncpg.Connection, date], Awaitable[list[str]]] | None = None
 
     @property
     def grpc_service(self) -> str:

@@ -42,13 +42,16 @@ async def _maintenance(admin_url: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         today = datetime.now(UTC).date()
-        for owner in schema_owners(admin_url):
+        for definition, owner in zip(DEFINITIONS.values(), schema_owners(admin_url), strict=True):
             async with acting_as(conn, owner):
                 for spec in owner.partitioned_tables:
                     for name in await ensure_partitions(conn, spec, today):
-                        print(f"created partition {owner.schema}.{name}")
+                        print(f"{owner.schema}: created partition {name}")
                 expired = await idempotency.expire(conn, IDEMPOTENCY_KEY_DAYS)
                 print(f"{owner.schema}: expired {expired} idempotency keys")
+                if definition.maintenance is not None:
+                    for line in await definition.maintenance(conn, today):
+                        print(f"{owner.schema}: {line}")
     finally:
         await conn.close()
 
