@@ -24,6 +24,34 @@ from runtime.stages import stage_value
 from runtime.structs import JsonObject, set_timestamp
 
 RECORD_EVENTS = "metrics.record_events"
+
+# The lifecycle event types of the suite (docs/architecture.md has their payloads).
+EVENT_TYPES = frozenset(
+    {
+        "user.created",
+        "user.stage_changed",
+        "user.attributes_changed",
+        "user.erased",
+        "execution.started",
+        "execution.completed",
+        "execution.failed",
+        "execution.cancelled",
+        "trigger.fired",
+        "segment.entered",
+        "segment.exited",
+    }
+)
+# A user event tracked through the triggers service is recorded as
+# "tracked.<its type>", e.g. "tracked.signup".
+TRACKED_PREFIX = "tracked."
+
+
+def is_known_event_type(event_type: str) -> bool:
+    return event_type in EVENT_TYPES or (
+        event_type.startswith(TRACKED_PREFIX) and len(event_type) > len(TRACKED_PREFIX)
+    )
+
+
 # Each service that holds user data erases it when the users service asks.
 ERASE_TOPICS = {
     service: f"{service}.erase_user_data"
