@@ -131,12 +131,29 @@ class ServiceHost:
             config, self._pool, self._clients, PageTokens(config.page_token_secret), relay
         )
         components = await self.definition.build(self.context)
+        self._server = self._grpc_server(components)
+        await self._set_readiness(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
+        await self._server.start()
+        workers: list[Worker] = [
+            _ReadinessWatch(self._pool, self._set_readiness),
+            relay,
+            *components.workers,
+        ]
+        for worker in workers:
+            self._tasks.append(asyncio.create_task(self._run_worker(worker)))
+        log.info("%s listening on %s", self.definition.name, self.address)
+
+    def _grpc_server(self, components: ServiceComponents) -> grpc.aio.Server:
+        config = self.config
         server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(tracer_provider=self.tracer_provider, filter_=traced),
                 ErrorInterceptor(domain=f"lifecycle.{self.definition.name}"),
             ],
             options=[
+                # Clients reconnect now and then, so round_robin sees new replicas.
                 ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(config.shutdown_grace * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -150,19 +167,7 @@ class ServiceHost:
         reflection.enable_server_reflection(
             (self.definition.grpc_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        await self._set_readiness(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
-        await server.start()
-        self._server = server
-        workers: list[Worker] = [
-            _ReadinessWatch(self._pool, self._set_readiness),
-            relay,
-            *components.workers,
-        ]
-        for worker in workers:
-            self._tasks.append(asyncio.create_task(self._run_worker(worker)))
-        log.info("%s listening on %s", self.definition.name, self.address)
+        return server
 
     async def _run_worker(self, worker: Worker) -> None:
         try:
