@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint protos venv clean
+.PHONY: run test lint protos venv clean lock manifests
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,16 @@ lint: venv
 
 protos: venv
 	$(PY) protos/generate.py
+
+# The container's locked dependencies (Dockerfile), with hashes: run after changing pyproject.toml.
+LOCK := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock'
+lock: venv
+	$(LOCK) pyproject.toml -o requirements.lock
+	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" | $(LOCK) - -o requirements-build.lock
+
+# The per-service Kubernetes manifests (deploy/k8s/base/generated) from their template.
+manifests: venv
+	$(PY) deploy/k8s/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -138,6 +138,7 @@ class ServiceConfig:
     peers: Mapping[str, str]
     page_token_secret: str
     outbox_poll_interval: float
+    outbox_max_refusals: int
 
 
 def admin_database_url(env: Mapping[str, str] | None = None) -> str | None:
@@ -205,6 +206,9 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
         ),
         outbox_poll_interval=reader.get(
             "LIFECYCLE_OUTBOX_POLL_SECONDS", 1.0, _positive_float, "a positive number"
+        ),
+        outbox_max_refusals=reader.get(
+            "LIFECYCLE_OUTBOX_MAX_REFUSALS", 10, _positive_int, "a positive integer"
         ),
     )
     reader.check()

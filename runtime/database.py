@@ -72,7 +72,17 @@ async def unit_of_work(
 ) -> AsyncIterator[UnitOfWork]:
     """One transaction: the block's changes and its outbox messages commit together
     (or not at all), and `on_commit` (the relay's wake-up) runs once they did."""
-    async with connection(pool) as conn, conn.transaction():
+    async with connection(pool) as conn, transaction(conn, on_commit) as work:
+        yield work
+
+
+@contextlib.asynccontextmanager
+async def transaction(
+    conn: asyncpg.Connection, on_commit: Callable[[], None] | None = None
+) -> AsyncIterator[UnitOfWork]:
+    """A unit of work on a connection the caller holds (one that keeps a session
+    lock or a temporary table across several transactions, say)."""
+    async with conn.transaction():
         work = UnitOfWork(conn)
         yield work
         await enqueue(conn, work.messages)

@@ -92,9 +92,19 @@ class Unavailable(ServiceError):
     default_reason = "UNAVAILABLE"
 
 
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
+
+
+class OperationFailed(Exception):
+    """An operation run from the `lifecycle` command failed; the message says why
+    and what was left as it was."""
 
 
 class Violations:

@@ -44,11 +44,15 @@ EVENT_TYPES = frozenset(
 # A user event tracked through the triggers service is recorded as
 # "tracked.<its type>", e.g. "tracked.signup".
 TRACKED_PREFIX = "tracked."
+# An event a workflow emits (built-in task lifecycle.emit_event) is recorded as
+# "workflow.<its name>", e.g. "workflow.onboarding_nudge".
+EMITTED_PREFIX = "workflow."
 
 
 def is_known_event_type(event_type: str) -> bool:
-    return event_type in EVENT_TYPES or (
-        event_type.startswith(TRACKED_PREFIX) and len(event_type) > len(TRACKED_PREFIX)
+    return event_type in EVENT_TYPES or any(
+        event_type.startswith(prefix) and len(event_type) > len(prefix)
+        for prefix in (TRACKED_PREFIX, EMITTED_PREFIX)
     )
 
 
@@ -58,9 +62,17 @@ ERASE_TOPICS = {
     for service in ("workflows", "segments", "triggers", "metrics")
 }
 
+# Some lifecycle events are also user events the triggers service can fire on
+# (segment.entered, user.stage_changed, ...): forwarded to its TrackEvents.
+TRACK_EVENTS = "triggers.track_events"
+TRACKED_PER_REQUEST = 100
+
 DESTINATIONS = {
     RECORD_EVENTS: Destination(
         "metrics", f"/{GRPC_SERVICES['metrics']}/RecordEvents", mergeable=True
+    ),
+    TRACK_EVENTS: Destination(
+        "triggers", f"/{GRPC_SERVICES['triggers']}/TrackEvents", mergeable=True, max_batch=10
     ),
     **{
         topic: Destination(service, f"/{GRPC_SERVICES[service]}/EraseUserData")
@@ -86,14 +98,25 @@ def _event_ids() -> Iterator[str]:
 new_event_id = _event_ids().__next__
 
 
+def destinations(*topics: str) -> dict[str, Destination]:
+    """The destinations of the shared topics a service sends."""
+    return {topic: DESTINATIONS[topic] for topic in topics}
+
+
 class EventBatch:
     """Lifecycle events of one producer, built in place into RecordEvents
-    requests of at most `per_request` events: the outbox payloads."""
+    requests of at most `per_request` events: the outbox payloads. Events of the
+    `forwarded` types are also sent to the triggers service as user events, with
+    the lifecycle event's id as their message id."""
 
-    def __init__(self, producer: str, per_request: int = 1000) -> None:
+    def __init__(
+        self, producer: str, per_request: int = 1000, forwarded: frozenset[str] = frozenset()
+    ) -> None:
         self._producer = producer
         self._per_request = per_request
+        self._forwarded = forwarded
         self._requests: list[metrics_pb2.RecordEventsRequest] = []
+        self._tracked: list[triggers_pb2.Event] = []
 
     def add(
         self,
@@ -121,6 +144,16 @@ class EventBatch:
         elif data:
             event.data.update(data)
         set_timestamp(event.event_time, event_time)
+        if event_type in self._forwarded and user_id is not None:
+            self._tracked.append(
+                triggers_pb2.Event(
+                    user_id=event.user_id,
+                    event_type=event_type,
+                    data=event.data,
+                    event_time=event.event_time,
+                    message_id=event.event_id,
+                )
+            )
 
     def payloads(self) -> list[bytes]:
         return [request.SerializeToString() for request in self._requests]
@@ -128,6 +161,10 @@ class EventBatch:
     def publish(self, uow: UnitOfWork) -> None:
         for payload in self.payloads():
             uow.publish(RECORD_EVENTS, payload)
+        for start in range(0, len(self._tracked), TRACKED_PER_REQUEST):
+            events = self._tracked[start : start + TRACKED_PER_REQUEST]
+            request = triggers_pb2.TrackEventsRequest(events=events)
+            uow.publish(TRACK_EVENTS, request.SerializeToString())
 
 
 _ERASE_REQUESTS = {

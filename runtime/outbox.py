@@ -9,6 +9,12 @@ exponentially. Nothing is dropped: a row stays until its call succeeds.
 Receivers are idempotent (event ids, request ids), so a retry is harmless.
 A relay claims only the topics it has a destination for, so during a rolling
 deploy an older replica leaves a newer topic to the replicas that know it.
+
+A callee that is down, overloaded or not deployed yet is retried for as long
+as it takes. A callee that refuses a message for its content (INVALID_ARGUMENT,
+FAILED_PRECONDITION, NOT_FOUND, ...) is retried `max_refusals` times, then the
+message moves to `outbox_dead_letters`, where it is kept, out of the way, until
+an operator sends it again (`lifecycle outbox retry`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import asyncpg
 import grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span
 
 from runtime.clients import ServiceClients
+from runtime.telemetry import current_traceparent, trace_context
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +58,44 @@ class OutboxRow:
     topic: str
     payload: bytes
     attempts: int
+    # The trace of the request that wrote the message.
+    traceparent: str | None = None
 
 
 async def enqueue(conn: asyncpg.Connection, messages: Sequence[tuple[str, bytes]]) -> None:
-    """Adds messages to the outbox, inside the caller's transaction."""
+    """Adds messages to the outbox, inside the caller's transaction, with the
+    current trace, so that the calls the relay makes later join it."""
     if messages:
         await conn.execute(
-            "INSERT INTO outbox (topic, payload) SELECT * FROM unnest($1::text[], $2::bytea[])",
+            "INSERT INTO outbox (topic, payload, traceparent)"
+            " SELECT topic, payload, $3 FROM unnest($1::text[], $2::bytea[]) AS m(topic, payload)",
             [topic for topic, _ in messages],
             [payload for _, payload in messages],
+            current_traceparent(),
         )
+
+
+# A callee's answers about the content of a request, as opposed to its availability.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    rows: list[OutboxRow]
+    error: str = ""
+    refused: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        return not self.error
 
 
 _CLAIM = """
@@ -66,7 +105,7 @@ WITH due AS (
 )
 UPDATE outbox o SET available_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
 FROM due WHERE o.id = due.id
-RETURNING o.id, o.topic, o.payload, o.attempts
+RETURNING o.id, o.topic, o.payload, o.attempts, o.traceparent
 """
 
 
@@ -81,6 +120,8 @@ class OutboxRelay:
         batch_size: int = 1000,
         lease_seconds: float = 30.0,
         max_backoff_seconds: float = 60.0,
+        max_refusals: int = 10,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.name = "outbox-relay"
         self._pool = pool
@@ -90,6 +131,8 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._lease = lease_seconds
         self._max_backoff = max_backoff_seconds
+        self._max_refusals = max_refusals
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -116,7 +159,7 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """One round: claim due rows, deliver them, record the outcome. Returns rows claimed."""
         rows = [
-            OutboxRow(r["id"], r["topic"], r["payload"], r["attempts"])
+            OutboxRow(r["id"], r["topic"], r["payload"], r["attempts"], r["traceparent"])
             for r in await self._pool.fetch(
                 _CLAIM, self._batch_size, self._lease, list(self._destinations)
             )
@@ -124,19 +167,29 @@ class OutboxRelay:
         by_topic: dict[str, list[OutboxRow]] = defaultdict(list)
         for row in rows:
             by_topic[row.topic].append(row)
-        outcomes = await asyncio.gather(
-            *(
-                self._deliver(topic, batch)
-                for topic, batch in by_topic.items()
-                for batch in self._batches(topic, batch)
+        outcomes = [
+            outcome
+            for outcomes in await asyncio.gather(
+                *(
+                    self._deliver(topic, batch)
+                    for topic, batch in by_topic.items()
+                    for batch in self._batches(topic, batch)
+                )
             )
-        )
-        delivered = [row.id for ok, batch, _ in outcomes if ok for row in batch]
+            for outcome in outcomes
+        ]
+        delivered = [row.id for outcome in outcomes if outcome.delivered for row in outcome.rows]
         if delivered:
             await self._pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", delivered)
-        for ok, batch, error in outcomes:
-            if not ok:
-                await self._reschedule(batch, error)
+        failed = [outcome for outcome in outcomes if not outcome.delivered]
+        buried = [
+            outcome
+            for outcome in failed
+            if outcome.refused and max(r.attempts for r in outcome.rows) >= self._max_refusals
+        ]
+        for outcome in buried:
+            await self._bury(outcome)
+        await self._reschedule([outcome for outcome in failed if outcome not in buried])
         return len(rows)
 
     def _batches(self, topic: str, rows: list[OutboxRow]) -> Iterable[list[OutboxRow]]:
@@ -144,35 +197,99 @@ class OutboxRelay:
         size = destination.max_batch if destination.mergeable else 1
         return (rows[i : i + size] for i in range(0, len(rows), size))
 
-    async def _deliver(
-        self, topic: str, batch: list[OutboxRow]
-    ) -> tuple[bool, list[OutboxRow], str]:
+    async def _deliver(self, topic: str, batch: list[OutboxRow]) -> list[_Outcome]:
+        """Sends a batch as one call. When the callee refuses a merged batch for what
+        is in it, each message is sent alone, so that one bad message does not hold
+        back the others (receivers are idempotent: what the first call stored is
+        not stored twice)."""
         destination = self._destinations[topic]
         # Payloads are serialized requests already; the answer is not needed.
         call = self._clients.channel(destination.service).unary_unary(
             destination.method, request_serializer=None, response_deserializer=None
         )
         try:
-            await call(b"".join(row.payload for row in batch), timeout=self._clients.timeout())
+            with self._delivery_span(topic, batch):
+                await call(b"".join(row.payload for row in batch), timeout=self._clients.timeout())
         except grpc.aio.AioRpcError as error:
-            return False, batch, f"{error.code().name}: {error.details()}"
-        return True, batch, ""
+            refused = error.code() in _REFUSALS
+            if len(batch) > 1 and refused:
+                alone = await asyncio.gather(*(self._deliver(topic, [row]) for row in batch))
+                return [outcome for outcomes in alone for outcome in outcomes]
+            return [_Outcome(batch, f"{error.code().name}: {error.details()}", refused)]
+        return [_Outcome(batch)]
 
-    async def _reschedule(self, batch: list[OutboxRow], error: str) -> None:
-        attempts = max(row.attempts for row in batch)
-        delay = min(self._max_backoff, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
-        log.warning(
-            "outbox delivery failed (%s, %d messages, attempt %d, next in %.1fs): %s",
-            batch[0].topic,
-            len(batch),
-            attempts,
-            delay,
-            error,
+    def _delivery_span(self, topic: str, batch: list[OutboxRow]) -> AbstractContextManager[Span]:
+        """A span in the trace of the batch's first message, linked to the others'."""
+        contexts = [trace_context(row.traceparent) for row in batch]
+        known = [context for context in contexts if context is not None]
+        links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in known[1:]]
+        return self._tracer.start_as_current_span(
+            f"outbox {topic}",
+            context=known[0] if known else None,
+            kind=trace.SpanKind.PRODUCER,
+            links=links,
+            attributes={"messaging.batch.message_count": len(batch)},
+        )
+
+    async def _bury(self, outcome: _Outcome) -> None:
+        log.error(
+            "outbox message refused %d times, moved to outbox_dead_letters (%s): %s",
+            self._max_refusals,
+            outcome.rows[0].topic,
+            outcome.error,
         )
         await self._pool.execute(
-            "UPDATE outbox SET available_at = now() + make_interval(secs => $2), last_error = $3 "
-            "WHERE id = ANY($1::bigint[])",
-            [row.id for row in batch],
-            delay,
-            error,
+            "WITH dead AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+            " RETURNING id, topic, payload, created_at, attempts, traceparent)"
+            " INSERT INTO outbox_dead_letters"
+            " (id, topic, payload, created_at, attempts, last_error, traceparent)"
+            " SELECT id, topic, payload, created_at, attempts, $2, traceparent FROM dead",
+            [row.id for row in outcome.rows],
+            outcome.error,
         )
+
+    async def _reschedule(self, failed: list[_Outcome]) -> None:
+        """Backs off every row that failed this round, in one statement: a callee
+        that is down costs one update per round, not one per message."""
+        if not failed:
+            return
+        rows = [(row, outcome.error) for outcome in failed for row in outcome.rows]
+        delays = [self._backoff(row.attempts) for row, _ in rows]
+        by_topic: dict[str, list[str]] = defaultdict(list)
+        for row, error in rows:
+            by_topic[row.topic].append(error)
+        for topic, errors in by_topic.items():
+            log.warning(
+                "outbox delivery failed (%s, %d messages, attempt %d): %s",
+                topic,
+                len(errors),
+                max(row.attempts for row, _ in rows if row.topic == topic),
+                errors[-1],
+            )
+        await self._pool.execute(
+            "UPDATE outbox o SET available_at = now() + make_interval(secs => f.delay),"
+            " last_error = f.error"
+            " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS f(id, delay, error)"
+            " WHERE o.id = f.id",
+            [row.id for row, _ in rows],
+            delays,
+            [error for _, error in rows],
+        )
+
+    def _backoff(self, attempts: int) -> float:
+        """Seconds until the next attempt: doubling from half a second, capped, with jitter."""
+        doubled: float = 0.5 * 2.0 ** (attempts - 1)
+        return min(self._max_backoff, doubled) * random.uniform(0.8, 1.2)
+
+
+async def retry_dead_letters(conn: asyncpg.Connection, topic: str | None = None) -> int:
+    """Sends dead letters again (all, or one topic's) once their cause is fixed."""
+    moved = await conn.fetchval(
+        "WITH revived AS (DELETE FROM outbox_dead_letters WHERE $1::text IS NULL OR topic = $1"
+        " RETURNING topic, payload, created_at, traceparent),"
+        " requeued AS (INSERT INTO outbox (topic, payload, created_at, traceparent)"
+        " SELECT topic, payload, created_at, traceparent FROM revived RETURNING 1)"
+        " SELECT count(*) FROM requeued",
+        topic,
+    )
+    return int(moved)

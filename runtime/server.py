@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import grpc
@@ -85,6 +85,10 @@ class ServiceDefinition:
     # Upkeep the service owns (retention, ...), run by `lifecycle maintenance` on a
     # connection acting as the service's role in its schema; returns lines to report.
     maintenance: Callable[[asyncpg.Connection, date], Awaitable[list[str]]] | None = None
+    # Adds the service's own `lifecycle` subcommands to the CLI's subparsers; each
+    # parser sets `run`, an async function (conn, args) that the CLI calls on a
+    # connection acting as the service's role in its schema.
+    commands: Callable[[Any], None] | None = None
 
     @property
     def grpc_service(self) -> str:
@@ -126,6 +130,8 @@ class ServiceHost:
             self._clients,
             self.definition.destinations,
             poll_interval=config.outbox_poll_interval,
+            max_refusals=config.outbox_max_refusals,
+            tracer_provider=self.tracer_provider,
         )
         self.context = ServiceContext(
             config, self._pool, self._clients, PageTokens(config.page_token_secret), relay

@@ -7,18 +7,23 @@ but every request still gets a trace id, propagated and written in the logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from runtime.config import TelemetryConfig
 
@@ -54,6 +59,35 @@ def instrument_database(provider: TracerProvider) -> None:
     instrumentor = AsyncPGInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=provider)
+
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def current_traceparent() -> str | None:
+    """The current trace as a W3C traceparent, to carry it across a queue."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def trace_context(traceparent: str | None) -> Context | None:
+    """The context a stored traceparent names (None for none)."""
+    return _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+
+
+@contextlib.contextmanager
+def joined(traceparent: str | None) -> Iterator[None]:
+    """Runs the block (and the calls it makes) in the trace `traceparent` names."""
+    stored = trace_context(traceparent)
+    if stored is None:
+        yield
+        return
+    token = otel_context.attach(stored)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def current_trace_ids() -> tuple[str, str]:

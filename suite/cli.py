@@ -3,7 +3,10 @@
 lifecycle up                 the whole suite, each service in its own process
 lifecycle serve <service>    one service (what a container runs)
 lifecycle migrate            apply every service's migrations
-lifecycle maintenance        create partitions ahead, expire idempotency keys
+lifecycle maintenance        create partitions ahead, expire idempotency keys, retention
+lifecycle outbox [retry]     what waits in each service's outbox; send dead letters again
+lifecycle archive ...        archive old lifecycle events; list or restore archives (metrics)
+lifecycle rollup ...         recompute daily metrics (metrics)
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ import asyncio
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from opentelemetry import trace
 
 from runtime import idempotency
 from runtime.config import SERVICE_NAMES, ConfigError, load_service_config
+from runtime.errors import OperationFailed
 from runtime.migrations import acting_as, migrate
+from runtime.outbox import retry_dead_letters
 from runtime.partitions import ensure_partitions
 from runtime.server import ServiceHost
 from runtime.telemetry import configure_logging, create_tracer_provider
@@ -56,6 +62,59 @@ async def _maintenance(admin_url: str) -> None:
         await conn.close()
 
 
+async def _outbox(admin_url: str, args: argparse.Namespace) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for owner in schema_owners(admin_url):
+            if args.service and owner.schema != args.service:
+                continue
+            async with acting_as(conn, owner):
+                if args.action == "retry":
+                    moved = await retry_dead_letters(conn, args.topic)
+                    print(f"{owner.schema}: {moved} dead letters sent again")
+                for row in await conn.fetch(_OUTBOX_REPORT):
+                    print(
+                        f"{owner.schema}: {row['kind']} {row['topic']}: {row['messages']}"
+                        f" messages, oldest {row['oldest']}, {row['last_error'] or ''}"
+                    )
+    finally:
+        await conn.close()
+
+
+_OUTBOX_REPORT = """
+SELECT 'pending' AS kind, topic, count(*) AS messages, min(created_at) AS oldest,
+       max(last_error) AS last_error FROM outbox GROUP BY topic
+UNION ALL
+SELECT 'dead', topic, count(*), min(created_at), max(last_error)
+FROM outbox_dead_letters GROUP BY topic
+ORDER BY 1, 2
+"""
+
+
+async def _service_command(admin_url: str, args: argparse.Namespace) -> None:
+    """A service's own subcommand, run as the service's role in its schema."""
+    owner = next(o for o in schema_owners(admin_url) if o.schema == args.owner)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        async with acting_as(conn, owner):
+            await args.run(conn, args)
+    finally:
+        await conn.close()
+
+
+class _ServiceCommands:
+    """The CLI's subparsers as a service sees them: what it adds runs as its role."""
+
+    def __init__(self, subparsers: Any, service: str) -> None:
+        self._subparsers = subparsers
+        self._service = service
+
+    def add_parser(self, *args: Any, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._subparsers.add_parser(*args, **kwargs)
+        parser.set_defaults(owner=self._service)
+        return parser
+
+
 def _up(services: list[str]) -> int:
     with suite_database() as admin_url:
         asyncio.run(_migrate(admin_url))
@@ -85,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("service", choices=SERVICE_NAMES)
     commands.add_parser("migrate", help="apply the migrations of every service")
     commands.add_parser(
-        "maintenance", help="create partitions ahead and expire old idempotency keys"
+        "maintenance", help="create partitions ahead, expire idempotency keys, retention"
     )
+    outbox = commands.add_parser("outbox", help="what waits in the outboxes; retry dead letters")
+    outbox.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
+    outbox.add_argument("--service", choices=SERVICE_NAMES, help="only this service")
+    outbox.add_argument("--topic", help="retry: only this topic")
+    for definition in DEFINITIONS.values():
+        if definition.commands is not None:
+            definition.commands(_ServiceCommands(commands, definition.name))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -95,12 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args.service)
         with suite_database() as admin_url:
-            action = _migrate if args.command == "migrate" else _maintenance
-            asyncio.run(action(admin_url))
+            if args.command == "migrate":
+                asyncio.run(_migrate(admin_url))
+            elif args.command == "maintenance":
+                asyncio.run(_maintenance(admin_url))
+            elif args.command == "outbox":
+                asyncio.run(_outbox(admin_url, args))
+            else:
+                asyncio.run(_service_command(admin_url, args))
         return 0
     except ConfigError as error:
         print(f"lifecycle: {error}", file=sys.stderr)
         return 2
+    except (OperationFailed, ValueError) as error:
+        print(f"lifecycle: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config
+from runtime.migrations import RUNTIME_MIGRATIONS, load_migrations
 from runtime.server import ServiceHost
 from suite.registry import DEFINITIONS
 
@@ -29,6 +30,13 @@ T = TypeVar("T")
 class ScratchDatabase:
     admin_url: str
     name: str
+
+
+def migration_count() -> int:
+    """How many migrations a fresh database receives: the runtime's in every
+    schema, and each service's own."""
+    runtime = len(load_migrations(RUNTIME_MIGRATIONS, "runtime"))
+    return sum(runtime + len(load_migrations(d.migrations, d.name)) for d in DEFINITIONS.values())
 
 
 def free_port() -> int:

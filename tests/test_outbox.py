@@ -1,6 +1,6 @@
 """The outbox relay against real services: messages wait while the callee is
-down or does not implement the call yet, are retried with backoff, survive a
-crashed relay's claim, and are delivered exactly when the callee answers."""
+down, are retried with backoff, survive a crashed relay's claim, and are
+delivered exactly once when the callee answers."""
 
 from __future__ import annotations
 
@@ -12,20 +12,22 @@ from datetime import UTC, datetime
 import asyncpg
 import grpc
 import pytest
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from lifecycle.metrics.v1 import metrics_pb2
+from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.database import unit_of_work
 from runtime.lifecycle_events import RECORD_EVENTS, EventBatch
-from runtime.outbox import Destination, OutboxRelay
+from runtime.outbox import Destination, OutboxRelay, retry_dead_letters
 from runtime.server import ServiceHost
-from tests.support import ScratchDatabase, free_port, running, service_env
+from tests.support import SPANS, TRACER_PROVIDER, ScratchDatabase, free_port, running, service_env
 
 pytestmark = pytest.mark.users
 
 CREATE_USER = "test.create_user"
 DESTINATIONS = {CREATE_USER: Destination("users", f"/{GRPC_SERVICES['users']}/CreateUser")}
+MAX_REFUSALS = 4
 
 
 def create_user_payload(email: str) -> bytes:
@@ -64,9 +66,11 @@ async def relay(users_host: ServiceHost, callee_port: int) -> AsyncIterator[Outb
     """A relay on the users service's outbox that calls a users service at `callee_port`."""
     assert users_host.context is not None
     clients = ServiceClients({"users": f"127.0.0.1:{callee_port}"}, default_timeout=2.0)
-    yield OutboxRelay(users_host.context.pool, clients, DESTINATIONS, lease_seconds=1.0)
+    pool = users_host.context.pool
+    yield OutboxRelay(pool, clients, DESTINATIONS, lease_seconds=1.0, max_refusals=MAX_REFUSALS)
     await clients.close()
-    await users_host.context.pool.execute("DELETE FROM outbox WHERE topic = $1", CREATE_USER)
+    await pool.execute("DELETE FROM outbox WHERE topic = $1", CREATE_USER)
+    await pool.execute("DELETE FROM outbox_dead_letters WHERE topic = $1", CREATE_USER)
 
 
 async def test_a_message_waits_while_the_callee_is_down_and_is_delivered_once_it_is_up(
@@ -92,7 +96,7 @@ async def test_a_message_waits_while_the_callee_is_down_and_is_delivered_once_it
         assert found.user.email == email
 
 
-async def test_a_refused_message_is_kept_and_retried_with_growing_backoff(
+async def test_a_refused_message_is_retried_with_growing_backoff_then_kept_as_a_dead_letter(
     relay: OutboxRelay, users_host: ServiceHost, database: ScratchDatabase, callee_port: int
 ) -> None:
     assert users_host.context is not None
@@ -109,9 +113,20 @@ async def test_a_refused_message_is_kept_and_retried_with_growing_backoff(
             delays.append(
                 (row["available_at"] - await pool.fetchval("SELECT now()")).total_seconds()
             )
-    assert row["attempts"] == 3
-    assert "INVALID_ARGUMENT" in row["last_error"]
-    assert delays[0] < delays[1] < delays[2]
+        assert row["attempts"] == 3
+        assert "INVALID_ARGUMENT" in row["last_error"]
+        assert delays[0] < delays[1] < delays[2]
+        await make_due(pool, CREATE_USER)
+        await relay.relay_once()
+    assert await pending(pool, CREATE_USER) == []
+    [dead] = await pool.fetch("SELECT * FROM outbox_dead_letters WHERE topic = $1", CREATE_USER)
+    assert dead["attempts"] == MAX_REFUSALS
+    assert "user.email" in dead["last_error"]
+    assert create_user_payload("not-an-email") == dead["payload"]
+    async with pool.acquire() as conn:
+        assert await retry_dead_letters(conn, CREATE_USER) == 1  # type: ignore[arg-type]
+    [again] = await pending(pool, CREATE_USER)
+    assert again["attempts"] == 0
 
 
 async def test_a_crashed_relays_claim_expires_and_another_relay_delivers(
@@ -135,43 +150,79 @@ async def test_a_crashed_relays_claim_expires_and_another_relay_delivers(
         await relay_until_delivered(relay, pool, CREATE_USER)
 
 
-async def test_users_events_stay_pending_while_metrics_does_not_implement_record_events(
-    database: ScratchDatabase,
+async def pending_events_of(pool: asyncpg.Pool, user_id: str) -> list[asyncpg.Record]:
+    """The users service's outbox rows that carry an event about `user_id`."""
+    rows = await pool.fetch(
+        "SELECT id, payload, attempts, last_error FROM outbox WHERE topic = $1", RECORD_EVENTS
+    )
+    return [
+        r
+        for r in rows
+        if any(
+            e.user_id == user_id
+            for e in metrics_pb2.RecordEventsRequest.FromString(r["payload"]).events
+        )
+    ]
+
+
+async def test_users_events_wait_while_metrics_is_stopped_and_arrive_once_when_it_starts(
+    database: ScratchDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LIFECYCLE_METRICS_ROLLUP_INTERVAL_SECONDS", "0")
     ports = {"users": free_port(), "metrics": free_port()}
     env = service_env(database, ports)
-    async with running("metrics", env), running("users", env) as users_host:
-        async with grpc.aio.insecure_channel(users_host.address) as channel:
-            stub = users_pb2_grpc.UserServiceStub(channel)
-            created = await stub.CreateUser(
-                users_pb2.CreateUserRequest(
-                    user=users_pb2.User(email=f"pending-{uuid.uuid4().hex[:8]}@example.com")
-                )
-            )
+    async with running("users", env) as users_host:
         assert users_host.context is not None
-        pool = users_host.context.pool
-        rows: list[asyncpg.Record] = []
-        for _ in range(100):
-            rows = await pool.fetch(
-                "SELECT payload, attempts, last_error FROM outbox"
-                " WHERE topic = $1 AND attempts >= 2",
-                RECORD_EVENTS,
-            )
-            mine = [
-                r
-                for r in rows
-                if any(
-                    e.user_id == created.user.id
-                    for e in metrics_pb2.RecordEventsRequest.FromString(r["payload"]).events
+        pool, relay = users_host.context.pool, users_host.context.relay
+        with TRACER_PROVIDER.get_tracer("test").start_as_current_span("caller") as caller:
+            carrier: dict[str, str] = {}
+            TraceContextTextMapPropagator().inject(carrier)
+            async with grpc.aio.insecure_channel(users_host.address) as channel:
+                stub = users_pb2_grpc.UserServiceStub(channel)
+                created = await stub.CreateUser(
+                    users_pb2.CreateUserRequest(
+                        user=users_pb2.User(email=f"pending-{uuid.uuid4().hex[:8]}@example.com")
+                    ),
+                    metadata=tuple(carrier.items()),
                 )
-            ]
+        user_id = created.user.id
+        mine: list[asyncpg.Record] = []
+        for _ in range(100):
+            mine = [r for r in await pending_events_of(pool, user_id) if r["last_error"]]
             if mine:
                 break
-            await asyncio.sleep(0.2)
-        assert mine, "the relay did not retry the event"
-        assert all(
-            "UNIMPLEMENTED" in r["last_error"] or "UNAVAILABLE" in r["last_error"] for r in mine
-        )
+            await asyncio.sleep(0.1)
+        assert mine, "the relay did not try to deliver the event"
+        assert all("UNAVAILABLE" in r["last_error"] for r in mine)
+
+        async with running("metrics", env) as metrics_host:
+            for _ in range(50):
+                await pool.execute(
+                    "UPDATE outbox SET available_at = now() WHERE id = ANY($1::bigint[])",
+                    [r["id"] for r in mine],
+                )
+                await relay.relay_once()
+                if not await pending_events_of(pool, user_id):
+                    break
+                await asyncio.sleep(0.1)
+            assert await pending_events_of(pool, user_id) == []
+            async with grpc.aio.insecure_channel(metrics_host.address) as channel:
+                metrics = metrics_pb2_grpc.MetricsServiceStub(channel)
+                # A redelivery (a relay that died before deleting its rows) stores nothing twice.
+                again = await metrics.RecordEvents(
+                    metrics_pb2.RecordEventsRequest.FromString(mine[0]["payload"])
+                )
+                listed = await metrics.ListEvents(metrics_pb2.ListEventsRequest(user_id=user_id))
+    assert again.recorded_count == 0
+    assert [(e.event_type, e.producer) for e in listed.events] == [("user.created", "users")]
+    # The delivery, long after the call, still belongs to the trace of the call.
+    trace_id = caller.get_span_context().trace_id
+    names = {s.name for s in SPANS.get_finished_spans() if s.context.trace_id == trace_id}
+    assert {
+        "/lifecycle.users.v1.UserService/CreateUser",
+        "outbox metrics.record_events",
+        "/lifecycle.metrics.v1.MetricsService/RecordEvents",
+    } <= names
 
 
 def test_merged_payloads_parse_as_one_request_holding_every_event() -> None:

@@ -118,7 +118,7 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
     methods = (
         await asyncio.to_thread(grpcurl, address, "list", "lifecycle.users.v1.UserService")
     ).split()
-    assert len(methods) == 8
+    assert len(methods) == 11
 
     def call(method: str, body: dict[str, object] | str) -> dict[str, object]:
         data = body if isinstance(body, str) else json.dumps(body)
@@ -153,6 +153,15 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
         called.add("GetLifecycleHistory")
         assert call("ListUsers", {"page_size": 1})["users"]
         called.add("ListUsers")
+        condition = {"v": 1, "attr": "seats", "op": "gte", "value": 4}
+        matched = call("MatchUsers", {"condition": condition, "user_ids": [user_id]})
+        assert matched["matches"] == [{"user_id": user_id}]
+        called.add("MatchUsers")
+        assert int(call("CountUsers", {"condition": condition})["count"]) >= 1  # type: ignore[call-overload]
+        called.add("CountUsers")
+        profiles = call("BatchGetUserProfiles", {"user_ids": [user_id]})["profiles"]
+        assert json.loads(profiles[0]["attributes_json"]) == {"plan": "pro", "seats": 4}  # type: ignore[index]
+        called.add("BatchGetUserProfiles")
         stream = json.dumps({"users": [{"email": f"a-{email}"}]}) + json.dumps(
             {"users": [{"email": f"b-{email}"}]}
         )

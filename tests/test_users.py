@@ -17,8 +17,9 @@ from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.metrics.v1 import metrics_pb2
+from lifecycle.triggers.v1 import triggers_pb2
 from lifecycle.users.v1 import users_pb2
-from runtime.lifecycle_events import ERASE_TOPICS, RECORD_EVENTS
+from runtime.lifecycle_events import ERASE_TOPICS, RECORD_EVENTS, TRACK_EVENTS
 from runtime.structs import struct_to_dict
 from tests.support import error_info, rpc_error, violated_fields
 
@@ -376,7 +377,7 @@ async def test_delete_user_erases_user_and_history_and_asks_every_service_to_era
         == 0
     )
     rows = await admin.fetch(
-        "SELECT topic, payload FROM users.outbox WHERE topic <> $1", RECORD_EVENTS
+        "SELECT topic, payload FROM users.outbox WHERE topic = ANY($1)", list(ERASE_TOPICS.values())
     )
     asked = {
         row["topic"]
@@ -440,6 +441,15 @@ async def test_transition_stage_records_history_and_event(
     assert len(events) == 1
     assert events[0].workflow_execution_id == execution_id
     assert struct_to_dict(events[0].data)["from_stage"] == "Acquisition"
+    # The same change goes to the triggers service as a user event, under the same id.
+    tracked = []
+    for row in await admin.fetch("SELECT payload FROM users.outbox WHERE topic = $1", TRACK_EVENTS):
+        request = triggers_pb2.TrackEventsRequest.FromString(row["payload"])
+        tracked += [e for e in request.events if e.user_id == user.id]
+    assert [(e.event_type, e.message_id) for e in tracked] == [
+        ("user.stage_changed", events[0].event_id)
+    ]
+    assert struct_to_dict(tracked[0].data) == struct_to_dict(events[0].data)
 
 
 async def test_transition_to_the_current_stage(users: Stub) -> None:

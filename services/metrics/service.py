@@ -1,19 +1,58 @@
-"""How the runtime runs the metrics service. Its contract (protos/lifecycle/metrics/v1)
-and tables are in place; its RPCs answer UNIMPLEMENTED until issue #4 builds them."""
+"""How the runtime builds and runs the metrics service."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
-from runtime.partitions import PartitionedTable
-from runtime.server import ServiceDefinition, contract_only
+import asyncpg
+import grpc
 
-DEFINITION = ServiceDefinition(
-    name="metrics",
-    migrations=Path(__file__).parent / "migrations",
-    build=contract_only,
-    partitioned_tables=(
-        PartitionedTable("lifecycle_events", "month", ahead=3),
-        PartitionedTable("metrics_daily", "year", ahead=3, timestamped=False),
-    ),
-)
+from lifecycle.metrics.v1 import metrics_pb2_grpc
+from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
+from services.metrics.archive import FolderArchive, apply_retention
+from services.metrics.commands import add_commands
+from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
+from services.metrics.handlers import EventLog, Reports
+from services.metrics.rollup import Clock, RollupScheduler, system_clock
+from services.metrics.servicer import MetricsServicer
+from services.metrics.settings import MetricsSettings, load_settings
+
+
+def builder(clock: Clock, settings: MetricsSettings | None = None) -> ServiceDefinition:
+    """The service with the clock its rollups and snapshots read, and its
+    settings (read from the environment at start when not given)."""
+
+    async def build(context: ServiceContext) -> ServiceComponents:
+        nonlocal settings
+        settings = settings or load_settings()
+        scheduler = RollupScheduler(
+            context.pool, clock, settings.rollup_interval, settings.late_days
+        )
+        servicer = MetricsServicer(
+            EventLog(context), Reports(context, scheduler, clock), context.page_tokens, clock
+        )
+
+        def register(server: grpc.aio.Server) -> None:
+            metrics_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
+
+        scheduled = [scheduler] if settings.rollup_interval > 0 else []
+        return ServiceComponents(register=register, workers=scheduled)
+
+    return ServiceDefinition(
+        name="metrics",
+        migrations=Path(__file__).parent / "migrations",
+        build=build,
+        partitioned_tables=(EVENTS_TABLE, METRICS_TABLE),
+        maintenance=maintenance,
+        commands=add_commands,
+    )
+
+
+async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
+    """Retention: event partitions older than 2 years archived, then dropped;
+    daily metrics older than 3 years removed."""
+    return await apply_retention(conn, FolderArchive(load_settings().archive_folder), today)
+
+
+DEFINITION = builder(system_clock)

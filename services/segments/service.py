@@ -1,14 +1,60 @@
-"""How the runtime runs the segments service. Its contract (protos/lifecycle/segments/v1)
-and tables are in place; its RPCs answer UNIMPLEMENTED until issue #5 builds them."""
+"""How the runtime builds and runs the segments service."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
-from runtime.server import ServiceDefinition, contract_only
+import asyncpg
+import grpc
+
+from lifecycle.segments.v1 import segments_pb2_grpc
+from runtime.lifecycle_events import RECORD_EVENTS, TRACK_EVENTS, destinations
+from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition, Worker
+from services.segments import store
+from services.segments.domain import Clock, system_clock
+from services.segments.handlers import Catalog, Memberships, SegmentDirectory
+from services.segments.refresher import Refresher
+from services.segments.servicer import SegmentServicer
+from services.segments.settings import SegmentSettings, load_settings
+from services.segments.users_client import UsersClient
+
+# Erased users' ids are kept this long, for messages about them still in flight.
+TOMBSTONE_DAYS = 90
+
+
+async def build(
+    context: ServiceContext,
+    *,
+    clock: Clock = system_clock,
+    settings: SegmentSettings | None = None,
+) -> ServiceComponents:
+    settings = settings or load_settings()
+    catalog = Catalog()
+    users = UsersClient(context.clients, settings.match_timeout)
+    memberships = Memberships(context, catalog, users, clock, settings)
+    servicer = SegmentServicer(
+        SegmentDirectory(context, catalog, users, clock), memberships, context.page_tokens
+    )
+
+    def register(server: grpc.aio.Server) -> None:
+        segments_pb2_grpc.add_SegmentServiceServicer_to_server(servicer, server)
+
+    workers: list[Worker] = []
+    if settings.scheduler_interval > 0:
+        workers.append(Refresher(memberships, context.pool, clock, settings.scheduler_interval))
+    return ServiceComponents(register=register, workers=workers)
+
+
+async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
+    forgotten = await store.forget_tombstones(conn, TOMBSTONE_DAYS)
+    return [f"segments: forgot {forgotten} erased users older than {TOMBSTONE_DAYS} days"]
+
 
 DEFINITION = ServiceDefinition(
     name="segments",
     migrations=Path(__file__).parent / "migrations",
-    build=contract_only,
+    build=build,
+    destinations=destinations(RECORD_EVENTS, TRACK_EVENTS),
+    maintenance=maintenance,
 )

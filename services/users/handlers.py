@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from lifecycle.segments.v1 import segments_pb2
 from runtime import idempotency
-from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.database import UnitOfWork, connection
+from runtime.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from runtime.idempotency import RequestKey
 from runtime.lifecycle_events import EventBatch, erase_messages
 from runtime.server import ServiceContext
@@ -30,9 +39,14 @@ from services.users.domain import (
     UserFilter,
     attribute_changes,
 )
-from services.users.store import ImportRow, MergedUser
+from services.users.store import ImportRow, MatchQuery, MergedUser, Profile
 
 PRODUCER = "users"
+# Changes of a user that triggers can fire on (`changed_to` and the like).
+TRIGGER_EVENTS = frozenset({"user.stage_changed", "user.attributes_changed"})
+# Memberships follow users: every change of a user's attributes or stage (and
+# every new user) asks the segments service to re-evaluate them, reliably.
+REEVALUATE_USERS = "segments.reevaluate_users"
 
 
 def _not_found(user_id: uuid.UUID | str) -> NotFound:
@@ -76,6 +90,45 @@ def _add_attributes_changed(
     )
 
 
+class Reevaluations:
+    """The users whose segments must be re-evaluated after a change, as the
+    outbox payloads (ReevaluateUsersRequest, at most `per_request` users each)."""
+
+    def __init__(self, per_request: int = 1000) -> None:
+        self._per_request = per_request
+        self._changes: list[segments_pb2.UserChange] = []
+
+    def add(
+        self,
+        user_id: uuid.UUID,
+        *,
+        attribute_keys: Sequence[str] = (),
+        stage_changed: bool = False,
+        created: bool = False,
+    ) -> None:
+        self._changes.append(
+            segments_pb2.UserChange(
+                user_id=str(user_id),
+                attribute_keys=sorted(attribute_keys),
+                stage_changed=stage_changed,
+                created=created,
+            )
+        )
+
+    def publish(self, uow: UnitOfWork) -> None:
+        for start in range(0, len(self._changes), self._per_request):
+            request = segments_pb2.ReevaluateUsersRequest(
+                changes=self._changes[start : start + self._per_request]
+            )
+            uow.publish(REEVALUATE_USERS, request.SerializeToString())
+
+
+def _reevaluate(uow: UnitOfWork, user_id: uuid.UUID, **change: Any) -> None:
+    reevaluations = Reevaluations()
+    reevaluations.add(user_id, **change)
+    reevaluations.publish(uow)
+
+
 @dataclass
 class ImportSummary:
     created: int = 0
@@ -105,9 +158,10 @@ class UserDirectory:
                     metadata={"email": email},
                 )
             await store.insert_first_transition(uow.conn, user, "api")
-            events = EventBatch(PRODUCER)
+            events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
             _add_created(events, user.id, stage, user.created_at, "api")
             events.publish(uow)
+            _reevaluate(uow, user.id, created=True)
             if key is not None:
                 await idempotency.store(
                     uow.conn, key, json.dumps({"user_id": str(user.id)}).encode()
@@ -162,11 +216,12 @@ class UserDirectory:
                 )
             changes = attribute_changes(current.attributes, updated.attributes)
             if changes:
-                events = EventBatch(PRODUCER)
+                events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
                 _add_attributes_changed(
                     events, updated.id, updated.stage, updated.updated_at, changes
                 )
                 events.publish(uow)
+                _reevaluate(uow, updated.id, attribute_keys=list(changes))
             return updated
 
     async def erase_user(self, user_id: uuid.UUID, etag: str, allow_missing: bool) -> None:
@@ -183,7 +238,7 @@ class UserDirectory:
             await store.delete_user(uow.conn, user_id)
             for topic, payload in erase_messages(user_id):
                 uow.publish(topic, payload)
-            events = EventBatch(PRODUCER)
+            events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
             # Anonymous on purpose: it survives the erase of the user's events.
             events.add("user.erased", current.updated_at, stage=current.stage)
             events.publish(uow)
@@ -205,9 +260,10 @@ class UserDirectory:
                     reason="SAME_STAGE",
                     metadata={"stage": outcome.previous_stage},
                 )
-            events = EventBatch(PRODUCER)
+            events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
             _add_stage_changed(events, outcome.transition)
             events.publish(uow)
+            _reevaluate(uow, user_id, stage_changed=True)
             if key is not None:
                 reference = {"transition_id": outcome.transition.id}
                 await idempotency.store(uow.conn, key, json.dumps(reference).encode())
@@ -251,17 +307,23 @@ class UserDirectory:
                 for row in raced
                 if row.index not in done
             ]
-            events = EventBatch(PRODUCER)
+            events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
+            reevaluations = Reevaluations()
             for user in created:
                 _add_created(events, user.user_id, user.stage, user.created_at, "import")
+                reevaluations.add(user.user_id, created=True)
             summary.created = len(created)
-            self._add_merge_events(events, merged, summary)
+            self._add_merge_events(events, reevaluations, merged, summary)
             events.publish(uow)
+            reevaluations.publish(uow)
         return summary
 
     @staticmethod
     def _add_merge_events(
-        events: EventBatch, merged: list[MergedUser], summary: ImportSummary
+        events: EventBatch,
+        reevaluations: Reevaluations,
+        merged: list[MergedUser],
+        summary: ImportSummary,
     ) -> None:
         for user in merged:
             if user.updated_at is None:
@@ -273,3 +335,45 @@ class UserDirectory:
             changes = attribute_changes(user.old_attributes, user.attributes)
             if changes:
                 _add_attributes_changed(events, user.user_id, user.stage, user.updated_at, changes)
+            reevaluations.add(
+                user.user_id, attribute_keys=list(changes), stage_changed=bool(user.transition)
+            )
+
+
+class UserMatcher:
+    """Conditions of the shared language, run as SQL over the users (for the
+    segments service, which may not read this schema)."""
+
+    # Rows per MatchUsers message: large enough to amortise a message, small
+    # enough to keep a stream's memory flat.
+    BATCH_SIZE = 5000
+
+    def __init__(self, context: ServiceContext, timeout_seconds: float) -> None:
+        self._context = context
+        self._timeout_ms = int(timeout_seconds * 1000)
+
+    def _too_slow(self, error: Exception) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the condition ran longer than {self._timeout_ms / 1000:g} s",
+            reason="CONDITION_TIMEOUT",
+        )
+
+    async def match(self, query: MatchQuery) -> AsyncIterator[list[asyncpg.Record]]:
+        async with connection(self._context.pool) as conn:
+            try:
+                async for batch in store.match_users(
+                    conn, query, self._timeout_ms, self.BATCH_SIZE
+                ):
+                    yield batch
+            except asyncpg.QueryCanceledError as error:
+                raise self._too_slow(error) from error
+
+    async def count(self, query: MatchQuery) -> int:
+        async with connection(self._context.pool) as conn:
+            try:
+                return await store.count_users(conn, query, self._timeout_ms)
+            except asyncpg.QueryCanceledError as error:
+                raise self._too_slow(error) from error
+
+    async def profiles(self, user_ids: Sequence[uuid.UUID]) -> list[Profile]:
+        return await store.get_profiles(self._context.pool, user_ids)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from runtime.conditions import SQL, compile_sql, parse_condition
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.pagination import PageTokens, page_size
 from runtime.parsing import optional_time, parse_stage, parse_stages, parse_uuid
 from runtime.stages import stage_value
-from runtime.structs import dict_to_struct, struct_to_dict, timestamp
+from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict, timestamp
 from services.users.domain import (
     DEFAULT_STAGE,
     StageChange,
@@ -28,14 +29,16 @@ from services.users.domain import (
     encode_attributes,
     normalize_email,
 )
-from services.users.handlers import ImportSummary, UserDirectory
-from services.users.store import ImportRow
+from services.users.handlers import ImportSummary, UserDirectory, UserMatcher
+from services.users.store import ImportRow, MatchQuery, Profile
 
 Context = grpc.aio.ServicerContext[Any, Any]
 UPDATABLE = ("email", "attributes")
 # Kept within one transaction each, so that locks stay short on big imports.
 IMPORT_CHUNK_ROWS = 5000
 MAX_REPORTED_IMPORT_ERRORS = 1000
+MAX_MATCH_USER_IDS = 10_000
+MAX_PROFILES = 1000
 
 
 def user_message(user: User) -> users_pb2.User:
@@ -67,9 +70,57 @@ def _attributes(struct: struct_pb2.Struct, field: str, violations: Violations) -
     return encode_attributes(struct_to_dict(struct), field, violations)
 
 
+def profile_message(profile: Profile) -> users_pb2.UserProfile:
+    message = users_pb2.UserProfile(
+        user_id=str(profile.user_id),
+        lifecycle_stage=stage_value(profile.stage),
+        attributes_json=profile.attributes_json,
+        create_time=timestamp(profile.created_at),
+    )
+    if profile.stage_entered_at is not None:
+        set_timestamp(message.stage_enter_time, profile.stage_entered_at)
+    return message
+
+
+def _user_ids(
+    values: Sequence[str], field: str, limit: int, violations: Violations
+) -> list[uuid.UUID]:
+    if len(values) > limit:
+        violations.add(field, f"must hold at most {limit} ids")
+        return []
+    parsed = [parse_uuid(value, f"{field}[{i}]", violations) for i, value in enumerate(values)]
+    return [user_id for user_id in parsed if user_id is not None]
+
+
+def _match_query(
+    request: users_pb2.MatchUsersRequest | users_pb2.CountUsersRequest,
+    violations: Violations,
+    user_ids: Sequence[uuid.UUID] = (),
+    limit: int = 0,
+) -> MatchQuery:
+    """The query a MatchUsers or CountUsers request asks for; INVALID_ARGUMENT names
+    the bad part of the condition (e.g. condition.all[0].op)."""
+    stages = parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
+    condition = None
+    if not request.HasField("condition"):
+        violations.add("condition", "is required")
+    else:
+        try:
+            condition = parse_condition(struct_to_dict(request.condition), "condition", SQL)
+        except InvalidArgument as error:
+            violations.items += error.violations
+    violations.check()
+    assert condition is not None
+    as_of = optional_time(request, "as_of") or datetime.now(UTC)
+    return MatchQuery(compile_sql(condition, as_of), tuple(sorted(stages)), tuple(user_ids), limit)
+
+
 class UserServicer(users_pb2_grpc.UserServiceServicer):
-    def __init__(self, directory: UserDirectory, page_tokens: PageTokens) -> None:
+    def __init__(
+        self, directory: UserDirectory, matcher: UserMatcher, page_tokens: PageTokens
+    ) -> None:
         self._directory = directory
+        self._matcher = matcher
         self._tokens = page_tokens
 
     async def CreateUser(
@@ -253,6 +304,39 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         del response.errors[:]
         response.errors.extend(errors)
         return response
+
+    async def MatchUsers(
+        self, request: users_pb2.MatchUsersRequest, context: Context
+    ) -> AsyncIterator[users_pb2.MatchUsersResponse]:
+        violations = Violations()
+        user_ids = _user_ids(request.user_ids, "user_ids", MAX_MATCH_USER_IDS, violations)
+        if request.limit < 0:
+            violations.add("limit", "must not be negative")
+        query = _match_query(request, violations, user_ids, request.limit)
+        async for batch in self._matcher.match(query):
+            response = users_pb2.MatchUsersResponse()
+            for row in batch:
+                match = response.matches.add(user_id=row["id"])
+                if row["valid_until"] is not None:
+                    set_timestamp(match.valid_until, row["valid_until"])
+            yield response
+
+    async def CountUsers(
+        self, request: users_pb2.CountUsersRequest, context: Context
+    ) -> users_pb2.CountUsersResponse:
+        query = _match_query(request, Violations())
+        return users_pb2.CountUsersResponse(count=await self._matcher.count(query))
+
+    async def BatchGetUserProfiles(
+        self, request: users_pb2.BatchGetUserProfilesRequest, context: Context
+    ) -> users_pb2.BatchGetUserProfilesResponse:
+        violations = Violations()
+        user_ids = _user_ids(request.user_ids, "user_ids", MAX_PROFILES, violations)
+        violations.check()
+        profiles = await self._matcher.profiles(user_ids)
+        return users_pb2.BatchGetUserProfilesResponse(
+            profiles=[profile_message(profile) for profile in profiles]
+        )
 
     @staticmethod
     def _import_rows(

@@ -4,13 +4,14 @@ inside the caller's transaction where one is open."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from runtime.conditions import STAGE_ENTRY_JOIN, SqlCondition
 from runtime.database import Executor
 from services.users.domain import StageChange, Transition, User, UserChange, UserFilter
 
@@ -338,4 +339,115 @@ async def import_new(
     return [
         CreatedUser(rec["idx"], rec["id"], rec["current_lifecycle_stage"], rec["created_at"])
         for rec in records
+    ]
+
+
+@dataclass(frozen=True)
+class MatchQuery:
+    """A compiled condition and what else restricts the users it looks at."""
+
+    condition: SqlCondition
+    stages: tuple[str, ...] = ()
+    user_ids: tuple[uuid.UUID, ...] = ()
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: uuid.UUID
+    stage: str
+    # As stored, so that numbers stay exact.
+    attributes_json: str
+    created_at: datetime
+    stage_entered_at: datetime | None
+
+
+def _match_sql(
+    query: MatchQuery, columns: str, *, after: uuid.UUID | None = None, chunk: int = 0
+) -> tuple[str, list[Any]]:
+    """The query of the matching users; with `chunk`, the next ones after `after` in id order."""
+    params = list(query.condition.params)
+
+    def bind(value: Any, cast: str) -> str:
+        params.append(value)
+        return f"${len(params)}::{cast}"
+
+    where = [query.condition.where]
+    if query.stages:
+        where.append(f"u.current_lifecycle_stage = ANY({bind(list(query.stages), 'text[]')})")
+    if query.user_ids:
+        where.append(f"u.id = ANY({bind(list(query.user_ids), 'uuid[]')})")
+    if after is not None:
+        where.append(f"u.id > {bind(after, 'uuid')}")
+    join = " ".join(query.condition.joins)
+    order = f" ORDER BY u.id LIMIT {bind(chunk, 'int')}" if chunk else ""
+    return f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}{order}", params
+
+
+_MATCH_COLUMNS = "u.id::text AS id, {valid_until} AS valid_until"
+
+
+def _valid_until(query: MatchQuery) -> str:
+    return query.condition.valid_until or "NULL::timestamptz"
+
+
+async def _limit_time(conn: asyncpg.Connection, timeout_ms: int) -> None:
+    """Bounds every statement of the transaction: a costly condition (a regex on
+    long texts, say) fails instead of holding the database."""
+    await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(timeout_ms))
+
+
+# Users per statement of a match. Chunks, not a cursor: PostgreSQL never runs a
+# cursor's query in parallel, and it may run each chunk's.
+MATCH_CHUNK = 50_000
+
+
+async def match_users(
+    conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int, batch_size: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The matching users' ids (text) and valid_until, in batches of `batch_size`,
+    chunk by chunk in id order, all from one snapshot."""
+    columns = _MATCH_COLUMNS.format(valid_until=_valid_until(query))
+    wanted = query.limit or None
+    after = None
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await _limit_time(conn, timeout_ms)
+        while True:
+            size = MATCH_CHUNK if wanted is None else min(MATCH_CHUNK, wanted)
+            sql, params = _match_sql(query, columns, after=after, chunk=size)
+            rows = await conn.fetch(sql, *params)
+            for start in range(0, len(rows), batch_size):
+                yield rows[start : start + batch_size]
+            if wanted is not None:
+                wanted -= len(rows)
+            if len(rows) < size or wanted == 0:
+                return
+            after = uuid.UUID(rows[-1]["id"])
+
+
+async def count_users(conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int) -> int:
+    # Counted over the match query itself, whose every parameter has a use (and a type).
+    sql, params = _match_sql(query, _MATCH_COLUMNS.format(valid_until=_valid_until(query)))
+    sql = f"SELECT count(*) FROM ({sql}) matches"
+    async with conn.transaction(readonly=True):
+        await _limit_time(conn, timeout_ms)
+        return int(await conn.fetchval(sql, *params))
+
+
+async def get_profiles(conn: Executor, user_ids: Sequence[uuid.UUID]) -> list[Profile]:
+    rows = await conn.fetch(
+        "SELECT u.id, u.current_lifecycle_stage, u.attributes::text AS attributes, u.created_at,"
+        f" stage_entry.entered_at FROM users u {STAGE_ENTRY_JOIN}"
+        " WHERE u.id = ANY($1::uuid[])",
+        list(user_ids),
+    )
+    return [
+        Profile(
+            user_id=row["id"],
+            stage=row["current_lifecycle_stage"],
+            attributes_json=row["attributes"],
+            created_at=row["created_at"],
+            stage_entered_at=row["entered_at"],
+        )
+        for row in rows
     ]

@@ -101,17 +101,21 @@ class RecordEventsResponse(_message.Message):
 
     RECORDED_COUNT_FIELD_NUMBER: _builtins.int
     DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
+    ERASED_USER_COUNT_FIELD_NUMBER: _builtins.int
     recorded_count: _builtins.int
     duplicate_count: _builtins.int
+    erased_user_count: _builtins.int
+    """Events dropped because their user was erased before they arrived."""
     def __init__(
         self,
         *,
         recorded_count: _builtins.int = ...,
         duplicate_count: _builtins.int = ...,
+        erased_user_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "recorded_count", b"recorded_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "erased_user_count", b"erased_user_count", "recorded_count", b"recorded_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,7 +199,9 @@ class RunRollupRequest(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     start_date: _builtins.str
-    """ISO-8601 dates (YYYY-MM-DD), inclusive."""
+    """ISO-8601 dates (YYYY-MM-DD, UTC days), inclusive. Both empty: the trailing
+    window the scheduled rollup recomputes.
+    """
     end_date: _builtins.str
     def __init__(
         self,
@@ -218,7 +224,11 @@ class RunRollupResponse(_message.Message):
     ROWS_WRITTEN_FIELD_NUMBER: _builtins.int
     DAYS_FIELD_NUMBER: _builtins.int
     rows_written: _builtins.int
+    """Rows of metrics_daily inserted, changed or removed; 0 when the range was
+    already up to date.
+    """
     days: _builtins.int
+    """Days recomputed, the range plus the later days whose population it changed."""
     def __init__(
         self,
         *,
@@ -269,6 +279,7 @@ class MetricSeries(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     metric_name: _builtins.str
     lifecycle_stage: _stage_pb2.LifecycleStage.ValueType
+    """UNSPECIFIED for a series across all stages (stored as "all")."""
     @_builtins.property
     def dimensions(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -306,7 +317,11 @@ class GetMetricsRequest(_message.Message):
         """Metric names as defined in docs/metrics.md (all when empty)."""
 
     @_builtins.property
-    def lifecycle_stages(self) -> _containers.RepeatedScalarFieldContainer[_stage_pb2.LifecycleStage.ValueType]: ...
+    def lifecycle_stages(self) -> _containers.RepeatedScalarFieldContainer[_stage_pb2.LifecycleStage.ValueType]:
+        """Only series of these stages (all when empty); UNSPECIFIED selects the
+        series across all stages.
+        """
+
     @_builtins.property
     def dimensions(self) -> _struct_pb2.Struct:
         """Only series whose dimensions contain this object."""
@@ -355,6 +370,7 @@ class GetStageFunnelRequest(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     start_date: _builtins.str
+    """ISO-8601 dates, inclusive."""
     end_date: _builtins.str
     def __init__(
         self,
@@ -383,7 +399,9 @@ class FunnelStage(_message.Message):
     entered: _builtins.int
     """Users who entered the stage in the range."""
     conversion_rate: _builtins.float
-    """Share of the previous stage's entrants who reached this stage."""
+    """Share of the previous stage's entrants (in AARRR order) who entered this
+    stage after it, in the range; 0 for the first stage.
+    """
     def __init__(
         self,
         *,
@@ -464,6 +482,12 @@ class GetStageSnapshotResponse(_message.Message):
 
     STAGES_FIELD_NUMBER: _builtins.int
     SNAPSHOT_TIME_FIELD_NUMBER: _builtins.int
+    ROLLED_UP_THROUGH_FIELD_NUMBER: _builtins.int
+    rolled_up_through: _builtins.str
+    """The last day rolled up (YYYY-MM-DD), whose end-of-day population the
+    snapshot starts from before adding the moves recorded since; empty when
+    nothing was rolled up yet.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StagePopulation]: ...
     @_builtins.property
@@ -473,10 +497,11 @@ class GetStageSnapshotResponse(_message.Message):
         *,
         stages: _abc.Iterable[Global___StagePopulation] | None = ...,
         snapshot_time: _timestamp_pb2.Timestamp | None = ...,
+        rolled_up_through: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot_time", b"snapshot_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot_time", b"snapshot_time", "stages", b"stages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rolled_up_through", b"rolled_up_through", "snapshot_time", b"snapshot_time", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,7 +81,12 @@ class MetricsServiceServicer:
     """
 
     def RecordEvents(self, request, context):
-        """Stores a batch of events; an event whose id is already stored is skipped.
+        """Stores a batch of events; an event whose id is already stored is skipped,
+        and so is an event about a user erased before it arrived. The valid events
+        of a batch are stored even when others are refused: the call then fails
+        (INVALID_ARGUMENT for malformed events, FAILED_PRECONDITION for events
+        outside the stored time range) naming each refused event, and a retry of
+        the same batch stores nothing twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +100,7 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunRollup(self, request, context):
-        """Recomputes the daily metrics of a date range now.
+        """Recomputes the daily metrics of a date range now (docs/metrics.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +128,8 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EraseUserData(self, request, context):
-        """Removes a user's events from the log (part of a user's erase).
+        """Removes a user's identity and data from their events (part of a user's
+        erase); the events stay as anonymous counts, so the daily metrics keep them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

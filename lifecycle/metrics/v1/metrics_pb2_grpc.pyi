@@ -37,11 +37,17 @@ class MetricsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MetricsServiceAsyncStub: ...
     RecordEvents: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.RecordEventsRequest, _metrics_pb2.RecordEventsResponse]
-    """Stores a batch of events; an event whose id is already stored is skipped."""
+    """Stores a batch of events; an event whose id is already stored is skipped,
+    and so is an event about a user erased before it arrived. The valid events
+    of a batch are stored even when others are refused: the call then fails
+    (INVALID_ARGUMENT for malformed events, FAILED_PRECONDITION for events
+    outside the stored time range) naming each refused event, and a retry of
+    the same batch stores nothing twice.
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListEventsRequest, _metrics_pb2.ListEventsResponse]
     """The audit log, newest first, filtered by user, type, stage, execution and time."""
     RunRollup: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.RunRollupRequest, _metrics_pb2.RunRollupResponse]
-    """Recomputes the daily metrics of a date range now."""
+    """Recomputes the daily metrics of a date range now (docs/metrics.md)."""
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetMetricsRequest, _metrics_pb2.GetMetricsResponse]
     """Daily series of metrics."""
     GetStageFunnel: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetStageFunnelRequest, _metrics_pb2.GetStageFunnelResponse]
@@ -49,7 +55,9 @@ class MetricsServiceStub:
     GetStageSnapshot: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetStageSnapshotRequest, _metrics_pb2.GetStageSnapshotResponse]
     """Current population per stage."""
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.EraseUserDataRequest, _metrics_pb2.EraseUserDataResponse]
-    """Removes a user's events from the log (part of a user's erase)."""
+    """Removes a user's identity and data from their events (part of a user's
+    erase); the events stay as anonymous counts, so the daily metrics keep them.
+    """
 
 @_typing.type_check_only
 class MetricsServiceAsyncStub(MetricsServiceStub):
@@ -60,11 +68,17 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordEvents: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RecordEventsRequest, _metrics_pb2.RecordEventsResponse]  # type: ignore[assignment]
-    """Stores a batch of events; an event whose id is already stored is skipped."""
+    """Stores a batch of events; an event whose id is already stored is skipped,
+    and so is an event about a user erased before it arrived. The valid events
+    of a batch are stored even when others are refused: the call then fails
+    (INVALID_ARGUMENT for malformed events, FAILED_PRECONDITION for events
+    outside the stored time range) naming each refused event, and a retry of
+    the same batch stores nothing twice.
+    """
     ListEvents: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListEventsRequest, _metrics_pb2.ListEventsResponse]  # type: ignore[assignment]
     """The audit log, newest first, filtered by user, type, stage, execution and time."""
     RunRollup: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RunRollupRequest, _metrics_pb2.RunRollupResponse]  # type: ignore[assignment]
-    """Recomputes the daily metrics of a date range now."""
+    """Recomputes the daily metrics of a date range now (docs/metrics.md)."""
     GetMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetMetricsRequest, _metrics_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """Daily series of metrics."""
     GetStageFunnel: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetStageFunnelRequest, _metrics_pb2.GetStageFunnelResponse]  # type: ignore[assignment]
@@ -72,7 +86,9 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     GetStageSnapshot: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetStageSnapshotRequest, _metrics_pb2.GetStageSnapshotResponse]  # type: ignore[assignment]
     """Current population per stage."""
     EraseUserData: _aio.UnaryUnaryMultiCallable[_metrics_pb2.EraseUserDataRequest, _metrics_pb2.EraseUserDataResponse]  # type: ignore[assignment]
-    """Removes a user's events from the log (part of a user's erase)."""
+    """Removes a user's identity and data from their events (part of a user's
+    erase); the events stay as anonymous counts, so the daily metrics keep them.
+    """
 
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     """MetricsService keeps the audit log of lifecycle events and the daily
@@ -86,7 +102,13 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.RecordEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.RecordEventsResponse, _abc.Awaitable[_metrics_pb2.RecordEventsResponse]]:
-        """Stores a batch of events; an event whose id is already stored is skipped."""
+        """Stores a batch of events; an event whose id is already stored is skipped,
+        and so is an event about a user erased before it arrived. The valid events
+        of a batch are stored even when others are refused: the call then fails
+        (INVALID_ARGUMENT for malformed events, FAILED_PRECONDITION for events
+        outside the stored time range) naming each refused event, and a retry of
+        the same batch stores nothing twice.
+        """
 
     @_abc_1.abstractmethod
     def ListEvents(
@@ -102,7 +124,7 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.RunRollupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.RunRollupResponse, _abc.Awaitable[_metrics_pb2.RunRollupResponse]]:
-        """Recomputes the daily metrics of a date range now."""
+        """Recomputes the daily metrics of a date range now (docs/metrics.md)."""
 
     @_abc_1.abstractmethod
     def GetMetrics(
@@ -134,6 +156,8 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.EraseUserDataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.EraseUserDataResponse, _abc.Awaitable[_metrics_pb2.EraseUserDataResponse]]:
-        """Removes a user's events from the log (part of a user's erase)."""
+        """Removes a user's identity and data from their events (part of a user's
+        erase); the events stay as anonymous counts, so the daily metrics keep them.
+        """
 
 def add_MetricsServiceServicer_to_server(servicer: MetricsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

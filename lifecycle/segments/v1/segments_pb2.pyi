@@ -33,9 +33,13 @@ class Segment(_message.Message):
     LIFECYCLE_STAGES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    EVALUATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     description: _builtins.str
+    member_count: _builtins.int
+    """Output only. Members at the last refresh."""
     @_builtins.property
     def conditions(self) -> _struct_pb2.Struct:
         """A condition of the shared condition language."""
@@ -48,6 +52,10 @@ class Segment(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def evaluate_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the segment was last refreshed; unset before the first refresh."""
+
     def __init__(
         self,
         *,
@@ -58,10 +66,12 @@ class Segment(_message.Message):
         lifecycle_stages: _abc.Iterable[_stage_pb2.LifecycleStage.ValueType] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        member_count: _builtins.int = ...,
+        evaluate_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "evaluate_time", b"evaluate_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "description", b"description", "id", b"id", "lifecycle_stages", b"lifecycle_stages", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "description", b"description", "evaluate_time", b"evaluate_time", "id", b"id", "lifecycle_stages", b"lifecycle_stages", "member_count", b"member_count", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -159,7 +169,9 @@ class ListSegmentsRequest(_message.Message):
     page_size: _builtins.int
     page_token: _builtins.str
     @_builtins.property
-    def lifecycle_stages(self) -> _containers.RepeatedScalarFieldContainer[_stage_pb2.LifecycleStage.ValueType]: ...
+    def lifecycle_stages(self) -> _containers.RepeatedScalarFieldContainer[_stage_pb2.LifecycleStage.ValueType]:
+        """Only segments restricted to at least one of these stages (all segments when empty)."""
+
     def __init__(
         self,
         *,
@@ -644,20 +656,65 @@ class ReevaluateUsersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_IDS_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Users to re-evaluate against every segment."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserChange]:
+        """Users that changed, with what changed: each is re-evaluated against the
+        segments whose conditions read what changed. The users service sends these.
+        """
+
     def __init__(
         self,
         *,
         user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        changes: _abc.Iterable[Global___UserChange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReevaluateUsersRequest: _TypeAlias = ReevaluateUsersRequest  # noqa: Y015
+
+@_typing.final
+class UserChange(_message.Message):
+    """What changed of a user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_KEYS_FIELD_NUMBER: _builtins.int
+    STAGE_CHANGED_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    stage_changed: _builtins.bool
+    """The stage changed."""
+    created: _builtins.bool
+    """The user is new: every segment may concern them."""
+    @_builtins.property
+    def attribute_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Top-level attribute keys whose value changed."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        attribute_keys: _abc.Iterable[_builtins.str] | None = ...,
+        stage_changed: _builtins.bool = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_keys", b"attribute_keys", "created", b"created", "stage_changed", b"stage_changed", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserChange: _TypeAlias = UserChange  # noqa: Y015
 
 @_typing.final
 class ReevaluateUsersResponse(_message.Message):

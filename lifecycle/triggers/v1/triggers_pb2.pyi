@@ -437,14 +437,16 @@ class Event(_message.Message):
     event_type: _builtins.str
     """Lower-case dotted name, e.g. "signup" or "billing.invoice_paid"."""
     message_id: _builtins.str
-    """The sender's idempotency key."""
+    """The sender's idempotency key (required, at most 200 characters): an
+    event whose message_id was seen before is acknowledged and ignored.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """A JSON object, at most 32 KiB serialised."""
 
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; defaults to the time of receipt."""
+        """When it happened; defaults to the time of receipt; at most a day ahead."""
 
     def __init__(
         self,
@@ -515,7 +517,9 @@ class TrackEventsRequest(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """At most 5000 events."""
+
     def __init__(
         self,
         *,
@@ -539,10 +543,14 @@ class EventError(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     message_id: _builtins.str
     field: _builtins.str
+    """The field of the event at fault, e.g. "event_type" or "user_id"."""
     message: _builtins.str
+    reason: _builtins.str
+    """Why, in UPPER_SNAKE: INVALID_EVENT, USER_NOT_FOUND, USER_ERASED."""
     def __init__(
         self,
         *,
@@ -550,10 +558,11 @@ class EventError(_message.Message):
         message_id: _builtins.str = ...,
         field: _builtins.str = ...,
         message: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "message", b"message", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "message", b"message", "message_id", b"message_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -599,6 +608,8 @@ class TriggerExecution(_message.Message):
     WORKFLOW_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     EXECUTE_TIME_FIELD_NUMBER: _builtins.int
     SKIP_REASON_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     trigger_id: _builtins.str
     user_id: _builtins.str
@@ -606,7 +617,14 @@ class TriggerExecution(_message.Message):
     workflow_execution_id: _builtins.str
     """Set once the workflow execution started."""
     skip_reason: _builtins.str
-    """Why nothing started, when the condition held but no execution did."""
+    """Why nothing started, when the condition held but no execution did:
+    REENTRY_LIMIT, or the workflows service's reason (WORKFLOW_NOT_ACTIVE,
+    WORKFLOW_NOT_FOUND, EXECUTION_RUNNING, USER_ERASED) with its message.
+    """
+    event_type: _builtins.str
+    """The type of the event evaluated (a prefix trigger matches several)."""
+    message_id: _builtins.str
+    """The event's message_id."""
     @_builtins.property
     def event_data(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -622,10 +640,12 @@ class TriggerExecution(_message.Message):
         workflow_execution_id: _builtins.str = ...,
         execute_time: _timestamp_pb2.Timestamp | None = ...,
         skip_reason: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_data", b"event_data", "execute_time", b"execute_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition_met", b"condition_met", "event_data", b"event_data", "execute_time", b"execute_time", "id", b"id", "skip_reason", b"skip_reason", "trigger_id", b"trigger_id", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition_met", b"condition_met", "event_data", b"event_data", "event_type", b"event_type", "execute_time", b"execute_time", "id", b"id", "message_id", b"message_id", "skip_reason", b"skip_reason", "trigger_id", b"trigger_id", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

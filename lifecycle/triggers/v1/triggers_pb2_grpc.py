@@ -165,7 +165,8 @@ class TriggerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EraseUserData(self, request, context):
-        """Removes a user's trigger executions and refuses their future events.
+        """Removes a user's trigger executions and stored events, and refuses
+        their future events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

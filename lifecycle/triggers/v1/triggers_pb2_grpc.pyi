@@ -50,7 +50,9 @@ class TriggerServiceStub:
     """A batch of events; bad events are reported without failing the others."""
     ListTriggerExecutions: _grpc.UnaryUnaryMultiCallable[_triggers_pb2.ListTriggerExecutionsRequest, _triggers_pb2.ListTriggerExecutionsResponse]
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_triggers_pb2.EraseUserDataRequest, _triggers_pb2.EraseUserDataResponse]
-    """Removes a user's trigger executions and refuses their future events."""
+    """Removes a user's trigger executions and stored events, and refuses
+    their future events.
+    """
 
 @_typing.type_check_only
 class TriggerServiceAsyncStub(TriggerServiceStub):
@@ -74,7 +76,9 @@ class TriggerServiceAsyncStub(TriggerServiceStub):
     """A batch of events; bad events are reported without failing the others."""
     ListTriggerExecutions: _aio.UnaryUnaryMultiCallable[_triggers_pb2.ListTriggerExecutionsRequest, _triggers_pb2.ListTriggerExecutionsResponse]  # type: ignore[assignment]
     EraseUserData: _aio.UnaryUnaryMultiCallable[_triggers_pb2.EraseUserDataRequest, _triggers_pb2.EraseUserDataResponse]  # type: ignore[assignment]
-    """Removes a user's trigger executions and refuses their future events."""
+    """Removes a user's trigger executions and stored events, and refuses
+    their future events.
+    """
 
 class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TriggerService is the suite's front door for user events. Each event is
@@ -161,6 +165,8 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _triggers_pb2.EraseUserDataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_triggers_pb2.EraseUserDataResponse, _abc.Awaitable[_triggers_pb2.EraseUserDataResponse]]:
-        """Removes a user's trigger executions and refuses their future events."""
+        """Removes a user's trigger executions and stored events, and refuses
+        their future events.
+        """
 
 def add_TriggerServiceServicer_to_server(servicer: TriggerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -598,3 +598,233 @@ class ImportUsersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportUsersResponse: _TypeAlias = ImportUsersResponse  # noqa: Y015
+
+@_typing.final
+class MatchUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONDITION_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_STAGES_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many users, in no particular order (all when 0)."""
+    @_builtins.property
+    def condition(self) -> _struct_pb2.Struct:
+        """A condition of the shared condition language (version 1)."""
+
+    @_builtins.property
+    def lifecycle_stages(self) -> _containers.RepeatedScalarFieldContainer[_stage_pb2.LifecycleStage.ValueType]:
+        """Only users in one of these stages (all stages when empty)."""
+
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these users (all users when empty); at most 10000 UUIDs."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment relative conditions (within_last, time in stage) are evaluated
+        at; the time of the call when unset.
+        """
+
+    def __init__(
+        self,
+        *,
+        condition: _struct_pb2.Struct | None = ...,
+        lifecycle_stages: _abc.Iterable[_stage_pb2.LifecycleStage.ValueType] | None = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition", "lifecycle_stages", b"lifecycle_stages", "limit", b"limit", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchUsersRequest: _TypeAlias = MatchUsersRequest  # noqa: Y015
+
+@_typing.final
+class UserMatch(_message.Message):
+    """A user matching a condition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """The first moment after `as_of` at which time alone may change the match
+        (a within_last window or a time in stage passing); unset when it cannot.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "valid_until", b"valid_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserMatch: _TypeAlias = UserMatch  # noqa: Y015
+
+@_typing.final
+class MatchUsersResponse(_message.Message):
+    """One batch of matches; the stream ends after the last one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserMatch]: ...
+    def __init__(
+        self,
+        *,
+        matches: _abc.Iterable[Global___UserMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchUsersResponse: _TypeAlias = MatchUsersResponse  # noqa: Y015
+
+@_typing.final
+class CountUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONDITION_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_STAGES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def condition(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def lifecycle_stages(self) -> _containers.RepeatedScalarFieldContainer[_stage_pb2.LifecycleStage.ValueType]: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        condition: _struct_pb2.Struct | None = ...,
+        lifecycle_stages: _abc.Iterable[_stage_pb2.LifecycleStage.ValueType] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition", "lifecycle_stages", b"lifecycle_stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountUsersRequest: _TypeAlias = CountUsersRequest  # noqa: Y015
+
+@_typing.final
+class CountUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountUsersResponse: _TypeAlias = CountUsersResponse  # noqa: Y015
+
+@_typing.final
+class UserProfile(_message.Message):
+    """What a condition reads of a user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_STAGE_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STAGE_ENTER_TIME_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    lifecycle_stage: _stage_pb2.LifecycleStage.ValueType
+    attributes_json: _builtins.str
+    """The attributes as stored: a JSON object, with numbers exactly as written
+    (a Struct would round them to doubles, and conditions compare decimals).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def stage_enter_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user entered their current stage: their last transition that
+        changed the stage.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        lifecycle_stage: _stage_pb2.LifecycleStage.ValueType = ...,
+        attributes_json: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        stage_enter_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "stage_enter_time", b"stage_enter_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes_json", b"attributes_json", "create_time", b"create_time", "lifecycle_stage", b"lifecycle_stage", "stage_enter_time", b"stage_enter_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserProfile: _TypeAlias = UserProfile  # noqa: Y015
+
+@_typing.final
+class BatchGetUserProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000 UUIDs."""
+
+    def __init__(
+        self,
+        *,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetUserProfilesRequest: _TypeAlias = BatchGetUserProfilesRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetUserProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserProfile]:
+        """In no particular order; users that do not exist are left out."""
+
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[Global___UserProfile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetUserProfilesResponse: _TypeAlias = BatchGetUserProfilesResponse  # noqa: Y015

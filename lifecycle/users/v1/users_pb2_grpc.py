@@ -79,6 +79,21 @@ class UserServiceStub:
                 request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersResponse.FromString,
                 _registered_method=True)
+        self.MatchUsers = channel.unary_stream(
+                '/lifecycle.users.v1.UserService/MatchUsers',
+                request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersResponse.FromString,
+                _registered_method=True)
+        self.CountUsers = channel.unary_unary(
+                '/lifecycle.users.v1.UserService/CountUsers',
+                request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.CountUsersRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.CountUsersResponse.FromString,
+                _registered_method=True)
+        self.BatchGetUserProfiles = channel.unary_unary(
+                '/lifecycle.users.v1.UserService/BatchGetUserProfiles',
+                request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -151,6 +166,29 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MatchUsers(self, request, context):
+        """Streams the users matching a condition of the shared condition language
+        (docs/conditions.md), evaluated as SQL where the users are. The segments
+        service calls it; in_segment, event and change leaves are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountUsers(self, request, context):
+        """Counts the users matching a condition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetUserProfiles(self, request, context):
+        """What the condition evaluator reads of each user, for up to 1000 users.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +231,21 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.ImportUsers,
                     request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersRequest.FromString,
                     response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersResponse.SerializeToString,
+            ),
+            'MatchUsers': grpc.unary_stream_rpc_method_handler(
+                    servicer.MatchUsers,
+                    request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersRequest.FromString,
+                    response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersResponse.SerializeToString,
+            ),
+            'CountUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountUsers,
+                    request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.CountUsersRequest.FromString,
+                    response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.CountUsersResponse.SerializeToString,
+            ),
+            'BatchGetUserProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetUserProfiles,
+                    request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesRequest.FromString,
+                    response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +469,87 @@ class UserService:
             '/lifecycle.users.v1.UserService/ImportUsers',
             lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersRequest.SerializeToString,
             lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MatchUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lifecycle.users.v1.UserService/MatchUsers',
+            lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersRequest.SerializeToString,
+            lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.users.v1.UserService/CountUsers',
+            lifecycle_dot_users_dot_v1_dot_users__pb2.CountUsersRequest.SerializeToString,
+            lifecycle_dot_users_dot_v1_dot_users__pb2.CountUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetUserProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.users.v1.UserService/BatchGetUserProfiles',
+            lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesRequest.SerializeToString,
+            lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,15 @@ class UserServiceStub:
     rows are numbered across the whole stream, and a bad row is reported by
     that number without failing the others.
     """
+    MatchUsers: _grpc.UnaryStreamMultiCallable[_users_pb2.MatchUsersRequest, _users_pb2.MatchUsersResponse]
+    """Streams the users matching a condition of the shared condition language
+    (docs/conditions.md), evaluated as SQL where the users are. The segments
+    service calls it; in_segment, event and change leaves are refused.
+    """
+    CountUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.CountUsersRequest, _users_pb2.CountUsersResponse]
+    """Counts the users matching a condition."""
+    BatchGetUserProfiles: _grpc.UnaryUnaryMultiCallable[_users_pb2.BatchGetUserProfilesRequest, _users_pb2.BatchGetUserProfilesResponse]
+    """What the condition evaluator reads of each user, for up to 1000 users."""
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -101,6 +110,15 @@ class UserServiceAsyncStub(UserServiceStub):
     rows are numbered across the whole stream, and a bad row is reported by
     that number without failing the others.
     """
+    MatchUsers: _aio.UnaryStreamMultiCallable[_users_pb2.MatchUsersRequest, _users_pb2.MatchUsersResponse]  # type: ignore[assignment]
+    """Streams the users matching a condition of the shared condition language
+    (docs/conditions.md), evaluated as SQL where the users are. The segments
+    service calls it; in_segment, event and change leaves are refused.
+    """
+    CountUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.CountUsersRequest, _users_pb2.CountUsersResponse]  # type: ignore[assignment]
+    """Counts the users matching a condition."""
+    BatchGetUserProfiles: _aio.UnaryUnaryMultiCallable[_users_pb2.BatchGetUserProfilesRequest, _users_pb2.BatchGetUserProfilesResponse]  # type: ignore[assignment]
+    """What the condition evaluator reads of each user, for up to 1000 users."""
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """UserService owns the users and the history of their lifecycle stages.
@@ -183,5 +201,32 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         rows are numbered across the whole stream, and a bad row is reported by
         that number without failing the others.
         """
+
+    @_abc_1.abstractmethod
+    def MatchUsers(
+        self,
+        request: _users_pb2.MatchUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_users_pb2.MatchUsersResponse], _abc.AsyncIterator[_users_pb2.MatchUsersResponse]]:
+        """Streams the users matching a condition of the shared condition language
+        (docs/conditions.md), evaluated as SQL where the users are. The segments
+        service calls it; in_segment, event and change leaves are refused.
+        """
+
+    @_abc_1.abstractmethod
+    def CountUsers(
+        self,
+        request: _users_pb2.CountUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.CountUsersResponse, _abc.Awaitable[_users_pb2.CountUsersResponse]]:
+        """Counts the users matching a condition."""
+
+    @_abc_1.abstractmethod
+    def BatchGetUserProfiles(
+        self,
+        request: _users_pb2.BatchGetUserProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.BatchGetUserProfilesResponse, _abc.Awaitable[_users_pb2.BatchGetUserProfilesResponse]]:
+        """What the condition evaluator reads of each user, for up to 1000 users."""
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

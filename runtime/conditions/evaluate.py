@@ -1,0 +1,514 @@
+"""The Python evaluator: a condition compiled once into closures, then evaluated
+for one user or one event at a time (segments' incremental path, triggers).
+
+It means exactly what runtime.conditions.sql means in PostgreSQL; the property
+test in tests/segments checks that on generated conditions and documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from runtime.conditions.model import (
+    AllOf,
+    AnyOf,
+    AttributeLeaf,
+    Condition,
+    CreatedAtLeaf,
+    EventTypeLeaf,
+    Kind,
+    Node,
+    Not,
+    SegmentRef,
+    StageAgeLeaf,
+    StageLeaf,
+)
+from runtime.conditions.patterns import compile_pattern, fold
+from runtime.conditions.values import (
+    MICROSECOND,
+    MISSING,
+    format_duration,
+    format_timestamp,
+    json_equal,
+    later,
+    lookup,
+    number,
+    parse_timestamp,
+    utc,
+)
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """What a condition reads of a user."""
+
+    attributes: Mapping[str, Any]
+    stage: str
+    created_at: datetime
+    # When the user entered their current stage; None if the history has no entry.
+    stage_entered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttributeChanges:
+    """The user's attributes before and after the change an event reports."""
+
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything one evaluation may read, at the moment `as_of`."""
+
+    as_of: datetime
+    user: UserProfile | None = None
+    event_type: str | None = None
+    event_data: Mapping[str, Any] | None = None
+    changes: AttributeChanges | None = None
+
+
+@dataclass(frozen=True)
+class LeafOutcome:
+    """One leaf of an explanation: what it looked at and whether it held."""
+
+    location: str
+    leaf: Mapping[str, Any]
+    # The value the leaf read, as JSON; MISSING when there was none.
+    actual: Any
+    held: bool
+
+
+Test = Callable[[Context], bool]
+Flip = Callable[[Context], datetime | None]
+_EMPTY: Mapping[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class _Program:
+    test: Test
+    # The next instant the node's answer may change by time alone; None when never.
+    flip: Flip | None
+    # Leaves only: the value read and its JSON form for explanations.
+    read: Callable[[Context], Any] | None = None
+    show: Callable[[Any, Context], Any] | None = None
+
+
+class Evaluator:
+    """A compiled condition. `matches` is the hot path; `valid_until` and
+    `explain` serve the membership cache and ExplainMembership."""
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self._programs: dict[int, _Program] = {}
+        root = self._compile(condition.root)
+        self.matches: Test = root.test
+        self._flip = root.flip
+
+    def valid_until(self, context: Context) -> datetime | None:
+        """The first instant after `as_of` at which time alone may change the answer (UTC)."""
+        if self._flip is None:
+            return None
+        moment = self._flip(context)
+        return utc(moment) if moment is not None else None
+
+    def explain(self, context: Context) -> list[LeafOutcome]:
+        outcomes: list[LeafOutcome] = []
+        self._explain(self.condition.root, context, "", outcomes)
+        return outcomes
+
+    def _explain(self, node: Node, context: Context, prefix: str, out: list[LeafOutcome]) -> None:
+        if isinstance(node, AllOf | AnyOf):
+            for child in node.children:
+                self._explain(child, context, prefix, out)
+            return
+        if isinstance(node, Not):
+            self._explain(node.child, context, prefix, out)
+            return
+        program = self._programs[id(node)]
+        location = ".".join(part for part in (prefix, node.location) if part)
+        actual = MISSING
+        if program.read is not None and program.show is not None:
+            actual = program.show(program.read(context), context)
+        out.append(LeafOutcome(location, node.source_json, actual, program.test(context)))
+        if isinstance(node, SegmentRef) and node.condition is not None:
+            self._explain(node.condition.root, context, f"{location}.in_segment", out)
+
+    def _compile(self, node: Node) -> _Program:
+        program = self._compile_node(node)
+        self._programs[id(node)] = program
+        return program
+
+    def _compile_node(self, node: Node) -> _Program:
+        if isinstance(node, AllOf | AnyOf):
+            children = [self._compile(child) for child in node.children]
+            tests = tuple(child.test for child in children)
+            combine = _all if isinstance(node, AllOf) else _any
+            return _Program(combine(tests), _earliest([c.flip for c in children]))
+        if isinstance(node, Not):
+            child = self._compile(node.child)
+            child_test = child.test
+            return _Program(lambda context: not child_test(context), child.flip)
+        if isinstance(node, SegmentRef):
+            return self._segment(node)
+        if isinstance(node, AttributeLeaf):
+            return _attribute(node)
+        if isinstance(node, StageLeaf):
+            return _stage(node)
+        if isinstance(node, StageAgeLeaf):
+            return _stage_age(node)
+        if isinstance(node, CreatedAtLeaf):
+            return _created_at(node)
+        return _event_type(node)
+
+    def _segment(self, node: SegmentRef) -> _Program:
+        if node.condition is None:
+            raise ValueError(f"in_segment {node.segment_id} at {node.location!r} is not resolved")
+        inner = self._compile(node.condition.root)
+        inner_test, stages = inner.test, frozenset(node.stages)
+
+        def test(context: Context) -> bool:
+            if stages and (context.user is None or context.user.stage not in stages):
+                return False
+            return inner_test(context)
+
+        return _Program(test, inner.flip, read=_read_stage, show=lambda value, _: value)
+
+
+# Loops, not all()/any() over generators: this is the evaluator's hot path.
+
+
+def _all(tests: Sequence[Test]) -> Test:
+    def test(context: Context) -> bool:
+        for one in tests:  # noqa: SIM110
+            if not one(context):
+                return False
+        return True
+
+    return test
+
+
+def _any(tests: Sequence[Test]) -> Test:
+    def test(context: Context) -> bool:
+        for one in tests:  # noqa: SIM110
+            if one(context):
+                return True
+        return False
+
+    return test
+
+
+def _earliest(flips: Sequence[Flip | None]) -> Flip | None:
+    present = [flip for flip in flips if flip is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def flip(context: Context) -> datetime | None:
+        moments = [m for m in (one(context) for one in present) if m is not None]
+        return min(moments) if moments else None
+
+    return flip
+
+
+def _leaf(
+    read: Callable[[Context], Any],
+    holds: Callable[[Any, Context], bool],
+    negated: bool,
+    flip: Callable[[Any, Context], datetime | None] | None = None,
+    show: Callable[[Any, Context], Any] = lambda value, _: value,
+) -> _Program:
+    if negated:
+        test: Test = lambda context: not holds(read(context), context)  # noqa: E731
+    else:
+        test = lambda context: holds(read(context), context)  # noqa: E731
+    leaf_flip = None
+    if flip is not None:
+        flip_of_value = flip
+        leaf_flip = lambda context: flip_of_value(read(context), context)  # noqa: E731
+    return _Program(test, leaf_flip, read, show)
+
+
+# Attribute leaves
+
+
+def _reader(node: AttributeLeaf) -> Callable[[Context], Any]:
+    keys = node.keys
+    if node.op.change:
+
+        def read_change(context: Context) -> Any:
+            changes = context.changes
+            if changes is None:
+                return MISSING
+            return (lookup(changes.before, keys), lookup(changes.after, keys))
+
+        return read_change
+    if node.source == "event":
+        return lambda context: lookup(context.event_data or _EMPTY, keys)
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda context: (context.user.attributes if context.user else _EMPTY).get(
+            key, MISSING
+        )
+    return lambda context: lookup(context.user.attributes if context.user else _EMPTY, keys)
+
+
+def _equals(expected: Any) -> Callable[[Any], bool]:
+    """Strict JSON equality with one scalar: no coercion, numbers by value."""
+    if isinstance(expected, bool):
+        return lambda value: type(value) is bool and value == expected
+    if isinstance(expected, str):
+        return lambda value: type(value) is str and value == expected
+    return lambda value: number(value) == expected
+
+
+def _member_of(values: Sequence[Any]) -> Callable[[Any], bool]:
+    """Equality with any of several scalars (three sets: True == 1 in Python, not in JSON)."""
+    texts = frozenset(v for v in values if isinstance(v, str))
+    flags = frozenset(v for v in values if isinstance(v, bool))
+    numbers = frozenset(v for v in values if isinstance(v, int | Decimal) and type(v) is not bool)
+
+    def test(value: Any) -> bool:
+        kind = type(value)
+        if kind is str:
+            return value in texts
+        if kind is bool:
+            return value in flags
+        numeric = number(value)
+        return numeric is not None and numeric in numbers
+
+    return test
+
+
+def _attribute(node: AttributeLeaf) -> _Program:
+    read = _reader(node)
+    op, value, ci = node.op.positive, node.value, node.ci
+    negated = node.op.negated
+    if op in _CHANGE_TESTS:
+        return _leaf(read, _CHANGE_TESTS[op](value), negated, show=_show_change)
+    if node.op.kind is Kind.DURATION:
+        duration: timedelta = value
+        return _leaf(read, _within(duration), negated, _window_flip(duration))
+    holds = _VALUE_TESTS[op](value, ci)
+    return _leaf(read, lambda actual, _: holds(actual), negated)
+
+
+def _text(test: Callable[[str, str], bool]) -> Callable[[Any, bool], Callable[[Any], bool]]:
+    def build(expected: Any, ci: bool) -> Callable[[Any], bool]:
+        if ci:
+            return lambda value: type(value) is str and test(fold(value), expected)
+        return lambda value: type(value) is str and test(value, expected)
+
+    return build
+
+
+def _regex(pattern: Any, ci: bool) -> Callable[[Any], bool]:
+    search = compile_pattern(pattern).search
+    if ci:
+        return lambda value: type(value) is str and search(fold(value)) is not None
+    return lambda value: type(value) is str and search(value) is not None
+
+
+def _compare(test: Callable[[Any, Any], bool]) -> Callable[[Any, bool], Callable[[Any], bool]]:
+    def build(expected: Any, ci: bool) -> Callable[[Any], bool]:
+        def holds(value: Any) -> bool:
+            numeric = number(value)
+            return numeric is not None and test(numeric, expected)
+
+        return holds
+
+    return build
+
+
+def _has(expected: Any, ci: bool) -> Callable[[Any], bool]:
+    equal = _equals(expected)
+    return lambda value: type(value) is list and any(map(equal, value))
+
+
+def _has_any(expected: Any, ci: bool) -> Callable[[Any], bool]:
+    member = _member_of(expected)
+    return lambda value: type(value) is list and any(map(member, value))
+
+
+def _has_all(expected: Any, ci: bool) -> Callable[[Any], bool]:
+    tests = [_equals(one) for one in expected]
+    return lambda value: type(value) is list and all(any(map(t, value)) for t in tests)
+
+
+def _moment(test: Callable[[datetime, datetime], bool]) -> Callable[..., Callable[[Any], bool]]:
+    def build(expected: datetime, ci: bool) -> Callable[[Any], bool]:
+        def holds(value: Any) -> bool:
+            moment = parse_timestamp(value)
+            return moment is not None and test(moment, expected)
+
+        return holds
+
+    return build
+
+
+def _exists(expected: Any, ci: bool) -> Callable[[Any], bool]:
+    return lambda value: value is not MISSING and value is not None
+
+
+_VALUE_TESTS: dict[str, Callable[[Any, bool], Callable[[Any], bool]]] = {
+    "eq": lambda expected, ci: _equals(expected),
+    "in": lambda expected, ci: _member_of(expected),
+    "exists": _exists,
+    "gt": _compare(lambda a, b: a > b),
+    "gte": _compare(lambda a, b: a >= b),
+    "lt": _compare(lambda a, b: a < b),
+    "lte": _compare(lambda a, b: a <= b),
+    "between": _compare(lambda a, bounds: bounds[0] <= a <= bounds[1]),
+    "contains": _text(lambda value, part: part in value),
+    "starts_with": _text(str.startswith),
+    "ends_with": _text(str.endswith),
+    "regex": _regex,
+    "has": _has,
+    "has_any": _has_any,
+    "has_all": _has_all,
+    "before": _moment(lambda moment, limit: moment < limit),
+    "after": _moment(lambda moment, limit: moment > limit),
+}
+
+
+def _changed(expected: Any) -> Callable[[Any, Context], bool]:
+    return lambda pair, _: pair is not MISSING and not json_equal(pair[0], pair[1])
+
+
+def _changed_to(expected: Any) -> Callable[[Any, Context], bool]:
+    equal = _equals(expected)
+    return lambda pair, _: (
+        pair is not MISSING and not json_equal(pair[0], pair[1]) and equal(pair[1])
+    )
+
+
+def _changed_from(expected: Any) -> Callable[[Any, Context], bool]:
+    equal = _equals(expected)
+    return lambda pair, _: (
+        pair is not MISSING and not json_equal(pair[0], pair[1]) and equal(pair[0])
+    )
+
+
+_CHANGE_TESTS = {"changed": _changed, "changed_to": _changed_to, "changed_from": _changed_from}
+
+
+def _show_change(pair: Any, context: Context) -> Any:
+    if pair is MISSING:
+        return MISSING
+    return {"from": _json(pair[0]), "to": _json(pair[1])}
+
+
+def _json(value: Any) -> Any:
+    return None if value is MISSING else value
+
+
+# Time: a moment within the last `duration` is in [as_of - duration, as_of].
+
+
+def _within(duration: timedelta) -> Callable[[Any, Context], bool]:
+    def holds(value: Any, context: Context) -> bool:
+        moment = value if isinstance(value, datetime) else parse_timestamp(value)
+        return moment is not None and context.as_of - duration <= moment <= context.as_of
+
+    return holds
+
+
+def _window_flip(duration: timedelta) -> Callable[[Any, Context], datetime | None]:
+    """When a moment enters the window (it is in the future) or leaves it."""
+    leaves_after = duration + MICROSECOND
+
+    def flip(value: Any, context: Context) -> datetime | None:
+        moment = value if isinstance(value, datetime) else parse_timestamp(value)
+        if moment is None:
+            return None
+        if moment > context.as_of:
+            return moment
+        if moment >= context.as_of - duration:
+            return later(moment, leaves_after)
+        return None
+
+    return flip
+
+
+def _read_stage(context: Context) -> Any:
+    return context.user.stage if context.user is not None else MISSING
+
+
+def _stage(node: StageLeaf) -> _Program:
+    stages = frozenset(node.stages)
+    return _leaf(_read_stage, lambda stage, _: stage in stages, node.negated)
+
+
+def _read_entered(context: Context) -> Any:
+    if context.user is None or context.user.stage_entered_at is None:
+        return MISSING
+    return context.user.stage_entered_at
+
+
+def _stage_age(node: StageAgeLeaf) -> _Program:
+    """The age is as_of - entered; `age > D` is `as_of > entered + D`, and so on."""
+    duration, op = node.duration, node.op
+    strict = op in ("gt", "lte")
+    # gt and gte hold once the threshold is passed; lt and lte until it is.
+    passed_holds = op in ("gt", "gte")
+
+    def holds(entered: Any, context: Context) -> bool:
+        if entered is MISSING:
+            return False
+        threshold = later(entered, duration)
+        if threshold is None:
+            return not passed_holds
+        passed = context.as_of > threshold if strict else context.as_of >= threshold
+        return passed == passed_holds
+
+    def flip(entered: Any, context: Context) -> datetime | None:
+        threshold = None if entered is MISSING else later(entered, duration)
+        if threshold is None:
+            return None
+        if strict:
+            return later(threshold, MICROSECOND) if context.as_of <= threshold else None
+        return threshold if context.as_of < threshold else None
+
+    def show(entered: Any, context: Context) -> Any:
+        return MISSING if entered is MISSING else format_duration(context.as_of - entered)
+
+    return _leaf(_read_entered, holds, False, flip, show)
+
+
+def _read_created(context: Context) -> Any:
+    return context.user.created_at if context.user is not None else MISSING
+
+
+def _created_at(node: CreatedAtLeaf) -> _Program:
+    def show(created: Any, _: Context) -> Any:
+        return MISSING if created is MISSING else format_timestamp(created)
+
+    negated = node.op.negated
+    if node.duration is not None:
+        window = node.duration
+        return _leaf(_read_created, _within(window), negated, _window_flip(window), show)
+    limit = node.moment
+    assert limit is not None
+    if node.op.name == "before":
+        holds = lambda created, _: created is not MISSING and created < limit  # noqa: E731
+    else:
+        holds = lambda created, _: created is not MISSING and created > limit  # noqa: E731
+    return _leaf(_read_created, holds, negated, show=show)
+
+
+def _event_type(node: EventTypeLeaf) -> _Program:
+    def read(context: Context) -> Any:
+        return context.event_type if context.event_type is not None else MISSING
+
+    if node.prefix:
+        prefix = node.values[0]
+        holds = lambda kind, _: kind is not MISSING and kind.startswith(prefix)  # noqa: E731
+    else:
+        kinds = frozenset(node.values)
+        holds = lambda kind, _: kind in kinds  # noqa: E731
+    return _leaf(read, holds, node.negated)

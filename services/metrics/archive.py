@@ -1,0 +1,373 @@
+"""Retention: lifecycle_events partitions older than 2 years go to cold storage,
+metrics_daily rows older than 3 years are removed.
+
+A partition is archived in one transaction that keeps writers out of it
+(SHARE lock): export as gzip-compressed CSV, manifest (rows, time range,
+SHA-256 of the file, an order-independent fingerprint of the rows), upload,
+read back, load into a temporary table and compare count and fingerprint,
+and only then detach and drop the partition. Any failure rolls the
+transaction back: the partition stays attached with every row, and a later
+run starts over (files are overwritten, never appended to).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+import asyncpg
+
+from runtime.errors import OperationFailed
+from runtime.migrations import quote_identifier
+from runtime.partitions import PartitionedTable, shift
+from services.metrics import store
+from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
+
+EVENT_RETENTION_MONTHS = 24
+METRICS_RETENTION_YEARS = 3
+LOCK_TIMEOUT = "2s"
+FORMAT = "csv.gz"
+
+
+class ArchiveError(OperationFailed):
+    """A step of archival or restore failed; the data it concerns is untouched."""
+
+
+class ArchiveStore(Protocol):
+    """Cold storage of archive files, by name. A folder today; an S3-compatible
+    bucket would implement the same three methods."""
+
+    def location(self, name: str) -> str: ...
+
+    async def put(self, name: str, source: Path) -> None: ...
+
+    async def fetch(self, name: str, target: Path) -> None: ...
+
+
+class FolderArchive:
+    """Archives in a local (or mounted) folder; a file appears whole or not at all."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def location(self, name: str) -> str:
+        return (self.root / name).as_uri()
+
+    async def put(self, name: str, source: Path) -> None:
+        await asyncio.to_thread(self._put, name, source)
+
+    def _put(self, name: str, source: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".{name}.partial"
+        with source.open("rb") as reader, partial.open("wb") as writer:
+            shutil.copyfileobj(reader, writer)
+            writer.flush()
+            os.fsync(writer.fileno())
+        partial.replace(self.root / name)
+
+    async def fetch(self, name: str, target: Path) -> None:
+        await asyncio.to_thread(shutil.copyfile, self.root / name, target)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    table: str
+    partition: str
+    format: str
+    data_file: str
+    columns: list[str]
+    rows: int
+    range_start: str
+    range_end: str
+    min_created_at: str | None
+    max_created_at: str | None
+    sha256: str
+    bytes: int
+    # bit_xor of hashtextextended(row::text, 0) over the rows: equal sets of
+    # rows give equal fingerprints whatever their order.
+    fingerprint: str
+    archived_at: str
+
+
+@dataclass(frozen=True)
+class RowStats:
+    rows: int
+    min_created_at: str | None
+    max_created_at: str | None
+    fingerprint: str
+
+
+async def row_stats(conn: asyncpg.Connection, table: str) -> RowStats:
+    row = await conn.fetchrow(
+        "SELECT count(*) AS rows, min(created_at) AS low, max(created_at) AS high,"
+        " coalesce(bit_xor(hashtextextended(t::text, 0)), 0)::text AS fingerprint"
+        f" FROM {quote_identifier(table)} t"
+    )
+    assert row is not None
+    low, high = row["low"], row["high"]
+    return RowStats(
+        row["rows"],
+        low.isoformat() if low else None,
+        high.isoformat() if high else None,
+        row["fingerprint"],
+    )
+
+
+def partition_range(spec: PartitionedTable, name: str) -> tuple[date, date] | None:
+    """The [start, end) of a partition named by runtime.partitions, else None."""
+    prefix = f"{spec.table}_"
+    parts = name.removeprefix(prefix).split("_")
+    if not name.startswith(prefix) or len(parts) != (2 if spec.period == "month" else 1):
+        return None
+    try:
+        start = date(int(parts[0]), int(parts[1]) if spec.period == "month" else 1, 1)
+    except ValueError:
+        return None
+    return start, shift(start, spec.period, 1)
+
+
+def _years_before(today: date, years: int) -> date:
+    try:
+        return today.replace(year=today.year - years)
+    except ValueError:  # 29 February
+        return today.replace(year=today.year - years, day=28)
+
+
+def event_cutoff(today: date) -> date:
+    """Event partitions ending on or before this day are archived."""
+    return _years_before(today, EVENT_RETENTION_MONTHS // 12)
+
+
+def metrics_cutoff(today: date) -> date:
+    """metrics_daily rows before this day are removed."""
+    return _years_before(today, METRICS_RETENTION_YEARS)
+
+
+async def expired_partitions(
+    conn: asyncpg.Connection, spec: PartitionedTable, cutoff: date
+) -> list[tuple[str, date, date]]:
+    expired = []
+    for name in await store.partitions_of(conn, spec.table):
+        bounds = partition_range(spec, name)
+        if bounds is not None and bounds[1] <= cutoff:
+            expired.append((name, *bounds))
+    return expired
+
+
+async def _columns(conn: asyncpg.Connection, table: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1)"
+        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        table,
+    )
+    return [r["attname"] for r in rows]
+
+
+async def _export(conn: asyncpg.Connection, table: str, columns: list[str], target: Path) -> None:
+    column_list = ", ".join(quote_identifier(c) for c in columns)
+    with gzip.open(target, "wb", compresslevel=6) as compressed:
+
+        async def write(chunk: bytes) -> None:
+            compressed.write(chunk)
+
+        await conn.copy_from_query(
+            f"SELECT {column_list} FROM {quote_identifier(table)} ORDER BY id",
+            output=write,
+            format="csv",
+            header=True,
+        )
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
+
+
+async def _load(conn: asyncpg.Connection, source: Path, table: str, columns: list[str]) -> None:
+    with gzip.open(source, "rb") as rows:
+        await conn.copy_to_table(
+            table, source=cast(BinaryIO, rows), columns=columns, format="csv", header=True
+        )
+
+
+async def _read_back(
+    conn: asyncpg.Connection, archive: ArchiveStore, manifest: Manifest, folder: Path, table: str
+) -> None:
+    """Fetches the archived file, checks its checksum, loads it into `table`
+    (which exists) and checks that the rows are the ones the manifest counts."""
+    copy = folder / f"read-back-{manifest.data_file}"
+    try:
+        await archive.fetch(manifest.data_file, copy)
+    except OSError as error:
+        raise ArchiveError(
+            f"{manifest.partition}: reading the archive back failed: {error}"
+        ) from error
+    if _sha256(copy) != manifest.sha256:
+        raise ArchiveError(
+            f"{manifest.partition}: the archive read back differs from the one written"
+        )
+    try:
+        await _load(conn, copy, table, manifest.columns)
+    except (OSError, EOFError, asyncpg.PostgresError) as error:
+        raise ArchiveError(f"{manifest.partition}: the archive does not load: {error}") from error
+    stats = await row_stats(conn, table)
+    if (stats.rows, stats.fingerprint) != (manifest.rows, manifest.fingerprint):
+        raise ArchiveError(
+            f"{manifest.partition}: the archive holds {stats.rows} rows (fingerprint"
+            f" {stats.fingerprint}), the partition {manifest.rows} ({manifest.fingerprint})"
+        )
+
+
+async def archive_partition(
+    conn: asyncpg.Connection, archive: ArchiveStore, name: str, start: date, end: date
+) -> Manifest:
+    """Archives one lifecycle_events partition, verifies the archive, then drops it."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await conn.execute(f"LOCK TABLE {quote_identifier(name)} IN SHARE MODE")
+            with tempfile.TemporaryDirectory(prefix="lifecycle-archive-") as scratch:
+                manifest = await _write_archive(conn, archive, name, (start, end), Path(scratch))
+                await conn.execute(
+                    "CREATE TEMPORARY TABLE archive_check"
+                    f" (LIKE {EVENTS_TABLE.table}) ON COMMIT DROP"
+                )
+                await _read_back(conn, archive, manifest, Path(scratch), "archive_check")
+            await conn.execute(
+                f"ALTER TABLE {EVENTS_TABLE.table} DETACH PARTITION {quote_identifier(name)}"
+            )
+            await conn.execute(f"DROP TABLE {quote_identifier(name)}")
+            await conn.execute(
+                "INSERT INTO archived_partitions"
+                " (partition_name, range_start, range_end, data_location, manifest)"
+                " VALUES ($1, $2, $3, $4, $5::text::jsonb)"
+                " ON CONFLICT (partition_name) DO UPDATE SET"
+                " data_location = excluded.data_location, manifest = excluded.manifest,"
+                " archived_at = now()",
+                name,
+                _midnight(start),
+                _midnight(end),
+                archive.location(manifest.data_file),
+                json.dumps(asdict(manifest)),
+            )
+    except asyncpg.LockNotAvailableError as error:
+        raise ArchiveError(f"{name}: the partition is busy, left in place: {error}") from error
+    return manifest
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+async def _write_archive(
+    conn: asyncpg.Connection,
+    archive: ArchiveStore,
+    name: str,
+    bounds: tuple[date, date],
+    folder: Path,
+) -> Manifest:
+    start, end = bounds
+    stats = await row_stats(conn, name)
+    columns = await _columns(conn, name)
+    data_file = f"{name}.{FORMAT}"
+    data = folder / data_file
+    try:
+        await _export(conn, name, columns, data)
+        manifest = Manifest(
+            table=EVENTS_TABLE.table,
+            partition=name,
+            format=FORMAT,
+            data_file=data_file,
+            columns=columns,
+            rows=stats.rows,
+            range_start=_midnight(start).isoformat(),
+            range_end=_midnight(end).isoformat(),
+            min_created_at=stats.min_created_at,
+            max_created_at=stats.max_created_at,
+            sha256=_sha256(data),
+            bytes=data.stat().st_size,
+            fingerprint=stats.fingerprint,
+            archived_at=datetime.now(UTC).isoformat(),
+        )
+        manifest_file = folder / f"{name}.manifest.json"
+        manifest_file.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        await archive.put(data_file, data)
+        await archive.put(manifest_file.name, manifest_file)
+    except OSError as error:
+        raise ArchiveError(f"{name}: writing the archive failed: {error}") from error
+    return manifest
+
+
+async def read_manifest(archive: ArchiveStore, partition: str) -> Manifest:
+    with tempfile.TemporaryDirectory(prefix="lifecycle-restore-") as scratch:
+        path = Path(scratch) / "manifest.json"
+        try:
+            await archive.fetch(f"{partition}.manifest.json", path)
+        except OSError as error:
+            raise ArchiveError(f"{partition}: no archive manifest: {error}") from error
+        fields: dict[str, Any] = json.loads(path.read_text())
+    return Manifest(**fields)
+
+
+async def restore_partition(
+    conn: asyncpg.Connection, archive: ArchiveStore, partition: str, target: str
+) -> int:
+    """Loads an archived partition into a new table `target` (same columns as
+    lifecycle_events), verified against its manifest; users erased since the
+    archive was written are anonymised as the erase did to the live log.
+    Returns the rows restored."""
+    manifest = await read_manifest(archive, partition)
+    async with conn.transaction():
+        await conn.execute(f"CREATE TABLE {quote_identifier(target)} (LIKE {EVENTS_TABLE.table})")
+        with tempfile.TemporaryDirectory(prefix="lifecycle-restore-") as scratch:
+            await _read_back(conn, archive, manifest, Path(scratch), target)
+        await store.anonymise_erased(conn, target)
+    return manifest.rows
+
+
+async def archive_expired(
+    conn: asyncpg.Connection, archive: ArchiveStore, today: date
+) -> list[str]:
+    """Archives every event partition older than the retention; one failure
+    does not stop the others, and is reported."""
+    lines = []
+    for name, start, end in await expired_partitions(conn, EVENTS_TABLE, event_cutoff(today)):
+        try:
+            manifest = await archive_partition(conn, archive, name, start, end)
+        except ArchiveError as error:
+            lines.append(f"archival failed, partition kept: {error}")
+            continue
+        lines.append(
+            f"archived {name} ({manifest.rows} rows) to {archive.location(manifest.data_file)}"
+        )
+    return lines
+
+
+async def remove_expired_metrics(conn: asyncpg.Connection, today: date) -> list[str]:
+    """Drops the metrics_daily partitions older than the retention, then the
+    older rows of the oldest partition kept, so that rows live exactly 3 years."""
+    cutoff = metrics_cutoff(today)
+    lines = []
+    for name, _, _ in await expired_partitions(conn, METRICS_TABLE, cutoff):
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await conn.execute(f"DROP TABLE {quote_identifier(name)}")
+        lines.append(f"dropped {name}")
+    status = await conn.execute(f"DELETE FROM {METRICS_TABLE.table} WHERE metric_date < $1", cutoff)
+    lines.append(f"removed {status.split()[-1]} metrics_daily rows before {cutoff}")
+    return lines
+
+
+async def apply_retention(
+    conn: asyncpg.Connection, archive: ArchiveStore, today: date
+) -> list[str]:
+    return await archive_expired(conn, archive, today) + await remove_expired_metrics(conn, today)

@@ -1,0 +1,453 @@
+"""The rules of the metrics service: what a valid lifecycle event is, which
+daily metrics exist (docs/metrics.md defines each), and how aggregates read
+from the event log become metric rows. No I/O here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
+
+from lifecycle.metrics.v1 import metrics_pb2
+from runtime.errors import Violations
+from runtime.lifecycle_events import is_known_event_type
+from runtime.partitions import PartitionedTable, partition_name, period_start
+from runtime.stages import STAGES, stage_name
+from runtime.structs import JsonObject, compact_json, struct_to_dict
+
+EVENTS_TABLE = PartitionedTable("lifecycle_events", "month", ahead=3)
+METRICS_TABLE = PartitionedTable("metrics_daily", "year", ahead=3, timestamped=False)
+# metrics_daily.lifecycle_stage of a metric taken across every stage.
+ALL_STAGES = "all"
+MAX_EVENT_TYPE_LENGTH = 100
+MAX_PRODUCER_LENGTH = 50
+MAX_EVENT_DATA_BYTES = 64 * 1024
+# Longest range a rollup, a metrics query or a funnel may cover (about 3 years,
+# the retention of metrics_daily).
+MAX_RANGE_DAYS = 1100
+
+CREATED, STAGE_CHANGED, ERASED = "user.created", "user.stage_changed", "user.erased"
+TRANSITION_TYPES = (CREATED, STAGE_CHANGED, ERASED)
+# Events that must name their user, and events that must name a stage.
+_USER_REQUIRED = frozenset({CREATED, STAGE_CHANGED, "user.attributes_changed"})
+_STAGE_REQUIRED = frozenset(TRANSITION_TYPES)
+
+# Event types counted as a metric of their own, and the data key each one is
+# broken down by (a `dimensions` of {key: value}).
+EVENT_COUNTS = {
+    CREATED: "users_created",
+    ERASED: "users_erased",
+    "execution.started": "executions_started",
+    "execution.completed": "executions_completed",
+    "execution.failed": "executions_failed",
+    "execution.cancelled": "executions_cancelled",
+    "trigger.fired": "triggers_fired",
+    "segment.entered": "segment_entries",
+    "segment.exited": "segment_exits",
+}
+BREAKDOWNS = {
+    "execution.started": "workflow_id",
+    "execution.completed": "workflow_id",
+    "execution.failed": "workflow_id",
+    "execution.cancelled": "workflow_id",
+    "trigger.fired": "trigger_id",
+    "segment.entered": "segment_id",
+    "segment.exited": "segment_id",
+}
+# Keys of event data that name definitions (stages, workflows, triggers,
+# segments), never a person: what an erased user's events keep.
+ANONYMOUS_DATA_KEYS = (
+    "from_stage",
+    "to_stage",
+    "source",
+    "workflow_id",
+    "workflow_version",
+    "trigger_id",
+    "segment_id",
+    "event_type",
+)
+
+# The metrics the rollup writes, by the pass that computes them.
+COUNT_METRICS = ("events", *EVENT_COUNTS.values())
+FLOW_METRICS = (
+    "entries",
+    "exits",
+    "net_flow",
+    "conversions",
+    "time_in_stage_p50",
+    "time_in_stage_p90",
+)
+ACTIVITY_METRICS = ("active_users",)
+EVENT_METRICS = COUNT_METRICS + FLOW_METRICS + ACTIVITY_METRICS
+POPULATION_METRICS = ("population_eod", "conversion_rate")
+METRIC_NAMES = frozenset(EVENT_METRICS + POPULATION_METRICS)
+
+T = TypeVar("T")
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STAGE_NAMES = frozenset(STAGES)
+
+
+@dataclass
+class EventRows:
+    """Valid events of a batch, column by column, as RecordEvents stores them."""
+
+    positions: list[int] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)
+    user_ids: list[str | None] = field(default_factory=list)
+    execution_ids: list[str | None] = field(default_factory=list)
+    stages: list[str | None] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def subset(self, keep: Sequence[int]) -> EventRows:
+        """The rows at the given offsets (offsets into this batch, not positions)."""
+        return EventRows(
+            _pick(self.positions, keep),
+            _pick(self.event_ids, keep),
+            _pick(self.event_types, keep),
+            _pick(self.user_ids, keep),
+            _pick(self.execution_ids, keep),
+            _pick(self.stages, keep),
+            _pick(self.data, keep),
+            _pick(self.times, keep),
+            _pick(self.producers, keep),
+        )
+
+
+def _pick(column: list[T], offsets: Sequence[int]) -> list[T]:
+    return [column[k] for k in offsets]
+
+
+@dataclass(frozen=True)
+class RefusedEvent:
+    """An event of a batch that was not stored, and why."""
+
+    position: int
+    event_id: str
+    field: str
+    description: str
+    # False for a well-formed event that has no partition to land in.
+    malformed: bool = True
+
+    @property
+    def field_path(self) -> str:
+        return f"events[{self.position}].{self.field}"
+
+
+def _uuid_text(value: str) -> str | None:
+    """The UUID as PostgreSQL reads it, or None when it is not one."""
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _event_time(event: metrics_pb2.LifecycleEvent) -> datetime | None:
+    if not event.HasField("event_time"):
+        return None
+    stamp = event.event_time
+    try:
+        return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+    except OverflowError:
+        return None
+
+
+def _event_problem(event: metrics_pb2.LifecycleEvent, data: JsonObject) -> tuple[str, str] | None:
+    """The first thing wrong with an event (field, description), or None."""
+    event_type = event.event_type
+    if (
+        not is_known_event_type(event_type)
+        or len(event_type) > MAX_EVENT_TYPE_LENGTH
+        or "\x00" in event_type
+    ):
+        return "event_type", f"{event_type!r} is not a lifecycle event type"
+    if event.user_id and _uuid_text(event.user_id) is None:
+        return "user_id", "must be a UUID"
+    if not event.user_id and event_type in _USER_REQUIRED:
+        return "user_id", f"is required for {event_type}"
+    if event.workflow_execution_id and _uuid_text(event.workflow_execution_id) is None:
+        return "workflow_execution_id", "must be a UUID"
+    if event.lifecycle_stage and stage_name(event.lifecycle_stage) is None:
+        return "lifecycle_stage", f"{event.lifecycle_stage} is not a lifecycle stage"
+    if not event.lifecycle_stage and event_type in _STAGE_REQUIRED:
+        return "lifecycle_stage", f"is required for {event_type}"
+    left = data.get("from_stage")
+    if event_type == STAGE_CHANGED and not (isinstance(left, str) and left in _STAGE_NAMES):
+        return "data.from_stage", "must name the stage the user left"
+    producer = event.producer
+    if not producer or len(producer) > MAX_PRODUCER_LENGTH or "\x00" in producer:
+        return "producer", f"is required, at most {MAX_PRODUCER_LENGTH} characters"
+    return None
+
+
+def _data_problem(data_json: str) -> tuple[str, str] | None:
+    if len(data_json.encode()) > MAX_EVENT_DATA_BYTES:
+        return "data", f"must be at most {MAX_EVENT_DATA_BYTES} bytes as JSON"
+    # PostgreSQL cannot store the NUL character in jsonb.
+    if "\\u0000" in data_json:
+        return "data", "must not contain the NUL character"
+    return None
+
+
+def parse_events(
+    events: Iterable[metrics_pb2.LifecycleEvent],
+) -> tuple[EventRows, list[RefusedEvent]]:
+    """Splits a batch into the rows to store and the events refused as malformed."""
+    rows = EventRows()
+    refused: list[RefusedEvent] = []
+    for position, event in enumerate(events):
+        event_id = _uuid_text(event.event_id)
+        if event_id is None:
+            shown = event.event_id[:40]
+            refused.append(RefusedEvent(position, shown, "event_id", "must be a UUID"))
+            continue
+        moment = _event_time(event)
+        if moment is None:
+            refused.append(
+                RefusedEvent(position, event_id, "event_time", "is required, within years 1-9999")
+            )
+            continue
+        data = struct_to_dict(event.data)
+        data_json = compact_json(data)
+        problem = _event_problem(event, data) or _data_problem(data_json)
+        if problem is not None:
+            refused.append(RefusedEvent(position, event_id, *problem))
+            continue
+        rows.positions.append(position)
+        rows.event_ids.append(event_id)
+        rows.event_types.append(event.event_type)
+        rows.user_ids.append(_uuid_text(event.user_id) if event.user_id else None)
+        rows.execution_ids.append(
+            _uuid_text(event.workflow_execution_id) if event.workflow_execution_id else None
+        )
+        rows.stages.append(stage_name(event.lifecycle_stage))
+        rows.data.append(data_json)
+        rows.times.append(moment)
+        rows.producers.append(event.producer)
+    return rows, refused
+
+
+def outside_partitions(
+    rows: EventRows, partitions: set[str]
+) -> tuple[list[int], list[RefusedEvent]]:
+    """Offsets of the rows that have a partition to land in, and the others refused."""
+    inside: list[int] = []
+    refused = []
+    for offset, moment in enumerate(rows.times):
+        name = partition_name(EVENTS_TABLE, period_start(moment.date(), "month"))
+        if name in partitions:
+            inside.append(offset)
+            continue
+        refused.append(
+            RefusedEvent(
+                rows.positions[offset],
+                rows.event_ids[offset],
+                "event_time",
+                f"{moment.isoformat()} is outside the stored range: partition {name} does not"
+                " exist (not created yet, or archived); see `lifecycle maintenance`",
+                malformed=False,
+            )
+        )
+    return inside, refused
+
+
+def parse_date(value: str, field: str, violations: Violations) -> date | None:
+    if not value:
+        violations.add(field, "is required (YYYY-MM-DD)")
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        violations.add(field, "must be a date as YYYY-MM-DD")
+        return None
+
+
+def parse_range(
+    start: str, end: str, violations: Violations, *, prefix: str = ""
+) -> tuple[date, date] | None:
+    """An inclusive date range of at most MAX_RANGE_DAYS days."""
+    first = parse_date(start, f"{prefix}start_date", violations)
+    last = parse_date(end, f"{prefix}end_date", violations)
+    if first is None or last is None:
+        return None
+    if last < first:
+        violations.add(f"{prefix}end_date", "must not be before start_date")
+        return None
+    if (last - first).days >= MAX_RANGE_DAYS:
+        violations.add(f"{prefix}end_date", f"the range must span at most {MAX_RANGE_DAYS} days")
+        return None
+    return first, last
+
+
+def day_start(day: date) -> datetime:
+    """The first instant of a UTC day: days are UTC days (docs/metrics.md)."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def trailing_window(
+    today: date, late_days: int, last_rolled: date | None, first_event: date | None
+) -> tuple[date, date] | None:
+    """The days the scheduled rollup recomputes: today and the `late_days` before
+    it, reaching back to the first day not rolled up yet after a pause (at most
+    MAX_RANGE_DAYS back)."""
+    start = today - timedelta(days=late_days)
+    behind = last_rolled + timedelta(days=1) if last_rolled else first_event
+    if behind is not None:
+        start = max(min(start, behind), today - timedelta(days=MAX_RANGE_DAYS - 1))
+    return (start, today) if start <= today else None
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    day: date
+    stage: str
+    name: str
+    dimensions: str
+    value: str
+
+
+_NO_DIMENSIONS = "{}"
+
+
+def _dimensions(key: str, value: str) -> str:
+    return compact_json({key: value})
+
+
+def _number(value: float, digits: int) -> str:
+    return repr(round(value, digits))
+
+
+@dataclass(frozen=True)
+class EventCount:
+    """count(*) of one group of the rollup's count pass, grouped by (day, type)
+    ("all"), (day, type, stage) ("stage") or (day, type, subject) ("subject")."""
+
+    day: date
+    event_type: str
+    grouping: str
+    stage: str | None
+    subject: str | None
+    count: int
+
+
+def count_rows(counts: Iterable[EventCount]) -> list[MetricRow]:
+    totals: dict[tuple[date, str], int] = defaultdict(int)
+    rows = []
+    for c in counts:
+        metric = EVENT_COUNTS.get(c.event_type)
+        if c.grouping == "subject":
+            if c.subject is not None and metric is not None and c.event_type in BREAKDOWNS:
+                dims = _dimensions(BREAKDOWNS[c.event_type], c.subject)
+                rows.append(MetricRow(c.day, ALL_STAGES, metric, dims, str(c.count)))
+            continue
+        stage = ALL_STAGES if c.grouping == "all" else c.stage
+        if stage is None:
+            continue
+        totals[c.day, stage] += c.count
+        by_type = _dimensions("event_type", c.event_type)
+        rows.append(MetricRow(c.day, stage, "events", by_type, str(c.count)))
+        if metric is not None:
+            rows.append(MetricRow(c.day, stage, metric, _NO_DIMENSIONS, str(c.count)))
+    rows += [
+        MetricRow(day, stage, "events", _NO_DIMENSIONS, str(total))
+        for (day, stage), total in totals.items()
+    ]
+    return rows
+
+
+@dataclass(frozen=True)
+class Moves:
+    """Transitions of one (day, from stage, to stage) group of the flow pass;
+    `to_stage` is None in the group of every move out of `from_stage`."""
+
+    day: date
+    from_stage: str | None
+    to_stage: str | None
+    all_targets: bool
+    count: int
+    dwell_p50: float | None
+    dwell_p90: float | None
+
+
+def flow_rows(groups: Iterable[Moves]) -> list[MetricRow]:
+    entries: dict[tuple[date, str], int] = defaultdict(int)
+    exits: dict[tuple[date, str], int] = defaultdict(int)
+    rows = []
+    for g in groups:
+        dims = _NO_DIMENSIONS if g.all_targets else _dimensions("to_stage", g.to_stage or "")
+        if g.from_stage is not None and (g.all_targets or g.to_stage is not None):
+            for name, value in (
+                ("time_in_stage_p50", g.dwell_p50),
+                ("time_in_stage_p90", g.dwell_p90),
+            ):
+                if value is not None:
+                    rows.append(MetricRow(g.day, g.from_stage, name, dims, _number(value, 3)))
+        if g.all_targets:
+            continue
+        if g.to_stage is not None:
+            entries[g.day, g.to_stage] += g.count
+        if g.from_stage is not None:
+            exits[g.day, g.from_stage] += g.count
+        if g.from_stage is not None and g.to_stage is not None:
+            rows.append(MetricRow(g.day, g.from_stage, "conversions", dims, str(g.count)))
+    for key in entries.keys() | exits.keys():
+        day, stage = key
+        for name, value in (
+            ("entries", entries.get(key, 0)),
+            ("exits", exits.get(key, 0)),
+            ("net_flow", entries.get(key, 0) - exits.get(key, 0)),
+        ):
+            rows.append(MetricRow(day, stage, name, _NO_DIMENSIONS, str(value)))
+    return rows
+
+
+def activity_rows(active: Iterable[tuple[date, str | None, bool, int]]) -> list[MetricRow]:
+    """active_users from (day, stage, across all stages, distinct users)."""
+    rows = []
+    for day, stage, across, users in active:
+        where = ALL_STAGES if across else stage
+        if where is not None:
+            rows.append(MetricRow(day, where, "active_users", _NO_DIMENSIONS, str(users)))
+    return rows
+
+
+def population_rows(
+    days: Sequence[date],
+    base: Mapping[str, int],
+    net_flow: Mapping[tuple[date, str], int],
+    conversions: Mapping[tuple[date, str], Mapping[str, int]],
+) -> list[MetricRow]:
+    """population_eod of every stage and day from the population at the end of
+    the day before `days[0]`, and conversion_rate from the population at the
+    start of each day."""
+    population = {stage: base.get(stage, 0) for stage in STAGES}
+    rows = []
+    for day in days:
+        for stage in STAGES:
+            at_start = population[stage]
+            for to_stage, count in conversions.get((day, stage), {}).items():
+                if at_start > 0:
+                    rate = _number(count / at_start, 6)
+                    dims = _dimensions("to_stage", to_stage)
+                    rows.append(MetricRow(day, stage, "conversion_rate", dims, rate))
+            population[stage] = at_start + net_flow.get((day, stage), 0)
+            rows.append(
+                MetricRow(day, stage, "population_eod", _NO_DIMENSIONS, str(population[stage]))
+            )
+    return rows
+
+
+def days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]

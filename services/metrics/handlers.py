@@ -1,0 +1,139 @@
+"""The metrics service's use cases: the event log (record, list, erase) and the
+reports read from the daily metrics."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+
+from runtime.database import connection
+from runtime.errors import InvalidArgument
+from runtime.server import ServiceContext
+from runtime.stages import STAGES
+from services.metrics import store
+from services.metrics.domain import (
+    EVENTS_TABLE,
+    EventRows,
+    RefusedEvent,
+    day_start,
+    outside_partitions,
+)
+from services.metrics.rollup import Clock, RollupResult, RollupScheduler, rollup
+from services.metrics.store import EventFilter, MetricQuery
+
+# Points one GetMetrics answer carries at most (a few MiB).
+MAX_POINTS = 50_000
+_BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
+_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass
+class Recorded:
+    recorded: int = 0
+    duplicates: int = 0
+    erased_users: int = 0
+    # Events outside the created partitions, refused.
+    outside: list[RefusedEvent] = field(default_factory=list)
+
+
+class EventLog:
+    """RecordEvents, ListEvents and EraseUserData."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def record(self, rows: EventRows) -> Recorded:
+        """Stores the rows that have a partition; the others come back refused."""
+        if not rows:
+            return Recorded()
+        try:
+            return await self._insert(rows, [])
+        except asyncpg.CheckViolationError:
+            # The only CHECK a row of the parent can fail: no partition for it.
+            partitions = set(await store.partitions_of(self._context.pool, EVENTS_TABLE.table))
+            inside, outside = outside_partitions(rows, partitions)
+            return await self._insert(rows.subset(inside), outside)
+
+    async def _insert(self, rows: EventRows, outside: list[RefusedEvent]) -> Recorded:
+        async with self._context.unit_of_work() as uow:
+            await store.lock_for_ingest(uow.conn)
+            kept, inserted = await store.insert_events(uow.conn, rows)
+        return Recorded(inserted, kept - inserted, len(rows) - kept, outside)
+
+    async def read(
+        self, where: EventFilter, cursor: tuple[datetime, int] | None, limit: int
+    ) -> list[asyncpg.Record]:
+        return await store.list_events(self._context.pool, where, cursor, limit)
+
+    async def erase_user(self, user_id: uuid.UUID) -> int:
+        async with self._context.unit_of_work() as uow:
+            await store.lock_for_erase(uow.conn)
+            return await store.erase_user(uow.conn, user_id)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    populations: dict[str, int]
+    rolled_up_through: date | None
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    stage: str
+    entered: int
+    conversion_rate: float
+
+
+class Reports:
+    """RunRollup, GetMetrics, GetStageFunnel and GetStageSnapshot."""
+
+    def __init__(self, context: ServiceContext, scheduler: RollupScheduler, clock: Clock) -> None:
+        self._context = context
+        self._scheduler = scheduler
+        self._clock = clock
+
+    async def run_rollup(self, days: tuple[date, date] | None) -> RollupResult | None:
+        if days is None:
+            return await self._scheduler.run_once(wait=True)
+        async with connection(self._context.pool) as conn:
+            return await rollup(conn, *days)
+
+    async def metrics(self, query: MetricQuery) -> list[asyncpg.Record]:
+        points = await store.metric_points(self._context.pool, query, MAX_POINTS + 1)
+        if len(points) > MAX_POINTS:
+            raise InvalidArgument.field(
+                "end_date",
+                f"the query matches more than {MAX_POINTS} points; narrow the range,"
+                " the metric names, the stages or the dimensions",
+            )
+        return points
+
+    async def funnel(self, first: date, last: date) -> list[FunnelStep]:
+        rows = await store.funnel(
+            self._context.pool, day_start(first), day_start(last + timedelta(days=1))
+        )
+        return [
+            FunnelStep(stage, entered, converted / previous if previous else 0.0)
+            for stage, entered, previous, converted in rows
+        ]
+
+    async def snapshot(self) -> Snapshot:
+        """The population at the end of the last whole day rolled up, plus the
+        moves the log holds since (today's always come from the log)."""
+        pool = self._context.pool
+        yesterday = self._clock().astimezone(UTC).date() - timedelta(days=1)
+        async with connection(pool) as conn:
+            rolled = await store.last_population_day(conn, yesterday)
+            base = (await store.population_on(conn, rolled) if rolled else None) or {}
+            since = (
+                day_start(rolled + timedelta(days=1))
+                if rolled
+                else datetime.min.replace(tzinfo=UTC)
+            )
+            flows = await store.net_flows(conn, since, _END_OF_TIME)
+        return Snapshot(
+            {stage: base.get(stage, 0) + flows.get(stage, 0) for stage in STAGES}, rolled
+        )

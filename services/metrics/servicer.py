@@ -1,0 +1,252 @@
+"""gRPC entry point of the metrics service: validate, call the use case, map back."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import grpc
+
+from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations
+from runtime.lifecycle_events import is_known_event_type
+from runtime.pagination import PageTokens, page_size
+from runtime.parsing import optional_time, parse_uuid
+from runtime.stages import stage_name, stage_value
+from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
+from services.metrics.domain import (
+    ALL_STAGES,
+    METRIC_NAMES,
+    RefusedEvent,
+    parse_events,
+    parse_range,
+)
+from services.metrics.handlers import EventLog, Recorded, Reports
+from services.metrics.rollup import Clock
+from services.metrics.store import EventFilter, MetricQuery
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# Refused events named in an error; the rest are counted. A status carries its
+# details in trailers, which gRPC keeps small.
+MAX_NAMED_EVENTS = 10
+
+
+def event_message(row: asyncpg.Record) -> metrics_pb2.LifecycleEvent:
+    return metrics_pb2.LifecycleEvent(
+        event_id=str(row["event_id"]),
+        event_type=row["event_type"],
+        user_id=str(row["user_id"] or ""),
+        workflow_execution_id=str(row["workflow_execution_id"] or ""),
+        lifecycle_stage=stage_value(row["lifecycle_stage"]),
+        data=dict_to_struct(row["event_data"]),
+        event_time=timestamp(row["created_at"]),
+        producer=row["producer"] or "",
+    )
+
+
+def _refusal(
+    refused: list[RefusedEvent], recorded: Recorded
+) -> InvalidArgument | FailedPrecondition:
+    """The error naming the refused events of a batch whose valid events were stored."""
+    named = sorted(refused, key=lambda r: r.position)[:MAX_NAMED_EVENTS]
+    stored = (
+        f"{recorded.recorded} other events were stored ({recorded.duplicates} already were);"
+        " a retry stores nothing twice"
+    )
+    more = len(refused) - len(named)
+    if any(r.malformed for r in refused):
+        violations = [
+            FieldViolation(r.field_path, f"{r.description} (event {r.event_id})") for r in named
+        ]
+        if more:
+            violations.append(FieldViolation("events", f"{more} more events were refused"))
+        violations.append(FieldViolation("events", stored))
+        return InvalidArgument(violations, reason="INVALID_EVENTS")
+    listed = "; ".join(f"event {r.event_id}: {r.description}" for r in named)
+    return FailedPrecondition(
+        f"{len(refused)} events refused: {listed}{f' (and {more} more)' if more else ''}; {stored}",
+        reason="EVENT_OUTSIDE_PARTITIONS",
+        metadata={
+            "event_ids": ",".join(r.event_id for r in named),
+            "recorded_count": str(recorded.recorded),
+        },
+    )
+
+
+def _stages(values: list[int], field: str, violations: Violations) -> tuple[str, ...]:
+    """Stage names of a filter; UNSPECIFIED names the series across all stages."""
+    names = []
+    for position, value in enumerate(values):
+        name = ALL_STAGES if value == 0 else stage_name(value)
+        if name is None:
+            violations.add(f"{field}[{position}]", f"{value} is not a lifecycle stage")
+        else:
+            names.append(name)
+    return tuple(sorted(set(names)))
+
+
+class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
+    def __init__(
+        self, events: EventLog, reports: Reports, page_tokens: PageTokens, clock: Clock
+    ) -> None:
+        self._events = events
+        self._reports = reports
+        self._tokens = page_tokens
+        self._clock = clock
+
+    async def RecordEvents(
+        self, request: metrics_pb2.RecordEventsRequest, context: Context
+    ) -> metrics_pb2.RecordEventsResponse:
+        rows, malformed = parse_events(request.events)
+        recorded = await self._events.record(rows)
+        refused = malformed + recorded.outside
+        if refused:
+            raise _refusal(refused, recorded)
+        return metrics_pb2.RecordEventsResponse(
+            recorded_count=recorded.recorded,
+            duplicate_count=recorded.duplicates,
+            erased_user_count=recorded.erased_users,
+        )
+
+    async def ListEvents(
+        self, request: metrics_pb2.ListEventsRequest, context: Context
+    ) -> metrics_pb2.ListEventsResponse:
+        violations = Violations()
+        limit = page_size(request.page_size)
+        for position, event_type in enumerate(request.event_types):
+            if not is_known_event_type(event_type):
+                violations.add(f"event_types[{position}]", f"{event_type!r} is not an event type")
+        stages = _stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
+        where = EventFilter(
+            user_id=parse_uuid(request.user_id, "user_id", violations, required=False),
+            event_types=tuple(sorted(set(request.event_types))),
+            stages=stages,
+            workflow_execution_id=parse_uuid(
+                request.workflow_execution_id, "workflow_execution_id", violations, required=False
+            ),
+            start_time=optional_time(request, "start_time"),
+            end_time=optional_time(request, "end_time"),
+        )
+        if ALL_STAGES in stages:
+            violations.add("lifecycle_stages", "must name stages")
+        if where.start_time and where.end_time and where.end_time <= where.start_time:
+            violations.add("end_time", "must be after start_time")
+        violations.check()
+        query = [
+            str(where.user_id or ""),
+            where.event_types,
+            where.stages,
+            str(where.workflow_execution_id or ""),
+            where.start_time,
+            where.end_time,
+        ]
+        cursor = None
+        if request.page_token:
+            at, event_row = self._tokens.decode(request.page_token, query)
+            cursor = (datetime.fromisoformat(at), int(event_row))
+        rows = await self._events.read(where, cursor, limit + 1)
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_token = self._tokens.encode(
+                [rows[-1]["created_at"].isoformat(), rows[-1]["id"]], query
+            )
+        return metrics_pb2.ListEventsResponse(
+            events=[event_message(r) for r in rows], next_page_token=next_token
+        )
+
+    async def EraseUserData(
+        self, request: metrics_pb2.EraseUserDataRequest, context: Context
+    ) -> metrics_pb2.EraseUserDataResponse:
+        violations = Violations()
+        user_id = parse_uuid(request.user_id, "user_id", violations)
+        violations.check()
+        assert user_id is not None
+        return metrics_pb2.EraseUserDataResponse(
+            erased_count=await self._events.erase_user(user_id)
+        )
+
+    async def RunRollup(
+        self, request: metrics_pb2.RunRollupRequest, context: Context
+    ) -> metrics_pb2.RunRollupResponse:
+        days = None
+        if request.start_date or request.end_date:
+            violations = Violations()
+            days = parse_range(request.start_date, request.end_date, violations)
+            violations.check()
+        result = await self._reports.run_rollup(days)
+        if result is None:
+            return metrics_pb2.RunRollupResponse()
+        return metrics_pb2.RunRollupResponse(rows_written=result.rows_written, days=result.days)
+
+    async def GetMetrics(
+        self, request: metrics_pb2.GetMetricsRequest, context: Context
+    ) -> metrics_pb2.GetMetricsResponse:
+        violations = Violations()
+        days = parse_range(request.start_date, request.end_date, violations)
+        for position, name in enumerate(request.metric_names):
+            if name not in METRIC_NAMES:
+                violations.add(f"metric_names[{position}]", f"{name!r} is not a metric")
+        stages = _stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
+        violations.check()
+        assert days is not None
+        query = MetricQuery(
+            *days,
+            names=tuple(sorted(set(request.metric_names))),
+            stages=stages,
+            dimensions=compact_json(struct_to_dict(request.dimensions)),
+        )
+        response = metrics_pb2.GetMetricsResponse()
+        series = None
+        key = None
+        for row in await self._reports.metrics(query):
+            row_key = (row["metric_name"], row["lifecycle_stage"], json.dumps(row["dimensions"]))
+            if row_key != key:
+                key = row_key
+                stage = row["lifecycle_stage"]
+                series = response.series.add(
+                    metric_name=row["metric_name"],
+                    lifecycle_stage=stage_value(None if stage == ALL_STAGES else stage),
+                    dimensions=dict_to_struct(row["dimensions"]),
+                )
+            assert series is not None
+            series.points.add(
+                metric_date=row["metric_date"].isoformat(), value=float(row["metric_value"])
+            )
+        return response
+
+    async def GetStageFunnel(
+        self, request: metrics_pb2.GetStageFunnelRequest, context: Context
+    ) -> metrics_pb2.GetStageFunnelResponse:
+        violations = Violations()
+        days = parse_range(request.start_date, request.end_date, violations)
+        violations.check()
+        assert days is not None
+        return metrics_pb2.GetStageFunnelResponse(
+            stages=[
+                metrics_pb2.FunnelStage(
+                    lifecycle_stage=stage_value(step.stage),
+                    entered=step.entered,
+                    conversion_rate=step.conversion_rate,
+                )
+                for step in await self._reports.funnel(*days)
+            ]
+        )
+
+    async def GetStageSnapshot(
+        self, request: metrics_pb2.GetStageSnapshotRequest, context: Context
+    ) -> metrics_pb2.GetStageSnapshotResponse:
+        taken = self._clock()
+        snapshot = await self._reports.snapshot()
+        return metrics_pb2.GetStageSnapshotResponse(
+            stages=[
+                metrics_pb2.StagePopulation(lifecycle_stage=stage_value(stage), users=users)
+                for stage, users in snapshot.populations.items()
+            ],
+            snapshot_time=timestamp(taken),
+            rolled_up_through=snapshot.rolled_up_through.isoformat()
+            if snapshot.rolled_up_through
+            else "",
+        )

@@ -1,0 +1,454 @@
+"""The metrics service's SQL. Every function runs on the connection it is given,
+inside the caller's transaction where one is open."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from runtime.database import Executor
+from runtime.migrations import quote_identifier
+from runtime.stages import STAGES
+from services.metrics.domain import (
+    ANONYMOUS_DATA_KEYS,
+    BREAKDOWNS,
+    CREATED,
+    ERASED,
+    STAGE_CHANGED,
+    EventCount,
+    EventRows,
+    MetricRow,
+    Moves,
+)
+
+# Advisory lock keys ("lm" + a letter): ingest and erase exclude each other so
+# that no event of an erased user lands after the erase; one rollup at a time.
+ERASE_LOCK = 0x6C6D_0065
+ROLLUP_LOCK = 0x6C6D_0072
+EVENT_COLUMNS = (
+    "event_id, event_type, user_id, workflow_execution_id, lifecycle_stage, event_data,"
+    " created_at, producer"
+)
+
+
+async def lock_for_ingest(conn: asyncpg.Connection) -> None:
+    """Taken before RecordEvents reads the tombstones; an erase waits for it."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", ERASE_LOCK)
+
+
+async def lock_for_erase(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASE_LOCK)
+
+
+_INSERT_EVENTS = f"""
+WITH input AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+                       $7::timestamptz[], $8::text[])
+    AS i(event_id, event_type, user_id, workflow_execution_id, lifecycle_stage, event_data,
+         created_at, producer)
+), kept AS (
+  SELECT * FROM input i
+  WHERE i.user_id IS NULL OR NOT EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = i.user_id)
+), inserted AS (
+  INSERT INTO lifecycle_events ({EVENT_COLUMNS})
+  SELECT event_id, event_type, user_id, workflow_execution_id, lifecycle_stage,
+         event_data::jsonb, created_at, producer
+  FROM kept
+  ON CONFLICT (event_id, created_at) DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM kept) AS kept, (SELECT count(*) FROM inserted) AS inserted
+"""
+
+
+async def insert_events(conn: asyncpg.Connection, rows: EventRows) -> tuple[int, int]:
+    """Stores the rows not stored yet whose user was not erased: (kept, inserted)."""
+    if not rows:
+        return 0, 0
+    record = await conn.fetchrow(
+        _INSERT_EVENTS,
+        rows.event_ids,
+        rows.event_types,
+        rows.user_ids,
+        rows.execution_ids,
+        rows.stages,
+        rows.data,
+        rows.times,
+        rows.producers,
+    )
+    assert record is not None
+    return record["kept"], record["inserted"]
+
+
+async def partitions_of(conn: Executor, table: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = to_regclass($1) ORDER BY c.relname",
+        table,
+    )
+    return [r["relname"] for r in rows]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    user_id: uuid.UUID | None = None
+    event_types: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    workflow_execution_id: uuid.UUID | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+def list_events_query(
+    where: EventFilter, cursor: tuple[datetime, int] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The audit log query with only the conditions asked for, so that the
+    planner prunes the partitions outside the time range (a condition like
+    `$1 IS NULL OR created_at >= $1` would defeat pruning)."""
+    conditions: list[str] = []
+    args: list[Any] = []
+
+    def add(template: str, value: Any) -> None:
+        args.append(value)
+        conditions.append(template.format(f"${len(args)}"))
+
+    if where.user_id is not None:
+        add("user_id = {}", where.user_id)
+    if where.event_types:
+        add("event_type = ANY({}::text[])", list(where.event_types))
+    if where.stages:
+        add("lifecycle_stage = ANY({}::text[])", list(where.stages))
+    if where.workflow_execution_id is not None:
+        add("workflow_execution_id = {}", where.workflow_execution_id)
+    if where.start_time is not None:
+        add("created_at >= {}", where.start_time)
+    if where.end_time is not None:
+        add("created_at < {}", where.end_time)
+    if cursor is not None:
+        add("created_at <= {}", cursor[0])
+        args.append(cursor[1])
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    sql = (
+        f"SELECT id, {EVENT_COLUMNS} FROM lifecycle_events"
+        f" WHERE {' AND '.join(conditions) or 'true'}"
+        f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+    )
+    return sql, args
+
+
+async def list_events(
+    conn: Executor, where: EventFilter, cursor: tuple[datetime, int] | None, limit: int
+) -> list[asyncpg.Record]:
+    sql, args = list_events_query(where, cursor, limit)
+    return await conn.fetch(sql, *args)
+
+
+def _anonymise(table: str, erased: str) -> str:
+    """Replaces the ids of the users `erased` selects, in `table`, by one random
+    id per user that nothing maps back, and keeps of their events only the data
+    that names definitions; what the rollup counts stays countable."""
+    return f"""
+WITH erased AS (SELECT user_id, gen_random_uuid() AS stand_in FROM ({erased}) e)
+UPDATE {quote_identifier(table)} t
+SET user_id = erased.stand_in, event_id = gen_random_uuid(), workflow_execution_id = NULL,
+    event_data = (SELECT coalesce(jsonb_object_agg(key, value), '{{}}'::jsonb)
+                  FROM jsonb_each(t.event_data)
+                  WHERE key = ANY('{{{",".join(ANONYMOUS_DATA_KEYS)}}}'::text[]))
+FROM erased WHERE t.user_id = erased.user_id
+"""
+
+
+_ERASE = _anonymise("lifecycle_events", "SELECT $1::uuid AS user_id")
+
+
+async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """Records the tombstone and anonymises the user's events; returns how many."""
+    await conn.execute(
+        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
+    )
+    status = await conn.execute(_ERASE, user_id)
+    return int(status.split()[-1])
+
+
+async def anonymise_erased(conn: asyncpg.Connection, table: str) -> int:
+    """Anonymises, in a table of restored events, the users erased since they were archived."""
+    status = await conn.execute(
+        _anonymise(table, "SELECT user_id FROM erased_users"),
+    )
+    return int(status.split()[-1])
+
+
+# The rollup's three passes over the events of [$1, $2).
+_DAY = "(created_at AT TIME ZONE 'UTC')::date"
+_SUBJECT = (
+    "CASE event_type "
+    + " ".join(
+        f"WHEN '{event_type}' THEN event_data->>'{key}'" for event_type, key in BREAKDOWNS.items()
+    )
+    + " END"
+)
+_COUNT_EVENTS = f"""
+SELECT day, event_type, lifecycle_stage, subject,
+       GROUPING(lifecycle_stage, subject) AS grouping, count(*) AS count
+FROM (
+  SELECT {_DAY} AS day, event_type, lifecycle_stage, {_SUBJECT} AS subject
+  FROM lifecycle_events WHERE created_at >= $1 AND created_at < $2
+) e
+GROUP BY GROUPING SETS ((day, event_type), (day, event_type, lifecycle_stage),
+                        (day, event_type, subject))
+"""
+_GROUPINGS = {3: "all", 1: "stage", 2: "subject"}
+
+
+async def count_events(
+    conn: asyncpg.Connection, start: datetime, end: datetime
+) -> list[EventCount]:
+    return [
+        EventCount(
+            r["day"],
+            r["event_type"],
+            _GROUPINGS[r["grouping"]],
+            r["lifecycle_stage"],
+            r["subject"],
+            r["count"],
+        )
+        for r in await conn.fetch(_COUNT_EVENTS, start, end)
+    ]
+
+
+_MOVES = f"""
+WITH moves AS (
+  SELECT id, user_id, created_at,
+         CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'
+                         WHEN '{ERASED}' THEN lifecycle_stage END AS from_stage,
+         CASE WHEN event_type <> '{ERASED}' THEN lifecycle_stage END AS to_stage
+  FROM lifecycle_events
+  WHERE event_type IN ('{CREATED}', '{STAGE_CHANGED}', '{ERASED}')
+    AND created_at >= $1 AND created_at < $2
+), timed AS (
+  SELECT {_DAY} AS day, from_stage, to_stage,
+         CASE WHEN from_stage IS NOT NULL AND user_id IS NOT NULL THEN extract(epoch FROM
+           created_at - coalesce(
+             lag(created_at) OVER (PARTITION BY user_id ORDER BY created_at, id),
+             (SELECT max(p.created_at) FROM lifecycle_events p
+              WHERE p.user_id = moves.user_id AND p.created_at < $1
+                AND p.event_type IN ('{CREATED}', '{STAGE_CHANGED}'))))
+         END AS dwell
+  FROM moves
+)
+SELECT day, from_stage, to_stage, GROUPING(to_stage) = 1 AS all_targets, count(*) AS count,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY dwell) AS p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY dwell) AS p90
+FROM timed GROUP BY GROUPING SETS ((day, from_stage, to_stage), (day, from_stage))
+"""
+
+
+async def moves(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[Moves]:
+    return [
+        Moves(
+            r["day"],
+            r["from_stage"],
+            r["to_stage"],
+            r["all_targets"],
+            r["count"],
+            r["p50"],
+            r["p90"],
+        )
+        for r in await conn.fetch(_MOVES, start, end)
+    ]
+
+
+_ACTIVE_USERS = f"""
+SELECT day, lifecycle_stage, GROUPING(lifecycle_stage) = 1 AS across,
+       count(DISTINCT user_id) AS users
+FROM (
+  SELECT {_DAY} AS day, lifecycle_stage, user_id FROM lifecycle_events
+  WHERE event_type LIKE 'tracked.%' AND user_id IS NOT NULL
+    AND created_at >= $1 AND created_at < $2
+) e
+GROUP BY GROUPING SETS ((day), (day, lifecycle_stage))
+"""
+
+
+async def active_users(
+    conn: asyncpg.Connection, start: datetime, end: datetime
+) -> list[tuple[date, str | None, bool, int]]:
+    return [
+        (r["day"], r["lifecycle_stage"], r["across"], r["users"])
+        for r in await conn.fetch(_ACTIVE_USERS, start, end)
+    ]
+
+
+_REPLACE_METRICS = """
+WITH fresh AS (
+  SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::text[])
+    AS f(metric_date, lifecycle_stage, metric_name, dimensions, metric_value)
+), removed AS (
+  DELETE FROM metrics_daily m
+  WHERE m.metric_date BETWEEN $6 AND $7 AND m.metric_name = ANY($8::text[])
+    AND NOT EXISTS (
+      SELECT 1 FROM fresh f
+      WHERE f.metric_date = m.metric_date AND f.lifecycle_stage = m.lifecycle_stage
+        AND f.metric_name = m.metric_name AND f.dimensions::jsonb = m.dimensions)
+  RETURNING 1
+), written AS (
+  INSERT INTO metrics_daily (metric_date, lifecycle_stage, metric_name, dimensions, metric_value)
+  SELECT metric_date, lifecycle_stage, metric_name, dimensions::jsonb, metric_value::numeric
+  FROM fresh
+  ON CONFLICT (metric_date, lifecycle_stage, metric_name, dimensions)
+  DO UPDATE SET metric_value = excluded.metric_value
+  WHERE metrics_daily.metric_value IS DISTINCT FROM excluded.metric_value
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)
+"""
+
+
+async def replace_metrics(
+    conn: asyncpg.Connection,
+    first: date,
+    last: date,
+    names: Sequence[str],
+    rows: Sequence[MetricRow],
+) -> int:
+    """Makes the `names` metrics of [first, last] exactly `rows`: upserts on the
+    unique key, removes rows no longer produced. Returns rows inserted, changed
+    or removed."""
+    changed: int = await conn.fetchval(
+        _REPLACE_METRICS,
+        [r.day for r in rows],
+        [r.stage for r in rows],
+        [r.name for r in rows],
+        [r.dimensions for r in rows],
+        [r.value for r in rows],
+        first,
+        last,
+        list(names),
+    )
+    return changed
+
+
+async def population_on(conn: asyncpg.Connection, day: date) -> dict[str, int] | None:
+    """The stored end-of-day population of each stage, or None when the day was not rolled up."""
+    rows = await conn.fetch(
+        "SELECT lifecycle_stage, metric_value FROM metrics_daily"
+        " WHERE metric_date = $1 AND metric_name = 'population_eod' AND dimensions = '{}'",
+        day,
+    )
+    return {r["lifecycle_stage"]: int(r["metric_value"]) for r in rows} if rows else None
+
+
+async def last_population_day(conn: Executor, until: date | None = None) -> date | None:
+    day: date | None = await conn.fetchval(
+        "SELECT max(metric_date) FROM metrics_daily WHERE metric_name = 'population_eod'"
+        " AND ($1::date IS NULL OR metric_date <= $1)",
+        until,
+    )
+    return day
+
+
+async def first_event_day(conn: asyncpg.Connection) -> date | None:
+    moment: datetime | None = await conn.fetchval("SELECT min(created_at) FROM lifecycle_events")
+    return moment.date() if moment else None
+
+
+_NET_FLOWS = f"""
+SELECT stage, sum(delta)::bigint AS delta FROM (
+  SELECT lifecycle_stage AS stage, 1 AS delta FROM lifecycle_events
+  WHERE event_type IN ('{CREATED}', '{STAGE_CHANGED}')
+    AND created_at >= $1 AND created_at < $2
+  UNION ALL
+  SELECT CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'
+                         ELSE lifecycle_stage END, -1
+  FROM lifecycle_events
+  WHERE event_type IN ('{STAGE_CHANGED}', '{ERASED}') AND created_at >= $1 AND created_at < $2
+) flows WHERE stage IS NOT NULL GROUP BY stage
+"""
+
+
+async def net_flows(conn: Executor, start: datetime, end: datetime) -> dict[str, int]:
+    """Users in minus users out of each stage over [start, end), from the event log."""
+    return {r["stage"]: r["delta"] for r in await conn.fetch(_NET_FLOWS, start, end)}
+
+
+async def stored_flows(
+    conn: asyncpg.Connection, first: date, last: date
+) -> tuple[dict[tuple[date, str], int], dict[tuple[date, str], dict[str, int]]]:
+    """net_flow and conversions rows of [first, last], as the population pass reads them."""
+    net: dict[tuple[date, str], int] = {}
+    conversions: dict[tuple[date, str], dict[str, int]] = defaultdict(dict)
+    for r in await conn.fetch(
+        "SELECT metric_date, lifecycle_stage, metric_name, dimensions->>'to_stage' AS to_stage,"
+        " metric_value FROM metrics_daily"
+        " WHERE metric_date BETWEEN $1 AND $2 AND metric_name IN ('net_flow', 'conversions')"
+        " AND lifecycle_stage = ANY($3::text[])",
+        first,
+        last,
+        list(STAGES),
+    ):
+        key = (r["metric_date"], r["lifecycle_stage"])
+        if r["metric_name"] == "net_flow":
+            net[key] = int(r["metric_value"])
+        elif r["to_stage"] is not None:
+            conversions[key][r["to_stage"]] = int(r["metric_value"])
+    return net, conversions
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    first: date
+    last: date
+    names: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    dimensions: str = "{}"
+
+
+async def metric_points(conn: Executor, query: MetricQuery, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT metric_name, lifecycle_stage, dimensions, metric_date, metric_value"
+        " FROM metrics_daily WHERE metric_date BETWEEN $1 AND $2"
+        " AND ($3::text[] IS NULL OR metric_name = ANY($3))"
+        " AND ($4::text[] IS NULL OR lifecycle_stage = ANY($4))"
+        " AND dimensions @> $5::text::jsonb"
+        " ORDER BY metric_name, lifecycle_stage, dimensions::text, metric_date LIMIT $6",
+        query.first,
+        query.last,
+        list(query.names) or None,
+        list(query.stages) or None,
+        query.dimensions,
+        limit,
+    )
+
+
+_FUNNEL = f"""
+WITH entered AS (
+  SELECT user_id, lifecycle_stage AS stage, min(created_at) AS first_at, max(created_at) AS last_at
+  FROM lifecycle_events
+  WHERE event_type IN ('{CREATED}', '{STAGE_CHANGED}') AND user_id IS NOT NULL
+    AND created_at >= $1 AND created_at < $2
+  GROUP BY user_id, lifecycle_stage
+), steps AS (
+  SELECT * FROM unnest($3::text[], $4::text[]) AS s(stage, previous)
+)
+SELECT s.stage,
+       (SELECT count(*) FROM entered e WHERE e.stage = s.stage) AS entered,
+       (SELECT count(*) FROM entered p WHERE p.stage = s.previous) AS previous_entered,
+       (SELECT count(*) FROM entered p JOIN entered e
+          ON e.user_id = p.user_id AND e.stage = s.stage AND e.last_at > p.first_at
+        WHERE p.stage = s.previous) AS converted
+FROM steps s
+"""
+
+
+async def funnel(conn: Executor, start: datetime, end: datetime) -> list[tuple[str, int, int, int]]:
+    """Per stage in AARRR order: (stage, entrants, entrants of the previous stage,
+    those of them who entered this stage later in the range)."""
+    rows = await conn.fetch(_FUNNEL, start, end, list(STAGES), [None, *STAGES[:-1]])
+    return [(r["stage"], r["entered"], r["previous_entered"], r["converted"]) for r in rows]

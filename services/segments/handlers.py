@@ -1,0 +1,539 @@
+"""The segments service's use cases. Definitions live here; the users they
+select live in the users service, which runs conditions as SQL (MatchUsers)
+or hands profiles to the Python evaluator (BatchGetUserProfiles).
+
+Memberships are a cache with three writers, serialised per segment by
+advisory locks (store.lock_for_refresh / lock_for_writes), each of which reads
+the users only once it holds the lock, so that the freshest reading is the
+one written last:
+- a full refresh (RefreshSegment, the scheduler): SQL over every user;
+- re-evaluations of changed users (ReevaluateUsers, from the users service's
+  outbox) and of expired memberships (the scheduler): Python per user;
+- CheckMembership on a cache miss.
+Every change of membership is a segment.entered / segment.exited event in the
+same transaction (metrics and triggers, through the outbox).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from runtime import idempotency
+from runtime.conditions import (
+    EXPANDED,
+    SEGMENT,
+    Condition,
+    Context,
+    LeafOutcome,
+    ReferenceProblem,
+    SegmentDefinition,
+    UserProfile,
+    parse_condition,
+    resolve,
+    size,
+)
+from runtime.database import Executor, UnitOfWork, connection, transaction
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.idempotency import RequestKey
+from runtime.lifecycle_events import EventBatch
+from runtime.server import ServiceContext
+from runtime.structs import dict_to_struct
+from services.segments import store
+from services.segments.domain import (
+    ENTERED,
+    EXITED,
+    MEMBERSHIP_EVENTS,
+    PRODUCER,
+    Clock,
+    CompiledSegment,
+    Membership,
+    Segment,
+    SegmentFields,
+    UserChange,
+    Verdict,
+    merge_changes,
+)
+from services.segments.settings import SegmentSettings
+from services.segments.users_client import UsersClient
+
+# Rows per transaction when a refresh applies its enter and exit sets.
+APPLY_BATCH = 5000
+# Matches per COPY into the refresh's temporary table (each COPY has a fixed cost).
+COPY_BATCH = 50_000
+# Users per transaction when changed or expired users are re-evaluated.
+REEVALUATE_BATCH = 1000
+
+
+def segment_not_found(segment_id: uuid.UUID) -> NotFound:
+    return NotFound(
+        f"segment {segment_id} does not exist",
+        reason="SEGMENT_NOT_FOUND",
+        metadata={"segment_id": str(segment_id)},
+    )
+
+
+def user_not_found(user_id: uuid.UUID) -> NotFound:
+    return NotFound(
+        f"user {user_id} does not exist",
+        reason="USER_NOT_FOUND",
+        metadata={"user_id": str(user_id)},
+    )
+
+
+class Catalog:
+    """Every segment's definition, parsed once per version and compiled once until
+    some segment changes (a change may reach every segment that references it;
+    definitions change rarely, users constantly)."""
+
+    def __init__(self) -> None:
+        self._segments: dict[uuid.UUID, Segment] = {}
+        self._parsed: dict[uuid.UUID, Condition] = {}
+        self._definitions: dict[uuid.UUID, SegmentDefinition] = {}
+        self._compiled: dict[uuid.UUID, CompiledSegment] = {}
+
+    async def load(self, conn: Executor) -> None:
+        """Brings the cache up to date with the segments as `conn` sees them."""
+        versions = await store.catalog_versions(conn)
+        stale = [
+            segment_id
+            for segment_id, updated_at in versions.items()
+            if segment_id not in self._segments
+            or self._segments[segment_id].updated_at != updated_at
+        ]
+        removed = self._segments.keys() - versions.keys()
+        if not stale and not removed:
+            return
+        fresh = await store.segments_by_id(conn, stale)
+        # From here on without awaiting, so that no reader sees half an update.
+        for segment_id in removed:
+            del self._segments[segment_id]
+            del self._parsed[segment_id]
+        for segment in fresh:
+            self._segments[segment.id] = segment
+            self._parsed[segment.id] = parse_condition(segment.conditions, "conditions", SEGMENT)
+        self._definitions = {
+            segment_id: SegmentDefinition(segment.stages, self._parsed[segment_id])
+            for segment_id, segment in self._segments.items()
+        }
+        self._compiled.clear()
+
+    def definitions(self) -> Mapping[uuid.UUID, SegmentDefinition]:
+        return self._definitions
+
+    def compile(self, segment_id: uuid.UUID) -> CompiledSegment:
+        compiled = self._compiled.get(segment_id)
+        if compiled is None:
+            segment = self._segments.get(segment_id)
+            if segment is None:
+                raise segment_not_found(segment_id)
+            condition = resolve(self._parsed[segment_id], self.definitions(), (segment_id,))
+            compiled = CompiledSegment.of(segment, condition)
+            self._compiled[segment_id] = compiled
+        return compiled
+
+    def all(self) -> list[CompiledSegment]:
+        return [self.compile(segment_id) for segment_id in self._segments]
+
+
+def resolved(
+    condition: Condition,
+    definitions: Mapping[uuid.UUID, SegmentDefinition],
+    owner: uuid.UUID | None,
+    field: str,
+) -> Condition:
+    """The condition with its in_segment references resolved; INVALID_ARGUMENT at the
+    reference that names no segment or closes a cycle, or if it grows too large."""
+    try:
+        result = resolve(condition, definitions, (owner,) if owner else ())
+    except ReferenceProblem as problem:
+        at = f"{field}.{problem.location}" if problem.location else field
+        raise InvalidArgument.field(at, problem.message) from problem
+    nodes, depth = size(result)
+    if nodes > EXPANDED.max_nodes or depth > EXPANDED.max_depth:
+        raise InvalidArgument.field(
+            field,
+            f"with the segments it references inlined it has {nodes} nodes and depth {depth};"
+            f" at most {EXPANDED.max_nodes} and {EXPANDED.max_depth} are allowed",
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class Preview:
+    size: int
+    sample: list[uuid.UUID]
+
+
+class SegmentDirectory:
+    """Segment definitions: create, read, change, delete, preview."""
+
+    def __init__(
+        self, context: ServiceContext, catalog: Catalog, users: UsersClient, clock: Clock
+    ) -> None:
+        self._context = context
+        self._catalog = catalog
+        self._users = users
+        self._clock = clock
+
+    async def _check_references(
+        self, conn: asyncpg.Connection, condition: Condition, owner: uuid.UUID | None
+    ) -> None:
+        """Locks the referenced segments (so they are not deleted meanwhile) and
+        checks that the references resolve."""
+        references = condition.segment_ids()
+        if not references:
+            return
+        await store.lock_segments(conn, references)
+        await self._catalog.load(conn)
+        resolved(condition, self._catalog.definitions(), owner, "segment.conditions")
+
+    async def create(self, fields: SegmentFields, key: RequestKey | None) -> Segment:
+        assert fields.condition is not None
+        async with self._context.unit_of_work() as uow:
+            if key is not None and (stored := await idempotency.claim(uow.conn, key)) is not None:
+                segment_id = uuid.UUID(json.loads(stored)["segment_id"])
+                return await self._get(uow.conn, segment_id)
+            await self._check_references(uow.conn, fields.condition, None)
+            segment = await store.insert_segment(uow.conn, fields, self._clock())
+            if key is not None:
+                reference = json.dumps({"segment_id": str(segment.id)}).encode()
+                await idempotency.store(uow.conn, key, reference)
+            return segment
+
+    async def _get(self, conn: Executor, segment_id: uuid.UUID) -> Segment:
+        segment = await store.get_segment(conn, segment_id)
+        if segment is None:
+            raise segment_not_found(segment_id)
+        return segment
+
+    async def get(self, segment_id: uuid.UUID) -> Segment:
+        return await self._get(self._context.pool, segment_id)
+
+    async def list_page(
+        self, stages: Sequence[str], cursor: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[Segment]:
+        return await store.list_segments(self._context.pool, stages, cursor, limit)
+
+    async def update(self, segment_id: uuid.UUID, fields: SegmentFields) -> Segment:
+        async with self._context.unit_of_work() as uow:
+            if not await store.lock_segments(uow.conn, [segment_id], exclusive=True):
+                raise segment_not_found(segment_id)
+            if fields.condition is not None:
+                await self._check_references(uow.conn, fields.condition, segment_id)
+            segment = await store.update_segment(uow.conn, segment_id, fields)
+            if segment is None:
+                raise segment_not_found(segment_id)
+            if fields.definition_changed:
+                changed = await self._with_dependents(uow.conn, segment_id)
+                await store.mark_changed(uow.conn, changed, self._clock())
+            return segment
+
+    async def _with_dependents(
+        self, conn: asyncpg.Connection, segment_id: uuid.UUID
+    ) -> list[uuid.UUID]:
+        """The segment and every segment that references it, directly or not."""
+        found = [segment_id]
+        pending = [segment_id]
+        while pending:
+            for referrer in await store.referencing(conn, pending.pop()):
+                if referrer not in found:
+                    found.append(referrer)
+                    pending.append(referrer)
+        return found
+
+    async def delete(self, segment_id: uuid.UUID) -> None:
+        async with self._context.unit_of_work() as uow:
+            if not await store.lock_segments(uow.conn, [segment_id], exclusive=True):
+                raise segment_not_found(segment_id)
+            users_of = await store.referencing(uow.conn, segment_id)
+            if users_of:
+                raise FailedPrecondition(
+                    f"segments {', '.join(map(str, users_of))} reference this segment",
+                    reason="SEGMENT_REFERENCED",
+                    metadata={"referenced_by": ",".join(map(str, users_of))},
+                )
+            await store.delete_segment(uow.conn, segment_id)
+
+    async def preview(
+        self, condition: Condition, stages: Sequence[str], sample_size: int
+    ) -> Preview:
+        async with connection(self._context.pool) as conn:
+            await self._catalog.load(conn)
+        full = resolved(condition, self._catalog.definitions(), None, "conditions")
+        as_of = self._clock()
+        expanded = full.expanded_json()
+        total = await self._users.count(expanded, stages, as_of)
+        sample = [
+            uuid.UUID(user_id)
+            async for batch in self._users.match(expanded, stages, as_of, limit=sample_size)
+            for user_id, _ in batch
+        ]
+        return Preview(total, sample)
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    entered: int
+    exited: int
+    members: int
+    evaluated_at: datetime
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    member: bool
+    evaluated_at: datetime
+    valid_until: datetime | None
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Explanation:
+    member: bool
+    stage_matched: bool
+    leaves: list[LeafOutcome]
+    valid_until: datetime
+
+
+class Memberships:
+    """The membership cache: refresh, re-evaluation, checks, reads and erase."""
+
+    def __init__(
+        self,
+        context: ServiceContext,
+        catalog: Catalog,
+        users: UsersClient,
+        clock: Clock,
+        settings: SegmentSettings,
+    ) -> None:
+        self._context = context
+        self._catalog = catalog
+        self._users = users
+        self._clock = clock
+        self._settings = settings
+
+    def _transaction(
+        self, conn: asyncpg.Connection
+    ) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
+        return transaction(conn, on_commit=self._context.relay.wake)
+
+    async def refresh(self, segment_id: uuid.UUID, *, wait: bool = True) -> RefreshOutcome | None:
+        """Recomputes the segment's members from every user; None when another
+        refresh of it is running and `wait` is false."""
+        async with connection(self._context.pool) as conn:
+            if not await store.lock_for_refresh(conn, segment_id, wait=wait):
+                return None
+            try:
+                await self._catalog.load(conn)
+                return await self._refresh(conn, self._catalog.compile(segment_id))
+            except asyncpg.ForeignKeyViolationError as error:
+                raise segment_not_found(segment_id) from error
+            finally:
+                await store.unlock_after_refresh(conn, segment_id)
+
+    async def _refresh(self, conn: asyncpg.Connection, compiled: CompiledSegment) -> RefreshOutcome:
+        segment = compiled.segment
+        as_of = self._clock()
+        cap = as_of + self._settings.membership_ttl
+        await store.prepare_matches(conn)
+        matches = self._users.match(compiled.condition.expanded_json(), segment.stages, as_of)
+        pending: list[tuple[str, datetime]] = []
+        async for batch in matches:
+            pending += [(user_id, min(v, cap) if v else cap) for user_id, v in batch]
+            if len(pending) >= COPY_BATCH:
+                await store.add_matches(conn, pending)
+                pending = []
+        await store.add_matches(conn, pending)
+        renew_before = as_of + self._settings.refresh_interval
+        entered = exited = 0
+        after: uuid.UUID | None = None
+        while True:
+            async with self._transaction(conn) as uow:
+                applied = await store.apply_matches(
+                    conn,
+                    segment.id,
+                    after=after,
+                    size=APPLY_BATCH,
+                    evaluated_at=as_of,
+                    renew_before=renew_before,
+                )
+                self._publish(uow, segment.id, as_of, ENTERED, applied.entered)
+            entered += len(applied.entered)
+            if applied.size < APPLY_BATCH:
+                break
+            after = applied.last
+        after = None
+        while True:
+            async with self._transaction(conn) as uow:
+                gone = await store.remove_unmatched(conn, segment.id, after, APPLY_BATCH)
+                self._publish(uow, segment.id, as_of, EXITED, gone)
+            exited += len(gone)
+            if len(gone) < APPLY_BATCH:
+                break
+            after = gone[-1]
+        next_refresh = as_of + self._settings.refresh_interval
+        members = await store.finish_refresh(conn, segment.id, as_of, next_refresh)
+        return RefreshOutcome(entered, exited, members, as_of)
+
+    @staticmethod
+    def _publish(
+        uow: UnitOfWork,
+        segment_id: uuid.UUID,
+        at: datetime,
+        event_type: str,
+        user_ids: Sequence[uuid.UUID],
+    ) -> None:
+        if user_ids:
+            events = EventBatch(PRODUCER, forwarded=MEMBERSHIP_EVENTS)
+            data = dict_to_struct({"segment_id": str(segment_id)})
+            for user_id in user_ids:
+                events.add(event_type, at, user_id=user_id, data=data)
+            events.publish(uow)
+
+    async def reevaluate(self, changes: Iterable[UserChange]) -> tuple[int, int]:
+        """Re-evaluates changed users against the segments their change concerns;
+        returns (entered, exited)."""
+        merged = merge_changes(changes)
+        entered = exited = 0
+        for start in range(0, len(merged), REEVALUATE_BATCH):
+            chunk = merged[start : start + REEVALUATE_BATCH]
+            async with self._context.unit_of_work() as uow:
+                await self._catalog.load(uow.conn)
+                segments = self._catalog.all()
+                wanted = {
+                    change.user_id: [s for s in segments if change.concerns(s)] for change in chunk
+                }
+                counts = await self._reevaluate(uow, wanted)
+            entered, exited = entered + counts[0], exited + counts[1]
+        return entered, exited
+
+    async def renew_expired(self) -> int:
+        """Re-evaluates memberships whose validity ran out (at most a batch of them);
+        returns how many."""
+        pairs = await store.expired_memberships(self._context.pool, self._clock(), REEVALUATE_BATCH)
+        if not pairs:
+            return 0
+        async with self._context.unit_of_work() as uow:
+            await self._catalog.load(uow.conn)
+            known = {segment.segment.id: segment for segment in self._catalog.all()}
+            wanted: dict[uuid.UUID, list[CompiledSegment]] = defaultdict(list)
+            for user_id, segment_id in pairs:
+                if segment_id in known:
+                    wanted[user_id].append(known[segment_id])
+            await self._reevaluate(uow, wanted)
+        return len(pairs)
+
+    async def _reevaluate(
+        self, uow: UnitOfWork, wanted: Mapping[uuid.UUID, Sequence[CompiledSegment]]
+    ) -> tuple[int, int]:
+        """Evaluates each user against their segments and writes the outcome, holding
+        the segments' write locks from before the users are read."""
+        wanted = {user_id: segments for user_id, segments in wanted.items() if segments}
+        if not wanted:
+            return 0, 0
+        await store.lock_for_writes(uow.conn, {s.segment.id for ss in wanted.values() for s in ss})
+        erased = await store.erased(uow.conn, list(wanted))
+        profiles = await self._users.profiles([u for u in wanted if u not in erased])
+        # Users the users service no longer has are being erased: they belong to
+        # no segment (quietly: no events about them), whatever their erase's delay.
+        await store.delete_members(
+            uow.conn,
+            [(u, s.segment.id) for u, ss in wanted.items() if u not in profiles for s in ss],
+        )
+        as_of = self._clock()
+        verdicts = {
+            (user_id, segment.segment.id): segment.verdict(
+                profiles[user_id], as_of, self._settings.membership_ttl
+            )
+            for user_id, segments in wanted.items()
+            if user_id in profiles
+            for segment in segments
+        }
+        return await self._write(uow, verdicts, as_of)
+
+    async def _write(
+        self,
+        uow: UnitOfWork,
+        verdicts: Mapping[tuple[uuid.UUID, uuid.UUID], Verdict],
+        as_of: datetime,
+    ) -> tuple[int, int]:
+        members = [pair for pair, verdict in verdicts.items() if verdict.member]
+        others = [pair for pair, verdict in verdicts.items() if not verdict.member]
+        entered = await store.upsert_members(
+            uow.conn, members, [verdicts[pair].valid_until for pair in members], as_of
+        )
+        exited = await store.delete_members(uow.conn, others)
+        for event_type, pairs in ((ENTERED, entered), (EXITED, exited)):
+            by_segment: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+            for user_id, segment_id in pairs:
+                by_segment[segment_id].append(user_id)
+            for segment_id, user_ids in by_segment.items():
+                self._publish(uow, segment_id, as_of, event_type, user_ids)
+        return len(entered), len(exited)
+
+    async def check(self, user_id: uuid.UUID, segment_id: uuid.UUID) -> CheckOutcome:
+        pool = self._context.pool
+        if await store.get_segment(pool, segment_id) is None:
+            raise segment_not_found(segment_id)
+        cached = await store.get_membership(pool, user_id, segment_id)
+        if cached is not None and cached.valid_at(self._clock()):
+            membership = cached.membership
+            return CheckOutcome(True, membership.evaluated_at, membership.valid_until, True)
+        async with self._context.unit_of_work() as uow:
+            await self._catalog.load(uow.conn)
+            compiled = self._catalog.compile(segment_id)
+            # A refresh in progress will write this user too: answer without caching.
+            locked = await store.lock_for_writes(uow.conn, [segment_id], wait=False)
+            profile = await self._profile(uow.conn, user_id)
+            as_of = self._clock()
+            verdict = compiled.verdict(profile, as_of, self._settings.membership_ttl)
+            if locked:
+                await self._write(uow, {(user_id, segment_id): verdict}, as_of)
+        return CheckOutcome(verdict.member, as_of, verdict.valid_until, False)
+
+    async def _profile(self, conn: Executor, user_id: uuid.UUID) -> UserProfile:
+        if await store.erased(conn, [user_id]):
+            raise user_not_found(user_id)
+        profile = (await self._users.profiles([user_id])).get(user_id)
+        if profile is None:
+            raise user_not_found(user_id)
+        return profile
+
+    async def explain(self, user_id: uuid.UUID, segment_id: uuid.UUID) -> Explanation:
+        async with connection(self._context.pool) as conn:
+            await self._catalog.load(conn)
+            compiled = self._catalog.compile(segment_id)
+            profile = await self._profile(conn, user_id)
+        as_of = self._clock()
+        verdict = compiled.verdict(profile, as_of, self._settings.membership_ttl)
+        leaves = compiled.evaluator.explain(Context(as_of=as_of, user=profile))
+        return Explanation(
+            verdict.member, compiled.stage_matches(profile), leaves, verdict.valid_until
+        )
+
+    async def members(
+        self, segment_id: uuid.UUID, after: uuid.UUID | None, limit: int
+    ) -> list[Membership]:
+        pool = self._context.pool
+        if await store.get_segment(pool, segment_id) is None:
+            raise segment_not_found(segment_id)
+        return await store.list_members(pool, segment_id, after, limit)
+
+    async def of_user(self, user_id: uuid.UUID) -> list[Membership]:
+        return await store.user_memberships(self._context.pool, user_id)
+
+    async def erase(self, user_id: uuid.UUID) -> int:
+        """Removes the user's memberships and keeps a tombstone, once every writer
+        of memberships (a refresh in progress, say) is done."""
+        async with self._context.unit_of_work() as uow:
+            segment_ids = list(await store.catalog_versions(uow.conn))
+            await store.lock_for_writes(uow.conn, segment_ids)
+            return await store.erase_user(uow.conn, user_id)

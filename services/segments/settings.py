@@ -1,0 +1,71 @@
+"""Settings of the segments service, from environment variables (README, "Segments")."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from runtime.config import ConfigError
+
+REFRESH_VARIABLE = "LIFECYCLE_SEGMENTS_REFRESH_SECONDS"
+TTL_VARIABLE = "LIFECYCLE_SEGMENTS_MEMBERSHIP_TTL_SECONDS"
+SCHEDULER_VARIABLE = "LIFECYCLE_SEGMENTS_SCHEDULER_SECONDS"
+MATCH_TIMEOUT_VARIABLE = "LIFECYCLE_SEGMENTS_MATCH_TIMEOUT_SECONDS"
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    # How often the scheduler recomputes each segment in full: the bound on how
+    # late a non-member who qualifies by time alone (say, a time in stage) enters.
+    refresh_interval: timedelta = timedelta(minutes=5)
+    # The longest a cached membership is trusted when time alone cannot change it;
+    # changes of users reach the cache at once (ReevaluateUsers), so this is a
+    # safety net, not the freshness.
+    membership_ttl: timedelta = timedelta(hours=1)
+    # How often the scheduler looks for due segments and expired memberships;
+    # zero turns it off (RefreshSegment then keeps segments fresh).
+    scheduler_interval: float = 5.0
+    # Deadline of one MatchUsers stream (a refresh of every user).
+    match_timeout: float = 120.0
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero_allowed: bool) -> float:
+    raw = env.get(name) or ""
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0 or (value == 0 and not zero_allowed):
+        kind = "a number of seconds" if zero_allowed else "a positive number of seconds"
+        raise ConfigError(f"{name}={raw!r} is not {kind}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> SegmentSettings:
+    env = os.environ if env is None else env
+    defaults = SegmentSettings()
+    return SegmentSettings(
+        refresh_interval=timedelta(
+            seconds=_seconds(
+                env,
+                REFRESH_VARIABLE,
+                defaults.refresh_interval.total_seconds(),
+                zero_allowed=False,
+            )
+        ),
+        membership_ttl=timedelta(
+            seconds=_seconds(
+                env, TTL_VARIABLE, defaults.membership_ttl.total_seconds(), zero_allowed=False
+            )
+        ),
+        scheduler_interval=_seconds(
+            env, SCHEDULER_VARIABLE, defaults.scheduler_interval, zero_allowed=True
+        ),
+        match_timeout=_seconds(
+            env, MATCH_TIMEOUT_VARIABLE, defaults.match_timeout, zero_allowed=False
+        ),
+    )

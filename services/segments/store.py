@@ -1,0 +1,454 @@
+"""The segments service's SQL. Every function runs on the connection it is given,
+inside the caller's transaction where one is open. Set-based throughout:
+arrays in, one statement per batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from runtime.database import Executor
+from services.segments.domain import Membership, Segment, SegmentFields
+
+# The first key of the advisory locks that serialise the membership writes of a
+# segment (the second is the hash of its id): "SEGM" in ASCII.
+LOCK_CLASS = 0x5345474D
+
+_SEGMENT = """
+SELECT s.id, s.name, coalesce(s.description, '') AS description, s.conditions,
+       coalesce(s.lifecycle_stages, '{}') AS lifecycle_stages, s.created_at, s.updated_at,
+       coalesce(r.member_count, 0) AS member_count, r.evaluated_at
+FROM user_segments s LEFT JOIN segment_refreshes r ON r.segment_id = s.id
+"""
+
+
+def _segment(row: asyncpg.Record) -> Segment:
+    return Segment(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        conditions=row["conditions"],
+        stages=tuple(row["lifecycle_stages"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        member_count=row["member_count"],
+        evaluated_at=row["evaluated_at"],
+    )
+
+
+# Segments
+
+
+async def insert_segment(conn: asyncpg.Connection, fields: SegmentFields, now: datetime) -> Segment:
+    segment_id = await conn.fetchval(
+        "INSERT INTO user_segments (name, description, conditions, lifecycle_stages)"
+        " VALUES ($1, $2, $3, $4) RETURNING id",
+        fields.name,
+        fields.description,
+        fields.conditions,
+        list(fields.stages or ()),
+    )
+    await conn.execute(
+        "INSERT INTO segment_refreshes (segment_id, changed_at, next_refresh_at)"
+        " VALUES ($1, $2, $2)",
+        segment_id,
+        now,
+    )
+    segment = await get_segment(conn, segment_id)
+    assert segment is not None
+    return segment
+
+
+async def get_segment(conn: Executor, segment_id: uuid.UUID) -> Segment | None:
+    row = await conn.fetchrow(f"{_SEGMENT} WHERE s.id = $1", segment_id)
+    return _segment(row) if row else None
+
+
+async def lock_segments(
+    conn: asyncpg.Connection, segment_ids: Iterable[uuid.UUID], *, exclusive: bool = False
+) -> set[uuid.UUID]:
+    """Row-locks the segments (shared: none can be deleted meanwhile); returns those that exist."""
+    mode = "UPDATE" if exclusive else "SHARE"
+    rows = await conn.fetch(
+        f"SELECT id FROM user_segments WHERE id = ANY($1::uuid[]) ORDER BY id FOR {mode}",
+        sorted(segment_ids),
+    )
+    return {row["id"] for row in rows}
+
+
+async def list_segments(
+    conn: Executor,
+    stages: Sequence[str],
+    cursor: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Segment]:
+    rows = await conn.fetch(
+        f"{_SEGMENT} WHERE ($1::varchar[] IS NULL OR s.lifecycle_stages && $1::varchar[])"
+        " AND ($2::timestamptz IS NULL OR (s.created_at, s.id) > ($2, $3::uuid))"
+        " ORDER BY s.created_at, s.id LIMIT $4",
+        list(stages) or None,
+        cursor[0] if cursor else None,
+        cursor[1] if cursor else None,
+        limit,
+    )
+    return [_segment(row) for row in rows]
+
+
+async def update_segment(
+    conn: asyncpg.Connection, segment_id: uuid.UUID, fields: SegmentFields
+) -> Segment | None:
+    updated = await conn.fetchval(
+        "UPDATE user_segments SET name = coalesce($2, name),"
+        " description = coalesce($3, description), conditions = coalesce($4, conditions),"
+        " lifecycle_stages = coalesce($5, lifecycle_stages) WHERE id = $1 RETURNING id",
+        segment_id,
+        fields.name,
+        fields.description,
+        fields.conditions,
+        list(fields.stages) if fields.stages is not None else None,
+    )
+    return await get_segment(conn, segment_id) if updated else None
+
+
+async def delete_segment(conn: asyncpg.Connection, segment_id: uuid.UUID) -> bool:
+    deleted = await conn.fetchval(
+        "DELETE FROM user_segments WHERE id = $1 RETURNING true", segment_id
+    )
+    return bool(deleted)
+
+
+async def catalog_versions(conn: Executor) -> dict[uuid.UUID, datetime]:
+    rows = await conn.fetch("SELECT id, updated_at FROM user_segments")
+    return {row["id"]: row["updated_at"] for row in rows}
+
+
+async def segments_by_id(conn: Executor, segment_ids: Sequence[uuid.UUID]) -> list[Segment]:
+    rows = await conn.fetch(f"{_SEGMENT} WHERE s.id = ANY($1::uuid[])", list(segment_ids))
+    return [_segment(row) for row in rows]
+
+
+async def referencing(conn: Executor, segment_id: uuid.UUID) -> list[uuid.UUID]:
+    """Segments whose condition names this one in an in_segment leaf."""
+    rows = await conn.fetch(
+        "SELECT id FROM user_segments WHERE id <> $1 AND jsonb_path_exists(conditions,"
+        " '$.**.in_segment ? (@ == $id)', jsonb_build_object('id', $1::text), true)",
+        segment_id,
+    )
+    return [row["id"] for row in rows]
+
+
+async def mark_changed(
+    conn: asyncpg.Connection, segment_ids: Sequence[uuid.UUID], now: datetime
+) -> None:
+    """Their definitions changed: memberships evaluated before `now` are stale, and
+    the scheduler refreshes them at once."""
+    await conn.execute(
+        "UPDATE segment_refreshes SET changed_at = $2, next_refresh_at = $2"
+        " WHERE segment_id = ANY($1::uuid[])",
+        list(segment_ids),
+        now,
+    )
+
+
+async def finish_refresh(
+    conn: Executor, segment_id: uuid.UUID, evaluated_at: datetime, next_refresh_at: datetime
+) -> int:
+    """Records a full refresh; returns the member count."""
+    count = await conn.fetchval(
+        "UPDATE segment_refreshes SET evaluated_at = $2, next_refresh_at = $3,"
+        " member_count = (SELECT count(*) FROM user_segment_memberships WHERE segment_id = $1)"
+        " WHERE segment_id = $1 RETURNING member_count",
+        segment_id,
+        evaluated_at,
+        next_refresh_at,
+    )
+    return int(count or 0)
+
+
+async def due_segments(conn: Executor, now: datetime, limit: int) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT segment_id FROM segment_refreshes WHERE next_refresh_at <= $1"
+        " ORDER BY next_refresh_at LIMIT $2",
+        now,
+        limit,
+    )
+    return [row["segment_id"] for row in rows]
+
+
+# Locks
+
+
+async def lock_for_refresh(conn: asyncpg.Connection, segment_id: uuid.UUID, *, wait: bool) -> bool:
+    """A session lock held across a refresh's transactions; False if busy and not waiting."""
+    if wait:
+        await conn.execute(
+            "SELECT pg_advisory_lock($1, hashtext($2::uuid::text))", LOCK_CLASS, segment_id
+        )
+        return True
+    return bool(
+        await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2::uuid::text))", LOCK_CLASS, segment_id
+        )
+    )
+
+
+async def unlock_after_refresh(conn: asyncpg.Connection, segment_id: uuid.UUID) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_unlock($1, hashtext($2::uuid::text))", LOCK_CLASS, segment_id
+    )
+
+
+async def lock_for_writes(
+    conn: asyncpg.Connection, segment_ids: Iterable[uuid.UUID], *, wait: bool = True
+) -> bool:
+    """Transaction locks on the segments' membership writes, in one order so that
+    two writers never deadlock; waits for a refresh in progress to finish."""
+    ordered = sorted(segment_ids)
+    if wait:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(s::text)) FROM unnest($2::uuid[]) s",
+            LOCK_CLASS,
+            ordered,
+        )
+        return True
+    return bool(
+        await conn.fetchval(
+            "SELECT bool_and(pg_try_advisory_xact_lock($1, hashtext(s::text)))"
+            " FROM unnest($2::uuid[]) s",
+            LOCK_CLASS,
+            ordered,
+        )
+    )
+
+
+# Memberships
+
+
+@dataclass(frozen=True)
+class CachedMembership:
+    membership: Membership
+    # Evaluated before the segment's definition last changed.
+    stale: bool
+
+    def valid_at(self, now: datetime) -> bool:
+        valid_until = self.membership.valid_until
+        return not self.stale and valid_until is not None and valid_until > now
+
+
+async def get_membership(
+    conn: Executor, user_id: uuid.UUID, segment_id: uuid.UUID
+) -> CachedMembership | None:
+    row = await conn.fetchrow(
+        "SELECT m.evaluated_at, m.valid_until, m.evaluated_at < r.changed_at AS stale"
+        " FROM user_segment_memberships m"
+        " JOIN segment_refreshes r ON r.segment_id = m.segment_id"
+        " WHERE m.user_id = $1 AND m.segment_id = $2",
+        user_id,
+        segment_id,
+    )
+    if row is None:
+        return None
+    membership = Membership(user_id, segment_id, row["evaluated_at"], row["valid_until"])
+    return CachedMembership(membership, row["stale"])
+
+
+async def upsert_members(
+    conn: asyncpg.Connection,
+    pairs: Sequence[tuple[uuid.UUID, uuid.UUID]],
+    valid_until: Sequence[datetime],
+    evaluated_at: datetime,
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Writes (user, segment) memberships, skipping erased users; returns the new ones."""
+    rows = await conn.fetch(
+        "INSERT INTO user_segment_memberships (user_id, segment_id, evaluated_at, valid_until)"
+        " SELECT x.u, x.s, $4, x.v FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])"
+        "   AS x(u, s, v)"
+        " WHERE NOT EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = x.u)"
+        " ON CONFLICT (user_id, segment_id) DO UPDATE"
+        "   SET evaluated_at = excluded.evaluated_at, valid_until = excluded.valid_until"
+        " RETURNING user_id, segment_id, xmax = 0 AS inserted",
+        [user for user, _ in pairs],
+        [segment for _, segment in pairs],
+        list(valid_until),
+        evaluated_at,
+    )
+    return [(row["user_id"], row["segment_id"]) for row in rows if row["inserted"]]
+
+
+async def delete_members(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Removes (user, segment) memberships; returns those that existed."""
+    rows = await conn.fetch(
+        "DELETE FROM user_segment_memberships m USING unnest($1::uuid[], $2::uuid[]) AS x(u, s)"
+        " WHERE m.user_id = x.u AND m.segment_id = x.s RETURNING m.user_id, m.segment_id",
+        [user for user, _ in pairs],
+        [segment for _, segment in pairs],
+    )
+    return [(row["user_id"], row["segment_id"]) for row in rows]
+
+
+async def list_members(
+    conn: Executor, segment_id: uuid.UUID, after: uuid.UUID | None, limit: int
+) -> list[Membership]:
+    rows = await conn.fetch(
+        "SELECT user_id, evaluated_at, valid_until FROM user_segment_memberships"
+        " WHERE segment_id = $1 AND ($2::uuid IS NULL OR user_id > $2)"
+        " ORDER BY user_id LIMIT $3",
+        segment_id,
+        after,
+        limit,
+    )
+    return [
+        Membership(row["user_id"], segment_id, row["evaluated_at"], row["valid_until"])
+        for row in rows
+    ]
+
+
+async def user_memberships(conn: Executor, user_id: uuid.UUID) -> list[Membership]:
+    rows = await conn.fetch(
+        "SELECT segment_id, evaluated_at, valid_until FROM user_segment_memberships"
+        " WHERE user_id = $1 ORDER BY segment_id",
+        user_id,
+    )
+    return [
+        Membership(user_id, row["segment_id"], row["evaluated_at"], row["valid_until"])
+        for row in rows
+    ]
+
+
+async def expired_memberships(
+    conn: Executor, now: datetime, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    rows = await conn.fetch(
+        "SELECT user_id, segment_id FROM user_segment_memberships"
+        " WHERE valid_until <= $1 ORDER BY valid_until LIMIT $2",
+        now,
+        limit,
+    )
+    return [(row["user_id"], row["segment_id"]) for row in rows]
+
+
+async def erased(conn: Executor, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT user_id FROM erased_users WHERE user_id = ANY($1::uuid[])", list(user_ids)
+    )
+    return {row["user_id"] for row in rows}
+
+
+async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """Keeps the user as a tombstone and removes their memberships; returns how many."""
+    await conn.execute(
+        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
+    )
+    result = await conn.execute("DELETE FROM user_segment_memberships WHERE user_id = $1", user_id)
+    return int(result.split()[-1])
+
+
+async def forget_tombstones(conn: asyncpg.Connection, older_than_days: int) -> int:
+    result = await conn.execute(
+        "DELETE FROM erased_users WHERE erased_at < now() - make_interval(days => $1)",
+        older_than_days,
+    )
+    return int(result.split()[-1])
+
+
+# A full refresh: the new members arrive in a temporary table of the session,
+# then are compared with the cached ones in user order, one batch per transaction.
+
+MATCHES = "segment_matches"
+
+
+async def prepare_matches(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {MATCHES}"
+        " (user_id UUID PRIMARY KEY, valid_until TIMESTAMPTZ NOT NULL)"
+    )
+    await conn.execute(f"TRUNCATE {MATCHES}")
+
+
+async def add_matches(
+    conn: asyncpg.Connection, records: Sequence[tuple[str | uuid.UUID, datetime]]
+) -> None:
+    await conn.copy_records_to_table(MATCHES, records=records, columns=["user_id", "valid_until"])
+
+
+@dataclass(frozen=True)
+class MatchBatch:
+    # How many matches the batch had, and the last, where the next batch starts.
+    size: int
+    last: uuid.UUID | None
+    entered: list[uuid.UUID]
+
+
+async def apply_matches(
+    conn: asyncpg.Connection,
+    segment_id: uuid.UUID,
+    *,
+    after: uuid.UUID | None,
+    size: int,
+    evaluated_at: datetime,
+    renew_before: datetime,
+) -> MatchBatch:
+    """Writes the next `size` matches after `after`: inserts the new members, and
+    renews a cached one whose validity must shrink or is about to run out."""
+    row = await conn.fetchrow(
+        f"""
+        WITH batch AS (
+          SELECT user_id, valid_until FROM {MATCHES}
+          WHERE $2::uuid IS NULL OR user_id > $2 ORDER BY user_id LIMIT $3
+        ), entered AS (
+          INSERT INTO user_segment_memberships (user_id, segment_id, evaluated_at, valid_until)
+          SELECT b.user_id, $1, $4, b.valid_until FROM batch b
+          WHERE NOT EXISTS (
+              SELECT 1 FROM user_segment_memberships m
+              WHERE m.segment_id = $1 AND m.user_id = b.user_id)
+            AND NOT EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = b.user_id)
+          ON CONFLICT (user_id, segment_id) DO NOTHING
+          RETURNING user_id
+        ), renewed AS (
+          -- Sees the rows as they were before this statement: never the new ones.
+          UPDATE user_segment_memberships m SET evaluated_at = $4, valid_until = b.valid_until
+          FROM batch b
+          WHERE m.segment_id = $1 AND m.user_id = b.user_id
+            AND (m.valid_until > b.valid_until OR m.valid_until <= $5 OR m.valid_until IS NULL)
+        )
+        SELECT (SELECT count(*) FROM batch) AS size,
+               (SELECT user_id FROM batch ORDER BY user_id DESC LIMIT 1) AS last,
+               array(SELECT user_id FROM entered) AS entered
+        """,
+        segment_id,
+        after,
+        size,
+        evaluated_at,
+        renew_before,
+    )
+    assert row is not None
+    return MatchBatch(row["size"], row["last"], list(row["entered"]))
+
+
+async def remove_unmatched(
+    conn: asyncpg.Connection, segment_id: uuid.UUID, after: uuid.UUID | None, size: int
+) -> list[uuid.UUID]:
+    """Deletes up to `size` cached members after `after` that are no longer matches."""
+    rows = await conn.fetch(
+        f"""
+        WITH gone AS (
+          SELECT m.user_id FROM user_segment_memberships m
+          WHERE m.segment_id = $1 AND ($3::uuid IS NULL OR m.user_id > $3)
+            AND NOT EXISTS (SELECT 1 FROM {MATCHES} x WHERE x.user_id = m.user_id)
+          ORDER BY m.user_id LIMIT $2
+        )
+        DELETE FROM user_segment_memberships m USING gone
+        WHERE m.segment_id = $1 AND m.user_id = gone.user_id
+        RETURNING m.user_id
+        """,
+        segment_id,
+        size,
+        after,
+    )
+    return [row["user_id"] for row in rows]

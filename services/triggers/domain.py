@@ -1,0 +1,270 @@
+"""The rules of triggers and events: what a valid event type, pattern, event and
+re-entry policy are, which triggers an event concerns, and what a condition
+reads of an event. No I/O here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from google.protobuf import struct_pb2
+
+from runtime.conditions import (
+    TRIGGER,
+    AttributeChanges,
+    Condition,
+    Context,
+    Evaluator,
+    UserProfile,
+    parse_condition,
+)
+from runtime.errors import InvalidArgument, Violations
+from runtime.lifecycle_events import EVENT_TYPES, TRACKED_PREFIX
+from runtime.structs import JsonObject
+
+Clock = Callable[[], datetime]
+PRODUCER = "triggers"
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+# Lower-case dotted names: "signup", "billing.invoice_paid".
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+# The lifecycle log stores "tracked.<type>" in 100 characters.
+MAX_EVENT_TYPE_LENGTH = 100 - len(TRACKED_PREFIX)
+PREFIX_WILDCARD = ".*"
+MAX_DATA_BYTES = 32 * 1024
+MAX_MESSAGE_ID_LENGTH = 200
+MAX_NAME_LENGTH = 255
+# Clocks drift; an event stamped further ahead than this is a bug of its sender.
+MAX_FUTURE = timedelta(days=1)
+MAX_PERIOD = timedelta(days=3650)
+
+EVERY_TIME = "every_time"
+ONCE_PER_USER = "once_per_user"
+ONCE_PER_PERIOD = "once_per_period"
+
+# Why a trigger whose condition held started nothing (besides the reasons the
+# workflows service gives when it refuses a start).
+REENTRY_LIMIT = "REENTRY_LIMIT"
+
+
+@dataclass(frozen=True)
+class Reentry:
+    """How often one user may fire a trigger."""
+
+    mode: str = EVERY_TIME
+    # Only for ONCE_PER_PERIOD.
+    period: timedelta | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.mode != EVERY_TIME
+
+
+@dataclass(frozen=True)
+class Trigger:
+    id: uuid.UUID
+    name: str
+    event_type: str
+    # As authored; {} always holds.
+    conditions: JsonObject
+    workflow_id: uuid.UUID
+    enabled: bool
+    reentry: Reentry
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TriggerFields:
+    """What a create sets, or an update changes (None: left as it is)."""
+
+    name: str | None = None
+    event_type: str | None = None
+    conditions: JsonObject | None = None
+    workflow_id: uuid.UUID | None = None
+    reentry: Reentry | None = None
+
+
+def check_event_type(value: str, field: str, violations: Violations) -> str:
+    if not value:
+        violations.add(field, "is required")
+    elif len(value) > MAX_EVENT_TYPE_LENGTH:
+        violations.add(field, f"must be at most {MAX_EVENT_TYPE_LENGTH} characters")
+    elif not _EVENT_TYPE.fullmatch(value):
+        violations.add(
+            field,
+            "must be a lower-case dotted name like signup or billing.invoice_paid"
+            " (letters, digits and _, each part starting with a letter)",
+        )
+    return value
+
+
+def check_pattern(value: str, field: str, violations: Violations) -> str:
+    """An event type, or a prefix pattern `billing.*` (every type under billing.)."""
+    if value.endswith(PREFIX_WILDCARD):
+        check_event_type(value[: -len(PREFIX_WILDCARD)], field, violations)
+        return value
+    return check_event_type(value, field, violations)
+
+
+def check_name(value: str, field: str, violations: Violations) -> str:
+    name = value.strip()
+    if not name:
+        violations.add(field, "is required")
+    elif len(name) > MAX_NAME_LENGTH:
+        violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def check_reentry(
+    mode: str, period: timedelta | None, field: str, violations: Violations
+) -> Reentry:
+    if mode == ONCE_PER_PERIOD:
+        if period is None or period <= timedelta(0):
+            violations.add(f"{field}.period", "must be a positive duration for ONCE_PER_PERIOD")
+        elif period > MAX_PERIOD:
+            violations.add(f"{field}.period", f"must be at most {MAX_PERIOD.days} days")
+        return Reentry(mode, period)
+    if period is not None:
+        violations.add(f"{field}.period", "applies to ONCE_PER_PERIOD only")
+    return Reentry(mode)
+
+
+def parse_trigger_condition(conditions: JsonObject, field: str) -> Condition | None:
+    """The condition's tree; None for {} (always holds). INVALID_ARGUMENT names
+    every bad part, under `field`."""
+    if not conditions:
+        return None
+    condition = parse_condition(conditions, field, TRIGGER)
+    referenced = condition.segment_ids()
+    if referenced:
+        # The triggers service could not follow a change of the referenced
+        # segment's definition; the segments service sends its members' entries.
+        raise InvalidArgument.field(
+            field,
+            "in_segment is not available in triggers: trigger on segment.entered"
+            " with a condition on the event's segment_id instead",
+        )
+    return condition
+
+
+@dataclass(frozen=True)
+class CompiledTrigger:
+    """An enabled trigger as the ingest path evaluates it."""
+
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    reentry: Reentry
+    evaluator: Evaluator | None
+
+    def holds(self, context: Context) -> bool:
+        return self.evaluator is None or self.evaluator.matches(context)
+
+
+def compile_trigger(trigger: Trigger) -> CompiledTrigger:
+    condition = parse_trigger_condition(trigger.conditions, "conditions")
+    return CompiledTrigger(
+        trigger.id,
+        trigger.workflow_id,
+        trigger.reentry,
+        Evaluator(condition) if condition is not None else None,
+    )
+
+
+class TriggerSet:
+    """The enabled triggers at one catalog version, indexed by event type."""
+
+    def __init__(self, version: int, triggers: Iterable[tuple[str, CompiledTrigger]]) -> None:
+        self.version = version
+        self._exact: dict[str, list[CompiledTrigger]] = {}
+        self._prefixes: list[tuple[str, CompiledTrigger]] = []
+        for pattern, trigger in triggers:
+            if pattern.endswith(PREFIX_WILDCARD):
+                self._prefixes.append((pattern[:-1], trigger))
+            else:
+                self._exact.setdefault(pattern, []).append(trigger)
+        self._matching: dict[str, tuple[CompiledTrigger, ...]] = {}
+
+    def matching(self, event_type: str) -> tuple[CompiledTrigger, ...]:
+        found = self._matching.get(event_type)
+        if found is None:
+            found = (
+                *self._exact.get(event_type, ()),
+                *(t for prefix, t in self._prefixes if event_type.startswith(prefix)),
+            )
+            self._matching[event_type] = found
+        return found
+
+
+@dataclass
+class Event:
+    """A valid event of a call, before it is stored."""
+
+    # Its position in the call.
+    index: int
+    user_id: uuid.UUID | None
+    email: str | None
+    event_type: str
+    data: JsonObject
+    # `data` as received, and as the JSON text stored.
+    data_struct: struct_pb2.Struct
+    data_json: str
+    event_time: datetime
+    message_id: str
+    # The W3C traceparent of the call that brought it: its workflow starts join that trace.
+    traceparent: str | None = None
+    # Its user, once the users service answered.
+    user: UserView | None = field(default=None, repr=False)
+
+    @property
+    def tracked(self) -> bool:
+        """Events of the lifecycle catalog (user.*, segment.*) were recorded by
+        their producers; only the others are recorded, as tracked.<type>."""
+        return self.event_type not in EVENT_TYPES
+
+
+def attribute_changes(event_type: str, data: Mapping[str, Any]) -> AttributeChanges | None:
+    """The change a user.attributes_changed event reports (data.changes =
+    {key: {from, to}}, null for absent), for changed / changed_to / changed_from."""
+    if event_type != "user.attributes_changed":
+        return None
+    changes = data.get("changes")
+    if not isinstance(changes, dict):
+        return None
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for key, change in changes.items():
+        if not isinstance(change, dict):
+            continue
+        if change.get("from") is not None:
+            before[key] = change["from"]
+        if change.get("to") is not None:
+            after[key] = change["to"]
+    return AttributeChanges(before, after)
+
+
+class UserView(Protocol):
+    """What an event holds of its user."""
+
+    stage: str
+
+    @property
+    def profile(self) -> UserProfile: ...
+
+
+def context_of(event: Event, as_of: datetime) -> Context:
+    return Context(
+        as_of=as_of,
+        user=event.user.profile if event.user is not None else None,
+        event_type=event.event_type,
+        event_data=event.data,
+        changes=attribute_changes(event.event_type, event.data),
+    )

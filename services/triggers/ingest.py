@@ -1,0 +1,380 @@
+"""Event ingestion: store, evaluate, and ask for what the events imply, in one
+transaction per batch.
+
+For a batch of events: the users they name are resolved with the users
+service (one BatchGetUserProfiles per 1000 users; GetUser for emails), every
+enabled trigger of each event's type is evaluated in Python against the
+event, the user's profile and the attribute change it reports, and then one
+transaction stores the new events (deduplicated by message_id), a
+trigger execution per evaluation, the firings' workflow starts (the starter
+sends them), and the outbox messages: the event as a PublishMessage to the
+workflows service and as a `tracked.<type>` lifecycle event to the metrics
+service. An event is acknowledged once that transaction committed.
+
+Calls arriving while every lane is busy wait and are written together by the
+next free lane (group commit): one users call and one transaction serve many
+unary TrackEvent calls under load, and a lone call is written at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from google.protobuf import struct_pb2
+
+from lifecycle.workflows.v1 import workflows_pb2
+from runtime.clients import GRPC_SERVICES
+from runtime.database import UnitOfWork
+from runtime.lifecycle_events import TRACKED_PREFIX, EventBatch, new_event_id
+from runtime.outbox import Destination
+from runtime.server import ServiceContext
+from services.triggers import store
+from services.triggers.cache import TriggerCache
+from services.triggers.domain import (
+    PRODUCER,
+    REENTRY_LIMIT,
+    Clock,
+    CompiledTrigger,
+    Event,
+    TriggerSet,
+    context_of,
+)
+from services.triggers.peers import Users
+
+PUBLISH_MESSAGE = "workflows.publish_message"
+DESTINATIONS = {
+    PUBLISH_MESSAGE: Destination(
+        "workflows", f"/{GRPC_SERVICES['workflows']}/PublishMessage", max_batch=1
+    ),
+}
+# Events per transaction.
+BATCH_EVENTS = 1000
+INVALID_EVENT = "INVALID_EVENT"
+USER_NOT_FOUND = "USER_NOT_FOUND"
+USER_ERASED = "USER_ERASED"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an event was not stored."""
+
+    field: str
+    message: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    user_id: uuid.UUID | None = None
+    duplicate: bool = False
+    refusal: Refusal | None = None
+
+
+def message_id_for_workflows(event: Event) -> str:
+    """The PublishMessage message_id of an event: a retry is a duplicate there too."""
+    return f"triggers:{event.message_id}"
+
+
+def _event_variable(event: Event) -> struct_pb2.Struct:
+    """What an execution sees of the event: the variable `event`."""
+    variable = struct_pb2.Struct()
+    variable.fields["type"].string_value = event.event_type
+    variable.fields["message_id"].string_value = event.message_id
+    variable.fields["time"].string_value = event.event_time.isoformat()
+    variable.fields["data"].struct_value.CopyFrom(event.data_struct)
+    return variable
+
+
+def _start_request(
+    trigger: CompiledTrigger, user_id: uuid.UUID, variable: struct_pb2.Struct, request_id: str
+) -> bytes:
+    """StartExecution, idempotent on the trigger execution's id."""
+    request = workflows_pb2.StartExecutionRequest(
+        workflow_id=str(trigger.workflow_id),
+        user_id=str(user_id),
+        request_id=request_id,
+        conflict_policy=workflows_pb2.CONFLICT_POLICY_FAIL,
+    )
+    request.variables.fields["event"].struct_value.CopyFrom(variable)
+    request.variables.fields["trigger_id"].string_value = str(trigger.id)
+    return request.SerializeToString()
+
+
+def _publish_request(event: Event, variable: struct_pb2.Struct, ttl: timedelta) -> bytes:
+    request = workflows_pb2.PublishMessageRequest(
+        name=event.event_type,
+        correlation_key=str(event.user_id),
+        message_id=message_id_for_workflows(event),
+    )
+    request.variables.fields["event"].struct_value.CopyFrom(variable)
+    if ttl:
+        request.time_to_live.FromTimedelta(ttl)
+    return request.SerializeToString()
+
+
+@dataclass
+class _Evaluated:
+    """A batch ready to store: its columns, and what to publish per event."""
+
+    events: store.EventRows = field(default_factory=lambda: store.EventRows([], [], [], [], []))
+    evaluations: store.EvaluationRows = field(
+        default_factory=lambda: store.EvaluationRows([], [], [], [], [], [], [], [])
+    )
+    variables: dict[str, struct_pb2.Struct] = field(default_factory=dict)
+
+    def add_event(self, event: Event, user_id: uuid.UUID) -> None:
+        rows = self.events
+        rows.message_ids.append(event.message_id)
+        rows.user_ids.append(user_id)
+        rows.event_types.append(event.event_type)
+        rows.data.append(event.data_json)
+        rows.event_times.append(event.event_time)
+
+    def add_evaluation(
+        self,
+        event: Event,
+        trigger: CompiledTrigger,
+        execution_id: str,
+        *,
+        met: bool,
+        claim: bool,
+        skip: str | None,
+        request: bytes | None,
+    ) -> None:
+        rows = self.evaluations
+        rows.message_ids.append(event.message_id)
+        rows.trigger_ids.append(trigger.id)
+        rows.ids.append(execution_id)
+        rows.met.append(met)
+        rows.claims.append(claim)
+        rows.skips.append(skip)
+        rows.requests.append(request)
+        rows.traceparents.append(event.traceparent)
+
+
+class IngestPipeline:
+    """The use case: one batch of valid events, stored and evaluated."""
+
+    def __init__(
+        self,
+        context: ServiceContext,
+        cache: TriggerCache,
+        users: Users,
+        *,
+        clock: Clock,
+        message_ttl: timedelta,
+        on_starts: Callable[[], None],
+    ) -> None:
+        self._context = context
+        self._cache = cache
+        self._users = users
+        self._clock = clock
+        self._ttl = message_ttl
+        self._on_starts = on_starts
+
+    async def ingest(self, events: Sequence[Event]) -> list[Outcome]:
+        """An outcome per event, in order."""
+        outcomes: list[Outcome | None] = [None] * len(events)
+        await self._resolve_users(events, outcomes)
+        first: dict[str, int] = {}
+        ready: list[Event] = []
+        for position, event in enumerate(events):
+            if outcomes[position] is not None:
+                continue
+            if first.setdefault(event.message_id, position) != position:
+                outcomes[position] = Outcome(event.user_id, duplicate=True)
+            else:
+                ready.append(event)
+        now = self._clock()
+        async with self._context.unit_of_work() as uow:
+            triggers = await self._cache.at(await store.lock_for_ingest(uow.conn))
+            batch = self._evaluate(ready, triggers, now)
+            recorded = await store.record(uow.conn, batch.events, batch.evaluations, now)
+            accepted = [event for event in ready if event.message_id in recorded.accepted]
+            self._publish(uow, accepted, batch.variables)
+        if recorded.starts:
+            self._on_starts()
+        for event in ready:
+            position = first[event.message_id]
+            if event.message_id in recorded.accepted:
+                outcomes[position] = Outcome(event.user_id)
+            elif event.user_id in recorded.erased:
+                outcomes[position] = Outcome(refusal=_erased())
+            else:
+                outcomes[position] = Outcome(event.user_id, duplicate=True)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(events), "an event was left without an outcome"
+        return done
+
+    async def _resolve_users(self, events: Sequence[Event], outcomes: list[Outcome | None]) -> None:
+        """Sets each event's user id and profile; refuses events of unknown or
+        erased users."""
+        emails = [event.email for event in events if event.email is not None]
+        if emails:
+            ids = await self._users.by_email(emails)
+            for position, event in enumerate(events):
+                if event.email is not None:
+                    event.user_id = ids.get(event.email.lower())
+                    if event.user_id is None:
+                        outcomes[position] = Outcome(
+                            refusal=Refusal("email", "no user has this email", USER_NOT_FOUND)
+                        )
+        wanted = {event.user_id for event in events if event.user_id is not None}
+        profiles = await self._users.profiles(wanted)
+        missing = wanted - profiles.keys()
+        erased = await store.erased_among(self._context.pool, list(missing)) if missing else set()
+        for position, event in enumerate(events):
+            if event.user_id is None:
+                continue
+            event.user = profiles.get(event.user_id)
+            if event.user_id in erased:
+                outcomes[position] = Outcome(refusal=_erased())
+            elif event.user is None:
+                outcomes[position] = Outcome(
+                    refusal=Refusal(
+                        "user_id", f"user {event.user_id} does not exist", USER_NOT_FOUND
+                    )
+                )
+
+    def _evaluate(self, events: Iterable[Event], triggers: TriggerSet, now: datetime) -> _Evaluated:
+        """Every matching trigger against every event. A limited re-entry policy is
+        claimed (in the statement) by the first firing of a user in the batch; the
+        later ones in the batch are over the limit already."""
+        batch = _Evaluated()
+        claimed: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        for event in events:
+            user_id = event.user_id
+            assert user_id is not None
+            batch.add_event(event, user_id)
+            variable = _event_variable(event)
+            batch.variables[event.message_id] = variable
+            matching = triggers.matching(event.event_type)
+            if not matching:
+                continue
+            context = context_of(event, now)
+            for trigger in matching:
+                met = trigger.holds(context)
+                claim, skip = False, None
+                if met and trigger.reentry.limited:
+                    key = (trigger.id, user_id)
+                    claim = key not in claimed
+                    claimed.add(key)
+                    skip = None if claim else REENTRY_LIMIT
+                execution_id = new_event_id()
+                request = None
+                if met and skip is None:
+                    request = _start_request(trigger, user_id, variable, execution_id)
+                batch.add_evaluation(
+                    event, trigger, execution_id, met=met, claim=claim, skip=skip, request=request
+                )
+        return batch
+
+    def _publish(
+        self, uow: UnitOfWork, events: Sequence[Event], variables: dict[str, struct_pb2.Struct]
+    ) -> None:
+        """The messages the stored events imply, in the transaction that stores them."""
+        lifecycle = EventBatch(PRODUCER)
+        for event in events:
+            uow.publish(
+                PUBLISH_MESSAGE, _publish_request(event, variables[event.message_id], self._ttl)
+            )
+            if event.tracked and event.user is not None:
+                data = struct_pb2.Struct()
+                data.CopyFrom(event.data_struct)
+                data.fields["message_id"].string_value = event.message_id
+                lifecycle.add(
+                    f"{TRACKED_PREFIX}{event.event_type}",
+                    event.event_time,
+                    user_id=event.user_id,
+                    stage=event.user.stage,
+                    data=data,
+                )
+        lifecycle.publish(uow)
+
+
+def _erased() -> Refusal:
+    return Refusal("user_id", "the user was erased", USER_ERASED)
+
+
+@dataclass
+class _Submission:
+    events: list[Event]
+    done: asyncio.Future[list[Outcome]]
+    # The caller's context (its trace and deadline), which its batch runs in.
+    context: contextvars.Context
+
+
+class Ingestor:
+    """Runs the pipeline on at most `lanes` batches at a time; calls that arrive
+    meanwhile are queued and batched together (up to BATCH_EVENTS events).
+
+    A second lane opens only for a backlog of half a batch or more: small calls
+    are cheaper written together by one lane, while big ones gain from one lane
+    evaluating while another waits for the database."""
+
+    def __init__(self, pipeline: IngestPipeline, lanes: int) -> None:
+        self._pipeline = pipeline
+        self._lanes = lanes
+        self._busy = 0
+        self._waiting: deque[_Submission] = deque()
+        self._waiting_events = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def track(self, events: Sequence[Event]) -> list[Outcome]:
+        chunks = [
+            list(events[start : start + BATCH_EVENTS])
+            for start in range(0, len(events), BATCH_EVENTS)
+        ]
+        results = await asyncio.gather(*(self._submit(chunk) for chunk in chunks))
+        return [outcome for result in results for outcome in result]
+
+    def _submit(self, events: list[Event]) -> asyncio.Future[list[Outcome]]:
+        done: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Submission(events, done, contextvars.copy_context()))
+        self._waiting_events += len(events)
+        self._dispatch()
+        return done
+
+    def _open_lane(self) -> bool:
+        if not self._waiting or self._busy >= self._lanes:
+            return False
+        return self._busy == 0 or self._waiting_events >= BATCH_EVENTS // 2
+
+    def _dispatch(self) -> None:
+        while self._open_lane():
+            batch = [self._waiting.popleft()]
+            size = len(batch[0].events)
+            while self._waiting and size + len(self._waiting[0].events) <= BATCH_EVENTS:
+                size += len(self._waiting[0].events)
+                batch.append(self._waiting.popleft())
+            self._waiting_events -= size
+            self._busy += 1
+            task = asyncio.create_task(self._write(batch), context=batch[0].context)
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._busy -= 1
+        self._dispatch()
+
+    async def _write(self, batch: list[_Submission]) -> None:
+        try:
+            outcomes = await self._pipeline.ingest([e for s in batch for e in s.events])
+        except Exception as error:
+            for submission in batch:
+                if not submission.done.done():
+                    submission.done.set_exception(error)
+            return
+        start = 0
+        for submission in batch:
+            end = start + len(submission.events)
+            if not submission.done.done():
+                submission.done.set_result(outcomes[start:end])
+            start = end

@@ -1,0 +1,633 @@
+"""BPMN 2.0 XML to a validated process graph, when a workflow is saved.
+
+The XML is parsed with defusedxml (no DTD, no entities, no network) behind a
+size limit. Only the subset in docs/workflows.md is accepted; each problem is
+reported with the id of the element at fault. Diagram and vendor extension
+elements are ignored, except the Zeebe (and Camunda 7) extensions that name a
+service task's type, its headers and a call activity's workflow.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from xml.etree.ElementTree import Element as XmlElement
+
+import defusedxml.ElementTree as SafeTree
+from defusedxml import DefusedXmlException
+
+from runtime.lifecycle_events import EMITTED_PREFIX
+from runtime.stages import STAGES
+from services.workflows.expressions import (
+    RESERVED_NAMES,
+    Expression,
+    ExpressionError,
+    compile_expression,
+    parse_cycle,
+    parse_date,
+    parse_duration,
+    strip_marker,
+)
+
+BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
+ZEEBE = "http://camunda.org/schema/zeebe/1.0"
+CAMUNDA = "http://camunda.org/schema/1.0/bpmn"
+MAX_ELEMENTS = 2000
+DEFAULT_RETRIES = 3
+
+# Built-in service task types, done by the engine itself.
+SET_STAGE = "lifecycle.set_stage"
+UPDATE_ATTRIBUTES = "lifecycle.update_attributes"
+EMIT_EVENT = "lifecycle.emit_event"
+BUILTIN_PREFIX = "lifecycle."
+BUILTIN_TYPES = frozenset({SET_STAGE, UPDATE_ATTRIBUTES, EMIT_EVENT})
+# Events emitted by workflows are recorded as "workflow.<name>".
+EMITTED_EVENT_PREFIX = EMITTED_PREFIX
+
+ACTIVITIES = frozenset({"serviceTask", "receiveTask", "subProcess", "callActivity"})
+FLOW_NODES = frozenset(
+    {
+        "startEvent",
+        "endEvent",
+        "intermediateCatchEvent",
+        "intermediateThrowEvent",
+        "boundaryEvent",
+        "exclusiveGateway",
+        "parallelGateway",
+        "eventBasedGateway",
+        *ACTIVITIES,
+    }
+)
+# Elements that carry no behaviour: accepted and ignored.
+IGNORED = frozenset(
+    {
+        "documentation",
+        "extensionElements",
+        "laneSet",
+        "textAnnotation",
+        "association",
+        "group",
+        "dataObject",
+        "dataObjectReference",
+        "dataStoreReference",
+        "property",
+        "incoming",
+        "outgoing",
+    }
+)
+EVENT_DEFINITIONS = {
+    "timerEventDefinition": "timer",
+    "messageEventDefinition": "message",
+    "terminateEventDefinition": "terminate",
+    "errorEventDefinition": "error",
+}
+ALLOWED_EVENTS: dict[str, set[str | None]] = {
+    "startEvent": {None, "timer", "message"},
+    "endEvent": {None, "terminate"},
+    "intermediateCatchEvent": {"timer", "message"},
+    "intermediateThrowEvent": {None},
+    "boundaryEvent": {"timer", "message", "error"},
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    element_id: str
+    message: str
+
+    def describe(self) -> str:
+        return f"element {self.element_id!r}: {self.message}" if self.element_id else self.message
+
+
+class BpmnError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.describe() for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Timer:
+    kind: str  # duration, date or cycle
+    value: str  # an ISO-8601 literal, or a CEL expression after '='
+
+
+@dataclass(frozen=True)
+class Task:
+    type: str
+    retries: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    type: str
+    scope: str | None
+    incoming: list[str] = field(default_factory=list)
+    outgoing: list[str] = field(default_factory=list)
+    event: str | None = None
+    default: str | None = None
+    timer: Timer | None = None
+    message: str | None = None
+    task: Task | None = None
+    attached_to: str | None = None
+    interrupting: bool = True
+    boundaries: list[str] = field(default_factory=list)
+    start: str | None = None
+    called: str | None = None
+    error_code: str | None = None
+    # Zeebe output mappings: (variable, CEL expression) set when the element completes.
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Flow:
+    id: str
+    source: str
+    target: str
+    condition: str | None = None
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A validated process, stored as JSON beside the XML of its version."""
+
+    process_id: str
+    start: str
+    nodes: dict[str, Node]
+    flows: dict[str, Flow]
+
+    @property
+    def start_message(self) -> str | None:
+        node = self.nodes[self.start]
+        return node.message if node.event == "message" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "process_id": self.process_id,
+            "start": self.start,
+            "nodes": [asdict(node) for node in self.nodes.values()],
+            "flows": [asdict(flow) for flow in self.flows.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Definition:
+        nodes = {}
+        for raw in data["nodes"]:
+            item = dict(raw)
+            item["timer"] = Timer(**item["timer"]) if item["timer"] else None
+            item["task"] = Task(**item["task"]) if item["task"] else None
+            item["outputs"] = [tuple(pair) for pair in item["outputs"]]
+            nodes[item["id"]] = Node(**item)
+        flows = {raw["id"]: Flow(**raw) for raw in data["flows"]}
+        return cls(data["process_id"], data["start"], nodes, flows)
+
+
+def _local(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        namespace, _, name = tag[1:].partition("}")
+        return namespace, name
+    return "", tag
+
+
+def parse(xml: str, max_bytes: int) -> Definition:
+    """The validated definition of `xml`; BpmnError lists every problem found."""
+    size = len(xml.encode("utf-8"))
+    if size > max_bytes:
+        raise BpmnError([Problem("", f"is {size} bytes, more than the limit of {max_bytes}")])
+    try:
+        root = SafeTree.fromstring(xml, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as error:
+        raise BpmnError(
+            [Problem("", f"DTDs and entities are not allowed ({type(error).__name__})")]
+        ) from error
+    except SafeTree.ParseError as error:
+        raise BpmnError([Problem("", f"is not well-formed XML: {error}")]) from error
+    return _Builder(root).build()
+
+
+class _Builder:
+    def __init__(self, root: XmlElement) -> None:
+        self.root = root
+        self.problems: list[Problem] = []
+        self.nodes: dict[str, Node] = {}
+        self.flows: dict[str, Flow] = {}
+        self.messages: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.expressions: list[tuple[str, str]] = []
+        self.seen_ids: set[str] = set()
+
+    def problem(self, element_id: str, message: str) -> None:
+        self.problems.append(Problem(element_id, message))
+
+    def build(self) -> Definition:
+        if _local(self.root.tag) != (BPMN, "definitions"):
+            raise BpmnError([Problem("", "the root element must be bpmn:definitions")])
+        process = self._executable_process()
+        for child in self.root:
+            namespace, name = _local(child.tag)
+            if namespace == BPMN and name == "message":
+                self.messages[child.get("id", "")] = (child.get("name") or "").strip()
+            elif namespace == BPMN and name == "error":
+                self.errors[child.get("id", "")] = (child.get("errorCode") or "").strip()
+        process_id = process.get("id") or "process"
+        self._scope(process, None)
+        if len(self.nodes) + len(self.flows) > MAX_ELEMENTS:
+            raise BpmnError([Problem("", f"has more than {MAX_ELEMENTS} elements")])
+        self._connect()
+        start = self._check_scopes()
+        self._check_nodes()
+        self._check_reachable(start)
+        for element_id, source in self.expressions:
+            try:
+                compile_expression(source)
+            except ExpressionError as error:
+                self.problem(element_id, f"expression {error}")
+        if self.problems:
+            raise BpmnError(self.problems)
+        assert start is not None
+        return Definition(process_id, start, self.nodes, self.flows)
+
+    def _executable_process(self) -> XmlElement:
+        processes = [c for c in self.root if _local(c.tag) == (BPMN, "process")]
+        executable = [p for p in processes if p.get("isExecutable") == "true"]
+        # bpmn.io marks its single process not executable by default.
+        if not executable and len(processes) == 1:
+            executable = processes
+        if len(executable) != 1:
+            found = ", ".join(repr(p.get("id")) for p in executable) or "none"
+            raise BpmnError(
+                [Problem("", f"must have exactly one executable process (found {found})")]
+            )
+        return executable[0]
+
+    def _scope(self, container: XmlElement, scope: str | None) -> None:
+        for child in container:
+            namespace, name = _local(child.tag)
+            if namespace != BPMN or name in IGNORED:
+                continue
+            element_id = child.get("id") or ""
+            if not element_id:
+                self.problem("", f"a {name} has no id")
+                continue
+            if element_id in self.seen_ids:
+                self.problem(element_id, "the id is used twice")
+                continue
+            self.seen_ids.add(element_id)
+            if name == "sequenceFlow":
+                self._flow(child, element_id)
+            elif name in FLOW_NODES:
+                self._node(child, name, element_id, scope)
+            else:
+                self.problem(element_id, f"{name} is not supported")
+
+    def _flow(self, element: XmlElement, element_id: str) -> None:
+        condition = None
+        for child in element:
+            if _local(child.tag) == (BPMN, "conditionExpression"):
+                condition = (child.text or "").strip() or None
+        if condition is not None:
+            self.expressions.append((element_id, condition))
+        self.flows[element_id] = Flow(
+            element_id, element.get("sourceRef", ""), element.get("targetRef", ""), condition
+        )
+
+    def _node(self, element: XmlElement, name: str, element_id: str, scope: str | None) -> None:
+        children = [_local(c.tag) for c in element]
+        for namespace, child in children:
+            if namespace == BPMN and child.endswith("LoopCharacteristics"):
+                self.problem(element_id, "loop and multi-instance markers are not supported")
+        event, definition = self._event(element, name, element_id)
+        fields: dict[str, Any] = {"event": event}
+        if event == "timer" and definition is not None:
+            fields["timer"] = self._timer(definition, element_id)
+        if event == "message" or name == "receiveTask":
+            source = definition if definition is not None else element
+            fields["message"] = self._message(source, element_id)
+        if event == "error" and definition is not None:
+            error_ref = definition.get("errorRef")
+            fields["error_code"] = self.errors.get(error_ref or "") or None
+        if name == "serviceTask":
+            fields["task"] = self._task(element, element_id)
+        if name == "callActivity":
+            fields["called"] = self._called(element, element_id)
+        if name == "exclusiveGateway":
+            fields["default"] = element.get("default")
+        if name == "boundaryEvent":
+            fields["attached_to"] = element.get("attachedToRef")
+            fields["interrupting"] = element.get("cancelActivity", "true") != "false"
+        fields["outputs"] = self._outputs(element, element_id)
+        if name == "subProcess":
+            if element.get("triggeredByEvent") == "true":
+                self.problem(element_id, "event sub-processes are not supported")
+            self._scope(element, element_id)
+        self.nodes[element_id] = Node(element_id, name, scope, **fields)
+
+    def _event(
+        self, element: XmlElement, name: str, element_id: str
+    ) -> tuple[str | None, XmlElement | None]:
+        found = []
+        for child in element:
+            namespace, tag = _local(child.tag)
+            if namespace == BPMN and tag.endswith("EventDefinition"):
+                found.append((EVENT_DEFINITIONS.get(tag, tag), child))
+        if len(found) > 1:
+            self.problem(element_id, "an event with several event definitions is not supported")
+            return found[0]
+        event, definition = found[0] if found else (None, None)
+        allowed = ALLOWED_EVENTS.get(name)
+        if allowed is not None and event not in allowed:
+            kind = f"a {event} {name}" if event else f"a none {name}"
+            self.problem(element_id, f"{kind} is not supported")
+        elif allowed is None and event is not None:
+            self.problem(element_id, f"a {name} cannot have an event definition")
+        return event, definition
+
+    def _timer(self, definition: XmlElement, element_id: str) -> Timer | None:
+        values = [
+            (tag[4:].lower(), (child.text or "").strip())
+            for child in definition
+            for namespace, tag in [_local(child.tag)]
+            if namespace == BPMN and tag in ("timeDuration", "timeDate", "timeCycle")
+        ]
+        if len(values) != 1 or not values[0][1]:
+            self.problem(element_id, "a timer needs one of timeDuration, timeDate, timeCycle")
+            return None
+        kind, value = values[0]
+        if value.startswith("="):
+            self.expressions.append((element_id, value))
+            return Timer(kind, value)
+        try:
+            {"duration": parse_duration, "date": parse_date, "cycle": parse_cycle}[kind](value)
+        except ExpressionError as error:
+            self.problem(element_id, f"timer {error}")
+        return Timer(kind, value)
+
+    def _message(self, source: XmlElement, element_id: str) -> str | None:
+        name = self.messages.get(source.get("messageRef") or "")
+        if not name:
+            self.problem(element_id, "needs a messageRef to a bpmn:message with a name")
+        return name or None
+
+    def _extension(self, element: XmlElement, namespace: str, tag: str) -> Iterator[XmlElement]:
+        for child in element:
+            if _local(child.tag) == (BPMN, "extensionElements"):
+                yield from child.iter(f"{{{namespace}}}{tag}")
+
+    def _task(self, element: XmlElement, element_id: str) -> Task | None:
+        task_type, retries = None, str(DEFAULT_RETRIES)
+        for definition in self._extension(element, ZEEBE, "taskDefinition"):
+            task_type = definition.get("type")
+            retries = definition.get("retries") or retries
+        if task_type is None and element.get(f"{{{CAMUNDA}}}type") == "external":
+            task_type = element.get(f"{{{CAMUNDA}}}topic")
+        headers = {
+            header.get("key", ""): header.get("value", "")
+            for header in self._extension(element, ZEEBE, "header")
+        }
+        task_type = (task_type or "").strip()
+        if not task_type:
+            self.problem(element_id, "a service task needs a type (zeebe:taskDefinition)")
+            return None
+        if not retries.isdigit() or not 1 <= int(retries) <= 100:
+            self.problem(element_id, "retries must be a number from 1 to 100")
+            retries = str(DEFAULT_RETRIES)
+        self._check_builtin(task_type, headers, element_id)
+        return Task(task_type, int(retries), headers)
+
+    def _check_builtin(self, task_type: str, headers: dict[str, str], element_id: str) -> None:
+        if not task_type.startswith(BUILTIN_PREFIX):
+            return
+        if task_type not in BUILTIN_TYPES:
+            known = ", ".join(sorted(BUILTIN_TYPES))
+            self.problem(element_id, f"unknown built-in task type {task_type!r} ({known})")
+        elif task_type == SET_STAGE and headers.get("stage") not in STAGES:
+            self.problem(element_id, f"header 'stage' must be one of {', '.join(STAGES)}")
+        elif task_type == UPDATE_ATTRIBUTES:
+            self._header_expression(headers, "attributes", element_id, required=True)
+        elif task_type == EMIT_EVENT:
+            name = headers.get("event", "")
+            if not name or not all(c.isalnum() or c in "_.-" for c in name) or len(name) > 80:
+                self.problem(element_id, "header 'event' must be a name of letters, digits, _.-")
+            self._header_expression(headers, "data", element_id, required=False)
+
+    def _header_expression(
+        self, headers: dict[str, str], key: str, element_id: str, *, required: bool
+    ) -> None:
+        if key in headers:
+            self.expressions.append((element_id, headers[key]))
+        elif required:
+            self.problem(element_id, f"header {key!r} is required")
+
+    def _outputs(self, element: XmlElement, element_id: str) -> list[tuple[str, str]]:
+        outputs = []
+        for output in self._extension(element, ZEEBE, "output"):
+            target, source = output.get("target", ""), output.get("source", "")
+            if not target.isidentifier() or target in RESERVED_NAMES:
+                self.problem(element_id, f"output target {target!r} is not a usable variable name")
+                continue
+            self.expressions.append((element_id, source))
+            outputs.append((target, source))
+        return outputs
+
+    def _called(self, element: XmlElement, element_id: str) -> str | None:
+        called = element.get("calledElement")
+        for definition in self._extension(element, ZEEBE, "calledElement"):
+            called = definition.get("processId") or called
+        try:
+            return str(uuid.UUID(strip_marker(called or "")))
+        except ValueError:
+            self.problem(element_id, "a call activity must name the workflow id (a UUID) it calls")
+            return None
+
+    def _connect(self) -> None:
+        for flow in self.flows.values():
+            source, target = self.nodes.get(flow.source), self.nodes.get(flow.target)
+            if source is None or target is None:
+                self.problem(flow.id, "the flow must connect two elements of the process")
+                continue
+            if source.scope != target.scope:
+                self.problem(flow.id, "the flow crosses a sub-process boundary")
+                continue
+            source.outgoing.append(flow.id)
+            target.incoming.append(flow.id)
+        for node in self.nodes.values():
+            if node.type != "boundaryEvent":
+                continue
+            host = self.nodes.get(node.attached_to or "")
+            if host is None or host.type not in ACTIVITIES or host.scope != node.scope:
+                self.problem(node.id, "a boundary event must be attached to an activity")
+            else:
+                host.boundaries.append(node.id)
+
+    def _check_scopes(self) -> str | None:
+        """Each scope has exactly one start event; returns the process's."""
+        scopes: dict[str | None, list[Node]] = {None: []}
+        for node in self.nodes.values():
+            if node.type == "subProcess":
+                scopes.setdefault(node.id, [])
+            if node.type == "startEvent":
+                scopes.setdefault(node.scope, []).append(node)
+        for scope, starts in scopes.items():
+            if len(starts) != 1:
+                where = f"sub-process {scope!r}" if scope else "the process"
+                self.problem(scope or "", f"{where} needs exactly one start event")
+                continue
+            start = starts[0]
+            if scope is not None:
+                if start.event is not None:
+                    self.problem(start.id, "a sub-process starts with a none start event")
+                self.nodes[scope] = _with(self.nodes[scope], start=start.id)
+            elif start.timer is not None and start.timer.kind == "cycle":
+                self.problem(start.id, "a timer start event takes a duration or a date")
+        starts = scopes[None]
+        return starts[0].id if len(starts) == 1 else None
+
+    def _check_nodes(self) -> None:
+        for node in self.nodes.values():
+            self._check_connections(node)
+            if node.type == "exclusiveGateway":
+                self._check_exclusive(node)
+            if node.type == "eventBasedGateway":
+                self._check_event_gateway(node)
+            if node.type == "boundaryEvent" and node.timer and node.timer.kind == "cycle":
+                if node.interrupting:
+                    self.problem(node.id, "a timer cycle needs a non-interrupting boundary event")
+            elif node.timer and node.timer.kind == "cycle" and node.type != "startEvent":
+                self.problem(node.id, "a timer cycle is only for non-interrupting boundary events")
+            if node.type == "boundaryEvent" and node.event == "error" and not node.interrupting:
+                self.problem(node.id, "an error boundary event is always interrupting")
+        for flow in self.flows.values():
+            source = self.nodes.get(flow.source)
+            if flow.condition and source and source.type != "exclusiveGateway":
+                self.problem(flow.id, "conditions are only for flows out of exclusive gateways")
+
+    def _check_connections(self, node: Node) -> None:
+        takes_incoming = node.type not in ("startEvent", "boundaryEvent")
+        gives_outgoing = node.type != "endEvent"
+        if takes_incoming and not node.incoming:
+            self.problem(node.id, "has no incoming sequence flow")
+        if not takes_incoming and node.incoming:
+            self.problem(node.id, f"a {node.type} cannot have incoming sequence flows")
+        if gives_outgoing and not node.outgoing:
+            self.problem(node.id, "has no outgoing sequence flow")
+        if not gives_outgoing and node.outgoing:
+            self.problem(node.id, "an end event cannot have outgoing sequence flows")
+
+    def _check_exclusive(self, node: Node) -> None:
+        if node.default is not None:
+            if node.default not in node.outgoing:
+                self.problem(node.id, "the default flow must be one of its outgoing flows")
+            elif self.flows[node.default].condition:
+                self.problem(node.id, "the default flow cannot have a condition")
+        if len(node.outgoing) > 1:
+            missing = [
+                f for f in node.outgoing if f != node.default and not self.flows[f].condition
+            ]
+            if missing:
+                self.problem(
+                    node.id,
+                    "needs a default flow or a condition on every outgoing flow"
+                    f" ({', '.join(missing)} has none)",
+                )
+
+    def _check_event_gateway(self, node: Node) -> None:
+        if len(node.outgoing) < 2:
+            self.problem(node.id, "an event-based gateway needs at least two outgoing flows")
+        for flow_id in node.outgoing:
+            target = self.nodes.get(self.flows[flow_id].target)
+            if target is None:
+                continue
+            if target.type != "intermediateCatchEvent":
+                self.problem(node.id, f"leads to {target.id!r}, which is not a catch event")
+            elif len(target.incoming) != 1:
+                self.problem(target.id, "an event after an event-based gateway takes one flow")
+
+    def _check_reachable(self, start: str | None) -> None:
+        reached: set[str] = set()
+        queue = deque([start] if start else [])
+        while queue:
+            node_id = queue.popleft()
+            if node_id in reached or node_id not in self.nodes:
+                continue
+            reached.add(node_id)
+            node = self.nodes[node_id]
+            queue.extend(self.flows[f].target for f in node.outgoing)
+            queue.extend(node.boundaries)
+            if node.start:
+                queue.append(node.start)
+        for node_id in self.nodes.keys() - reached:
+            self.problem(node_id, "cannot be reached from the start event")
+
+
+def _with(node: Node, **changes: Any) -> Node:
+    data = {**asdict(node), **changes}
+    data["timer"], data["task"] = node.timer, node.task
+    data["outputs"] = node.outputs
+    return Node(**data)
+
+
+@dataclass(frozen=True)
+class CompiledTimer:
+    kind: str
+    literal: str | None
+    expression: Expression | None
+
+
+@dataclass
+class Graph:
+    """A definition ready to run: its expressions compiled."""
+
+    definition: Definition
+    conditions: dict[str, Expression]
+    timers: dict[str, CompiledTimer]
+    header_expressions: dict[tuple[str, str], Expression]
+    outputs: dict[str, list[tuple[str, Expression]]]
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return self.definition.nodes
+
+    @property
+    def flows(self) -> dict[str, Flow]:
+        return self.definition.flows
+
+    @property
+    def needs_user(self) -> bool:
+        """Whether an expression reads the user's profile (fetched before each step)."""
+        return any(e.uses_user for e in self.expressions())
+
+    def expressions(self) -> list[Expression]:
+        timers = [t.expression for t in self.timers.values() if t.expression]
+        outputs = [e for pairs in self.outputs.values() for _, e in pairs]
+        return [*self.conditions.values(), *timers, *self.header_expressions.values(), *outputs]
+
+
+def compile_graph(definition: Definition) -> Graph:
+    conditions = {
+        flow.id: compile_expression(flow.condition)
+        for flow in definition.flows.values()
+        if flow.condition
+    }
+    timers = {}
+    headers: dict[tuple[str, str], Expression] = {}
+    for node in definition.nodes.values():
+        if node.timer is not None:
+            expression = (
+                compile_expression(node.timer.value) if node.timer.value.startswith("=") else None
+            )
+            literal = None if expression else node.timer.value
+            timers[node.id] = CompiledTimer(node.timer.kind, literal, expression)
+        if node.task is not None and node.task.type in (UPDATE_ATTRIBUTES, EMIT_EVENT):
+            for key in ("attributes", "data"):
+                if key in node.task.headers:
+                    headers[(node.id, key)] = compile_expression(node.task.headers[key])
+    outputs = {
+        node.id: [(target, compile_expression(source)) for target, source in node.outputs]
+        for node in definition.nodes.values()
+        if node.outputs
+    }
+    return Graph(definition, conditions, timers, headers, outputs)

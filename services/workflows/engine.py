@@ -1,0 +1,686 @@
+"""The interpreter: moves the tokens of one execution in memory, in answer to
+one trigger, and says what changed. No I/O: the runner (handlers.py) loads the
+state under a row lock, runs this, and writes the outcome in the same
+transaction, so a step is committed whole or not at all.
+
+Tokens are numbered per execution and never reused, so a token names one
+visit of one element; timers, message subscriptions and jobs belong to a token
+and go with it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from runtime.structs import compact_json
+from services.workflows.bpmn import (
+    EMIT_EVENT,
+    EMITTED_EVENT_PREFIX,
+    SET_STAGE,
+    UPDATE_ATTRIBUTES,
+    Graph,
+    Node,
+)
+from services.workflows.expressions import (
+    Cycle,
+    Duration,
+    Expression,
+    ExpressionError,
+    evaluate,
+    evaluate_bool,
+    evaluate_map,
+    parse_cycle,
+    parse_date,
+    parse_duration,
+    plain,
+)
+
+MAX_VARIABLES_BYTES = 65536
+# Element activations one trigger may cause: a loop with no wait state ends here.
+MAX_ACTIVATIONS = 10_000
+
+PENDING, RUNNING = "pending", "running"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+ACTIVE_STATUSES = (PENDING, RUNNING)
+ENDED_STATUSES = (COMPLETED, FAILED, CANCELLED)
+
+
+class VariablesTooLarge(Exception):
+    pass
+
+
+class OutputFailed(Exception):
+    """An output mapping failed after its element completed: the execution fails."""
+
+
+@dataclass
+class Token:
+    no: int
+    element: str
+    scope: int | None
+    via: str | None = None
+
+
+@dataclass
+class ExecutionState:
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    version: str
+    user_id: uuid.UUID
+    status: str
+    variables: dict[str, Any]
+    next_token: int
+    tokens: dict[int, Token]
+    parent: tuple[uuid.UUID, int] | None
+    started_at: datetime
+    completed_at: datetime | None = None
+    error_message: str | None = None
+    last_element: str | None = None
+    # Not stored yet: written with an INSERT.
+    new: bool = False
+
+    @property
+    def current_nodes(self) -> list[str]:
+        return sorted({token.element for token in self.tokens.values()})
+
+
+# ---------------------------------------------------------------- triggers
+
+
+@dataclass(frozen=True)
+class Start:
+    pass
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    token: int
+    element: str
+    # Repetitions of a cycle left after this one; None for unbounded.
+    repeat: int | None = 0
+
+
+@dataclass(frozen=True)
+class MessageDelivered:
+    token: int
+    element: str
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobCompleted:
+    token: int
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorThrown:
+    token: int
+    code: str
+    message: str
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChildCompleted:
+    token: int
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChildEnded:
+    """A called execution ended without completing: an incident on the call activity."""
+
+    token: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Reactivate:
+    """Runs the element of a token again (resolving an incident that was not a job's)."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    message: str = ""
+    by_parent: bool = False
+
+
+@dataclass(frozen=True)
+class Fail:
+    message: str
+
+
+Trigger = (
+    Start
+    | TimerFired
+    | MessageDelivered
+    | JobCompleted
+    | ErrorThrown
+    | ChildCompleted
+    | ChildEnded
+    | Reactivate
+    | Cancel
+    | Fail
+)
+
+# ---------------------------------------------------------------- outcome
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    token: int
+    element: str
+    due_at: datetime
+    # Repetitions left after this one (cycles); None for unbounded.
+    repeat: int | None = 0
+    interval: Duration | None = None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    token: int
+    element: str
+    type: str
+    retries: int
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IncidentRow:
+    token: int
+    element: str
+    message: str
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    element: str
+    type: str
+    state: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ChildRequest:
+    token: int
+    workflow_id: str
+    variables: dict[str, Any]
+
+
+@dataclass
+class Step:
+    """What one or more triggers changed in one execution."""
+
+    removed: set[int] = field(default_factory=set)
+    added: set[int] = field(default_factory=set)
+    timers: list[TimerRow] = field(default_factory=list)
+    consumed_timers: list[tuple[int, str]] = field(default_factory=list)
+    subscriptions: list[tuple[int, str, str]] = field(default_factory=list)
+    jobs: list[JobRow] = field(default_factory=list)
+    incidents: list[IncidentRow] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    children: list[ChildRequest] = field(default_factory=list)
+    cancelled_children: list[int] = field(default_factory=list)
+    # (status, variables, message) the parent execution must learn.
+    parent_notice: tuple[str, dict[str, Any], str] | None = None
+    # A job's error no boundary event caught: (token, message); the job gets the incident.
+    uncaught_error: tuple[int, str] | None = None
+    changed: bool = False
+
+
+class Interpreter:
+    """Runs triggers against one execution's state, in place."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        state: ExecutionState,
+        now: datetime,
+        profile: dict[str, Any] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.state = state
+        self.now = now
+        self.profile = profile
+        self.step = Step()
+        self._queue: deque[tuple[str, int | None, str | None]] = deque()
+        self._pending: dict[int | None, int] = {}
+        self._activations = 0
+
+    # ------------------------------------------------------------ entry
+
+    def run(self, trigger: Trigger) -> None:
+        state = self.state
+        if state.status in ENDED_STATUSES:
+            return
+        self.step.changed = True
+        if isinstance(trigger, Cancel):
+            self._finish(CANCELLED, trigger.message, notify_parent=not trigger.by_parent)
+            return
+        if isinstance(trigger, Fail):
+            self._finish(FAILED, trigger.message)
+            return
+        try:
+            if isinstance(trigger, Start):
+                self._start()
+            elif (token := state.tokens.get(trigger.token)) is not None:
+                self._dispatch(trigger, token)
+            self._drain()
+        except OutputFailed as error:
+            self._finish(FAILED, str(error))
+
+    def _dispatch(self, trigger: Trigger, token: Token) -> None:
+        node = self.graph.nodes[token.element]
+        if isinstance(trigger, TimerFired):
+            self.step.consumed_timers.append((token.no, trigger.element))
+            self._event_fired(token, node, trigger.element, {}, trigger.repeat)
+        elif isinstance(trigger, MessageDelivered):
+            self._event_fired(token, node, trigger.element, trigger.variables, 0)
+        elif isinstance(trigger, JobCompleted | ChildCompleted):
+            self._merge(trigger.variables)
+            self._leave(token, node)
+        elif isinstance(trigger, ErrorThrown):
+            self._merge(trigger.variables)
+            self._throw(token, node, trigger.code, trigger.message)
+        elif isinstance(trigger, ChildEnded):
+            self._incident(token, trigger.message)
+        elif isinstance(trigger, Reactivate):
+            self._remove(token.no, record=None)
+            self._enqueue(token.element, token.scope, token.via)
+
+    def _start(self) -> None:
+        state = self.state
+        start = self.graph.nodes[self.graph.definition.start]
+        if start.event == "timer" and state.status == PENDING and not state.tokens:
+            self._arm_all(self._new_token(start, None), [start])
+            return
+        self._begin()
+        self._enqueue(start.id, None, None)
+
+    def _begin(self) -> None:
+        if self.state.status == PENDING:
+            self.state.status = RUNNING
+            self._event("execution.started")
+
+    # ------------------------------------------------------------ the token loop
+
+    def _enqueue(self, element: str, scope: int | None, via: str | None) -> None:
+        self._queue.append((element, scope, via))
+        self._pending[scope] = self._pending.get(scope, 0) + 1
+
+    def _drain(self) -> None:
+        while self._queue and self.state.status not in ENDED_STATUSES:
+            element, scope, via = self._queue.popleft()
+            self._pending[scope] -= 1
+            if scope is not None and scope not in self.state.tokens:
+                continue  # its sub-process was interrupted meanwhile
+            self._activations += 1
+            if self._activations > MAX_ACTIVATIONS:
+                self._finish(
+                    FAILED,
+                    f"more than {MAX_ACTIVATIONS} elements ran in one step"
+                    " (a loop with no wait state?)",
+                )
+                return
+            self._activate(self.graph.nodes[element], scope, via)
+
+    def _activate(self, node: Node, scope: int | None, via: str | None) -> None:
+        kind = node.type
+        if kind in ("startEvent", "intermediateThrowEvent"):
+            self._pass(node, scope)
+        elif kind == "endEvent":
+            self._history(node, "completed")
+            if node.event == "terminate":
+                self._terminate_scope(scope)
+            self._scope_may_end(scope)
+        elif kind == "exclusiveGateway":
+            self._exclusive(node, scope, via)
+        elif kind == "parallelGateway":
+            self._parallel(node, scope, via)
+        elif kind in ("eventBasedGateway", "intermediateCatchEvent"):
+            token = self._new_token(node, scope, via)
+            targets = [node]
+            if kind == "eventBasedGateway":
+                targets = [self.graph.nodes[self.graph.flows[f].target] for f in node.outgoing]
+            self._arm_all(token, targets)
+        else:
+            self._activity(node, scope, via)
+
+    def _activity(self, node: Node, scope: int | None, via: str | None) -> None:
+        task = node.task
+        if task is not None and task.type == EMIT_EVENT:
+            try:
+                data = self._header_map(node, "data")
+            except ExpressionError as error:
+                self._incident(self._new_token(node, scope, via), str(error))
+                return
+            self._history(node, "completed")
+            self.step.events.append(
+                (
+                    EMITTED_EVENT_PREFIX + task.headers["event"],
+                    {**data, "workflow_id": str(self.state.workflow_id), "element_id": node.id},
+                )
+            )
+            self._take_all(node, scope)
+            return
+        token = self._new_token(node, scope, via)
+        try:
+            for boundary_id in node.boundaries:
+                boundary = self.graph.nodes[boundary_id]
+                if boundary.event in ("timer", "message"):
+                    self._arm(token, boundary)
+            if task is not None:
+                self.step.jobs.append(
+                    JobRow(token.no, node.id, task.type, task.retries, self._job_headers(node))
+                )
+        except ExpressionError as error:
+            self._incident(token, str(error))
+            return
+        if node.type == "receiveTask":
+            self._subscribe(token, node)
+        elif node.type == "subProcess":
+            assert node.start is not None
+            self._enqueue(node.start, token.no, None)
+        elif node.type == "callActivity":
+            assert node.called is not None
+            self.step.children.append(
+                ChildRequest(token.no, node.called, dict(self.state.variables))
+            )
+        self._history(node, "activated")
+
+    def _job_headers(self, node: Node) -> dict[str, Any]:
+        task = node.task
+        assert task is not None
+        if task.type == SET_STAGE:
+            return {"stage": task.headers["stage"]}
+        if task.type == UPDATE_ATTRIBUTES:
+            return {"attributes": self._header_map(node, "attributes")}
+        return dict(task.headers)
+
+    def _header_map(self, node: Node, key: str) -> dict[str, Any]:
+        expression = self.graph.header_expressions.get((node.id, key))
+        return evaluate_map(expression, self._context(expression)) if expression else {}
+
+    # ------------------------------------------------------------ gateways
+
+    def _exclusive(self, node: Node, scope: int | None, via: str | None) -> None:
+        chosen = None
+        try:
+            for flow_id in node.outgoing:
+                condition = self.graph.conditions.get(flow_id)
+                if flow_id == node.default:
+                    continue
+                if condition is None or evaluate_bool(condition, self._context(condition)):
+                    chosen = flow_id
+                    break
+        except ExpressionError as error:
+            self._incident(self._new_token(node, scope, via), str(error))
+            return
+        chosen = chosen or node.default
+        if chosen is None:
+            token = self._new_token(node, scope, via)
+            self._incident(token, "no condition of an outgoing flow is true and none is default")
+            return
+        self._history(node, "completed")
+        self._take(chosen, scope)
+
+    def _parallel(self, node: Node, scope: int | None, via: str | None) -> None:
+        if len(node.incoming) > 1:
+            arrived = self._new_token(node, scope, via)
+            waiting = [
+                t
+                for t in self.state.tokens.values()
+                if t.element == node.id and t.scope == scope and t.no != arrived.no
+            ]
+            waiting.append(arrived)
+            first: dict[str, Token] = {}
+            for token in sorted(waiting, key=lambda t: t.no):
+                if token.via is not None:
+                    first.setdefault(token.via, token)
+            if len(first) < len(node.incoming):
+                return
+            for token in first.values():
+                self._remove(token.no, record=None)
+        self._history(node, "completed")
+        self._take_all(node, scope)
+
+    # ------------------------------------------------------------ waits
+
+    def _arm_all(self, token: Token, nodes: list[Node]) -> None:
+        try:
+            for node in nodes:
+                self._arm(token, node)
+        except ExpressionError as error:
+            self._incident(token, str(error))
+
+    def _arm(self, token: Token, node: Node) -> None:
+        """Opens the wait of a catch event for `token` (the event's or its gateway's or host's)."""
+        if node.event == "timer":
+            self._arm_timer(token, node)
+        elif node.event == "message":
+            self._subscribe(token, node)
+
+    def _arm_timer(self, token: Token, node: Node) -> None:
+        timer = self.graph.timers[node.id]
+        value: Any = timer.literal
+        if timer.expression is not None:
+            value = evaluate(timer.expression, self._context(timer.expression))
+        self.step.timers.append(self._timer_row(token.no, node.id, timer.kind, value))
+
+    def _timer_row(self, token: int, element: str, kind: str, value: Any) -> TimerRow:
+        if isinstance(value, timedelta):
+            return TimerRow(token, element, self.now + value)
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            return TimerRow(token, element, value)
+        if not isinstance(value, str):
+            raise ExpressionError(f"a {kind} timer needs a string, got {type(value).__name__}")
+        if kind == "duration":
+            return TimerRow(token, element, parse_duration(value).after(self.now))
+        if kind == "date":
+            return TimerRow(token, element, parse_date(value))
+        cycle: Cycle = parse_cycle(value)
+        first = cycle.start or cycle.interval.after(self.now)
+        repeat = None if cycle.repetitions is None else cycle.repetitions - 1
+        return TimerRow(token, element, first, repeat, cycle.interval)
+
+    def _subscribe(self, token: Token, node: Node) -> None:
+        assert node.message is not None
+        self.step.subscriptions.append((token.no, node.id, node.message))
+
+    def _event_fired(
+        self,
+        token: Token,
+        node: Node,
+        element: str,
+        variables: dict[str, Any],
+        repeat: int | None,
+    ) -> None:
+        """A timer or message of `element` came for `token` at `node`."""
+        event = self.graph.nodes[element]
+        self._merge(variables)
+        if node.type == "startEvent":
+            self._remove(token.no, record="completed")
+            self._begin()
+            self._take_all(node, None)
+        elif node.type == "eventBasedGateway":
+            self._remove(token.no, record="completed")
+            self._history(event, "completed")
+            self._take_all(event, token.scope)
+        elif event.type == "boundaryEvent":
+            self._boundary(token, event, repeat)
+        else:
+            self._leave(token, node)
+
+    def _boundary(self, host: Token, event: Node, repeat: int | None) -> None:
+        if event.interrupting:
+            self._remove(host.no, record="terminated")
+        elif event.event == "timer" and (repeat is None or repeat > 0):
+            # A non-interrupting cycle fires again until its repetitions run out.
+            try:
+                interval = self._cycle_interval(event)
+            except ExpressionError as error:
+                self._incident(host, str(error))
+                interval = None
+            if interval is not None:
+                left = None if repeat is None else repeat - 1
+                due = interval.after(self.now)
+                self.step.timers.append(TimerRow(host.no, event.id, due, left, interval))
+        self._history(event, "completed")
+        self._take_all(event, host.scope)
+
+    def _cycle_interval(self, event: Node) -> Duration | None:
+        timer = self.graph.timers[event.id]
+        value: Any = timer.literal
+        if timer.expression is not None:
+            value = evaluate(timer.expression, self._context(timer.expression))
+        return parse_cycle(value).interval if isinstance(value, str) else None
+
+    # ------------------------------------------------------------ leaving and errors
+
+    def _leave(self, token: Token, node: Node) -> None:
+        self._remove(token.no, record="completed")
+        self._take_all(node, token.scope)
+
+    def _throw(self, token: Token, node: Node, code: str, message: str) -> None:
+        current: Token | None = token
+        while current is not None:
+            host = self.graph.nodes[current.element]
+            for boundary_id in host.boundaries:
+                boundary = self.graph.nodes[boundary_id]
+                if boundary.event == "error" and boundary.error_code in (None, code):
+                    self._remove(current.no, record="terminated")
+                    self._history(boundary, "completed")
+                    self._take_all(boundary, current.scope)
+                    return
+            current = self.state.tokens.get(current.scope) if current.scope else None
+        detail = f": {message}" if message else ""
+        self.step.uncaught_error = (token.no, f"error {code!r} thrown and not caught{detail}")
+
+    def incident_at(self, token: int, message: str) -> None:
+        self.step.changed = True
+        self._incident(self.state.tokens[token], message)
+
+    def _incident(self, token: Token, message: str) -> None:
+        self.step.incidents.append(IncidentRow(token.no, token.element, message))
+
+    # ------------------------------------------------------------ scopes
+
+    def _scope_may_end(self, scope: int | None) -> None:
+        if self._pending.get(scope, 0) > 0:
+            return
+        if any(t.scope == scope for t in self.state.tokens.values()):
+            return
+        if scope is None:
+            self._finish(COMPLETED, "")
+            return
+        token = self.state.tokens[scope]
+        self._leave(token, self.graph.nodes[token.element])
+
+    def _terminate_scope(self, scope: int | None) -> None:
+        for token in [t for t in self.state.tokens.values() if t.scope == scope]:
+            if token.no in self.state.tokens:
+                self._remove(token.no, record="terminated")
+        self._queue = deque(item for item in self._queue if item[1] != scope)
+        self._pending[scope] = 0
+
+    def _finish(self, status: str, message: str, *, notify_parent: bool = True) -> None:
+        state = self.state
+        for token in list(state.tokens.values()):
+            if token.no in state.tokens:
+                self._remove(token.no, record="terminated" if status != COMPLETED else None)
+        self._queue.clear()
+        state.status = status
+        state.completed_at = self.now
+        state.error_message = message or None
+        event = {COMPLETED: "execution.completed", FAILED: "execution.failed"}
+        self._event(event.get(status, "execution.cancelled"), message)
+        if state.parent is not None and notify_parent:
+            self.step.parent_notice = (status, dict(state.variables), message)
+
+    # ------------------------------------------------------------ tokens
+
+    def _new_token(self, node: Node, scope: int | None, via: str | None = None) -> Token:
+        state = self.state
+        token = Token(state.next_token, node.id, scope, via)
+        state.next_token += 1
+        state.tokens[token.no] = token
+        self.step.added.add(token.no)
+        return token
+
+    def _remove(self, no: int, *, record: str | None) -> None:
+        """Removes a token, the tokens inside it, and cancels the execution it called."""
+        state = self.state
+        token = state.tokens.pop(no)
+        for inner in [t.no for t in state.tokens.values() if t.scope == no]:
+            if inner in state.tokens:
+                self._remove(inner, record="terminated")
+        if no in self.step.added:
+            self.step.added.discard(no)
+        else:
+            self.step.removed.add(no)
+        node = self.graph.nodes[token.element]
+        if node.type == "callActivity" and record == "terminated":
+            self.step.cancelled_children.append(no)
+        if record is not None:
+            self._history(node, record)
+
+    def _pass(self, node: Node, scope: int | None) -> None:
+        self._history(node, "completed")
+        self._take_all(node, scope)
+
+    def _take_all(self, node: Node, scope: int | None) -> None:
+        for flow_id in node.outgoing:
+            self._take(flow_id, scope)
+
+    def _take(self, flow_id: str, scope: int | None) -> None:
+        self._enqueue(self.graph.flows[flow_id].target, scope, flow_id)
+
+    # ------------------------------------------------------------ data
+
+    def _merge(self, variables: dict[str, Any]) -> None:
+        if not variables:
+            return
+        merged = {**self.state.variables, **variables}
+        if len(compact_json(merged).encode()) > MAX_VARIABLES_BYTES:
+            raise VariablesTooLarge(
+                f"the execution's variables would exceed {MAX_VARIABLES_BYTES} bytes"
+            )
+        self.state.variables = merged
+
+    def _context(self, expression: Expression) -> dict[str, Any]:
+        variables = self.state.variables
+        context = {**variables, "vars": variables, "now": self.now}
+        if expression.uses_user:
+            if self.profile is None:
+                raise ExpressionError("the user's profile could not be read (erased?)")
+            context["user"] = self.profile
+        return context
+
+    def _history(self, node: Node, state: str) -> None:
+        if state == "completed" and node.id in self.graph.outputs:
+            self._apply_outputs(node)
+        self.state.last_element = node.id
+        self.step.history.append(HistoryRow(node.id, node.type, state, self.now))
+
+    def _apply_outputs(self, node: Node) -> None:
+        values = {}
+        for target, expression in self.graph.outputs[node.id]:
+            try:
+                values[target] = plain(evaluate(expression, self._context(expression)))
+            except ExpressionError as error:
+                raise OutputFailed(f"output {target!r} of {node.id!r}: {error}") from error
+        self._merge(values)
+
+    def _event(self, event_type: str, message: str = "") -> None:
+        data = {"workflow_id": str(self.state.workflow_id), "workflow_version": self.state.version}
+        if message:
+            data["error_message"] = message
+        self.step.events.append((event_type, data))

@@ -1,0 +1,459 @@
+"""gRPC entry point of the workflows service: validate, call the use case, map back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, struct_pb2
+
+from lifecycle.workflows.v1 import workflows_pb2 as pb
+from lifecycle.workflows.v1 import workflows_pb2_grpc
+from runtime.errors import InvalidArgument, Violations
+from runtime.idempotency import request_key
+from runtime.pagination import PageTokens, page_size
+from runtime.parsing import parse_stages, parse_uuid
+from runtime.stages import stage_value
+from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
+from services.workflows.bpmn import BUILTIN_PREFIX, BpmnError
+from services.workflows.engine import MAX_VARIABLES_BYTES
+from services.workflows.expressions import RESERVED_NAMES
+from services.workflows.handlers import (
+    ACTIVE,
+    ARCHIVED,
+    INACTIVE,
+    Catalog,
+    Engine,
+    Executions,
+    WorkflowFields,
+    job_key,
+)
+from services.workflows.store import ExecutionView, VersionRow, WorkflowRecord
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+WORKFLOW_STATUSES = {
+    pb.WORKFLOW_STATUS_DRAFT: "draft",
+    pb.WORKFLOW_STATUS_ACTIVE: ACTIVE,
+    pb.WORKFLOW_STATUS_INACTIVE: INACTIVE,
+    pb.WORKFLOW_STATUS_ARCHIVED: ARCHIVED,
+}
+EXECUTION_STATUSES = {
+    pb.EXECUTION_STATUS_PENDING: "pending",
+    pb.EXECUTION_STATUS_RUNNING: "running",
+    pb.EXECUTION_STATUS_COMPLETED: "completed",
+    pb.EXECUTION_STATUS_FAILED: "failed",
+    pb.EXECUTION_STATUS_CANCELLED: "cancelled",
+}
+_WORKFLOW_ENUM = {name: value for value, name in WORKFLOW_STATUSES.items()}
+_EXECUTION_ENUM = {name: value for value, name in EXECUTION_STATUSES.items()}
+UPDATABLE = ("name", "description", "bpmn_xml", "lifecycle_stages")
+MAX_NAME = 255
+MAX_TTL = timedelta(days=365)
+MAX_JOBS = 1000
+DEFAULT_JOB_TIMEOUT = timedelta(minutes=5)
+MAX_REQUEST_TIMEOUT = timedelta(minutes=10)
+JOB_POLL_SECONDS = 0.5
+
+
+def workflow_message(workflow: WorkflowRecord) -> pb.Workflow:
+    return pb.Workflow(
+        id=str(workflow.id),
+        name=workflow.name,
+        description=workflow.description,
+        bpmn_xml=workflow.bpmn_xml,
+        version=workflow.version,
+        lifecycle_stages=[stage_value(s) for s in workflow.stages],
+        status=_WORKFLOW_ENUM[workflow.status],
+        created_by=str(workflow.created_by or ""),
+        create_time=timestamp(workflow.created_at),
+        update_time=timestamp(workflow.updated_at),
+    )
+
+
+def execution_message(view: ExecutionView) -> pb.Execution:
+    message = pb.Execution(
+        id=str(view.id),
+        workflow_id=str(view.workflow_id),
+        workflow_version=view.version,
+        user_id=str(view.user_id),
+        status=_EXECUTION_ENUM[view.status],
+        variables=dict_to_struct(view.variables),
+        current_node_ids=view.current_nodes,
+        start_time=timestamp(view.started_at),
+        error_message=view.error_message or "",
+        history=[
+            pb.ExecutionStep(
+                element_id=element, element_type=kind, state=state, step_time=timestamp(at)
+            )
+            for element, kind, state, at in view.history
+        ],
+        incidents=[
+            pb.Incident(
+                id=str(i.id),
+                element_id=i.element_id,
+                job_key=job_key(i.execution_id, i.token) if i.from_job else "",
+                error_message=i.error_message,
+                create_time=timestamp(i.created_at),
+                resolved=i.resolved_at is not None,
+            )
+            for i in view.incidents
+        ],
+    )
+    if view.completed_at is not None:
+        message.completion_time.CopyFrom(timestamp(view.completed_at))
+    return message
+
+
+def variables_of(struct: struct_pb2.Struct, field: str, violations: Violations) -> dict[str, Any]:
+    data = struct_to_dict(struct)
+    reserved = sorted(RESERVED_NAMES & data.keys())
+    if reserved:
+        violations.add(field, f"{', '.join(reserved)} are reserved names (see docs/workflows.md)")
+    if len(compact_json(data).encode()) > MAX_VARIABLES_BYTES:
+        violations.add(field, f"must be at most {MAX_VARIABLES_BYTES} bytes as JSON")
+    return data
+
+
+def _duration(value: duration_pb2.Duration, field: str, violations: Violations) -> timedelta:
+    delta = value.ToTimedelta()
+    if delta < timedelta(0):
+        violations.add(field, "must not be negative")
+    return delta
+
+
+def _name(value: str, field: str, violations: Violations, *, required: bool = True) -> str:
+    value = value.strip()
+    if required and not value:
+        violations.add(field, "is required")
+    if len(value) > MAX_NAME:
+        violations.add(field, f"must be at most {MAX_NAME} characters")
+    return value
+
+
+def _statuses(values: list[int], names: dict[Any, str], field: str, v: Violations) -> list[str]:
+    found = []
+    for position, value in enumerate(values):
+        if value not in names:
+            v.add(f"{field}[{position}]", f"{value} is not a status")
+        else:
+            found.append(names[value])
+    return sorted(set(found))
+
+
+def _cursor(tokens: PageTokens, token: str, query: list[Any]) -> tuple[datetime, uuid.UUID] | None:
+    if not token:
+        return None
+    at, identifier = tokens.decode(token, query)
+    return datetime.fromisoformat(at), uuid.UUID(identifier)
+
+
+class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
+    def __init__(
+        self, engine: Engine, catalog: Catalog, executions: Executions, page_tokens: PageTokens
+    ) -> None:
+        self._engine = engine
+        self._catalog = catalog
+        self._executions = executions
+        self._tokens = page_tokens
+
+    def _version(self, bpmn_xml: str, violations: Violations) -> VersionRow | None:
+        if not bpmn_xml.strip():
+            violations.add("workflow.bpmn_xml", "is required")
+            return None
+        try:
+            return self._catalog.version_row(bpmn_xml)
+        except BpmnError as error:
+            for problem in error.problems:
+                violations.add("workflow.bpmn_xml", problem.describe())
+            return None
+
+    # ------------------------------------------------------------ definitions
+
+    async def CreateWorkflow(
+        self, request: pb.CreateWorkflowRequest, context: Context
+    ) -> pb.CreateWorkflowResponse:
+        if not request.HasField("workflow"):
+            raise InvalidArgument.field("workflow", "is required")
+        given = request.workflow
+        violations = Violations()
+        name = _name(given.name, "workflow.name", violations)
+        stages = parse_stages(list(given.lifecycle_stages), "workflow.lifecycle_stages", violations)
+        created_by = parse_uuid(given.created_by, "workflow.created_by", violations, required=False)
+        key = request_key(request, "CreateWorkflow", violations)
+        version = self._version(given.bpmn_xml, violations)
+        violations.check()
+        assert version is not None
+        fields = WorkflowFields(name, given.description, given.bpmn_xml, stages, created_by)
+        workflow = await self._catalog.create(fields, version, key)
+        return pb.CreateWorkflowResponse(workflow=workflow_message(workflow))
+
+    async def GetWorkflow(
+        self, request: pb.GetWorkflowRequest, context: Context
+    ) -> pb.GetWorkflowResponse:
+        workflow_id = self._id(request.workflow_id, "workflow_id")
+        workflow = await self._catalog.get(workflow_id, request.version.strip())
+        return pb.GetWorkflowResponse(workflow=workflow_message(workflow))
+
+    async def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: Context
+    ) -> pb.ListWorkflowsResponse:
+        violations = Violations()
+        limit = page_size(request.page_size)
+        statuses = _statuses(list(request.statuses), WORKFLOW_STATUSES, "statuses", violations)
+        stages = sorted(
+            parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
+        )
+        violations.check()
+        query: list[Any] = [statuses, stages]
+        cursor = _cursor(self._tokens, request.page_token, query)
+        found = await self._catalog.page(statuses, stages, cursor, limit + 1)
+        token = ""
+        if len(found) > limit:
+            found = found[:limit]
+            token = self._tokens.encode(
+                [found[-1].created_at.isoformat(), str(found[-1].id)], query
+            )
+        return pb.ListWorkflowsResponse(
+            workflows=[workflow_message(w) for w in found], next_page_token=token
+        )
+
+    async def UpdateWorkflow(
+        self, request: pb.UpdateWorkflowRequest, context: Context
+    ) -> pb.UpdateWorkflowResponse:
+        given = request.workflow
+        violations = Violations()
+        workflow_id = parse_uuid(given.id, "workflow.id", violations)
+        paths = set(request.update_mask.paths)
+        if not request.HasField("update_mask"):
+            paths = {p for p in UPDATABLE if p != "lifecycle_stages" and getattr(given, p)}
+            paths |= {"lifecycle_stages"} if given.lifecycle_stages else set()
+        for path in sorted(paths - set(UPDATABLE)):
+            violations.add("update_mask", f"{path!r} cannot be updated")
+        if not paths:
+            violations.add("update_mask", "names no field")
+        fields: dict[str, Any] = {}
+        if "name" in paths:
+            fields["name"] = _name(given.name, "workflow.name", violations)
+        if "description" in paths:
+            fields["description"] = given.description
+        if "lifecycle_stages" in paths:
+            fields["stages"] = parse_stages(
+                list(given.lifecycle_stages), "workflow.lifecycle_stages", violations
+            )
+        version = self._version(given.bpmn_xml, violations) if "bpmn_xml" in paths else None
+        violations.check()
+        assert workflow_id is not None
+        workflow = await self._catalog.update(workflow_id, fields, version)
+        return pb.UpdateWorkflowResponse(workflow=workflow_message(workflow))
+
+    async def DeleteWorkflow(
+        self, request: pb.DeleteWorkflowRequest, context: Context
+    ) -> pb.DeleteWorkflowResponse:
+        workflow_id = self._id(request.workflow_id, "workflow_id")
+        cancelled = await self._catalog.delete(workflow_id, request.force)
+        return pb.DeleteWorkflowResponse(cancelled_executions=cancelled)
+
+    async def ActivateWorkflow(
+        self, request: pb.ActivateWorkflowRequest, context: Context
+    ) -> pb.ActivateWorkflowResponse:
+        workflow = await self._catalog.move(self._id(request.workflow_id, "workflow_id"), ACTIVE)
+        return pb.ActivateWorkflowResponse(workflow=workflow_message(workflow))
+
+    async def DeactivateWorkflow(
+        self, request: pb.DeactivateWorkflowRequest, context: Context
+    ) -> pb.DeactivateWorkflowResponse:
+        workflow = await self._catalog.move(self._id(request.workflow_id, "workflow_id"), INACTIVE)
+        return pb.DeactivateWorkflowResponse(workflow=workflow_message(workflow))
+
+    async def ArchiveWorkflow(
+        self, request: pb.ArchiveWorkflowRequest, context: Context
+    ) -> pb.ArchiveWorkflowResponse:
+        workflow = await self._catalog.move(self._id(request.workflow_id, "workflow_id"), ARCHIVED)
+        return pb.ArchiveWorkflowResponse(workflow=workflow_message(workflow))
+
+    @staticmethod
+    def _id(value: str, field: str) -> uuid.UUID:
+        violations = Violations()
+        parsed = parse_uuid(value, field, violations)
+        violations.check()
+        assert parsed is not None
+        return parsed
+
+    # ------------------------------------------------------------ executions
+
+    async def StartExecution(
+        self, request: pb.StartExecutionRequest, context: Context
+    ) -> pb.StartExecutionResponse:
+        violations = Violations()
+        workflow_id = parse_uuid(request.workflow_id, "workflow_id", violations)
+        user_id = parse_uuid(request.user_id, "user_id", violations)
+        variables = variables_of(request.variables, "variables", violations)
+        key = request_key(request, "StartExecution", violations)
+        if request.conflict_policy not in pb.ConflictPolicy.values():
+            violations.add("conflict_policy", f"{request.conflict_policy} is not a policy")
+        violations.check()
+        assert workflow_id is not None and user_id is not None
+        started = await self._executions.start(
+            workflow_id,
+            user_id,
+            variables,
+            key,
+            use_existing=request.conflict_policy == pb.CONFLICT_POLICY_USE_EXISTING,
+            exclusive=request.conflict_policy != pb.CONFLICT_POLICY_ALLOW_PARALLEL,
+        )
+        return pb.StartExecutionResponse(
+            execution=execution_message(started.execution), existing=started.existing
+        )
+
+    async def GetExecution(
+        self, request: pb.GetExecutionRequest, context: Context
+    ) -> pb.GetExecutionResponse:
+        view = await self._executions.get(self._id(request.execution_id, "execution_id"))
+        return pb.GetExecutionResponse(execution=execution_message(view))
+
+    async def ListExecutions(
+        self, request: pb.ListExecutionsRequest, context: Context
+    ) -> pb.ListExecutionsResponse:
+        violations = Violations()
+        limit = page_size(request.page_size)
+        workflow_id = parse_uuid(request.workflow_id, "workflow_id", violations, required=False)
+        user_id = parse_uuid(request.user_id, "user_id", violations, required=False)
+        statuses = _statuses(list(request.statuses), EXECUTION_STATUSES, "statuses", violations)
+        violations.check()
+        query: list[Any] = [str(workflow_id or ""), str(user_id or ""), statuses]
+        cursor = _cursor(self._tokens, request.page_token, query)
+        found = await self._executions.page(workflow_id, user_id, statuses, cursor, limit + 1)
+        token = ""
+        if len(found) > limit:
+            found = found[:limit]
+            token = self._tokens.encode(
+                [found[-1].started_at.isoformat(), str(found[-1].id)], query
+            )
+        return pb.ListExecutionsResponse(
+            executions=[execution_message(e) for e in found], next_page_token=token
+        )
+
+    async def CancelExecution(
+        self, request: pb.CancelExecutionRequest, context: Context
+    ) -> pb.CancelExecutionResponse:
+        view = await self._executions.cancel(self._id(request.execution_id, "execution_id"))
+        return pb.CancelExecutionResponse(execution=execution_message(view))
+
+    async def PublishMessage(
+        self, request: pb.PublishMessageRequest, context: Context
+    ) -> pb.PublishMessageResponse:
+        violations = Violations()
+        name = _name(request.name, "name", violations)
+        user_id = parse_uuid(request.correlation_key, "correlation_key", violations)
+        variables = variables_of(request.variables, "variables", violations)
+        message_id = _name(request.message_id, "message_id", violations, required=False)
+        ttl = _duration(request.time_to_live, "time_to_live", violations)
+        if ttl > MAX_TTL:
+            violations.add("time_to_live", f"must be at most {MAX_TTL.days} days")
+        violations.check()
+        assert user_id is not None
+        published = await self._executions.publish(
+            name, user_id, variables, message_id or None, ttl
+        )
+        return pb.PublishMessageResponse(
+            delivered_count=published.delivered,
+            buffered=published.buffered,
+            duplicate=published.duplicate,
+        )
+
+    # ------------------------------------------------------------ jobs
+
+    async def ActivateJobs(
+        self, request: pb.ActivateJobsRequest, context: Context
+    ) -> AsyncIterator[pb.ActivateJobsResponse]:
+        violations = Violations()
+        job_type = _name(request.job_type, "job_type", violations)
+        if job_type.startswith(BUILTIN_PREFIX):
+            violations.add("job_type", f"{BUILTIN_PREFIX}* types are done by the engine itself")
+        if not 0 < request.max_jobs_to_activate <= MAX_JOBS:
+            violations.add("max_jobs_to_activate", f"must be from 1 to {MAX_JOBS}")
+        lease = _duration(request.timeout, "timeout", violations) or DEFAULT_JOB_TIMEOUT
+        wait = _duration(request.request_timeout, "request_timeout", violations)
+        if wait > MAX_REQUEST_TIMEOUT:
+            violations.add("request_timeout", "must be at most 10 minutes")
+        violations.check()
+        fetch = set(request.fetch_variables)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait.total_seconds()
+        left = request.max_jobs_to_activate
+        while left > 0:
+            jobs = await self._executions.activate_jobs(job_type, request.worker, left, lease)
+            if jobs:
+                left -= len(jobs)
+                yield pb.ActivateJobsResponse(jobs=[self._job(job, fetch) for job in jobs])
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self._engine.wait_for_jobs(job_type, min(remaining, JOB_POLL_SECONDS))
+
+    @staticmethod
+    def _job(job: Any, fetch: set[str]) -> pb.ActivatedJob:
+        variables = job.variables
+        if fetch:
+            variables = {k: v for k, v in variables.items() if k in fetch}
+        activated = pb.ActivatedJob(
+            job_key=job_key(job.execution_id, job.token),
+            job_type=job.job_type,
+            execution_id=str(job.execution_id),
+            workflow_id=str(job.workflow_id),
+            element_id=job.element_id,
+            user_id=str(job.user_id),
+            custom_headers={str(k): str(v) for k, v in job.headers.items()},
+            retries=job.retries,
+            deadline=timestamp(job.available_at),
+            variables=dict_to_struct(variables),
+        )
+        return activated
+
+    async def CompleteJob(
+        self, request: pb.CompleteJobRequest, context: Context
+    ) -> pb.CompleteJobResponse:
+        violations = Violations()
+        variables = variables_of(request.variables, "variables", violations)
+        violations.check()
+        await self._executions.complete_job(request.job_key, variables)
+        return pb.CompleteJobResponse()
+
+    async def FailJob(self, request: pb.FailJobRequest, context: Context) -> pb.FailJobResponse:
+        violations = Violations()
+        if request.retries < 0:
+            violations.add("retries", "must not be negative")
+        backoff = _duration(request.retry_backoff, "retry_backoff", violations)
+        violations.check()
+        await self._executions.fail_job(
+            request.job_key, request.retries, request.error_message, backoff or None
+        )
+        return pb.FailJobResponse()
+
+    async def ThrowError(
+        self, request: pb.ThrowErrorRequest, context: Context
+    ) -> pb.ThrowErrorResponse:
+        violations = Violations()
+        code = _name(request.error_code, "error_code", violations)
+        variables = variables_of(request.variables, "variables", violations)
+        violations.check()
+        await self._executions.throw_error(request.job_key, code, request.error_message, variables)
+        return pb.ThrowErrorResponse()
+
+    async def ResolveIncident(
+        self, request: pb.ResolveIncidentRequest, context: Context
+    ) -> pb.ResolveIncidentResponse:
+        await self._executions.resolve_incident(self._id(request.incident_id, "incident_id"))
+        return pb.ResolveIncidentResponse()
+
+    async def EraseUserData(
+        self, request: pb.EraseUserDataRequest, context: Context
+    ) -> pb.EraseUserDataResponse:
+        erased = await self._executions.erase_user(self._id(request.user_id, "user_id"))
+        return pb.EraseUserDataResponse(erased_count=erased)

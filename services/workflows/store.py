@@ -1,0 +1,900 @@
+"""The workflows service's SQL. Every function runs on the connection it is
+given, inside the caller's transaction where one is open; writes of many
+executions are one statement each (unnest arrays)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from runtime.database import Executor
+from services.workflows.engine import ExecutionState, Token
+
+MAX_NODE_ID = 255
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    id: uuid.UUID
+    name: str
+    description: str
+    bpmn_xml: str
+    version: str
+    stages: list[str]
+    status: str
+    created_by: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_WORKFLOW = (
+    "w.id, w.name, coalesce(w.description, '') AS description, w.bpmn_xml, w.version,"
+    " coalesce(w.lifecycle_stages, '{}') AS lifecycle_stages, w.status, w.created_by,"
+    " w.created_at, w.updated_at"
+)
+
+
+def _workflow(row: asyncpg.Record) -> WorkflowRecord:
+    return WorkflowRecord(
+        row["id"],
+        row["name"],
+        row["description"],
+        row["bpmn_xml"],
+        row["version"],
+        list(row["lifecycle_stages"]),
+        row["status"],
+        row["created_by"],
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    bpmn_xml: str
+    definition: dict[str, Any]
+    checksum: bytes
+    start_message: str | None
+
+
+async def insert_workflow(
+    conn: asyncpg.Connection,
+    name: str,
+    description: str,
+    stages: list[str],
+    *,
+    created_by: uuid.UUID | None,
+    version: VersionRow,
+) -> WorkflowRecord:
+    row = await conn.fetchrow(
+        "INSERT INTO workflows AS w (name, description, bpmn_xml, lifecycle_stages, created_by)"
+        f" VALUES ($1, $2, $3, $4, $5) RETURNING {_WORKFLOW}",
+        name,
+        description,
+        version.bpmn_xml,
+        stages,
+        created_by,
+    )
+    assert row is not None
+    workflow = _workflow(row)
+    await save_version(conn, workflow.id, workflow.version, version)
+    return workflow
+
+
+async def save_version(
+    conn: asyncpg.Connection, workflow_id: uuid.UUID, version: str, row: VersionRow
+) -> None:
+    await conn.execute(
+        "INSERT INTO workflow_versions"
+        " (workflow_id, version, bpmn_xml, definition, checksum, start_message)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workflow_id, version) DO UPDATE"
+        " SET bpmn_xml = $3, definition = $4, checksum = $5, start_message = $6",
+        workflow_id,
+        version,
+        row.bpmn_xml,
+        row.definition,
+        row.checksum,
+        row.start_message,
+    )
+
+
+async def get_workflow(
+    conn: Executor, workflow_id: uuid.UUID, *, lock: bool = False
+) -> WorkflowRecord | None:
+    suffix = " FOR UPDATE" if lock else ""
+    row = await conn.fetchrow(
+        f"SELECT {_WORKFLOW} FROM workflows w WHERE id = $1{suffix}", workflow_id
+    )
+    return _workflow(row) if row else None
+
+
+async def get_workflow_version(
+    conn: Executor, workflow_id: uuid.UUID, version: str
+) -> WorkflowRecord | None:
+    row = await conn.fetchrow(
+        f"SELECT {_WORKFLOW.replace('w.bpmn_xml', 'v.bpmn_xml').replace('w.version', 'v.version')}"
+        " FROM workflows w JOIN workflow_versions v ON v.workflow_id = w.id"
+        " WHERE w.id = $1 AND v.version = $2",
+        workflow_id,
+        version,
+    )
+    return _workflow(row) if row else None
+
+
+async def version_checksum(conn: Executor, workflow_id: uuid.UUID, version: str) -> bytes | None:
+    checksum: bytes | None = await conn.fetchval(
+        "SELECT checksum FROM workflow_versions WHERE workflow_id = $1 AND version = $2",
+        workflow_id,
+        version,
+    )
+    return checksum
+
+
+async def list_workflows(
+    conn: Executor,
+    statuses: list[str],
+    stages: list[str],
+    cursor: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[WorkflowRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_WORKFLOW} FROM workflows w"
+        " WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))"
+        "   AND (cardinality($2::text[]) = 0 OR lifecycle_stages && $2::varchar[])"
+        "   AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))"
+        " ORDER BY created_at, id LIMIT $5",
+        statuses,
+        stages,
+        cursor[0] if cursor else None,
+        cursor[1] if cursor else None,
+        limit,
+    )
+    return [_workflow(row) for row in rows]
+
+
+async def update_workflow(
+    conn: asyncpg.Connection,
+    workflow_id: uuid.UUID,
+    *,
+    name: str,
+    description: str,
+    stages: list[str],
+    bpmn_xml: str,
+    version: str,
+) -> WorkflowRecord:
+    row = await conn.fetchrow(
+        "UPDATE workflows w SET name = $2, description = $3, lifecycle_stages = $4,"
+        f" bpmn_xml = $5, version = $6 WHERE id = $1 RETURNING {_WORKFLOW}",
+        workflow_id,
+        name,
+        description,
+        stages,
+        bpmn_xml,
+        version,
+    )
+    assert row is not None
+    return _workflow(row)
+
+
+async def set_status(
+    conn: asyncpg.Connection, workflow_id: uuid.UUID, status: str
+) -> WorkflowRecord:
+    row = await conn.fetchrow(
+        f"UPDATE workflows w SET status = $2 WHERE id = $1 RETURNING {_WORKFLOW}",
+        workflow_id,
+        status,
+    )
+    assert row is not None
+    return _workflow(row)
+
+
+async def delete_workflow(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> None:
+    await conn.execute("DELETE FROM workflow_executions WHERE workflow_id = $1", workflow_id)
+    await conn.execute("DELETE FROM workflows WHERE id = $1", workflow_id)
+
+
+async def running_executions(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT id FROM workflow_executions"
+        " WHERE workflow_id = $1 AND status IN ('pending', 'running') ORDER BY id",
+        workflow_id,
+    )
+    return [row["id"] for row in rows]
+
+
+async def load_definitions(
+    conn: Executor, keys: Sequence[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT v.workflow_id, v.version, v.definition FROM workflow_versions v"
+        " JOIN unnest($1::uuid[], $2::text[]) AS k(id, version)"
+        " ON v.workflow_id = k.id AND v.version = k.version",
+        [key[0] for key in keys],
+        [key[1] for key in keys],
+    )
+    return {(row["workflow_id"], row["version"]): row["definition"] for row in rows}
+
+
+async def startable(
+    conn: Executor, workflow_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, str]]:
+    """(status, current version) of each workflow that exists."""
+    rows = await conn.fetch(
+        "SELECT id, status, version FROM workflows WHERE id = ANY($1::uuid[])", list(workflow_ids)
+    )
+    return {row["id"]: (row["status"], row["version"]) for row in rows}
+
+
+async def start_check(
+    conn: Executor, workflow_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[tuple[str, str] | None, bool]:
+    """The workflow's (status, current version), None if it does not exist, and
+    whether the user was erased: one round trip on the hot path of StartExecution."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT status FROM workflows WHERE id = $1) AS status,"
+        " (SELECT version FROM workflows WHERE id = $1) AS version,"
+        " EXISTS (SELECT 1 FROM erased_users WHERE user_id = $2) AS erased",
+        workflow_id,
+        user_id,
+    )
+    assert row is not None
+    found = (row["status"], row["version"]) if row["status"] is not None else None
+    return found, bool(row["erased"])
+
+
+async def message_start_workflows(conn: Executor, name: str) -> list[tuple[uuid.UUID, str]]:
+    rows = await conn.fetch(
+        "SELECT w.id, w.version FROM workflows w JOIN workflow_versions v"
+        " ON v.workflow_id = w.id AND v.version = w.version"
+        " WHERE w.status = 'active' AND v.start_message = $1 ORDER BY w.id",
+        name,
+    )
+    return [(row["id"], row["version"]) for row in rows]
+
+
+# ---------------------------------------------------------------- executions
+
+_STATE = (
+    "e.id, e.workflow_id, e.workflow_version, e.user_id, e.status, e.variables, e.next_token,"
+    " e.parent_execution_id, e.parent_token, e.started_at, e.current_node_id,"
+    " (SELECT coalesce(json_agg(json_build_array(t.token, t.element_id, t.scope_token,"
+    "  t.arrived_via)), '[]') FROM execution_tokens t WHERE t.execution_id = e.id) AS tokens"
+)
+
+
+def _state(row: asyncpg.Record) -> ExecutionState:
+    parent = row["parent_execution_id"]
+    return ExecutionState(
+        id=row["id"],
+        workflow_id=row["workflow_id"],
+        version=row["workflow_version"],
+        user_id=row["user_id"],
+        status=row["status"],
+        variables=row["variables"] or {},
+        next_token=row["next_token"],
+        tokens={t[0]: Token(t[0], t[1], t[2], t[3]) for t in row["tokens"]},
+        parent=(parent, row["parent_token"]) if parent else None,
+        started_at=row["started_at"],
+        last_element=row["current_node_id"],
+    )
+
+
+async def lock_executions(
+    conn: asyncpg.Connection, ids: Sequence[uuid.UUID], *, skip_locked: bool = False
+) -> dict[uuid.UUID, ExecutionState]:
+    """Locks the executions (in id order, so batches never deadlock each other) and loads them."""
+    skip = " SKIP LOCKED" if skip_locked else ""
+    rows = await conn.fetch(
+        f"SELECT {_STATE} FROM workflow_executions e WHERE e.id = ANY($1::uuid[])"
+        f" ORDER BY e.id FOR UPDATE OF e{skip}",
+        sorted(set(ids)),
+    )
+    return {row["id"]: _state(row) for row in rows}
+
+
+def current_node(state: ExecutionState) -> str | None:
+    nodes = state.current_nodes
+    if not nodes:
+        return state.last_element
+    text = ""
+    for node in nodes:
+        candidate = f"{text},{node}" if text else node
+        if len(candidate) > MAX_NODE_ID:
+            break
+        text = candidate
+    return text or nodes[0][:MAX_NODE_ID]
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    state: ExecutionState
+    exclusive: bool
+
+
+async def insert_executions(
+    conn: asyncpg.Connection, executions: Sequence[NewExecution]
+) -> set[uuid.UUID]:
+    """Inserts executions in their state after their first step; returns those inserted
+    (an exclusive one is left out when its user runs that workflow already)."""
+    states = [e.state for e in executions]
+    rows = await conn.fetch(
+        "INSERT INTO workflow_executions (id, workflow_id, workflow_version, user_id, status,"
+        " variables, current_node_id, started_at, completed_at, error_message, exclusive,"
+        " parent_execution_id, parent_token, next_token)"
+        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],"
+        " $6::jsonb[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[],"
+        " $11::bool[], $12::uuid[], $13::int[], $14::int[])"
+        " ON CONFLICT (workflow_id, user_id) WHERE exclusive AND status IN ('pending', 'running')"
+        " DO NOTHING RETURNING id",
+        [s.id for s in states],
+        [s.workflow_id for s in states],
+        [s.version for s in states],
+        [s.user_id for s in states],
+        [s.status for s in states],
+        [s.variables for s in states],
+        [current_node(s) for s in states],
+        [s.started_at for s in states],
+        [s.completed_at for s in states],
+        [s.error_message for s in states],
+        [e.exclusive for e in executions],
+        [s.parent[0] if s.parent else None for s in states],
+        [s.parent[1] if s.parent else None for s in states],
+        [s.next_token for s in states],
+    )
+    return {row["id"] for row in rows}
+
+
+async def update_executions(conn: asyncpg.Connection, states: Sequence[ExecutionState]) -> None:
+    await conn.execute(
+        "UPDATE workflow_executions e SET status = u.status, variables = u.variables,"
+        " current_node_id = u.node, completed_at = u.completed_at,"
+        " error_message = u.error_message, next_token = u.next_token"
+        " FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[],"
+        " $6::text[], $7::int[]) AS u(id, status, variables, node, completed_at,"
+        " error_message, next_token) WHERE e.id = u.id",
+        [s.id for s in states],
+        [s.status for s in states],
+        [s.variables for s in states],
+        [current_node(s) for s in states],
+        [s.completed_at for s in states],
+        [s.error_message for s in states],
+        [s.next_token for s in states],
+    )
+
+
+async def existing_execution(
+    conn: asyncpg.Connection, workflow_id: uuid.UUID, user_id: uuid.UUID
+) -> uuid.UUID | None:
+    found: uuid.UUID | None = await conn.fetchval(
+        "SELECT id FROM workflow_executions WHERE workflow_id = $1 AND user_id = $2"
+        " AND exclusive AND status IN ('pending', 'running')",
+        workflow_id,
+        user_id,
+    )
+    return found
+
+
+async def child_executions(
+    conn: asyncpg.Connection, parents: Sequence[tuple[uuid.UUID, int]]
+) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT e.id FROM workflow_executions e"
+        " JOIN unnest($1::uuid[], $2::int[]) AS p(id, token)"
+        " ON e.parent_execution_id = p.id AND e.parent_token = p.token"
+        " WHERE e.status IN ('pending', 'running')",
+        [p[0] for p in parents],
+        [p[1] for p in parents],
+    )
+    return [row["id"] for row in rows]
+
+
+@dataclass
+class Writes:
+    """Rows of many executions' steps, written one statement per table."""
+
+    removed_tokens: list[tuple[uuid.UUID, int]]
+    consumed_timers: list[tuple[uuid.UUID, int, str]]
+    tokens: list[tuple[uuid.UUID, Token]]
+    timers: list[tuple[uuid.UUID, int, str, datetime, int | None]]
+    subscriptions: list[tuple[uuid.UUID, int, str, str, uuid.UUID]]
+    jobs: list[tuple[uuid.UUID, int, str, str, uuid.UUID, uuid.UUID, dict[str, Any], int, datetime]]
+    incidents: list[tuple[uuid.UUID, int, str, bool, str, datetime]]
+    history: list[tuple[uuid.UUID, str, str, str, datetime]]
+    deliveries: list[tuple[int, uuid.UUID]]
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+async def write(conn: asyncpg.Connection, w: Writes) -> None:
+    if w.removed_tokens:
+        await conn.execute(
+            "DELETE FROM execution_tokens t USING unnest($1::uuid[], $2::int[]) AS r(id, token)"
+            " WHERE t.execution_id = r.id AND t.token = r.token",
+            *_columns(w.removed_tokens, 2),
+        )
+    if w.consumed_timers:
+        await conn.execute(
+            "DELETE FROM timers t USING unnest($1::uuid[], $2::int[], $3::text[])"
+            " AS r(id, token, element) WHERE t.execution_id = r.id AND t.token = r.token"
+            " AND t.element_id = r.element",
+            *_columns(w.consumed_timers, 3),
+        )
+    if w.tokens:
+        await conn.execute(
+            "INSERT INTO execution_tokens (execution_id, token, element_id, scope_token,"
+            " arrived_via) SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[],"
+            " $5::text[])",
+            [e for e, _ in w.tokens],
+            [t.no for _, t in w.tokens],
+            [t.element for _, t in w.tokens],
+            [t.scope for _, t in w.tokens],
+            [t.via for _, t in w.tokens],
+        )
+    if w.timers:
+        await conn.execute(
+            "INSERT INTO timers (execution_id, token, element_id, due_at, repeat)"
+            " SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[],"
+            " $5::int[]) ON CONFLICT (execution_id, token, element_id)"
+            " DO UPDATE SET due_at = excluded.due_at, repeat = excluded.repeat",
+            *_columns(w.timers, 5),
+        )
+    if w.subscriptions:
+        await conn.execute(
+            "INSERT INTO message_subscriptions (execution_id, token, element_id, message_name,"
+            " user_id) SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[],"
+            " $5::uuid[]) ON CONFLICT DO NOTHING",
+            *_columns(w.subscriptions, 5),
+        )
+    if w.jobs:
+        await conn.execute(
+            "INSERT INTO jobs (execution_id, token, job_type, element_id, workflow_id, user_id,"
+            " headers, retries, available_at) SELECT * FROM unnest($1::uuid[], $2::int[],"
+            " $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::jsonb[], $8::int[],"
+            " $9::timestamptz[])",
+            *_columns(w.jobs, 9),
+        )
+    if w.incidents:
+        await conn.execute(
+            "INSERT INTO incidents (execution_id, token, element_id, from_job, error_message,"
+            " created_at) SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bool[],"
+            " $5::text[], $6::timestamptz[])",
+            *_columns(w.incidents, 6),
+        )
+    if w.history:
+        await conn.execute(
+            "INSERT INTO execution_history (execution_id, element_id, element_type, state, at)"
+            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],"
+            " $5::timestamptz[])",
+            *_columns(w.history, 5),
+        )
+    if w.deliveries:
+        await conn.execute(
+            "UPDATE messages m SET delivered_to = m.delivered_to || d.ids"
+            " FROM (SELECT id, array_agg(execution_id) AS ids"
+            "  FROM unnest($1::bigint[], $2::uuid[]) AS x(id, execution_id) GROUP BY id) d"
+            " WHERE m.id = d.id",
+            *_columns(w.deliveries, 2),
+        )
+
+
+# ---------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Buffered:
+    id: int
+    name: str
+    variables: dict[str, Any]
+
+
+async def buffered_messages(
+    conn: asyncpg.Connection,
+    wanted: Sequence[tuple[uuid.UUID, uuid.UUID, str]],
+    now: datetime,
+) -> dict[tuple[uuid.UUID, str], Buffered]:
+    """For each (execution, user, message name): the oldest live buffered message
+    the execution has not had yet."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (w.execution_id, w.name) w.execution_id, m.id, m.name, m.variables"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS w(execution_id, user_id, name)"
+        " JOIN messages m ON m.user_id = w.user_id AND m.name = w.name AND m.expires_at > $4"
+        "  AND NOT (w.execution_id = ANY(m.delivered_to))"
+        " ORDER BY w.execution_id, w.name, m.id",
+        *_columns(wanted, 3),
+        now,
+    )
+    return {
+        (row["execution_id"], row["name"]): Buffered(row["id"], row["name"], row["variables"])
+        for row in rows
+    }
+
+
+async def insert_message(
+    conn: asyncpg.Connection,
+    name: str,
+    user_id: uuid.UUID,
+    *,
+    message_id: str | None,
+    variables: dict[str, Any],
+    published_at: datetime,
+    expires_at: datetime,
+) -> int | None:
+    """The new message's id; None when `message_id` was published before."""
+    new_id: int | None = await conn.fetchval(
+        "INSERT INTO messages (name, user_id, message_id, variables, published_at, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        name,
+        user_id,
+        message_id,
+        variables,
+        published_at,
+        expires_at,
+    )
+    return new_id
+
+
+async def subscribers(
+    conn: asyncpg.Connection, user_id: uuid.UUID, name: str
+) -> list[tuple[uuid.UUID, int, str]]:
+    """Waits for the message: the oldest token of each execution, with its element."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (execution_id) execution_id, token, element_id"
+        " FROM message_subscriptions WHERE user_id = $1 AND message_name = $2"
+        " ORDER BY execution_id, token",
+        user_id,
+        name,
+    )
+    return [(row["execution_id"], row["token"], row["element_id"]) for row in rows]
+
+
+async def is_erased(conn: Executor, user_id: uuid.UUID) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1)", user_id
+        )
+    )
+
+
+async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    await conn.execute(
+        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
+    )
+    await conn.execute("DELETE FROM messages WHERE user_id = $1", user_id)
+    result = await conn.execute("DELETE FROM workflow_executions WHERE user_id = $1", user_id)
+    return int(result.split()[-1])
+
+
+# ---------------------------------------------------------------- timers
+
+
+@dataclass(frozen=True)
+class DueTimer:
+    execution_id: uuid.UUID
+    token: int
+    element_id: str
+    due_at: datetime
+    repeat: int | None
+
+
+async def claim_due_timers(conn: asyncpg.Connection, now: datetime, limit: int) -> list[DueTimer]:
+    rows = await conn.fetch(
+        "SELECT execution_id, token, element_id, due_at, repeat FROM timers"
+        " WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+    return [DueTimer(*row) for row in rows]
+
+
+async def next_due(conn: Executor) -> datetime | None:
+    due: datetime | None = await conn.fetchval("SELECT min(due_at) FROM timers")
+    return due
+
+
+async def postpone_timers(
+    conn: asyncpg.Connection, timers: Sequence[DueTimer], until: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE timers t SET due_at = $4 FROM unnest($1::uuid[], $2::int[], $3::text[])"
+        " AS r(id, token, element) WHERE t.execution_id = r.id AND t.token = r.token"
+        " AND t.element_id = r.element",
+        [t.execution_id for t in timers],
+        [t.token for t in timers],
+        [t.element_id for t in timers],
+        until,
+    )
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    execution_id: uuid.UUID
+    token: int
+    job_type: str
+    element_id: str
+    workflow_id: uuid.UUID
+    user_id: uuid.UUID
+    headers: dict[str, Any]
+    retries: int
+    failures: int
+    state: str
+    available_at: datetime
+    variables: dict[str, Any]
+
+
+def _job(row: asyncpg.Record) -> JobRecord:
+    return JobRecord(**{name: row[name] for name in _JOB_FIELDS}, variables=row["variables"] or {})
+
+
+_JOB_FIELDS = (
+    "execution_id",
+    "token",
+    "job_type",
+    "element_id",
+    "workflow_id",
+    "user_id",
+    "headers",
+    "retries",
+    "failures",
+    "state",
+    "available_at",
+)
+_JOB = (
+    "j.execution_id, j.token, j.job_type, j.element_id, j.workflow_id, j.user_id, j.headers,"
+    " j.retries, j.failures, j.state, j.available_at"
+)
+
+
+async def activate_jobs(
+    conn: asyncpg.Connection,
+    job_types: Sequence[str],
+    worker: str,
+    *,
+    limit: int,
+    now: datetime,
+    deadline: datetime,
+) -> list[JobRecord]:
+    rows = await conn.fetch(
+        "WITH due AS (SELECT execution_id, token FROM jobs"
+        "  WHERE job_type = ANY($1::text[]) AND state <> 'failed' AND available_at <= $3"
+        "  ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " UPDATE jobs j SET state = 'activated', available_at = $4, worker = $5"
+        " FROM due WHERE j.execution_id = due.execution_id AND j.token = due.token"
+        f" RETURNING {_JOB},"
+        " (SELECT variables FROM workflow_executions e WHERE e.id = j.execution_id) AS variables",
+        list(job_types),
+        limit,
+        now,
+        deadline,
+        worker,
+    )
+    return [_job(row) for row in rows]
+
+
+async def get_job(
+    conn: asyncpg.Connection, execution_id: uuid.UUID, token: int, *, lock: bool = False
+) -> JobRecord | None:
+    suffix = " FOR UPDATE OF j" if lock else ""
+    row = await conn.fetchrow(
+        f"SELECT {_JOB}, '{{}}'::jsonb AS variables FROM jobs j"
+        f" WHERE j.execution_id = $1 AND j.token = $2{suffix}",
+        execution_id,
+        token,
+    )
+    return _job(row) if row else None
+
+
+async def retry_job(
+    conn: asyncpg.Connection,
+    execution_id: uuid.UUID,
+    token: int,
+    *,
+    retries: int,
+    available_at: datetime,
+    error: str,
+) -> None:
+    await conn.execute(
+        "UPDATE jobs SET state = 'ready', retries = $3, failures = failures + 1,"
+        " available_at = $4, error_message = $5, worker = NULL"
+        " WHERE execution_id = $1 AND token = $2",
+        execution_id,
+        token,
+        retries,
+        available_at,
+        error,
+    )
+
+
+async def fail_job(
+    conn: asyncpg.Connection, execution_id: uuid.UUID, token: int, error: str, now: datetime
+) -> None:
+    """Retries ran out (or the error was not caught): the job waits for ResolveIncident."""
+    await conn.execute(
+        "UPDATE jobs SET state = 'failed', retries = 0, failures = failures + 1,"
+        " error_message = $3, worker = NULL WHERE execution_id = $1 AND token = $2",
+        execution_id,
+        token,
+        error,
+    )
+    element = await conn.fetchval(
+        "SELECT element_id FROM jobs WHERE execution_id = $1 AND token = $2", execution_id, token
+    )
+    await conn.execute(
+        "INSERT INTO incidents (execution_id, token, element_id, from_job, error_message,"
+        " created_at) VALUES ($1, $2, $3, true, $4, $5)",
+        execution_id,
+        token,
+        element,
+        error,
+        now,
+    )
+
+
+# ---------------------------------------------------------------- incidents
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    id: uuid.UUID
+    execution_id: uuid.UUID
+    token: int
+    element_id: str
+    from_job: bool
+    error_message: str
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+async def get_incident(conn: asyncpg.Connection, incident_id: uuid.UUID) -> IncidentRecord | None:
+    row = await conn.fetchrow(
+        "SELECT id, execution_id, token, element_id, from_job, error_message, created_at,"
+        " resolved_at FROM incidents WHERE id = $1",
+        incident_id,
+    )
+    return IncidentRecord(*row) if row else None
+
+
+async def resolve_incident(
+    conn: asyncpg.Connection, incident: IncidentRecord, retries: int, now: datetime
+) -> None:
+    await conn.execute("UPDATE incidents SET resolved_at = $2 WHERE id = $1", incident.id, now)
+    if incident.from_job:
+        await conn.execute(
+            "UPDATE jobs SET state = 'ready', retries = $3, available_at = $4"
+            " WHERE execution_id = $1 AND token = $2",
+            incident.execution_id,
+            incident.token,
+            retries,
+            now,
+        )
+
+
+async def open_incident_tokens(conn: asyncpg.Connection, execution_id: uuid.UUID) -> set[int]:
+    rows = await conn.fetch(
+        "SELECT token FROM incidents WHERE execution_id = $1 AND resolved_at IS NULL",
+        execution_id,
+    )
+    return {row["token"] for row in rows}
+
+
+# ---------------------------------------------------------------- reads
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    version: str
+    user_id: uuid.UUID
+    status: str
+    variables: dict[str, Any]
+    current_nodes: list[str]
+    started_at: datetime
+    completed_at: datetime | None
+    error_message: str | None
+    history: list[tuple[str, str, str, datetime]]
+    incidents: list[IncidentRecord]
+
+
+_VIEW = (
+    "e.id, e.workflow_id, e.workflow_version, e.user_id, e.status, e.variables,"
+    " array(SELECT DISTINCT t.element_id FROM execution_tokens t WHERE t.execution_id = e.id"
+    "  ORDER BY 1) AS nodes, e.started_at, e.completed_at, e.error_message"
+)
+
+
+def _view(
+    row: asyncpg.Record, history: list[Any], incidents: list[IncidentRecord]
+) -> ExecutionView:
+    return ExecutionView(
+        row["id"],
+        row["workflow_id"],
+        row["workflow_version"],
+        row["user_id"],
+        row["status"],
+        row["variables"] or {},
+        list(row["nodes"]),
+        row["started_at"],
+        row["completed_at"],
+        row["error_message"],
+        history,
+        incidents,
+    )
+
+
+async def get_execution(
+    conn: Executor, execution_id: uuid.UUID, history_limit: int
+) -> ExecutionView | None:
+    row = await conn.fetchrow(
+        f"SELECT {_VIEW} FROM workflow_executions e WHERE e.id = $1", execution_id
+    )
+    if row is None:
+        return None
+    history = await conn.fetch(
+        "SELECT element_id, element_type, state, at FROM ("
+        " SELECT * FROM execution_history WHERE execution_id = $1 ORDER BY id DESC LIMIT $2"
+        ") h ORDER BY id",
+        execution_id,
+        history_limit,
+    )
+    incidents = await conn.fetch(
+        "SELECT id, execution_id, token, element_id, from_job, error_message, created_at,"
+        " resolved_at FROM incidents WHERE execution_id = $1 ORDER BY created_at, id",
+        execution_id,
+    )
+    return _view(row, [tuple(h) for h in history], [IncidentRecord(*i) for i in incidents])
+
+
+async def list_executions(
+    conn: Executor,
+    workflow_id: uuid.UUID | None,
+    user_id: uuid.UUID | None,
+    statuses: list[str],
+    *,
+    cursor: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[ExecutionView]:
+    rows = await conn.fetch(
+        f"SELECT {_VIEW} FROM workflow_executions e"
+        " WHERE ($1::uuid IS NULL OR workflow_id = $1) AND ($2::uuid IS NULL OR user_id = $2)"
+        "   AND (cardinality($3::text[]) = 0 OR status = ANY($3))"
+        "   AND ($4::timestamptz IS NULL OR (started_at, id) < ($4, $5::uuid))"
+        " ORDER BY started_at DESC, id DESC LIMIT $6",
+        workflow_id,
+        user_id,
+        statuses,
+        cursor[0] if cursor else None,
+        cursor[1] if cursor else None,
+        limit,
+    )
+    return [_view(row, [], []) for row in rows]
+
+
+# ---------------------------------------------------------------- retention
+
+
+async def delete_finished(conn: asyncpg.Connection, before: datetime, batch: int) -> int:
+    result = await conn.execute(
+        "DELETE FROM workflow_executions WHERE id IN (SELECT id FROM workflow_executions"
+        " WHERE completed_at < $1 AND status IN ('completed', 'failed', 'cancelled')"
+        " ORDER BY completed_at LIMIT $2)",
+        before,
+        batch,
+    )
+    return int(result.split()[-1])
+
+
+async def delete_stale_messages(conn: asyncpg.Connection, before: datetime) -> int:
+    result = await conn.execute(
+        "DELETE FROM messages WHERE expires_at < $1 AND published_at < $1", before
+    )
+    return int(result.split()[-1])

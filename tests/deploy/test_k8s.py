@@ -1,0 +1,498 @@
+"""deploy/k8s, rendered offline for each overlay as `kubectl apply -k` would
+apply it: valid for Kubernetes, and consistent with itself, the code and the
+architecture."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from runtime.config import DEFAULT_PORTS, SERVICE_NAMES, load_service_config
+from runtime.server import LIVENESS
+from suite.registry import DEFINITIONS
+from tests.deploy.kustomize import (
+    Manifest,
+    UnsupportedKustomization,
+    containers,
+    image_name_and_tag,
+    pod_specs,
+    render,
+)
+from tests.deploy.netpol import Pod, can_connect
+from tests.deploy.project import REPO, architecture_calls, documented_settings
+
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod")
+# The oldest Kubernetes the manifests can run on (gRPC probes went GA in 1.27,
+# KEP-2727) and the newest the validator knows: a field missing from either fails.
+KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
+CUSTOM_RESOURCES = {"PostgresCluster"}
+DATABASE_PORT = 5432
+OTLP_PORT = 4317
+# Secrets production provisions itself (docs/operations.md, "Secrets").
+PROVISIONED_SECRETS = {f"{s}-secrets" for s in SERVICE_NAMES} | {"lifecycle-db-pgbackrest-s3"}
+
+
+@cache
+def rendered(overlay: str) -> tuple[Manifest, ...]:
+    return tuple(render(K8S / "overlays" / overlay))
+
+
+@pytest.fixture(params=OVERLAYS)
+def manifests(request: pytest.FixtureRequest) -> tuple[Manifest, ...]:
+    return rendered(request.param)
+
+
+def of_kind(manifests: tuple[Manifest, ...], kind: str) -> dict[str, Manifest]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def workloads(manifests: tuple[Manifest, ...]) -> Iterator[Manifest]:
+    return (m for m in manifests if m["kind"] in ("Deployment", "Job", "CronJob"))
+
+
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    template = workload["spec"]
+    if workload["kind"] == "CronJob":
+        template = template["jobTemplate"]["spec"]
+    labels: dict[str, str] = template["template"]["metadata"]["labels"]
+    return labels
+
+
+def service_container(deployment: Manifest) -> dict[str, Any]:
+    [container] = containers(deployment)
+    return container
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A container's port, by number or by name; fails when the container has none such."""
+    for entry in container.get("ports", []):
+        if port in (entry["containerPort"], entry.get("name")):
+            number: int = entry["containerPort"]
+            return number
+    raise AssertionError(f"container {container['name']} has no port {port}")
+
+
+def resolved_env(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment, ConfigMaps read; a Secret's value stands as
+    secret:<name>/<key>, except the database URLs, which stand as a URL with
+    the operator's user so that the configuration can be loaded."""
+    config_maps = of_kind(manifests, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        env[entry["name"]] = (
+            f"postgresql://{ref['name']}@lifecycle-db-primary:5432/lifecycle"
+            if ref["key"] == "uri"
+            else f"secret:{ref['name']}/{ref['key']}"
+        )
+    return env
+
+
+def test_the_generated_manifests_are_fresh(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(K8S / "generate.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    committed = K8S / "base" / "generated"
+    fresh = sorted(p.name for p in tmp_path.iterdir())
+    assert fresh == sorted(p.name for p in committed.iterdir()), "run `make manifests`"
+    stale = [name for name in fresh if not filecmp.cmp(tmp_path / name, committed / name, False)]
+    assert stale == [], f"run `make manifests`: stale {stale}"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_is_valid_kubernetes(manifests: tuple[Manifest, ...], version: str) -> None:
+    for manifest in manifests:
+        if manifest["kind"] in CUSTOM_RESOURCES:
+            continue
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            name = f"{manifest['kind']}/{manifest['metadata']['name']}"
+            raise AssertionError(f"{name} on Kubernetes {version}: {error.message}") from error
+
+
+def test_the_validator_catches_a_misspelt_field() -> None:
+    deployment = of_kind(rendered("prod"), "Deployment")["users"]
+    container = dict(service_container(deployment))
+    container["readinesProbe"] = container.pop("readinessProbe")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"] = [container]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_every_object_lands_in_the_overlay_namespace() -> None:
+    for overlay, namespace in (("dev", "lifecycle-dev"), ("prod", "lifecycle")):
+        assert {m["metadata"]["namespace"] for m in rendered(overlay)} == {namespace}
+
+
+def test_each_service_has_its_objects(manifests: tuple[Manifest, ...]) -> None:
+    for service in SERVICE_NAMES:
+        for kind in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+            assert service in of_kind(manifests, kind), f"{kind} {service}"
+        assert service in of_kind(manifests, "ServiceAccount")
+        assert f"{service}-config" in of_kind(manifests, "ConfigMap")
+        services = of_kind(manifests, "Service")
+        assert services[service]["spec"].get("clusterIP") != "None"
+        assert services[f"{service}-headless"]["spec"]["clusterIP"] == "None"
+    assert "lifecycle-migrate" in of_kind(manifests, "Job")
+    assert "lifecycle-maintenance" in of_kind(manifests, "CronJob")
+
+
+def test_selectors_match_the_pods_they_are_for(manifests: tuple[Manifest, ...]) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    for name, deployment in deployments.items():
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod_labels(deployment).items(), name
+    for name, service in of_kind(manifests, "Service").items():
+        selected = [
+            d
+            for d in deployments.values()
+            if service["spec"]["selector"].items() <= pod_labels(d).items()
+        ]
+        assert len(selected) == 1, f"Service {name} selects {len(selected)} Deployments"
+    for name, budget in of_kind(manifests, "PodDisruptionBudget").items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert selector == deployments[name]["spec"]["selector"]["matchLabels"], name
+
+
+def test_probe_and_service_ports_are_container_ports(manifests: tuple[Manifest, ...]) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    for deployment in deployments.values():
+        for container in containers(deployment):
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    action = container[probe].get("grpc") or container[probe]["httpGet"]
+                    container_port(container, action["port"])
+    for name, service in of_kind(manifests, "Service").items():
+        [target] = [
+            d
+            for d in deployments.values()
+            if service["spec"]["selector"].items() <= pod_labels(d).items()
+        ]
+        for port in service["spec"]["ports"]:
+            [container] = containers(target)
+            assert container_port(container, port["targetPort"]) == port["port"], name
+
+
+def test_services_probe_readiness_and_liveness_over_grpc(manifests: tuple[Manifest, ...]) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    for service in SERVICE_NAMES:
+        container = service_container(deployments[service])
+        assert container["args"] == ["serve", service]
+        assert container["readinessProbe"]["grpc"] == {
+            "port": DEFAULT_PORTS[service],
+            "service": "",
+        }
+        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
+
+
+def test_autoscalers_and_budgets_target_existing_deployments(
+    manifests: tuple[Manifest, ...],
+) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    autoscaled = set()
+    for name, autoscaler in of_kind(manifests, "HorizontalPodAutoscaler").items():
+        target = autoscaler["spec"]["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment"), name
+        assert target["name"] in deployments, name
+        autoscaled.add(target["name"])
+        minimum, maximum = autoscaler["spec"]["minReplicas"], autoscaler["spec"]["maxReplicas"]
+        assert 1 <= minimum <= maximum, name
+        for metric in autoscaler["spec"]["metrics"]:
+            resource = metric["resource"]["name"]
+            for container in containers(deployments[target["name"]]):
+                assert resource in container["resources"]["requests"], (name, resource)
+    assert autoscaled == set(SERVICE_NAMES)
+    for name in autoscaled:
+        assert "replicas" not in deployments[name]["spec"], f"{name}: the HPA owns replicas"
+    for name in of_kind(manifests, "PodDisruptionBudget"):
+        assert name in deployments, name
+
+
+def test_every_container_is_bounded_and_locked_down(manifests: tuple[Manifest, ...]) -> None:
+    for workload in workloads(manifests):
+        for spec in pod_specs(workload):
+            assert spec["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in containers(workload):
+            where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= container["resources"].get(bound, {}).keys(), where
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security.get("privileged", False) is False, where
+            assert security["capabilities"] == {"drop": ["ALL"]}, where
+
+
+def test_services_read_the_documented_settings(manifests: tuple[Manifest, ...]) -> None:
+    """Each service's environment loads with runtime/config.py, names only
+    variables of the README's table, and points at real peers and the database."""
+    deployments = of_kind(manifests, "Deployment")
+    services = of_kind(manifests, "Service")
+    for name in SERVICE_NAMES:
+        container = service_container(deployments[name])
+        env = resolved_env(manifests, container)
+        assert set(env) <= documented_settings(), set(env) - documented_settings()
+        config = load_service_config(name, env)
+        assert config.host == "0.0.0.0"
+        assert config.port == container_port(container, "grpc") == DEFAULT_PORTS[name]
+        assert urlsplit(config.database_url).username == f"lifecycle-db-pguser-lifecycle-{name}"
+        grace = config.drain_delay + config.shutdown_grace
+        assert deployments[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > (
+            grace
+        )
+        for peer, address in config.peers.items():
+            host, port = address.removeprefix("dns:///").rsplit(":", 1)
+            assert address.startswith("dns:///"), address
+            assert host == f"{peer}-headless", address
+            assert services[host]["spec"]["clusterIP"] == "None"
+            assert [p["port"] for p in services[host]["spec"]["ports"]] == [int(port)]
+            assert int(port) == DEFAULT_PORTS[peer]
+
+
+def test_every_service_exports_its_traces_to_the_collector(
+    manifests: tuple[Manifest, ...],
+) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    collector_service = of_kind(manifests, "Service")["otel-collector"]
+    [collector_port] = collector_service["spec"]["ports"]
+    collector_config = yaml.safe_load(
+        of_kind(manifests, "ConfigMap")["otel-collector-config"]["data"]["config.yaml"]
+    )
+    receiver = collector_config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    [collector] = containers(deployments["otel-collector"])
+    assert receiver.endswith(f":{container_port(collector, collector_port['targetPort'])}")
+    assert "otlp" in collector_config["service"]["pipelines"]["traces"]["receivers"]
+    for name in SERVICE_NAMES:
+        env = resolved_env(manifests, service_container(deployments[name]))
+        assert env["OTEL_SERVICE_NAME"] == f"lifecycle-{name}"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{OTLP_PORT}"
+        assert collector_port["port"] == OTLP_PORT
+        telemetry = load_service_config(name, env).telemetry
+        assert telemetry.otlp_endpoint == env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+
+
+def operator_secrets(manifests: tuple[Manifest, ...]) -> set[str]:
+    """The Secrets the Postgres operator makes: one per user of the cluster."""
+    [cluster] = of_kind(manifests, "PostgresCluster").values()
+    name = cluster["metadata"]["name"]
+    return {f"{name}-pguser-{user['name']}" for user in cluster["spec"]["users"]}
+
+
+def referenced_secrets(manifests: tuple[Manifest, ...]) -> set[str]:
+    names = set()
+    for workload in workloads(manifests):
+        for container in containers(workload):
+            names |= {
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in container.get("env", [])
+                if "valueFrom" in e
+            }
+    [cluster] = of_kind(manifests, "PostgresCluster").values()
+    for source in cluster["spec"]["backups"]["pgbackrest"].get("configuration", []):
+        names.add(source["secret"]["name"])
+    return names
+
+
+def test_every_secret_exists_or_is_provisioned() -> None:
+    dev, prod = rendered("dev"), rendered("prod")
+    dev_missing = referenced_secrets(dev) - set(of_kind(dev, "Secret")) - operator_secrets(dev)
+    assert dev_missing == set()
+    prod_missing = referenced_secrets(prod) - set(of_kind(prod, "Secret"))
+    assert prod_missing - operator_secrets(prod) == PROVISIONED_SECRETS
+    operations = (REPO / "docs" / "operations.md").read_text()
+    for name in ("<service>-secrets", "lifecycle-db-pgbackrest-s3"):
+        assert f"`{name}`" in operations, f"docs/operations.md does not say how to make {name}"
+
+
+def test_each_service_has_a_database_role_of_its_own(manifests: tuple[Manifest, ...]) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    [cluster] = of_kind(manifests, "PostgresCluster").values()
+    users = {user["name"]: user for user in cluster["spec"]["users"]}
+    seen = set()
+    for name in SERVICE_NAMES:
+        [url] = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in service_container(deployments[name])["env"]
+            if e["name"] == f"LIFECYCLE_{name.upper()}_DATABASE_URL"
+        ]
+        role = url["name"].removeprefix(f"{cluster['metadata']['name']}-pguser-")
+        assert users[role]["databases"] == ["lifecycle"]
+        assert "SUPERUSER" not in users[role].get("options", "")
+        seen.add(role)
+    assert len(seen) == len(SERVICE_NAMES)
+    migrate = of_kind(manifests, "Job")["lifecycle-migrate"]
+    [container] = containers(migrate)
+    env = resolved_env(manifests, container)
+    assert set(env) == {"LIFECYCLE_DATABASE_URL"} | {
+        f"LIFECYCLE_{s.upper()}_DATABASE_URL" for s in SERVICE_NAMES
+    }
+    assert container["args"] == ["migrate"]
+
+
+def test_the_database_keeps_the_designed_backup_policy(manifests: tuple[Manifest, ...]) -> None:
+    """The operator's resource cannot be schema-checked offline: its key fields are
+    checked here. docs/operations.md explains each."""
+    [cluster] = of_kind(manifests, "PostgresCluster").values()
+    assert cluster["apiVersion"] == "postgres-operator.crunchydata.com/v1beta1"
+    spec = cluster["spec"]
+    assert spec["postgresVersion"] >= 14
+    assert all(instance["replicas"] >= 1 for instance in spec["instances"])
+    pgbackrest = spec["backups"]["pgbackrest"]
+    assert pgbackrest["global"] == {
+        "repo1-retention-full-type": "time",
+        "repo1-retention-full": "90",
+        "repo1-retention-archive-type": "full",
+        "repo1-retention-archive": "30",
+        "repo1-bundle": "y",
+        "repo1-block": "y",
+    }
+    [repo] = pgbackrest["repos"]
+    assert repo["name"] == "repo1"
+    assert repo["schedules"] == {"full": "0 2 * * *", "incremental": "0 8,14,20 * * *"}
+    full_hours = {int(repo["schedules"]["full"].split()[1])}
+    incremental_hours = {int(h) for h in repo["schedules"]["incremental"].split()[1].split(",")}
+    assert sorted(full_hours | incremental_hours) == list(range(2, 24, 6)), "every 6 hours"
+    assert ("s3" in repo) != ("volume" in repo), "one storage per repository"
+    parameters = spec["patroni"]["dynamicConfiguration"]["postgresql"]["parameters"]
+    assert int(parameters["archive_timeout"]) <= 60
+
+
+def test_the_database_takes_every_pool_at_full_scale(manifests: tuple[Manifest, ...]) -> None:
+    """Every replica the autoscalers may start holds a full pool, and a few
+    connections stay for the migrations, maintenance, replication and backups."""
+    config_maps = of_kind(manifests, "ConfigMap")
+    autoscalers = of_kind(manifests, "HorizontalPodAutoscaler")
+    demand = sum(
+        autoscalers[s]["spec"]["maxReplicas"]
+        * int(config_maps[f"{s}-config"]["data"]["LIFECYCLE_DB_POOL_SIZE"])
+        for s in SERVICE_NAMES
+    )
+    [cluster] = of_kind(manifests, "PostgresCluster").values()
+    parameters = cluster["spec"]["patroni"]["dynamicConfiguration"]["postgresql"]["parameters"]
+    assert demand + 20 <= int(parameters["max_connections"]), demand
+
+
+def test_production_backs_up_to_object_storage() -> None:
+    [cluster] = of_kind(rendered("prod"), "PostgresCluster").values()
+    [repo] = cluster["spec"]["backups"]["pgbackrest"]["repos"]
+    assert {"bucket", "endpoint", "region"} <= repo["s3"].keys()
+    assert cluster["spec"]["instances"][0]["replicas"] >= 2
+
+
+def pod_of(workload: Manifest, namespace: str) -> Pod:
+    return Pod(pod_labels(workload), namespace)
+
+
+def test_the_network_allows_exactly_the_architectures_calls(
+    manifests: tuple[Manifest, ...],
+) -> None:
+    policies = list(of_kind(manifests, "NetworkPolicy").values())
+    namespace = manifests[0]["metadata"]["namespace"]
+    deployments = of_kind(manifests, "Deployment")
+    expected = architecture_calls()
+    allowed = {
+        (caller, callee)
+        for caller in SERVICE_NAMES
+        for callee in SERVICE_NAMES
+        if caller != callee
+        and can_connect(
+            policies,
+            pod_of(deployments[caller], namespace),
+            pod_of(deployments[callee], namespace),
+            DEFAULT_PORTS[callee],
+        )
+    }
+    assert allowed == expected, f"missing {expected - allowed}, extra {allowed - expected}"
+
+
+def test_outbox_destinations_are_allowed_calls() -> None:
+    """The calls the code itself declares (outbox destinations) are in the architecture."""
+    calls = architecture_calls()
+    for definition in DEFINITIONS.values():
+        for topic, destination in definition.destinations.items():
+            assert (definition.name, destination.service) in calls, (definition.name, topic)
+
+
+def test_the_network_allows_the_infrastructure_and_nothing_else(
+    manifests: tuple[Manifest, ...],
+) -> None:
+    policies = list(of_kind(manifests, "NetworkPolicy").values())
+    namespace = manifests[0]["metadata"]["namespace"]
+    deployments = of_kind(manifests, "Deployment")
+    database = Pod({"postgres-operator.crunchydata.com/cluster": "lifecycle-db"}, namespace)
+    dns = Pod({"k8s-app": "kube-dns"}, "kube-system")
+    collector = pod_of(deployments["otel-collector"], namespace)
+    migrate = pod_of(of_kind(manifests, "Job")["lifecycle-migrate"], namespace)
+    maintenance = pod_of(of_kind(manifests, "CronJob")["lifecycle-maintenance"], namespace)
+    stranger = Pod({"app": "something-else"}, namespace)
+    elsewhere = Pod({"app": "something-else"}, "other-team")
+    client = Pod({"app": "their-app"}, "their-team", {"lifecycle-ops/client": "true"})
+    for job in (migrate, maintenance):
+        assert can_connect(policies, job, database, DATABASE_PORT)
+        assert can_connect(policies, job, dns, 53, "UDP")
+        assert not can_connect(policies, job, collector, OTLP_PORT)
+    for name in SERVICE_NAMES:
+        service, port = pod_of(deployments[name], namespace), DEFAULT_PORTS[name]
+        assert can_connect(policies, service, database, DATABASE_PORT), name
+        assert not can_connect(policies, service, database, 8008), name
+        assert can_connect(policies, service, dns, 53, "UDP"), name
+        assert can_connect(policies, service, collector, OTLP_PORT), name
+        assert can_connect(policies, client, service, port), name
+        for outsider in (stranger, elsewhere, database, collector, migrate, maintenance):
+            assert not can_connect(policies, outsider, service, port), (name, outsider)
+    assert not can_connect(policies, stranger, database, DATABASE_PORT)
+    assert not can_connect(policies, client, database, DATABASE_PORT)
+
+
+def test_images_are_the_suite_and_pinned_third_parties(manifests: tuple[Manifest, ...]) -> None:
+    for workload in workloads(manifests):
+        for container in containers(workload):
+            name, tag = image_name_and_tag(container["image"])
+            assert tag and tag != "latest", container["image"]
+            if workload["metadata"]["name"] in (*SERVICE_NAMES, "lifecycle-migrate"):
+                assert name.endswith("lifecycle-ops"), container["image"]
+
+
+def test_the_renderer_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [../base]\nconfigMapGenerator: [{name: x, literals: [a=b]}]\n"
+    )
+    with pytest.raises(UnsupportedKustomization, match="configMapGenerator"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{K8S / 'base'}]\npatches: [{{path: patch.yaml}}]\n"
+    )
+    (tmp_path / "patch.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: users}\n"
+        "spec: {template: {spec: {containers: [{name: users, image: other}]}}}\n"
+    )
+    with pytest.raises(UnsupportedKustomization, match="list in a patch of a built-in kind"):
+        render(tmp_path)
+
+
+def test_image_references_split_into_name_and_tag() -> None:
+    assert image_name_and_tag("lifecycle-ops") == ("lifecycle-ops", "")
+    assert image_name_and_tag("registry:5000/lifecycle-ops") == ("registry:5000/lifecycle-ops", "")
+    assert image_name_and_tag("registry:5000/x:1.2") == ("registry:5000/x", "1.2")

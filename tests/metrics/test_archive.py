@@ -1,0 +1,262 @@
+"""Retention and archival against a real PostgreSQL and a real folder: event
+partitions past 2 years are archived, verified and dropped, a restore gives
+back the same rows, every failure leaves the data in place, and nothing
+inside the retention windows is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from runtime.partitions import ensure_partitions
+from services.metrics.archive import (
+    ArchiveError,
+    FolderArchive,
+    archive_partition,
+    restore_partition,
+)
+from services.metrics.domain import METRICS_TABLE
+from services.metrics.service import DEFINITION
+from services.metrics.settings import ARCHIVE_VARIABLE
+from suite.cli import main
+from tests.metrics.conftest import as_metrics, create_partitions
+from tests.support import ScratchDatabase
+
+TODAY = date(2026, 11, 26)
+# Event partitions ending on or before 2024-11-26 go; November 2024 stays.
+ARCHIVED = ("lifecycle_events_2024_09", "lifecycle_events_2024_10")
+KEPT = "lifecycle_events_2024_11"
+ERASED_USER = uuid.uuid4()
+
+_INSERT = (
+    "INSERT INTO lifecycle_events (event_id, event_type, user_id, workflow_execution_id,"
+    " lifecycle_stage, event_data, created_at, producer)"
+    " SELECT gen_random_uuid(), e.t, e.u, NULL, e.s, e.d::jsonb, e.at, 'tests'"
+    " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])"
+    " AS e(t, u, s, d, at)"
+)
+
+
+def awkward_data(n: int) -> str:
+    """JSON that CSV must carry intact: quotes, commas, newlines, unicode, nulls."""
+    return json.dumps({"n": n, "text": f'a "quoted", line\nbreak é€ {n}', "none": None})
+
+
+async def insert_events(conn: asyncpg.Connection, month: date, count: int) -> None:
+    users = [ERASED_USER if n % 5 == 0 else uuid.uuid4() for n in range(count)]
+    await conn.execute(
+        _INSERT,
+        [f"tracked.t{n % 3}" for n in range(count)],
+        users,
+        [None if n % 4 == 0 else "Activation" for n in range(count)],
+        [awkward_data(n) for n in range(count)],
+        [
+            datetime(month.year, month.month, 1, tzinfo=UTC) + timedelta(hours=7 * n)
+            for n in range(count)
+        ],
+    )
+
+
+async def rows_of(conn: asyncpg.Connection, table: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY id")]
+
+
+async def partitions(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'lifecycle_events'::regclass"
+    )
+    return {r["relname"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+async def originals(own_database: ScratchDatabase) -> dict[str, list[tuple[Any, ...]]]:
+    """Rows in September and November 2024 (October is empty), kept as they were."""
+    await create_partitions(own_database, date(2024, 9, 1))
+    async with as_metrics(own_database) as conn:
+        await insert_events(conn, date(2024, 9, 1), 60)
+        await insert_events(conn, date(2024, 11, 1), 40)
+        return {name: await rows_of(conn, name) for name in (*ARCHIVED, KEPT)}
+
+
+class Corrupting(FolderArchive):
+    """Cold storage that hands back a damaged copy of what it was given."""
+
+    async def fetch(self, name: str, target: Path) -> None:
+        await super().fetch(name, target)
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+
+
+async def test_each_failure_of_archival_leaves_the_partition_in_place(
+    own_database: ScratchDatabase, originals: dict[str, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
+    name = ARCHIVED[0]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    failing = [
+        (FolderArchive(blocked / "archive"), "writing the archive failed"),
+        (Corrupting(tmp_path / "corrupting"), "differs from the one written"),
+    ]
+    async with as_metrics(own_database) as conn:
+        for archive, message in failing:
+            with pytest.raises(ArchiveError, match=message):
+                await archive_partition(conn, archive, name, date(2024, 9, 1), date(2024, 10, 1))
+            assert await rows_of(conn, name) == originals[name]
+        # A reader of the parent keeps the detach waiting past its lock timeout.
+        reader = await asyncpg.connect(own_database.admin_url)
+        try:
+            async with reader.transaction():
+                await reader.fetch("SELECT 1 FROM metrics.lifecycle_events LIMIT 1")
+                with pytest.raises(ArchiveError, match="busy"):
+                    await archive_partition(
+                        conn,
+                        FolderArchive(tmp_path / "ok"),
+                        name,
+                        date(2024, 9, 1),
+                        date(2024, 10, 1),
+                    )
+        finally:
+            await reader.close()
+        assert name in await partitions(conn)
+        assert await rows_of(conn, name) == originals[name]
+        assert await conn.fetchval("SELECT count(*) FROM archived_partitions") == 0
+
+
+@pytest.fixture(scope="module")
+async def archived(
+    own_database: ScratchDatabase,
+    originals: dict[str, list[tuple[Any, ...]]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Path]:
+    """`lifecycle maintenance`'s retention run on TODAY, archiving to a folder."""
+    folder = tmp_path_factory.mktemp("archive")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ARCHIVE_VARIABLE, str(folder))
+        async with as_metrics(own_database) as conn:
+            assert DEFINITION.maintenance is not None
+            lines = await DEFINITION.maintenance(conn, TODAY)
+    assert [line.split(" (")[0] for line in lines[:2]] == [f"archived {n}" for n in ARCHIVED]
+    yield folder
+
+
+async def test_old_partitions_are_archived_with_a_manifest_and_dropped(
+    own_database: ScratchDatabase, originals: dict[str, list[tuple[Any, ...]]], archived: Path
+) -> None:
+    async with as_metrics(own_database) as conn:
+        remaining = await partitions(conn)
+        assert not remaining & set(ARCHIVED)
+        assert await rows_of(conn, KEPT) == originals[KEPT]
+        recorded = await conn.fetch(
+            "SELECT partition_name, data_location FROM archived_partitions ORDER BY 1"
+        )
+    assert [r["partition_name"] for r in recorded] == list(ARCHIVED)
+    for name in ARCHIVED:
+        manifest = json.loads((archived / f"{name}.manifest.json").read_text())
+        data = archived / f"{name}.csv.gz"
+        assert manifest["rows"] == len(originals[name])
+        assert manifest["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+        assert manifest["range_start"].startswith(name[-7:].replace("_", "-"))
+        with gzip.open(data, "rt") as lines:
+            assert sum(1 for _ in lines) > len(originals[name])  # header + multi-line values
+    assert manifest_times(archived, ARCHIVED[0]) == (
+        originals[ARCHIVED[0]][0][6].isoformat(),
+        originals[ARCHIVED[0]][-1][6].isoformat(),
+    )
+
+
+def manifest_times(folder: Path, name: str) -> tuple[str, str]:
+    manifest = json.loads((folder / f"{name}.manifest.json").read_text())
+    return manifest["min_created_at"], manifest["max_created_at"]
+
+
+async def test_a_restored_archive_matches_the_original_rows(
+    own_database: ScratchDatabase, originals: dict[str, list[tuple[Any, ...]]], archived: Path
+) -> None:
+    name = ARCHIVED[0]
+    async with as_metrics(own_database) as conn:
+        restored = await restore_partition(conn, FolderArchive(archived), name, "restored_sep")
+        assert restored == len(originals[name])
+        assert await rows_of(conn, "restored_sep") == originals[name]
+
+
+async def test_a_restore_refuses_an_archive_that_does_not_match_its_manifest(
+    own_database: ScratchDatabase, archived: Path, tmp_path: Path
+) -> None:
+    name = ARCHIVED[0]
+    for suffix in (".csv.gz", ".manifest.json"):
+        (tmp_path / f"{name}{suffix}").write_bytes((archived / f"{name}{suffix}").read_bytes())
+    manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
+    manifest["rows"] -= 1
+    (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
+    async with as_metrics(own_database) as conn:
+        with pytest.raises(ArchiveError, match="holds"):
+            await restore_partition(conn, FolderArchive(tmp_path), name, "restored_bad")
+        assert await conn.fetchval("SELECT to_regclass('restored_bad')") is None
+
+
+async def test_a_user_erased_after_archival_is_anonymised_on_restore(
+    own_database: ScratchDatabase, originals: dict[str, list[tuple[Any, ...]]], archived: Path
+) -> None:
+    async with as_metrics(own_database) as conn:
+        await conn.execute("INSERT INTO erased_users (user_id) VALUES ($1)", ERASED_USER)
+        try:
+            await restore_partition(conn, FolderArchive(archived), ARCHIVED[0], "restored_erased")
+            rows = await conn.fetch("SELECT user_id, event_data FROM restored_erased")
+        finally:
+            await conn.execute("DELETE FROM erased_users WHERE user_id = $1", ERASED_USER)
+    assert len(rows) == len(originals[ARCHIVED[0]])
+    assert ERASED_USER not in {r["user_id"] for r in rows}
+    assert sum(1 for r in rows if r["event_data"] == "{}") == 12
+
+
+async def test_metrics_older_than_three_years_are_removed_and_no_younger_row(
+    own_database: ScratchDatabase,
+) -> None:
+    async with as_metrics(own_database) as conn:
+        await ensure_partitions(conn, METRICS_TABLE, date(2022, 1, 1))
+        days = [date(2022, 6, 1), date(2023, 11, 25), date(2023, 11, 26), date(2024, 1, 1)]
+        await conn.execute(
+            "INSERT INTO metrics_daily (metric_date, lifecycle_stage, metric_name, metric_value,"
+            " dimensions) SELECT d, 'all', 'events', 1, '{}' FROM unnest($1::date[]) d",
+            days,
+        )
+        assert DEFINITION.maintenance is not None
+        lines = await DEFINITION.maintenance(conn, TODAY)
+        kept = await conn.fetch(
+            "SELECT metric_date FROM metrics_daily WHERE metric_name = 'events' ORDER BY 1"
+        )
+        assert await conn.fetchval("SELECT to_regclass('metrics_daily_2022')") is None
+        assert await conn.fetchval("SELECT to_regclass('metrics_daily_2023')") is not None
+    assert [r["metric_date"] for r in kept] == days[2:]
+    assert "dropped metrics_daily_2022" in lines
+
+
+async def test_the_archive_command_lists_and_restores(
+    own_database: ScratchDatabase,
+    archived: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LIFECYCLE_DATABASE_URL", own_database.admin_url)
+    monkeypatch.setenv(ARCHIVE_VARIABLE, str(archived))
+    assert await asyncio.to_thread(main, ["archive", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ARCHIVED)
+    command = ["archive", "restore", ARCHIVED[1], "--into", "restored_oct"]
+    assert await asyncio.to_thread(main, command) == 0
+    assert "restored 0 rows" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["archive", "--today", TODAY.isoformat()]) == 0
+    assert "nothing to archive" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["archive", "restore", "nope", "--into", "x"]) == 1

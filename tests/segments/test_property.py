@@ -1,0 +1,55 @@
+"""Python and SQL agree: generated conditions over generated users, on a real
+PostgreSQL, through the code the services run (the users service's SQL and
+messages, the segments service's Python evaluator). Each example inserts its
+users once and evaluates several conditions, one query each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.segments.engines import (
+    CAP,
+    StoredUser,
+    condition_of,
+    insert_users,
+    python_verdicts,
+    sql_verdicts,
+    users_connection,
+)
+from tests.segments.strategies import AS_OF, CONDITIONS, USERS
+from tests.support import ScratchDatabase
+
+pytestmark = pytest.mark.users
+
+
+@pytest.fixture(scope="module")
+async def conn(segments_database: ScratchDatabase) -> AsyncIterator[asyncpg.Connection]:
+    async with users_connection(segments_database) as connection:
+        yield connection
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    users=st.lists(USERS, min_size=4, max_size=24),
+    conditions=st.lists(CONDITIONS, min_size=1, max_size=10),
+)
+async def test_python_and_sql_agree_on_members_and_validity(
+    conn: asyncpg.Connection, users: list[StoredUser], conditions: list[dict[str, Any]]
+) -> None:
+    ids = await insert_users(conn, users, AS_OF)
+    for data in conditions:
+        condition = condition_of(data)
+        sql = await sql_verdicts(conn, condition, ids, AS_OF, AS_OF + CAP)
+        python = await python_verdicts(conn, condition, ids, AS_OF, AS_OF + CAP)
+        assert python.members == sql.members, data
+        assert python.valid_until == sql.valid_until, data

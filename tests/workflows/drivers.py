@@ -1,0 +1,102 @@
+"""The same process run in memory by our interpreter and by SpiffWorkflow, with
+service tasks completed by a worker function: for the differential test and the
+in-process benchmark."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from SpiffWorkflow.bpmn.parser.BpmnParser import BpmnParser  # type: ignore[import-untyped]
+from SpiffWorkflow.bpmn.specs.bpmn_process_spec import (  # type: ignore[import-untyped]
+    BpmnProcessSpec,
+)
+from SpiffWorkflow.bpmn.workflow import BpmnWorkflow  # type: ignore[import-untyped]
+from SpiffWorkflow.util.task import TaskState  # type: ignore[import-untyped]
+
+from services.workflows.bpmn import Graph, compile_graph, parse
+from services.workflows.engine import (
+    RUNNING,
+    ExecutionState,
+    Interpreter,
+    JobCompleted,
+    Start,
+)
+
+# What a worker does for a service task: new variables from the element id and the current ones.
+Worker = Callable[[str, dict[str, Any]], dict[str, Any]]
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def our_graph(bpmn: str) -> Graph:
+    return compile_graph(parse(bpmn, 1 << 20))
+
+
+def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> tuple[str, Counter[str]]:
+    """(final status, how often each element completed)."""
+    state = ExecutionState(
+        uuid.UUID(int=1),
+        uuid.UUID(int=2),
+        "1.0.0",
+        uuid.UUID(int=3),
+        "pending",
+        dict(variables),
+        1,
+        {},
+        None,
+        NOW,
+        new=True,
+    )
+    run = Interpreter(graph, state, NOW)
+    run.run(Start())
+    while state.status == RUNNING:
+        waiting = sorted(
+            t.no for t in state.tokens.values() if graph.nodes[t.element].type == "serviceTask"
+        )
+        if not waiting:
+            break
+        token = waiting[0]
+        element = state.tokens[token].element
+        run.run(JobCompleted(token, worker(element, state.variables)))
+    completed = Counter(h.element for h in run.step.history if h.state == "completed")
+    return state.status, completed
+
+
+SpiffSpec = tuple[BpmnProcessSpec, dict[str, BpmnProcessSpec]]
+
+
+def spiff_spec(bpmn: str, process_id: str) -> SpiffSpec:
+    parser = BpmnParser()
+    parser.add_bpmn_str(bpmn.encode())
+    return parser.get_spec(process_id), parser.get_subprocess_specs(process_id)
+
+
+def run_spiff(
+    spec: SpiffSpec, variables: dict[str, Any], worker: Worker
+) -> tuple[str, Counter[str]]:
+    workflow = BpmnWorkflow(*spec)
+    for task in workflow.get_tasks():
+        task.data.update(variables)
+    workflow.do_engine_steps()
+    while True:
+        # Spiff starts a service task and leaves it STARTED for the host to complete.
+        waiting = workflow.get_tasks(state=TaskState.READY | TaskState.STARTED)
+        tasks = [t for t in waiting if t.task_spec.bpmn_id]
+        if not tasks:
+            break
+        task = tasks[0]
+        task.data.update(worker(task.task_spec.bpmn_id, dict(task.data)))
+        if task.state == TaskState.STARTED:
+            task.complete()
+        else:
+            task.run()
+        workflow.do_engine_steps()
+    completed = Counter(
+        t.task_spec.bpmn_id
+        for t in workflow.get_tasks(state=TaskState.COMPLETED)
+        if t.task_spec.bpmn_id
+    )
+    return ("completed" if workflow.is_completed() else "running"), completed

@@ -1,0 +1,154 @@
+"""Differential test: on processes both engines support (gateways with
+conditions and defaults, parallel fork and join, loops through back-edges,
+embedded sub-processes, service tasks), our interpreter takes the same path as
+SpiffWorkflow 3.x for generated variables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.workflows.bpmn_docs import (
+    chain,
+    definitions,
+    end,
+    flow,
+    parallel,
+    service,
+    start,
+    subprocess,
+    xor,
+)
+from tests.workflows.drivers import our_graph, run_ours, run_spiff, spiff_spec
+
+ROUTING = definitions(
+    start(),
+    xor("size", default="small"),
+    service("big_deal", "t"),
+    service("mid_deal", "t"),
+    service("small_deal", "t"),
+    xor("merge", default="m4"),
+    xor("region", default="other"),
+    service("eu", "t"),
+    service("other_region", "t"),
+    end("e1"),
+    end("e2"),
+    flow("f0", "start", "size"),
+    flow("big", "size", "big_deal", "amount > 1000"),
+    flow("mid", "size", "mid_deal", "amount > 100"),
+    flow("small", "size", "small_deal"),
+    flow("m1", "big_deal", "merge"),
+    flow("m2", "mid_deal", "merge"),
+    flow("m3", "small_deal", "merge"),
+    flow("m4", "merge", "region"),
+    flow("to_eu", "region", "eu", "country == 'DE'"),
+    flow("other", "region", "other_region"),
+    flow("f5", "eu", "e1"),
+    flow("f6", "other_region", "e2"),
+    process_id="routing",
+)
+FORK_JOIN = definitions(
+    start(),
+    parallel("fork"),
+    service("a", "t"),
+    service("b", "t"),
+    parallel("inner_fork"),
+    service("c", "t"),
+    service("d", "t"),
+    parallel("inner_join"),
+    parallel("join"),
+    xor("after", default="plain"),
+    service("bonus", "t"),
+    end("e1"),
+    end("e2"),
+    flow("f0", "start", "fork"),
+    flow("f1", "fork", "a"),
+    flow("f2", "fork", "b"),
+    flow("f3", "fork", "inner_fork"),
+    flow("f4", "inner_fork", "c"),
+    flow("f5", "inner_fork", "d"),
+    flow("f6", "c", "inner_join"),
+    flow("f7", "d", "inner_join"),
+    flow("f8", "inner_join", "join"),
+    flow("f9", "a", "join"),
+    flow("f10", "b", "join"),
+    flow("f11", "join", "after"),
+    flow("lucky", "after", "bonus", "score >= 7"),
+    flow("plain", "after", "e2"),
+    flow("f12", "bonus", "e1"),
+    process_id="forkjoin",
+)
+LOOP = definitions(
+    start(),
+    service("attempt", "t"),
+    xor("check", default="give_up"),
+    xor("more", default="done_ok"),
+    end("ok"),
+    end("failed"),
+    flow("f0", "start", "attempt"),
+    flow("f1", "attempt", "check"),
+    flow("retry", "check", "more", "tries < limit"),
+    flow("give_up", "check", "failed"),
+    flow("again", "more", "attempt", "tries < goal"),
+    flow("done_ok", "more", "ok"),
+    process_id="loop",
+)
+NESTED = definitions(
+    start(),
+    subprocess(
+        "sub",
+        start("s_in"),
+        xor("in_gate", default="in_default"),
+        service("in_yes", "t"),
+        service("in_no", "t"),
+        end("e_in1"),
+        end("e_in2"),
+        flow("i0", "s_in", "in_gate"),
+        flow("i1", "in_gate", "in_yes", "flag == 1"),
+        flow("in_default", "in_gate", "in_no"),
+        flow("i2", "in_yes", "e_in1"),
+        flow("i3", "in_no", "e_in2"),
+    ),
+    service("after_sub", "t"),
+    end(),
+    *chain("start", "sub", "after_sub", "end"),
+    process_id="nested",
+)
+
+
+def counting_worker(element: str, variables: dict[str, Any]) -> dict[str, Any]:
+    if element == "attempt":
+        return {"tries": variables["tries"] + 1}
+    return {f"done_{element}": True}
+
+
+PROCESSES = {"routing": ROUTING, "forkjoin": FORK_JOIN, "loop": LOOP, "nested": NESTED}
+VARIABLES = {
+    "routing": st.fixed_dictionaries(
+        {"amount": st.integers(-5, 5000), "country": st.sampled_from(["DE", "FR", "US"])}
+    ),
+    "forkjoin": st.fixed_dictionaries({"score": st.integers(0, 10)}),
+    "loop": st.fixed_dictionaries(
+        {"tries": st.just(0), "limit": st.integers(1, 6), "goal": st.integers(1, 6)}
+    ),
+    "nested": st.fixed_dictionaries({"flag": st.integers(0, 2)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_our_engine_takes_the_same_path_as_spiffworkflow(name: str) -> None:
+    bpmn = PROCESSES[name]
+    graph, spec = our_graph(bpmn), spiff_spec(bpmn, name)
+
+    @settings(max_examples=40, deadline=None)
+    @given(VARIABLES[name])
+    def same_path(variables: dict[str, Any]) -> None:
+        ours = run_ours(graph, variables, counting_worker)
+        theirs = run_spiff(spec, variables, counting_worker)
+        assert ours == theirs, (variables, ours, theirs)
+        assert ours[0] == "completed"
+
+    same_path()
