@@ -139,6 +139,7 @@ class ServiceConfig:
     page_token_secret: str
     outbox_poll_interval: float
     outbox_max_refusals: int
+    outbox_max_backoff: float
 
 
 def admin_database_url(env: Mapping[str, str] | None = None) -> str | None:
@@ -209,6 +210,9 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
         ),
         outbox_max_refusals=reader.get(
             "LIFECYCLE_OUTBOX_MAX_REFUSALS", 10, _positive_int, "a positive integer"
+        ),
+        outbox_max_backoff=reader.get(
+            "LIFECYCLE_OUTBOX_MAX_BACKOFF_SECONDS", 60.0, _positive_float, "a positive number"
         ),
     )
     reader.check()

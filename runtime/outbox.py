@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -97,6 +97,11 @@ class _Outcome:
     def delivered(self) -> bool:
         return not self.error
 
+    @property
+    def unavailable(self) -> bool:
+        """The callee could not be reached or did not answer (as opposed to refusing)."""
+        return bool(self.error) and not self.refused
+
 
 _CLAIM = """
 WITH due AS (
@@ -134,6 +139,10 @@ class OutboxRelay:
         self._max_refusals = max_refusals
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._wake = asyncio.Event()
+        # A topic whose callee is down rests, backing off, instead of having every
+        # one of its messages tried and rescheduled on every round.
+        self._down_rounds: dict[str, int] = defaultdict(int)
+        self._resting_until: dict[str, float] = {}
 
     def wake(self) -> None:
         """Asks for a delivery round now (called after a commit that added messages)."""
@@ -158,11 +167,13 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """One round: claim due rows, deliver them, record the outcome. Returns rows claimed."""
+        now = asyncio.get_running_loop().time()
+        topics = [t for t in self._destinations if self._resting_until.get(t, 0.0) <= now]
+        if not topics:
+            return 0
         rows = [
             OutboxRow(r["id"], r["topic"], r["payload"], r["attempts"], r["traceparent"])
-            for r in await self._pool.fetch(
-                _CLAIM, self._batch_size, self._lease, list(self._destinations)
-            )
+            for r in await self._pool.fetch(_CLAIM, self._batch_size, self._lease, topics)
         ]
         by_topic: dict[str, list[OutboxRow]] = defaultdict(list)
         for row in rows:
@@ -170,11 +181,7 @@ class OutboxRelay:
         outcomes = [
             outcome
             for outcomes in await asyncio.gather(
-                *(
-                    self._deliver(topic, batch)
-                    for topic, batch in by_topic.items()
-                    for batch in self._batches(topic, batch)
-                )
+                *(self._deliver_topic(topic, claimed) for topic, claimed in by_topic.items())
             )
             for outcome in outcomes
         ]
@@ -192,10 +199,27 @@ class OutboxRelay:
         await self._reschedule([outcome for outcome in failed if outcome not in buried])
         return len(rows)
 
-    def _batches(self, topic: str, rows: list[OutboxRow]) -> Iterable[list[OutboxRow]]:
+    async def _deliver_topic(self, topic: str, rows: list[OutboxRow]) -> list[_Outcome]:
+        """The first batch probes the callee; when it cannot be reached, the others
+        are not sent this round, and the topic rests."""
+        first, *others = self._batches(topic, rows)
+        probe = await self._deliver(topic, first)
+        if any(outcome.unavailable for outcome in probe):
+            self._rest(topic)
+            return probe + [_Outcome(batch, probe[0].error) for batch in others]
+        self._down_rounds.pop(topic, None)
+        sent = await asyncio.gather(*(self._deliver(topic, batch) for batch in others))
+        return probe + [outcome for outcomes in sent for outcome in outcomes]
+
+    def _rest(self, topic: str) -> None:
+        self._down_rounds[topic] += 1
+        pause = self._backoff(self._down_rounds[topic])
+        self._resting_until[topic] = asyncio.get_running_loop().time() + pause
+
+    def _batches(self, topic: str, rows: list[OutboxRow]) -> list[list[OutboxRow]]:
         destination = self._destinations[topic]
         size = destination.max_batch if destination.mergeable else 1
-        return (rows[i : i + size] for i in range(0, len(rows), size))
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
 
     async def _deliver(self, topic: str, batch: list[OutboxRow]) -> list[_Outcome]:
         """Sends a batch as one call. When the callee refuses a merged batch for what

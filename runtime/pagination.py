@@ -11,13 +11,18 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from runtime.errors import InvalidArgument
+
+T = TypeVar("T")
+C = TypeVar("C")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -42,6 +47,23 @@ class PageTokens:
         sealed = self._aead.encrypt(nonce, json.dumps(list(cursor)).encode(), _bind(query))
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
+    def cursor(self, token: str, query: Sequence[Any], parse: Callable[[list[Any]], C]) -> C | None:
+        """The keyset cursor a request's page_token holds, parsed; None on the first page."""
+        return parse(self.decode(token, query)) if token else None
+
+    def page(
+        self,
+        rows: list[T],
+        limit: int,
+        query: Sequence[Any],
+        cursor_of: Callable[[T], Sequence[Any]],
+    ) -> tuple[list[T], str]:
+        """Rows read with `limit + 1`: the page, and the next page's token ("" after the last)."""
+        if len(rows) <= limit:
+            return rows, ""
+        page = rows[:limit]
+        return page, self.encode(cursor_of(page[-1]), query)
+
     def decode(self, token: str, query: Sequence[Any], field: str = "page_token") -> list[Any]:
         """The cursor inside `token`; INVALID_ARGUMENT if it is not ours or the query changed."""
         try:
@@ -56,6 +78,19 @@ class PageTokens:
         if not isinstance(cursor, list):
             raise InvalidArgument.field(field, "is malformed")
         return cursor
+
+
+def time_and_id(at: datetime, identifier: object) -> list[Any]:
+    """The most common keyset cursor: a timestamp and the row's id."""
+    return [at.isoformat(), str(identifier)]
+
+
+def parse_time_and_id(values: list[Any]) -> tuple[datetime, uuid.UUID]:
+    return datetime.fromisoformat(values[0]), uuid.UUID(values[1])
+
+
+def parse_time_and_number(values: list[Any]) -> tuple[datetime, int]:
+    return datetime.fromisoformat(values[0]), int(values[1])
 
 
 def _bind(query: Sequence[Any]) -> bytes:

@@ -131,6 +131,7 @@ class ServiceHost:
             self.definition.destinations,
             poll_interval=config.outbox_poll_interval,
             max_refusals=config.outbox_max_refusals,
+            max_backoff_seconds=config.outbox_max_backoff,
             tracer_provider=self.tracer_provider,
         )
         self.context = ServiceContext(

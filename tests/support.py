@@ -52,6 +52,7 @@ def service_env(database: ScratchDatabase, ports: dict[str, int], **extra: str) 
         "LIFECYCLE_DATABASE_URL": database.admin_url,
         "LIFECYCLE_SHUTDOWN_GRACE_SECONDS": "5",
         "LIFECYCLE_OUTBOX_POLL_SECONDS": "0.2",
+        "LIFECYCLE_OUTBOX_MAX_BACKOFF_SECONDS": "1",
         "LIFECYCLE_CALL_TIMEOUT_SECONDS": "2",
     }
     for name in SERVICE_NAMES:

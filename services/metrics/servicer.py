@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -12,7 +11,7 @@ import grpc
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations
 from runtime.lifecycle_events import is_known_event_type
-from runtime.pagination import PageTokens, page_size
+from runtime.pagination import PageTokens, page_size, parse_time_and_number, time_and_id
 from runtime.parsing import optional_time, parse_uuid
 from runtime.stages import stage_name, stage_value
 from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
@@ -142,17 +141,11 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             where.start_time,
             where.end_time,
         ]
-        cursor = None
-        if request.page_token:
-            at, event_row = self._tokens.decode(request.page_token, query)
-            cursor = (datetime.fromisoformat(at), int(event_row))
-        rows = await self._events.read(where, cursor, limit + 1)
-        next_token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_token = self._tokens.encode(
-                [rows[-1]["created_at"].isoformat(), rows[-1]["id"]], query
-            )
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_number)
+        found = await self._events.read(where, cursor, limit + 1)
+        rows, next_token = self._tokens.page(
+            found, limit, query, lambda row: time_and_id(row["created_at"], row["id"])
+        )
         return metrics_pb2.ListEventsResponse(
             events=[event_message(r) for r in rows], next_page_token=next_token
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -14,7 +13,7 @@ from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from runtime.conditions import MISSING, SEGMENT, Condition, LeafOutcome, parse_condition
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.pagination import PageTokens, page_size
+from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict, timestamp
@@ -156,16 +155,11 @@ class SegmentServicer(segments_pb2_grpc.SegmentServiceServicer):
             parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
         )
         violations.check()
-        cursor = None
-        if request.page_token:
-            created_at, segment_id = self._tokens.decode(request.page_token, stages)
-            cursor = (datetime.fromisoformat(created_at), uuid.UUID(segment_id))
-        segments = await self._directory.list_page(stages, cursor, limit + 1)
-        next_token = ""
-        if len(segments) > limit:
-            segments = segments[:limit]
-            last = segments[-1]
-            next_token = self._tokens.encode([last.created_at.isoformat(), str(last.id)], stages)
+        cursor = self._tokens.cursor(request.page_token, stages, parse_time_and_id)
+        found = await self._directory.list_page(stages, cursor, limit + 1)
+        segments, next_token = self._tokens.page(
+            found, limit, stages, lambda s: time_and_id(s.created_at, s.id)
+        )
         return segments_pb2.ListSegmentsResponse(
             segments=[segment_message(s) for s in segments], next_page_token=next_token
         )
@@ -272,15 +266,9 @@ class SegmentServicer(segments_pb2_grpc.SegmentServiceServicer):
         limit = page_size(request.page_size)
         violations.check()
         query = [str(segment_id)]
-        after = None
-        if request.page_token:
-            [last_user] = self._tokens.decode(request.page_token, query)
-            after = uuid.UUID(last_user)
-        members = await self._memberships.members(segment_id, after, limit + 1)
-        next_token = ""
-        if len(members) > limit:
-            members = members[:limit]
-            next_token = self._tokens.encode([str(members[-1].user_id)], query)
+        after = self._tokens.cursor(request.page_token, query, lambda c: uuid.UUID(c[0]))
+        found = await self._memberships.members(segment_id, after, limit + 1)
+        members, next_token = self._tokens.page(found, limit, query, lambda m: [str(m.user_id)])
         return segments_pb2.ListSegmentMembersResponse(
             memberships=[membership_message(m) for m in members], next_page_token=next_token
         )

@@ -18,7 +18,7 @@ from runtime.errors import (
     Violations,
 )
 from runtime.idempotency import request_key
-from runtime.pagination import PageTokens, page_size
+from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_uuid
 from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
 from runtime.telemetry import current_traceparent
@@ -199,13 +199,6 @@ def _raise(refusal: Refusal) -> NoReturn:
     raise NotFound(refusal.message, reason=refusal.reason, metadata={"field": refusal.field})
 
 
-def _cursor(tokens: PageTokens, token: str, query: list[Any]) -> tuple[datetime, uuid.UUID] | None:
-    if not token:
-        return None
-    at, row_id = tokens.decode(token, query)
-    return datetime.fromisoformat(at), uuid.UUID(row_id)
-
-
 class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     def __init__(
         self,
@@ -265,14 +258,13 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
             request.enabled if request.HasField("enabled") else None,
         )
         query: list[Any] = [where.event_type, str(where.workflow_id or ""), where.enabled]
-        cursor = _cursor(self._tokens, request.page_token, query)
-        found = await self._catalog.page(where, cursor, limit + 1)
-        token = ""
-        if len(found) > limit:
-            found = found[:limit]
-            token = self._tokens.encode(
-                [found[-1].created_at.isoformat(), str(found[-1].id)], query
-            )
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
+        found, token = self._tokens.page(
+            await self._catalog.page(where, cursor, limit + 1),
+            limit,
+            query,
+            lambda t: time_and_id(t.created_at, t.id),
+        )
         return pb.ListTriggersResponse(
             triggers=[trigger_message(t) for t in found], next_page_token=token
         )
@@ -372,14 +364,13 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
             violations.add("trigger_id", "trigger_id or user_id is required")
         violations.check()
         query: list[Any] = [str(trigger_id or ""), str(user_id or "")]
-        cursor = _cursor(self._tokens, request.page_token, query)
-        found = await self._history.page(trigger_id, user_id, cursor, limit + 1)
-        token = ""
-        if len(found) > limit:
-            found = found[:limit]
-            token = self._tokens.encode(
-                [found[-1].executed_at.isoformat(), str(found[-1].id)], query
-            )
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
+        found, token = self._tokens.page(
+            await self._history.page(trigger_id, user_id, cursor, limit + 1),
+            limit,
+            query,
+            lambda e: time_and_id(e.executed_at, e.id),
+        )
         return pb.ListTriggerExecutionsResponse(
             trigger_executions=[execution_message(e) for e in found], next_page_token=token
         )

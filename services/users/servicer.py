@@ -15,7 +15,13 @@ from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.conditions import SQL, compile_sql, parse_condition
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.pagination import PageTokens, page_size
+from runtime.pagination import (
+    PageTokens,
+    page_size,
+    parse_time_and_id,
+    parse_time_and_number,
+    time_and_id,
+)
 from runtime.parsing import optional_time, parse_stage, parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict, timestamp
@@ -170,17 +176,13 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         )
         violations.check()
         query = [where.stages, where.created_after, where.created_before]
-        cursor = None
-        if request.page_token:
-            created_at, user_id = self._tokens.decode(request.page_token, query)
-            cursor = (datetime.fromisoformat(created_at), uuid.UUID(user_id))
-        users = await self._directory.list_users(where, cursor, limit + 1)
-        next_token = ""
-        if len(users) > limit:
-            users = users[:limit]
-            next_token = self._tokens.encode(
-                [users[-1].created_at.isoformat(), str(users[-1].id)], query
-            )
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
+        users, next_token = self._tokens.page(
+            await self._directory.list_users(where, cursor, limit + 1),
+            limit,
+            query,
+            lambda u: time_and_id(u.created_at, u.id),
+        )
         return users_pb2.ListUsersResponse(
             users=[user_message(u) for u in users], next_page_token=next_token
         )
@@ -261,16 +263,13 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         violations.check()
         assert user_id is not None
         query = [str(user_id)]
-        cursor = None
-        if request.page_token:
-            at, transition_id = self._tokens.decode(request.page_token, query)
-            cursor = (datetime.fromisoformat(at), int(transition_id))
-        transitions = await self._directory.history(user_id, cursor, limit + 1)
-        next_token = ""
-        if len(transitions) > limit:
-            transitions = transitions[:limit]
-            last = transitions[-1]
-            next_token = self._tokens.encode([last.transitioned_at.isoformat(), last.id], query)
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_number)
+        transitions, next_token = self._tokens.page(
+            await self._directory.history(user_id, cursor, limit + 1),
+            limit,
+            query,
+            lambda t: time_and_id(t.transitioned_at, t.id),
+        )
         return users_pb2.GetLifecycleHistoryResponse(
             transitions=[transition_message(t) for t in transitions], next_page_token=next_token
         )

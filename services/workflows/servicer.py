@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -15,7 +15,7 @@ from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.pagination import PageTokens, page_size
+from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
@@ -145,13 +145,6 @@ def _statuses(values: list[int], names: dict[Any, str], field: str, v: Violation
     return sorted(set(found))
 
 
-def _cursor(tokens: PageTokens, token: str, query: list[Any]) -> tuple[datetime, uuid.UUID] | None:
-    if not token:
-        return None
-    at, identifier = tokens.decode(token, query)
-    return datetime.fromisoformat(at), uuid.UUID(identifier)
-
-
 class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     def __init__(
         self, engine: Engine, catalog: Catalog, executions: Executions, page_tokens: PageTokens
@@ -210,14 +203,13 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         )
         violations.check()
         query: list[Any] = [statuses, stages]
-        cursor = _cursor(self._tokens, request.page_token, query)
-        found = await self._catalog.page(statuses, stages, cursor, limit + 1)
-        token = ""
-        if len(found) > limit:
-            found = found[:limit]
-            token = self._tokens.encode(
-                [found[-1].created_at.isoformat(), str(found[-1].id)], query
-            )
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
+        found, token = self._tokens.page(
+            await self._catalog.page(statuses, stages, cursor, limit + 1),
+            limit,
+            query,
+            lambda w: time_and_id(w.created_at, w.id),
+        )
         return pb.ListWorkflowsResponse(
             workflows=[workflow_message(w) for w in found], next_page_token=token
         )
@@ -326,14 +318,13 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         statuses = _statuses(list(request.statuses), EXECUTION_STATUSES, "statuses", violations)
         violations.check()
         query: list[Any] = [str(workflow_id or ""), str(user_id or ""), statuses]
-        cursor = _cursor(self._tokens, request.page_token, query)
-        found = await self._executions.page(workflow_id, user_id, statuses, cursor, limit + 1)
-        token = ""
-        if len(found) > limit:
-            found = found[:limit]
-            token = self._tokens.encode(
-                [found[-1].started_at.isoformat(), str(found[-1].id)], query
-            )
+        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
+        found, token = self._tokens.page(
+            await self._executions.page(workflow_id, user_id, statuses, cursor, limit + 1),
+            limit,
+            query,
+            lambda e: time_and_id(e.started_at, e.id),
+        )
         return pb.ListExecutionsResponse(
             executions=[execution_message(e) for e in found], next_page_token=token
         )

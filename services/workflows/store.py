@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from runtime.database import Executor
+from runtime.telemetry import current_traceparent
 from services.workflows.engine import ExecutionState, Token
 
 MAX_NODE_ID = 255
@@ -455,10 +456,11 @@ async def write(conn: asyncpg.Connection, w: Writes) -> None:
     if w.jobs:
         await conn.execute(
             "INSERT INTO jobs (execution_id, token, job_type, element_id, workflow_id, user_id,"
-            " headers, retries, available_at) SELECT * FROM unnest($1::uuid[], $2::int[],"
-            " $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::jsonb[], $8::int[],"
-            " $9::timestamptz[])",
+            " headers, retries, available_at, traceparent) SELECT *, $10::text FROM unnest("
+            " $1::uuid[], $2::int[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],"
+            " $7::jsonb[], $8::int[], $9::timestamptz[])",
             *_columns(w.jobs, 9),
+            current_traceparent(),
         )
     if w.incidents:
         await conn.execute(
@@ -628,6 +630,8 @@ class JobRecord:
     failures: int
     state: str
     available_at: datetime
+    # The trace of the step that created the job.
+    traceparent: str | None
     variables: dict[str, Any]
 
 
@@ -647,10 +651,11 @@ _JOB_FIELDS = (
     "failures",
     "state",
     "available_at",
+    "traceparent",
 )
 _JOB = (
     "j.execution_id, j.token, j.job_type, j.element_id, j.workflow_id, j.user_id, j.headers,"
-    " j.retries, j.failures, j.state, j.available_at"
+    " j.retries, j.failures, j.state, j.available_at, j.traceparent"
 )
 
 

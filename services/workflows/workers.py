@@ -27,6 +27,7 @@ from runtime.database import UnitOfWork
 from runtime.errors import Unavailable
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct
+from runtime.telemetry import joined
 from services.workflows import store
 from services.workflows.bpmn import SET_STAGE, UPDATE_ATTRIBUTES
 from services.workflows.engine import JobCompleted, TimerFired, Trigger
@@ -188,10 +189,11 @@ class BuiltinJobWorker:
         stub = users_pb2_grpc.UserServiceStub(self._engine.context.clients.channel("users"))
         timeout = self._engine.context.clients.timeout()
         try:
-            if job.job_type == SET_STAGE:
-                await stub.TransitionStage(self._transition(job), timeout=timeout)
-            else:
-                await stub.UpdateUser(self._update(job), timeout=timeout)
+            with joined(job.traceparent):
+                if job.job_type == SET_STAGE:
+                    await stub.TransitionStage(self._transition(job), timeout=timeout)
+                else:
+                    await stub.UpdateUser(self._update(job), timeout=timeout)
         except grpc.aio.AioRpcError as error:
             return _outcome(error)
         except Unavailable as error:

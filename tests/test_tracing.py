@@ -1,0 +1,226 @@
+"""Tracing end to end: the five services run as processes of their own and
+export their spans over OTLP to a receiver in this test. One event sent to
+TrackEvent starts a workflow whose built-in task moves the user's stage; all
+of it is one trace, with spans from triggers, workflows, users and metrics in
+the order the calls were made, through the outboxes and the engine's jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from lifecycle.common.v1 import stage_pb2
+from lifecycle.triggers.v1 import triggers_pb2, triggers_pb2_grpc
+from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from lifecycle.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from runtime.config import SERVICE_NAMES
+from runtime.structs import dict_to_struct
+from tests.support import ScratchDatabase, free_port, service_env
+from tests.workflows.bpmn_docs import end, linear, service, start
+
+TRACK_EVENT = "/lifecycle.triggers.v1.TriggerService/TrackEvent"
+START_EXECUTION = "/lifecycle.workflows.v1.WorkflowService/StartExecution"
+TRANSITION_STAGE = "/lifecycle.users.v1.UserService/TransitionStage"
+RECORD_EVENTS = "/lifecycle.metrics.v1.MetricsService/RecordEvents"
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+
+
+class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace endpoint that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            service = next(
+                a.value.string_value
+                for a in resource_spans.resource.attributes
+                if a.key == "service.name"
+            )
+            for scope in resource_spans.scope_spans:
+                self.spans += [
+                    ReceivedSpan(
+                        service,
+                        span.name,
+                        span.trace_id.hex(),
+                        span.span_id.hex(),
+                        span.parent_span_id.hex(),
+                    )
+                    for span in scope.spans
+                ]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[OtlpReceiver, int]]:
+    collected = OtlpReceiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collected, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield collected, port
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def suite(
+    database: ScratchDatabase, receiver: tuple[OtlpReceiver, int]
+) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    """The five services, each in its own process, exporting to the receiver."""
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    env = {
+        **os.environ,
+        **service_env(database, ports),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "LIFECYCLE_WORKFLOWS_POLL_SECONDS": "0.2",
+        "LIFECYCLE_METRICS_ROLLUP_INTERVAL_SECONDS": "0",
+        "LIFECYCLE_SEGMENTS_SCHEDULER_SECONDS": "0",
+        "LIFECYCLE_LOG_LEVEL": "WARNING",
+    }
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "suite.cli", "serve", name], env=env)
+        for name in SERVICE_NAMES
+    ]
+    channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{ports[name]}") for name in ports}
+    try:
+        await asyncio.gather(*(serving(channel) for channel in channels.values()))
+        yield channels
+    finally:
+        for channel in channels.values():
+            await channel.close(None)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+
+async def serving(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(300):
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("a service never became ready")
+
+
+def ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
+    chain = []
+    while span.parent_id in by_id:
+        span = by_id[span.parent_id]
+        chain.append(span)
+    return chain
+
+
+async def test_one_event_is_one_trace_through_triggers_workflows_users_and_metrics(
+    suite: dict[str, grpc.aio.Channel], receiver: tuple[OtlpReceiver, int]
+) -> None:
+    users = users_pb2_grpc.UserServiceStub(suite["users"])
+    workflows = workflows_pb2_grpc.WorkflowServiceStub(suite["workflows"])
+    triggers = triggers_pb2_grpc.TriggerServiceStub(suite["triggers"])
+    user = (
+        await users.CreateUser(
+            users_pb2.CreateUserRequest(
+                user=users_pb2.User(email=f"traced-{uuid.uuid4().hex[:8]}@example.com")
+            )
+        )
+    ).user
+    bpmn = linear(start(), service("activate", "lifecycle.set_stage", stage="Activation"), end())
+    workflow = (
+        await workflows.CreateWorkflow(
+            workflows_pb2.CreateWorkflowRequest(
+                workflow=workflows_pb2.Workflow(name="activate on signup", bpmn_xml=bpmn)
+            )
+        )
+    ).workflow
+    await workflows.ActivateWorkflow(workflows_pb2.ActivateWorkflowRequest(workflow_id=workflow.id))
+    event_type = f"signup_{uuid.uuid4().hex[:6]}"
+    await triggers.CreateTrigger(
+        triggers_pb2.CreateTriggerRequest(
+            trigger=triggers_pb2.Trigger(
+                name="start activation",
+                event_type=event_type,
+                conditions=dict_to_struct({}),
+                workflow_id=workflow.id,
+            )
+        )
+    )
+
+    await triggers.TrackEvent(
+        triggers_pb2.TrackEventRequest(
+            event=triggers_pb2.Event(
+                user_id=user.id, event_type=event_type, message_id=str(uuid.uuid4())
+            )
+        )
+    )
+
+    collected, _ = receiver
+    for _ in range(300):
+        moved = await users.GetUser(users_pb2.GetUserRequest(user_id=user.id))
+        roots = [s for s in collected.spans if s.name == TRACK_EVENT]
+        trace = [s for s in collected.spans if roots and s.trace_id == roots[0].trace_id]
+        names = {s.name for s in trace}
+        if (
+            moved.user.lifecycle_stage == stage_pb2.LIFECYCLE_STAGE_ACTIVATION
+            and {
+                START_EXECUTION,
+                TRANSITION_STAGE,
+                RECORD_EVENTS,
+            }
+            <= names
+        ):
+            break
+        await asyncio.sleep(0.1)
+    assert moved.user.lifecycle_stage == stage_pb2.LIFECYCLE_STAGE_ACTIVATION
+
+    [root] = [s for s in roots if s.service == "lifecycle-triggers"]
+    by_id = {s.span_id: s for s in trace}
+    assert root.parent_id not in by_id, "TrackEvent is the root of the trace"
+    assert {s.service for s in trace} >= {
+        "lifecycle-triggers",
+        "lifecycle-workflows",
+        "lifecycle-users",
+        "lifecycle-metrics",
+    }
+    # Each call shows as a client span in the caller and a server span in the callee.
+    [started] = [
+        s for s in trace if (s.name, s.service) == (START_EXECUTION, "lifecycle-workflows")
+    ]
+    assert root in ancestors(started, by_id)
+    [moved_span] = [
+        s for s in trace if (s.name, s.service) == (TRANSITION_STAGE, "lifecycle-users")
+    ]
+    assert started in ancestors(moved_span, by_id), "the stage change is the workflow's doing"
+    recorded = [s for s in trace if (s.name, s.service) == (RECORD_EVENTS, "lifecycle-metrics")]
+    assert recorded
+    assert all(root in ancestors(s, by_id) for s in recorded)
+    # The events recorded for the stage change descend from the users service's span.
+    assert any(moved_span in ancestors(s, by_id) for s in recorded)
