@@ -23,17 +23,16 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.config import ServiceConfig
 from runtime.database import UnitOfWork, create_pool, unit_of_work
-from runtime.interceptors import ErrorInterceptor
+from runtime.interceptors import ServiceInterceptor
 from runtime.outbox import Destination, OutboxRelay
 from runtime.pagination import PageTokens
 from runtime.partitions import PartitionedTable
-from runtime.telemetry import instrument_database, traced
+from runtime.telemetry import instrument_database
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +155,7 @@ class ServiceHost:
         config = self.config
         server = grpc.aio.server(
             interceptors=[
-                aio_server_interceptor(tracer_provider=self.tracer_provider, filter_=traced),
-                ErrorInterceptor(domain=f"lifecycle.{self.definition.name}"),
+                ServiceInterceptor(f"lifecycle.{self.definition.name}", self.tracer_provider)
             ],
             options=[
                 # Clients reconnect now and then, so round_robin sees new replicas.

@@ -30,10 +30,8 @@ from runtime.config import TelemetryConfig
 _UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def traced(details: object) -> bool:
-    """Probes and reflection would drown the traces that matter. (The instrumentation's
-    own filters parse the method name on every call; a prefix test is enough.)"""
-    method: str = getattr(details, "method", "") or ""
+def traced(method: str) -> bool:
+    """Probes and reflection would drown the traces that matter."""
     return not method.startswith(_UNTRACED_PREFIXES)
 
 
