@@ -5,6 +5,7 @@ lifecycle serve <service>    one service (what a container runs)
 lifecycle migrate            apply every service's migrations
 lifecycle maintenance        create partitions ahead, expire idempotency keys, retention
 lifecycle outbox [retry]     what waits in each service's outbox; send dead letters again
+lifecycle demo               a demo product: users, workflows, segments, triggers, weeks of events
 lifecycle archive ...        archive old lifecycle events; list or restore archives (metrics)
 lifecycle rollup ...         recompute daily metrics (metrics)
 """
@@ -30,6 +31,7 @@ from runtime.partitions import ensure_partitions
 from runtime.server import ServiceHost
 from runtime.telemetry import configure_logging, create_tracer_provider
 from suite.database import create_database_if_missing, suite_database
+from suite.demo.run import DemoSettings, run_demo
 from suite.launcher import Supervisor, child_environment
 from suite.registry import DEFINITIONS, schema_owners
 
@@ -121,6 +123,13 @@ def _up(services: list[str]) -> int:
         return asyncio.run(Supervisor(services, child_environment(admin_url)).run())
 
 
+def _demo(args: argparse.Namespace) -> int:
+    settings = DemoSettings(args.users, args.days, args.day_seconds, args.seed)
+    with suite_database() as admin_url:
+        asyncio.run(_migrate(admin_url))
+        return asyncio.run(run_demo(admin_url, child_environment(admin_url), settings))
+
+
 def _serve(service: str) -> int:
     config = load_service_config(service)
     configure_logging(config.telemetry.service_name, config.log_level)
@@ -150,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     outbox.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
     outbox.add_argument("--service", choices=SERVICE_NAMES, help="only this service")
     outbox.add_argument("--topic", help="retry: only this topic")
+    demo = commands.add_parser(
+        "demo", help="set up a demo product and replay simulated weeks of its users' events"
+    )
+    demo.add_argument("--users", type=int, default=10_000, help="how many users sign up")
+    demo.add_argument("--days", type=int, default=21, help="how many days are replayed")
+    demo.add_argument("--day-seconds", type=float, default=1.0, help="wall time of a day")
+    demo.add_argument("--seed", type=int, default=7, help="the simulation's random seed")
     for definition in DEFINITIONS.values():
         if definition.commands is not None:
             definition.commands(_ServiceCommands(commands, definition.name))
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return _up(args.services or list(SERVICE_NAMES))
         if args.command == "serve":
             return _serve(args.service)
+        if args.command == "demo":
+            return _demo(args)
         with suite_database() as admin_url:
             if args.command == "migrate":
                 asyncio.run(_migrate(admin_url))

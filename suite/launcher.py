@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +31,18 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def serving(address: str) -> bool:
+    """Whether a service answers SERVING at `address` now."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def _wait_ready(address: str, process: asyncio.subprocess.Process) -> None:
@@ -67,8 +79,7 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        try:
-            await self._start_all()
+        async with self.running():
             self._print_addresses()
             exited = asyncio.create_task(self._first_exit())
             stopping = asyncio.create_task(stop.wait())
@@ -79,6 +90,13 @@ class Supervisor:
             if failed:
                 log.error("a service exited on its own; stopping the suite")
             return 1 if failed else 0
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The services started and ready for the block, stopped after it."""
+        try:
+            await self._start_all()
+            yield
         finally:
             await self._stop_all()
 
