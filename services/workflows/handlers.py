@@ -387,7 +387,7 @@ class Engine:
             queue[execution_id].append(MessageDelivered(token, element, message.variables))
             deliveries.append((message.id, execution_id))
         if deliveries:
-            await store.write(conn, _writes(deliveries=deliveries))
+            await store.write(conn, store.Writes(deliveries=deliveries))
 
     async def _write(
         self,
@@ -397,74 +397,77 @@ class Engine:
         now: datetime,
         profiles: dict[uuid.UUID, Profile],
     ) -> None:
-        w = _writes()
+        runs = [run for run in result.runs.values() if run.step.changed]
         events = EventBatch(PRODUCER)
-        changed = []
-        for execution_id, run in result.runs.items():
-            state, step = run.state, run.step
-            if not step.changed:
-                continue
-            changed.append(state)
-            alive = state.tokens
-            w.removed_tokens += [(execution_id, no) for no in step.removed]
-            w.consumed_timers += [(execution_id, no, el) for no, el in step.consumed_timers]
-            w.tokens += [(execution_id, alive[no]) for no in sorted(step.added)]
-            for timer in step.timers:
-                if timer.token in alive:
-                    w.timers.append(
-                        (execution_id, timer.token, timer.element, timer.due_at, timer.repeat)
-                    )
-                    if notes.earliest_timer is None or timer.due_at < notes.earliest_timer:
-                        notes.earliest_timer = timer.due_at
-            w.subscriptions += [
-                (execution_id, token, element, name, state.user_id)
-                for token, element, name in step.subscriptions
-                if token in alive
-            ]
-            for job in step.jobs:
-                if job.token in alive:
-                    w.jobs.append(
-                        (
-                            execution_id,
-                            job.token,
-                            job.type,
-                            job.element,
-                            state.workflow_id,
-                            state.user_id,
-                            job.headers,
-                            job.retries,
-                            now,
-                        )
-                    )
-                    notes.job_types.add(job.type)
-            w.incidents += [
-                (execution_id, i.token, i.element, False, i.message, now)
-                for i in step.incidents
-                if i.token in alive
-            ]
-            w.history += [(execution_id, h.element, h.type, h.state, h.at) for h in step.history]
-            profile = profiles.get(state.user_id)
-            stage = profile.get("stage") if profile else None
-            for event_type, data in step.events:
-                events.add(
-                    event_type,
-                    now,
-                    user_id=state.user_id,
-                    stage=stage,
-                    data=data,
-                    workflow_execution_id=state.id,
-                )
-            if step.uncaught_error is not None:
-                result.uncaught[execution_id].append(step.uncaught_error)
-        if changed:
-            await store.update_executions(uow.conn, changed)
+        w = store.Writes(updated=[run.state for run in runs])
+        for run in runs:
+            _collect(run, w, events, now=now, profiles=profiles, notes=notes)
+            if run.step.uncaught_error is not None:
+                result.uncaught[run.state.id].append(run.step.uncaught_error)
         await store.write(uow.conn, w)
         events.publish(uow)
 
 
-def _writes(**rows: Any) -> store.Writes:
-    names = store.Writes.__dataclass_fields__
-    return store.Writes(**{name: rows.get(name, []) for name in names})
+def _collect(
+    run: Interpreter,
+    w: store.Writes,
+    events: EventBatch,
+    *,
+    now: datetime,
+    profiles: dict[uuid.UUID, Profile],
+    notes: Notes,
+) -> None:
+    """Adds the rows and lifecycle events of `run`'s step; notes what its commit must wake."""
+    state, step = run.state, run.step
+    execution_id, alive = state.id, state.tokens
+    w.removed_tokens += [(execution_id, no) for no in step.removed]
+    w.consumed_timers += [(execution_id, no, el) for no, el in step.consumed_timers]
+    for no in sorted(step.added):
+        token = alive[no]
+        w.tokens.append((execution_id, no, token.element, token.scope, token.via))
+    for timer in step.timers:
+        if timer.token in alive:
+            w.timers.append((execution_id, timer.token, timer.element, timer.due_at, timer.repeat))
+            if notes.earliest_timer is None or timer.due_at < notes.earliest_timer:
+                notes.earliest_timer = timer.due_at
+    w.subscriptions += [
+        (execution_id, token, element, name, state.user_id)
+        for token, element, name in step.subscriptions
+        if token in alive
+    ]
+    for job in step.jobs:
+        if job.token in alive:
+            w.jobs.append(
+                (
+                    execution_id,
+                    job.token,
+                    job.type,
+                    job.element,
+                    state.workflow_id,
+                    state.user_id,
+                    job.headers,
+                    job.retries,
+                    now,
+                )
+            )
+            notes.job_types.add(job.type)
+    w.incidents += [
+        (execution_id, i.token, i.element, False, i.message, now)
+        for i in step.incidents
+        if i.token in alive
+    ]
+    w.history += [(execution_id, h.element, h.type, h.state, h.at) for h in step.history]
+    profile = profiles.get(state.user_id)
+    stage = profile.get("stage") if profile else None
+    for event_type, data in step.events:
+        events.add(
+            event_type,
+            now,
+            user_id=state.user_id,
+            stage=stage,
+            data=data,
+            workflow_execution_id=execution_id,
+        )
 
 
 def new_state(
@@ -816,7 +819,7 @@ class Executions:
                 n.state.id for n in new if n.state.id not in advanced.conflicts
             ]
             if row_id is not None and delivered:
-                await store.write(conn, _writes(deliveries=[(row_id, i) for i in delivered]))
+                await store.write(conn, store.Writes(deliveries=[(row_id, i) for i in delivered]))
             return Published(len(delivered), ttl > timedelta(0), False)
 
         return await engine.transaction(work)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -320,52 +320,17 @@ class NewExecution:
 async def insert_executions(
     conn: asyncpg.Connection, executions: Sequence[NewExecution]
 ) -> set[uuid.UUID]:
-    """Inserts executions in their state after their first step; returns those inserted
+    """Inserts executions before their first step; returns those inserted
     (an exclusive one is left out when its user runs that workflow already)."""
-    states = [e.state for e in executions]
+    q = _Statement()
     rows = await conn.fetch(
-        "INSERT INTO workflow_executions (id, workflow_id, workflow_version, user_id, status,"
-        " variables, current_node_id, started_at, completed_at, error_message, exclusive,"
-        " parent_execution_id, parent_token, next_token)"
-        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],"
-        " $6::jsonb[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[],"
-        " $11::bool[], $12::uuid[], $13::int[], $14::int[])"
+        f"INSERT INTO workflow_executions ({_EXECUTION_COLUMNS})"
+        f" SELECT * FROM {q.unnest([_execution_row(e) for e in executions], _EXECUTION_TYPES)}"
         " ON CONFLICT (workflow_id, user_id) WHERE exclusive AND status IN ('pending', 'running')"
         " DO NOTHING RETURNING id",
-        [s.id for s in states],
-        [s.workflow_id for s in states],
-        [s.version for s in states],
-        [s.user_id for s in states],
-        [s.status for s in states],
-        [s.variables for s in states],
-        [current_node(s) for s in states],
-        [s.started_at for s in states],
-        [s.completed_at for s in states],
-        [s.error_message for s in states],
-        [e.exclusive for e in executions],
-        [s.parent[0] if s.parent else None for s in states],
-        [s.parent[1] if s.parent else None for s in states],
-        [s.next_token for s in states],
+        *q.args,
     )
     return {row["id"] for row in rows}
-
-
-async def update_executions(conn: asyncpg.Connection, states: Sequence[ExecutionState]) -> None:
-    await conn.execute(
-        "UPDATE workflow_executions e SET status = u.status, variables = u.variables,"
-        " current_node_id = u.node, completed_at = u.completed_at,"
-        " error_message = u.error_message, next_token = u.next_token"
-        " FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[],"
-        " $6::text[], $7::int[]) AS u(id, status, variables, node, completed_at,"
-        " error_message, next_token) WHERE e.id = u.id",
-        [s.id for s in states],
-        [s.status for s in states],
-        [s.variables for s in states],
-        [current_node(s) for s in states],
-        [s.completed_at for s in states],
-        [s.error_message for s in states],
-        [s.next_token for s in states],
-    )
 
 
 async def existing_execution(
@@ -396,94 +361,141 @@ async def child_executions(
 
 @dataclass
 class Writes:
-    """Rows of many executions' steps, written one statement per table."""
+    """Rows of many executions' steps, written in one statement."""
 
-    removed_tokens: list[tuple[uuid.UUID, int]]
-    consumed_timers: list[tuple[uuid.UUID, int, str]]
-    tokens: list[tuple[uuid.UUID, Token]]
-    timers: list[tuple[uuid.UUID, int, str, datetime, int | None]]
-    subscriptions: list[tuple[uuid.UUID, int, str, str, uuid.UUID]]
-    jobs: list[tuple[uuid.UUID, int, str, str, uuid.UUID, uuid.UUID, dict[str, Any], int, datetime]]
-    incidents: list[tuple[uuid.UUID, int, str, bool, str, datetime]]
-    history: list[tuple[uuid.UUID, str, str, str, datetime]]
-    deliveries: list[tuple[int, uuid.UUID]]
+    updated: list[ExecutionState] = field(default_factory=list)
+    removed_tokens: list[tuple[uuid.UUID, int]] = field(default_factory=list)
+    consumed_timers: list[tuple[uuid.UUID, int, str]] = field(default_factory=list)
+    tokens: list[tuple[uuid.UUID, int, str, int | None, str | None]] = field(default_factory=list)
+    timers: list[tuple[uuid.UUID, int, str, datetime, int | None]] = field(default_factory=list)
+    subscriptions: list[tuple[uuid.UUID, int, str, str, uuid.UUID]] = field(default_factory=list)
+    jobs: list[
+        tuple[uuid.UUID, int, str, str, uuid.UUID, uuid.UUID, dict[str, Any], int, datetime]
+    ] = field(default_factory=list)
+    incidents: list[tuple[uuid.UUID, int, str, bool, str, datetime]] = field(default_factory=list)
+    history: list[tuple[uuid.UUID, str, str, str, datetime]] = field(default_factory=list)
+    deliveries: list[tuple[int, uuid.UUID]] = field(default_factory=list)
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i in range(width)]
+class _Statement:
+    """One statement of data-modifying CTEs: each table's rows arrive as arrays."""
+
+    def __init__(self) -> None:
+        self.ctes: list[str] = []
+        self.args: list[Any] = []
+
+    def arg(self, value: Any, sql_type: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{sql_type}"
+
+    def unnest(self, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> str:
+        columns = [self.arg([row[i] for row in rows], f"{t}[]") for i, t in enumerate(types)]
+        return f"unnest({', '.join(columns)})"
+
+    def add(self, name: str, sql: str) -> None:
+        self.ctes.append(f"{name} AS ({sql})")
 
 
-async def write(conn: asyncpg.Connection, w: Writes) -> None:
-    if w.removed_tokens:
-        await conn.execute(
-            "DELETE FROM execution_tokens t USING unnest($1::uuid[], $2::int[]) AS r(id, token)"
-            " WHERE t.execution_id = r.id AND t.token = r.token",
-            *_columns(w.removed_tokens, 2),
+_EXECUTION_COLUMNS = (
+    "id, workflow_id, workflow_version, user_id, status, variables, current_node_id,"
+    " started_at, completed_at, error_message, exclusive, parent_execution_id, parent_token,"
+    " next_token"
+)
+_EXECUTION_TYPES = (
+    "uuid", "uuid", "text", "uuid", "text", "jsonb", "text", "timestamptz", "timestamptz",
+    "text", "bool", "uuid", "int", "int",
+)  # fmt: skip
+
+
+_UPDATE_TYPES = ("uuid", "text", "jsonb", "text", "timestamptz", "text", "int")
+
+
+def _execution_row(execution: NewExecution) -> tuple[Any, ...]:
+    s = execution.state
+    parent = s.parent
+    return (
+        s.id, s.workflow_id, s.version, s.user_id, s.status, s.variables, current_node(s),
+        s.started_at, s.completed_at, s.error_message, execution.exclusive,
+        parent[0] if parent else None, parent[1] if parent else None, s.next_token,
+    )  # fmt: skip
+
+
+async def write(conn: Executor, w: Writes) -> None:
+    """Writes the steps in one statement (jobs carry the current trace). A timer
+    consumed and armed again in the same step is updated, not deleted: one
+    statement must not touch a row twice."""
+    q = _Statement()
+    if w.updated:
+        updates = [
+            (s.id, s.status, s.variables, current_node(s), s.completed_at, s.error_message,
+             s.next_token)
+            for s in w.updated
+        ]  # fmt: skip
+        q.add(
+            "updated",
+            "UPDATE workflow_executions e SET status = u.status, variables = u.variables,"
+            " current_node_id = u.node, completed_at = u.completed_at,"
+            " error_message = u.error_message, next_token = u.next_token"
+            f" FROM {q.unnest(updates, _UPDATE_TYPES)} AS u(id, status, variables, node,"
+            " completed_at, error_message, next_token) WHERE e.id = u.id",
         )
-    if w.consumed_timers:
-        await conn.execute(
-            "DELETE FROM timers t USING unnest($1::uuid[], $2::int[], $3::text[])"
+    if w.removed_tokens:
+        q.add(
+            "removed_tokens",
+            f"DELETE FROM execution_tokens t USING {q.unnest(w.removed_tokens, ('uuid', 'int'))}"
+            " AS r(id, token) WHERE t.execution_id = r.id AND t.token = r.token",
+        )
+    rearmed = {(t[0], t[1], t[2]) for t in w.timers}
+    consumed = [t for t in w.consumed_timers if t not in rearmed]
+    if consumed:
+        q.add(
+            "consumed_timers",
+            f"DELETE FROM timers t USING {q.unnest(consumed, ('uuid', 'int', 'text'))}"
             " AS r(id, token, element) WHERE t.execution_id = r.id AND t.token = r.token"
             " AND t.element_id = r.element",
-            *_columns(w.consumed_timers, 3),
         )
-    if w.tokens:
-        await conn.execute(
-            "INSERT INTO execution_tokens (execution_id, token, element_id, scope_token,"
-            " arrived_via) SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[],"
-            " $5::text[])",
-            [e for e, _ in w.tokens],
-            [t.no for _, t in w.tokens],
-            [t.element for _, t in w.tokens],
-            [t.scope for _, t in w.tokens],
-            [t.via for _, t in w.tokens],
-        )
-    if w.timers:
-        await conn.execute(
-            "INSERT INTO timers (execution_id, token, element_id, due_at, repeat)"
-            " SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[],"
-            " $5::int[]) ON CONFLICT (execution_id, token, element_id)"
-            " DO UPDATE SET due_at = excluded.due_at, repeat = excluded.repeat",
-            *_columns(w.timers, 5),
-        )
-    if w.subscriptions:
-        await conn.execute(
-            "INSERT INTO message_subscriptions (execution_id, token, element_id, message_name,"
-            " user_id) SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[],"
-            " $5::uuid[]) ON CONFLICT DO NOTHING",
-            *_columns(w.subscriptions, 5),
-        )
-    if w.jobs:
-        await conn.execute(
-            "INSERT INTO jobs (execution_id, token, job_type, element_id, workflow_id, user_id,"
-            " headers, retries, available_at, traceparent) SELECT *, $10::text FROM unnest("
-            " $1::uuid[], $2::int[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],"
-            " $7::jsonb[], $8::int[], $9::timestamptz[])",
-            *_columns(w.jobs, 9),
-            current_traceparent(),
-        )
-    if w.incidents:
-        await conn.execute(
-            "INSERT INTO incidents (execution_id, token, element_id, from_job, error_message,"
-            " created_at) SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bool[],"
-            " $5::text[], $6::timestamptz[])",
-            *_columns(w.incidents, 6),
-        )
-    if w.history:
-        await conn.execute(
-            "INSERT INTO execution_history (execution_id, element_id, element_type, state, at)"
-            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],"
-            " $5::timestamptz[])",
-            *_columns(w.history, 5),
-        )
+    inserts: tuple[tuple[str, str, Sequence[Sequence[Any]], str, tuple[str, ...], str], ...] = (
+        ("tokens", "execution_tokens", w.tokens,
+         "execution_id, token, element_id, scope_token, arrived_via",
+         ("uuid", "int", "text", "int", "text"), ""),
+        ("timers", "timers", w.timers, "execution_id, token, element_id, due_at, repeat",
+         ("uuid", "int", "text", "timestamptz", "int"),
+         " ON CONFLICT (execution_id, token, element_id)"
+         " DO UPDATE SET due_at = excluded.due_at, repeat = excluded.repeat"),
+        ("subscriptions", "message_subscriptions", w.subscriptions,
+         "execution_id, token, element_id, message_name, user_id",
+         ("uuid", "int", "text", "text", "uuid"), " ON CONFLICT DO NOTHING"),
+        ("jobs", "jobs", w.jobs,
+         "execution_id, token, job_type, element_id, workflow_id, user_id, headers, retries,"
+         " available_at",
+         ("uuid", "int", "text", "text", "uuid", "uuid", "jsonb", "int", "timestamptz"), ""),
+        ("incidents", "incidents", w.incidents,
+         "execution_id, token, element_id, from_job, error_message, created_at",
+         ("uuid", "int", "text", "bool", "text", "timestamptz"), ""),
+        ("history", "execution_history", w.history,
+         "execution_id, element_id, element_type, state, at",
+         ("uuid", "text", "text", "text", "timestamptz"), ""),
+    )  # fmt: skip
+    for name, table, rows, columns, types, conflict in inserts:
+        if rows:
+            extra, value = "", ""
+            if table == "jobs":
+                extra, value = ", traceparent", f", {q.arg(current_traceparent(), 'text')}"
+            q.add(
+                name,
+                f"INSERT INTO {table} ({columns}{extra}) SELECT r.*{value}"
+                f" FROM {q.unnest(rows, types)} AS r({columns}){conflict}",
+            )
     if w.deliveries:
-        await conn.execute(
+        q.add(
+            "deliveries",
             "UPDATE messages m SET delivered_to = m.delivered_to || d.ids"
             " FROM (SELECT id, array_agg(execution_id) AS ids"
-            "  FROM unnest($1::bigint[], $2::uuid[]) AS x(id, execution_id) GROUP BY id) d"
-            " WHERE m.id = d.id",
-            *_columns(w.deliveries, 2),
+            f"  FROM {q.unnest(w.deliveries, ('bigint', 'uuid'))} AS x(id, execution_id)"
+            " GROUP BY id) d WHERE m.id = d.id",
         )
+    if q.ctes:
+        await conn.execute(f"WITH {', '.join(q.ctes)} SELECT 1", *q.args)
 
 
 # ---------------------------------------------------------------- messages
@@ -509,7 +521,7 @@ async def buffered_messages(
         " JOIN messages m ON m.user_id = w.user_id AND m.name = w.name AND m.expires_at > $4"
         "  AND NOT (w.execution_id = ANY(m.delivered_to))"
         " ORDER BY w.execution_id, w.name, m.id",
-        *_columns(wanted, 3),
+        *([row[i] for row in wanted] for i in range(3)),
         now,
     )
     return {
