@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -72,6 +73,20 @@ async def store(conn: asyncpg.Connection, key: RequestKey, response: bytes) -> N
         key.request_id,
         response,
     )
+
+
+async def record(conn: asyncpg.Connection, answered: Sequence[tuple[RequestKey, bytes]]) -> None:
+    """Stores the keys of calls answered together, with their responses. A key
+    taken meanwhile fails the statement (asyncpg.UniqueViolationError)."""
+    if answered:
+        await conn.execute(
+            "INSERT INTO idempotency_keys (method, request_id, request_hash, response)"
+            " SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::bytea[])",
+            [key.method for key, _ in answered],
+            [key.request_id for key, _ in answered],
+            [key.fingerprint for key, _ in answered],
+            [response for _, response in answered],
+        )
 
 
 async def expire(conn: asyncpg.Connection, older_than_days: int) -> int:

@@ -58,6 +58,7 @@ class ServiceContext:
     clients: ServiceClients
     page_tokens: PageTokens
     relay: OutboxRelay
+    tracer_provider: TracerProvider
 
     def unit_of_work(self) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
         return unit_of_work(self.pool, on_commit=self.relay.wake)
@@ -134,7 +135,12 @@ class ServiceHost:
             tracer_provider=self.tracer_provider,
         )
         self.context = ServiceContext(
-            config, self._pool, self._clients, PageTokens(config.page_token_secret), relay
+            config,
+            self._pool,
+            self._clients,
+            PageTokens(config.page_token_secret),
+            relay,
+            self.tracer_provider,
         )
         components = await self.definition.build(self.context)
         self._server = self._grpc_server(components)

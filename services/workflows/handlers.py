@@ -34,8 +34,10 @@ from runtime.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ServiceError,
     Unavailable,
 )
+from runtime.group_commit import GroupCommit
 from runtime.idempotency import RequestKey
 from runtime.lifecycle_events import EventBatch
 from runtime.server import ServiceContext
@@ -73,6 +75,12 @@ STATUS_MOVES = {ACTIVE: {DRAFT, INACTIVE}, INACTIVE: {ACTIVE}, ARCHIVED: {DRAFT,
 HISTORY_LIMIT = 1000
 MAX_FOLLOW_ROUNDS = 64
 TRANSACTION_ATTEMPTS = 5
+# Starts written together: batches at a time (each holds a connection), their
+# size, and the backlog that opens another lane (measured in bench/RESULTS.md:
+# fewer, fuller batches beat many small ones).
+START_LANES = 4
+START_BATCH = 64
+START_BACKLOG = 16
 RETRY_BACKOFF_BASE = 1.0
 RETRY_BACKOFF_MAX = 600.0
 
@@ -651,6 +659,26 @@ class Catalog:
         return await self._engine.transaction(work)
 
 
+def _startable(check: store.StartCheck, request: StartRequest) -> str:
+    """The version a start runs on, if its workflow may start for its user."""
+    if check.found is None:
+        raise _workflow_not_found(request.workflow_id)
+    status, version = check.found
+    if status != ACTIVE:
+        raise FailedPrecondition(
+            f"workflow {request.workflow_id} is {status}; only active workflows start",
+            reason="WORKFLOW_NOT_ACTIVE",
+            metadata={"status": status},
+        )
+    if check.erased:
+        raise FailedPrecondition(f"user {request.user_id} was erased", reason="USER_ERASED")
+    return version
+
+
+def _start_reply(execution_id: uuid.UUID) -> bytes:
+    return json.dumps({"execution_id": str(execution_id)}).encode()
+
+
 def _workflow_not_found(workflow_id: uuid.UUID) -> NotFound:
     return NotFound(
         f"workflow {workflow_id} does not exist",
@@ -681,64 +709,137 @@ class Published:
     duplicate: bool
 
 
+@dataclass(frozen=True)
+class StartRequest:
+    """One StartExecution call."""
+
+    workflow_id: uuid.UUID
+    user_id: uuid.UUID
+    variables: dict[str, Any]
+    key: RequestKey | None
+    use_existing: bool
+    exclusive: bool
+
+
+# A start the batch leaves to a transaction of its own: its request_id was used,
+# the user runs the workflow already, or another start in the batch is its twin.
+ALONE = object()
+START_METHOD = "StartExecution"
+Outcome = Started | uuid.UUID | object
+
+
 class Executions:
     """Starting, reading, cancelling executions; messages, jobs, incidents, erase."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._starts: GroupCommit[StartRequest, Outcome] = GroupCommit(
+            self._start_together,
+            name="StartExecution batch",
+            tracer=engine.context.tracer_provider.get_tracer(__name__),
+            lanes=START_LANES,
+            max_weight=START_BATCH,
+            backlog_per_lane=START_BACKLOG,
+        )
 
-    async def start(
-        self,
-        workflow_id: uuid.UUID,
-        user_id: uuid.UUID,
-        variables: dict[str, Any],
-        key: RequestKey | None,
-        *,
-        use_existing: bool,
-        exclusive: bool,
-    ) -> Started:
-        engine = self._engine
-
-        async def work(uow: UnitOfWork, notes: Notes) -> Started | uuid.UUID:
-            conn = uow.conn
-            if key is not None and (stored := await idempotency.claim(conn, key)):
-                return uuid.UUID(json.loads(stored)["execution_id"])
-            found, erased = await store.start_check(conn, workflow_id, user_id)
-            if found is None:
-                raise _workflow_not_found(workflow_id)
-            if found[0] != ACTIVE:
-                raise FailedPrecondition(
-                    f"workflow {workflow_id} is {found[0]}; only active workflows start",
-                    reason="WORKFLOW_NOT_ACTIVE",
-                    metadata={"status": found[0]},
-                )
-            if erased:
-                raise FailedPrecondition(f"user {user_id} was erased", reason="USER_ERASED")
-            state = new_state(workflow_id, found[1], user_id, variables, engine.clock.now())
-            advanced = await engine.advance(uow, notes, {}, [NewExecution(state, exclusive)])
-            if state.id in advanced.conflicts:
-                running = await store.existing_execution(conn, workflow_id, user_id)
-                if not use_existing or running is None:
-                    raise AlreadyExists(
-                        f"user {user_id} already runs workflow {workflow_id}",
-                        reason="EXECUTION_RUNNING",
-                        metadata={"execution_id": str(running or "")},
-                    )
-                state_id = running
-            else:
-                state_id = state.id
-            if key is not None:
-                reply = json.dumps({"execution_id": str(state_id)}).encode()
-                await idempotency.store(conn, key, reply)
-            if state_id != state.id:
-                return state_id
-            run = advanced.runs[state.id]
-            return Started(_view_of(state, run), existing=False)
-
-        outcome = await engine.transaction(work)
+    async def start(self, request: StartRequest) -> Started:
+        """Starts that arrive together commit together (runtime.group_commit)."""
+        outcome = await self._starts.submit(request)
+        if outcome is ALONE:
+            outcome = await self._start_alone_now(request)
         if isinstance(outcome, Started):
             return outcome
+        assert isinstance(outcome, uuid.UUID)
         return Started(await self.get(outcome), existing=True)
+
+    async def _start_together(self, requests: list[StartRequest]) -> list[Outcome | Exception]:
+        if len(requests) == 1:
+            return [await self._start_alone_now(requests[0])]
+        try:
+            return await self._engine.transaction(
+                lambda uow, notes: self._start_batch(requests, uow, notes)
+            )
+        except (asyncpg.PostgresError, ServiceError) as error:
+            # One start spoiled the batch (a request_id taken meanwhile, a user
+            # service that did not answer): each start finds its own answer alone.
+            log.info("a batch of %d starts runs alone: %s", len(requests), error)
+            return [ALONE] * len(requests)
+
+    async def _start_alone_now(self, request: StartRequest) -> Outcome:
+        return await self._engine.transaction(
+            lambda uow, notes: self._start_alone(request, uow, notes)
+        )
+
+    async def _start_batch(
+        self, requests: list[StartRequest], uow: UnitOfWork, notes: Notes
+    ) -> list[Outcome | Exception]:
+        engine = self._engine
+        now = engine.clock.now()
+        checks = await store.start_checks(
+            uow.conn,
+            [(r.workflow_id, r.user_id, r.key.request_id if r.key else None) for r in requests],
+            START_METHOD,
+        )
+        outcomes: list[Outcome | Exception] = [ALONE] * len(requests)
+        new: dict[int, NewExecution] = {}
+        taken: set[object] = set()
+        for n, (request, check) in enumerate(zip(requests, checks, strict=True)):
+            twins: set[object] = {request.key.request_id} if request.key else set()
+            if request.exclusive:
+                twins.add((request.workflow_id, request.user_id))
+            if check.claimed or (request.exclusive and check.running) or twins & taken:
+                continue
+            try:
+                version = _startable(check, request)
+            except ServiceError as error:
+                outcomes[n] = error
+                continue
+            taken |= twins
+            state = new_state(request.workflow_id, version, request.user_id, request.variables, now)
+            new[n] = NewExecution(state, request.exclusive)
+        advanced = await engine.advance(uow, notes, {}, list(new.values()))
+        answered = []
+        for n, execution in new.items():
+            state = execution.state
+            if state.id in advanced.conflicts:
+                continue
+            outcomes[n] = Started(_view_of(state, advanced.runs[state.id]), existing=False)
+            if (key := requests[n].key) is not None:
+                answered.append((key, _start_reply(state.id)))
+        await idempotency.record(uow.conn, answered)
+        return outcomes
+
+    async def _start_alone(
+        self, request: StartRequest, uow: UnitOfWork, notes: Notes
+    ) -> Started | uuid.UUID:
+        engine, conn, key = self._engine, uow.conn, request.key
+        if key is not None and (stored := await idempotency.claim(conn, key)):
+            return uuid.UUID(json.loads(stored)["execution_id"])
+        check = (
+            await store.start_checks(
+                conn, [(request.workflow_id, request.user_id, None)], START_METHOD
+            )
+        )[0]
+        version = _startable(check, request)
+        state = new_state(
+            request.workflow_id, version, request.user_id, request.variables, engine.clock.now()
+        )
+        advanced = await engine.advance(uow, notes, {}, [NewExecution(state, request.exclusive)])
+        state_id = state.id
+        if state.id in advanced.conflicts:
+            running = await store.existing_execution(conn, request.workflow_id, request.user_id)
+            if not request.use_existing or running is None:
+                raise AlreadyExists(
+                    f"user {request.user_id} already runs workflow {request.workflow_id}",
+                    reason="EXECUTION_RUNNING",
+                    metadata={"execution_id": str(running or "")},
+                )
+            state_id = running
+        if key is not None:
+            await idempotency.store(conn, key, _start_reply(state_id))
+        if state_id != state.id:
+            return state_id
+        return Started(_view_of(state, advanced.runs[state.id]), existing=False)
 
     async def get(self, execution_id: uuid.UUID) -> store.ExecutionView:
         found = await store.get_execution(self._engine.context.pool, execution_id, HISTORY_LIMIT)

@@ -29,6 +29,7 @@ from services.workflows.handlers import (
     Catalog,
     Engine,
     Executions,
+    StartRequest,
     WorkflowFields,
     job_key,
 )
@@ -291,12 +292,14 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         violations.check()
         assert workflow_id is not None and user_id is not None
         started = await self._executions.start(
-            workflow_id,
-            user_id,
-            variables,
-            key,
-            use_existing=request.conflict_policy == pb.CONFLICT_POLICY_USE_EXISTING,
-            exclusive=request.conflict_policy != pb.CONFLICT_POLICY_ALLOW_PARALLEL,
+            StartRequest(
+                workflow_id,
+                user_id,
+                variables,
+                key,
+                use_existing=request.conflict_policy == pb.CONFLICT_POLICY_USE_EXISTING,
+                exclusive=request.conflict_policy != pb.CONFLICT_POLICY_ALLOW_PARALLEL,
+            )
         )
         return pb.StartExecutionResponse(
             execution=execution_message(started.execution), existing=started.existing

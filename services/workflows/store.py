@@ -231,21 +231,51 @@ async def startable(
     return {row["id"]: (row["status"], row["version"]) for row in rows}
 
 
-async def start_check(
-    conn: Executor, workflow_id: uuid.UUID, user_id: uuid.UUID
-) -> tuple[tuple[str, str] | None, bool]:
-    """The workflow's (status, current version), None if it does not exist, and
-    whether the user was erased: one round trip on the hot path of StartExecution."""
-    row = await conn.fetchrow(
-        "SELECT (SELECT status FROM workflows WHERE id = $1) AS status,"
-        " (SELECT version FROM workflows WHERE id = $1) AS version,"
-        " EXISTS (SELECT 1 FROM erased_users WHERE user_id = $2) AS erased",
-        workflow_id,
-        user_id,
+@dataclass(frozen=True)
+class StartCheck:
+    """What decides whether an execution may start for a user."""
+
+    # The workflow's (status, current version); None if it does not exist.
+    found: tuple[str, str] | None
+    erased: bool
+    # The request_id was used already.
+    claimed: bool
+    # An exclusive execution of the workflow runs for the user.
+    running: bool
+
+
+async def start_checks(
+    conn: Executor,
+    starts: Sequence[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]],
+    method: str,
+) -> list[StartCheck]:
+    """The check of each (workflow, user, request_id), in order: one round trip
+    for any number of starts."""
+    rows = await conn.fetch(
+        "SELECT w.status, w.version,"
+        " EXISTS (SELECT 1 FROM erased_users u WHERE u.user_id = r.user_id) AS erased,"
+        " EXISTS (SELECT 1 FROM idempotency_keys k"
+        "  WHERE k.method = $4 AND k.request_id = r.request_id) AS claimed,"
+        " EXISTS (SELECT 1 FROM workflow_executions e WHERE e.workflow_id = r.workflow_id"
+        "  AND e.user_id = r.user_id AND e.exclusive AND e.status IN ('pending', 'running'))"
+        "  AS running"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) WITH ORDINALITY"
+        "  AS r(workflow_id, user_id, request_id, n)"
+        " LEFT JOIN workflows w ON w.id = r.workflow_id ORDER BY r.n",
+        [s[0] for s in starts],
+        [s[1] for s in starts],
+        [s[2] for s in starts],
+        method,
     )
-    assert row is not None
-    found = (row["status"], row["version"]) if row["status"] is not None else None
-    return found, bool(row["erased"])
+    return [
+        StartCheck(
+            (row["status"], row["version"]) if row["status"] is not None else None,
+            row["erased"],
+            row["claimed"],
+            row["running"],
+        )
+        for row in rows
+    ]
 
 
 async def message_start_workflows(conn: Executor, name: str) -> list[tuple[uuid.UUID, str]]:

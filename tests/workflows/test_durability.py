@@ -98,7 +98,7 @@ async def test_killing_the_service_mid_run_loses_nothing_and_fires_no_timer_twic
     ]
     acknowledged: set[int] = set()
 
-    async def send_all(stub: Stub, workflow_id: str, stop_on_error: bool) -> None:
+    async def send_all(stub: Stub, workflow_id: str, stop_on_error: bool, pace: float) -> None:
         pending = iter(range(EXECUTIONS))
 
         async def sender() -> None:
@@ -113,16 +113,25 @@ async def test_killing_the_service_mid_run_loses_nothing_and_fires_no_timer_twic
                         return
                     raise
                 acknowledged.add(n)
+                await asyncio.sleep(pace)
 
         await asyncio.gather(*(sender() for _ in range(16)))
 
     async with service_process(env) as process, grpc.aio.insecure_channel(address) as channel:
         stub = workflows_pb2_grpc.WorkflowServiceStub(channel)
         workflow = await deploy(stub, CRASH_WORKFLOW, name="crash")
-        sending = asyncio.create_task(send_all(stub, workflow.id, stop_on_error=True))
-        while len(acknowledged) < EXECUTIONS // 3:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(1.2)  # some timers are firing now
+        # Paced, so that the kill comes while starts arrive and timers fire.
+        sending = asyncio.create_task(send_all(stub, workflow.id, stop_on_error=True, pace=0.05))
+
+        async def timers_firing() -> bool:
+            fired = await admin.fetchval(
+                "SELECT count(*) FROM workflows.workflow_executions"
+                " WHERE workflow_id = $1 AND status = 'completed'",
+                uuid.UUID(workflow.id),
+            )
+            return len(acknowledged) >= EXECUTIONS // 3 and fired > 0
+
+        await eventually(timers_firing, seconds=30, interval=0.01)
         process.kill()
         await sending
     before_restart = len(acknowledged)
@@ -130,7 +139,7 @@ async def test_killing_the_service_mid_run_loses_nothing_and_fires_no_timer_twic
 
     async with service_process(env), grpc.aio.insecure_channel(address) as channel:
         stub = workflows_pb2_grpc.WorkflowServiceStub(channel)
-        await send_all(stub, workflow.id, stop_on_error=False)
+        await send_all(stub, workflow.id, stop_on_error=False, pace=0)
 
         async def all_done() -> bool:
             done = await admin.fetchval(
