@@ -215,14 +215,26 @@ async def test_users_events_wait_while_metrics_is_stopped_and_arrive_once_when_i
                 listed = await metrics.ListEvents(metrics_pb2.ListEventsRequest(user_id=user_id))
     assert again.recorded_count == 0
     assert [(e.event_type, e.producer) for e in listed.events] == [("user.created", "users")]
-    # The delivery, long after the call, still belongs to the trace of the call.
+    # The delivery, long after the call, still belongs to the trace of the call:
+    # in it, or linked to it when the batch went out in an earlier message's trace.
     trace_id = caller.get_span_context().trace_id
-    names = {s.name for s in SPANS.get_finished_spans() if s.context.trace_id == trace_id}
-    assert {
-        "/lifecycle.users.v1.UserService/CreateUser",
-        "outbox metrics.record_events",
-        "/lifecycle.metrics.v1.MetricsService/RecordEvents",
-    } <= names
+    spans = SPANS.get_finished_spans()
+    assert any(
+        s.name == "/lifecycle.users.v1.UserService/CreateUser" and s.context.trace_id == trace_id
+        for s in spans
+    )
+    deliveries = {
+        s.context.span_id
+        for s in spans
+        if s.name == "outbox metrics.record_events"
+        and trace_id in {s.context.trace_id, *(link.context.trace_id for link in s.links)}
+    }
+    assert any(
+        s.name == "/lifecycle.metrics.v1.MetricsService/RecordEvents"
+        and s.parent is not None
+        and s.parent.span_id in deliveries
+        for s in spans
+    )
 
 
 def test_merged_payloads_parse_as_one_request_holding_every_event() -> None:

@@ -19,18 +19,18 @@ unary TrackEvent calls under load, and a lone call is written at once.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from google.protobuf import struct_pb2
+from opentelemetry import trace
 
 from lifecycle.workflows.v1 import workflows_pb2
 from runtime.clients import GRPC_SERVICES
 from runtime.database import UnitOfWork
+from runtime.group_commit import GroupCommit
 from runtime.lifecycle_events import TRACKED_PREFIX, EventBatch, new_event_id
 from runtime.outbox import Destination
 from runtime.server import ServiceContext
@@ -302,14 +302,6 @@ def _erased() -> Refusal:
     return Refusal("user_id", "the user was erased", USER_ERASED)
 
 
-@dataclass
-class _Submission:
-    events: list[Event]
-    done: asyncio.Future[list[Outcome]]
-    # The caller's context (its trace and deadline), which its batch runs in.
-    context: contextvars.Context
-
-
 class Ingestor:
     """Runs the pipeline on at most `lanes` batches at a time; calls that arrive
     meanwhile are queued and batched together (up to BATCH_EVENTS events).
@@ -318,63 +310,30 @@ class Ingestor:
     are cheaper written together by one lane, while big ones gain from one lane
     evaluating while another waits for the database."""
 
-    def __init__(self, pipeline: IngestPipeline, lanes: int) -> None:
+    def __init__(self, pipeline: IngestPipeline, lanes: int, tracer: trace.Tracer) -> None:
         self._pipeline = pipeline
-        self._lanes = lanes
-        self._busy = 0
-        self._waiting: deque[_Submission] = deque()
-        self._waiting_events = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches: GroupCommit[list[Event], list[Outcome]] = GroupCommit(
+            self._write,
+            name="TrackEvents batch",
+            tracer=tracer,
+            lanes=lanes,
+            max_weight=BATCH_EVENTS,
+            backlog_per_lane=BATCH_EVENTS // 2,
+            weight=len,
+        )
 
     async def track(self, events: Sequence[Event]) -> list[Outcome]:
         chunks = [
             list(events[start : start + BATCH_EVENTS])
             for start in range(0, len(events), BATCH_EVENTS)
         ]
-        results = await asyncio.gather(*(self._submit(chunk) for chunk in chunks))
+        results = await asyncio.gather(*(self._batches.submit(chunk) for chunk in chunks))
         return [outcome for result in results for outcome in result]
 
-    def _submit(self, events: list[Event]) -> asyncio.Future[list[Outcome]]:
-        done: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Submission(events, done, contextvars.copy_context()))
-        self._waiting_events += len(events)
-        self._dispatch()
-        return done
-
-    def _open_lane(self) -> bool:
-        if not self._waiting or self._busy >= self._lanes:
-            return False
-        return self._busy == 0 or self._waiting_events >= BATCH_EVENTS // 2
-
-    def _dispatch(self) -> None:
-        while self._open_lane():
-            batch = [self._waiting.popleft()]
-            size = len(batch[0].events)
-            while self._waiting and size + len(self._waiting[0].events) <= BATCH_EVENTS:
-                size += len(self._waiting[0].events)
-                batch.append(self._waiting.popleft())
-            self._waiting_events -= size
-            self._busy += 1
-            task = asyncio.create_task(self._write(batch), context=batch[0].context)
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._busy -= 1
-        self._dispatch()
-
-    async def _write(self, batch: list[_Submission]) -> None:
-        try:
-            outcomes = await self._pipeline.ingest([e for s in batch for e in s.events])
-        except Exception as error:
-            for submission in batch:
-                if not submission.done.done():
-                    submission.done.set_exception(error)
-            return
-        start = 0
-        for submission in batch:
-            end = start + len(submission.events)
-            if not submission.done.done():
-                submission.done.set_result(outcomes[start:end])
-            start = end
+    async def _write(self, calls: list[list[Event]]) -> list[list[Outcome]]:
+        outcomes = await self._pipeline.ingest([event for events in calls for event in events])
+        answers, start = [], 0
+        for events in calls:
+            answers.append(outcomes[start : start + len(events)])
+            start += len(events)
+        return answers

@@ -51,7 +51,11 @@ def build_with(
         servicer = TriggerServicer(
             TriggerCatalog(context, Workflows(context.clients)),
             TriggerHistory(context),
-            Ingestor(pipeline, chosen.ingest_lanes),
+            Ingestor(
+                pipeline,
+                chosen.ingest_lanes,
+                context.tracer_provider.get_tracer(__name__),
+            ),
             context.page_tokens,
             clock,
         )
