@@ -47,10 +47,15 @@ from services.triggers.domain import (
 )
 from services.triggers.peers import Users
 
-PUBLISH_MESSAGE = "workflows.publish_message"
+PUBLISH_MESSAGES = "workflows.publish_messages"
 DESTINATIONS = {
-    PUBLISH_MESSAGE: Destination(
-        "workflows", f"/{GRPC_SERVICES['workflows']}/PublishMessage", max_batch=1
+    # Each payload is a one-message PublishMessagesRequest; the relay sends many
+    # as one request.
+    PUBLISH_MESSAGES: Destination(
+        "workflows",
+        f"/{GRPC_SERVICES['workflows']}/PublishMessages",
+        mergeable=True,
+        max_batch=500,
     ),
 }
 # Events per transaction.
@@ -107,15 +112,17 @@ def _start_request(
 
 
 def _publish_request(event: Event, variable: struct_pb2.Struct, ttl: timedelta) -> bytes:
-    request = workflows_pb2.PublishMessageRequest(
+    """The event as a message to the workflows service, a mergeable payload."""
+    batch = workflows_pb2.PublishMessagesRequest()
+    message = batch.messages.add(
         name=event.event_type,
         correlation_key=str(event.user_id),
         message_id=message_id_for_workflows(event),
     )
-    request.variables.fields["event"].struct_value.CopyFrom(variable)
+    message.variables.fields["event"].struct_value.CopyFrom(variable)
     if ttl:
-        request.time_to_live.FromTimedelta(ttl)
-    return request.SerializeToString()
+        message.time_to_live.FromTimedelta(ttl)
+    return batch.SerializeToString()
 
 
 @dataclass
@@ -282,7 +289,7 @@ class IngestPipeline:
         lifecycle = EventBatch(PRODUCER)
         for event in events:
             uow.publish(
-                PUBLISH_MESSAGE, _publish_request(event, variables[event.message_id], self._ttl)
+                PUBLISH_MESSAGES, _publish_request(event, variables[event.message_id], self._ttl)
             )
             if event.tracked and event.user is not None:
                 data = struct_pb2.Struct()

@@ -16,10 +16,11 @@ import hashlib
 import json
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
@@ -879,51 +880,62 @@ class Executions:
             raise _execution_not_found(execution_id)
         return states[execution_id]
 
-    async def publish(
-        self,
-        name: str,
-        user_id: uuid.UUID,
-        variables: dict[str, Any],
-        message_id: str | None,
-        ttl: timedelta,
-    ) -> Published:
-        engine = self._engine
+    async def publish(self, messages: Sequence[store.NewMessage]) -> list[Published]:
+        """Each message's outcome as if it were published alone, in order. The
+        messages go in waves of one per user, a transaction each: a user's first
+        message is settled before the next one is matched."""
+        waves: list[list[int]] = []
+        seen: Counter[uuid.UUID] = Counter()
+        for position, message in enumerate(messages):
+            rank = seen[message.user_id]
+            seen[message.user_id] += 1
+            if rank == len(waves):
+                waves.append([])
+            waves[rank].append(position)
+        results: dict[int, Published] = {}
+        for wave in waves:
+            published = await self._engine.transaction(
+                partial(self._publish_wave, [messages[n] for n in wave])
+            )
+            results.update(zip(wave, published, strict=True))
+        return [results[n] for n in range(len(messages))]
 
-        async def work(uow: UnitOfWork, notes: Notes) -> Published:
-            conn = uow.conn
-            if await store.is_erased(conn, user_id):
-                return Published(0, False, False)
-            now = engine.clock.now()
-            row_id = None
-            if ttl > timedelta(0) or message_id:
-                row_id = await store.insert_message(
-                    conn,
-                    name,
-                    user_id,
-                    message_id=message_id,
-                    variables=variables,
-                    published_at=now,
-                    expires_at=now + ttl,
-                )
-                if row_id is None:
-                    return Published(0, False, True)
-            triggers: dict[uuid.UUID, list[Trigger]] = {
-                execution_id: [MessageDelivered(token, element, variables)]
-                for execution_id, token, element in await store.subscribers(conn, user_id, name)
-            }
-            new = [
-                NewExecution(new_state(workflow_id, version, user_id, dict(variables), now), True)
-                for workflow_id, version in await store.message_start_workflows(conn, name)
+    async def _publish_wave(
+        self, messages: list[store.NewMessage], uow: UnitOfWork, notes: Notes
+    ) -> list[Published]:
+        conn, now = uow.conn, self._engine.clock.now()
+        erased = await store.erased_among(conn, [m.user_id for m in messages])
+        live = [m for m in messages if m.user_id not in erased]
+        kept = [m for m in live if m.ttl > timedelta(0) or m.message_id]
+        stored = await store.insert_messages(conn, kept, now) if kept else {}
+        duplicates = {m.user_id for m in kept if m.user_id not in stored}
+        going = [m for m in live if m.user_id not in duplicates]
+        waiting = await store.subscribers(conn, [(m.user_id, m.name) for m in going])
+        starting = await store.message_start_workflows(conn, {m.name for m in going})
+        triggers: dict[uuid.UUID, list[Trigger]] = {}
+        new: dict[uuid.UUID, list[NewExecution]] = defaultdict(list)
+        for m in going:
+            for execution_id, token, element in waiting.get(m.user_id, ()):
+                triggers[execution_id] = [MessageDelivered(token, element, m.variables)]
+            for workflow_id, version in starting.get(m.name, ()):
+                state = new_state(workflow_id, version, m.user_id, dict(m.variables), now)
+                new[m.user_id].append(NewExecution(state, exclusive=True))
+        advanced = await self._engine.advance(
+            uow, notes, triggers, [e for started in new.values() for e in started]
+        )
+        results, deliveries = [], []
+        for m in messages:
+            if m.user_id in erased or m.user_id in duplicates:
+                results.append(Published(0, False, m.user_id in duplicates))
+                continue
+            delivered = [i for i, _, _ in waiting.get(m.user_id, ()) if i in advanced.runs] + [
+                e.state.id for e in new.get(m.user_id, ()) if e.state.id not in advanced.conflicts
             ]
-            advanced = await engine.advance(uow, notes, triggers, new)
-            delivered = [i for i in triggers if i in advanced.runs] + [
-                n.state.id for n in new if n.state.id not in advanced.conflicts
-            ]
-            if row_id is not None and delivered:
-                await store.write(conn, store.Writes(deliveries=[(row_id, i) for i in delivered]))
-            return Published(len(delivered), ttl > timedelta(0), False)
-
-        return await engine.transaction(work)
+            if (row_id := stored.get(m.user_id)) is not None:
+                deliveries += [(row_id, execution_id) for execution_id in delivered]
+            results.append(Published(len(delivered), m.ttl > timedelta(0), False))
+        await store.write(conn, store.Writes(deliveries=deliveries))
+        return results
 
     # ------------------------------------------------------------ jobs
 

@@ -29,11 +29,12 @@ from services.workflows.handlers import (
     Catalog,
     Engine,
     Executions,
+    Published,
     StartRequest,
     WorkflowFields,
     job_key,
 )
-from services.workflows.store import ExecutionView, VersionRow, WorkflowRecord
+from services.workflows.store import ExecutionView, NewMessage, VersionRow, WorkflowRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -55,6 +56,7 @@ _EXECUTION_ENUM = {name: value for value, name in EXECUTION_STATUSES.items()}
 UPDATABLE = ("name", "description", "bpmn_xml", "lifecycle_stages")
 MAX_NAME = 255
 MAX_TTL = timedelta(days=365)
+MAX_MESSAGES = 1000
 MAX_JOBS = 1000
 DEFAULT_JOB_TIMEOUT = timedelta(minutes=5)
 MAX_REQUEST_TIMEOUT = timedelta(minutes=10)
@@ -144,6 +146,31 @@ def _statuses(values: list[int], names: dict[Any, str], field: str, v: Violation
         else:
             found.append(names[value])
     return sorted(set(found))
+
+
+def _message(
+    request: pb.PublishMessageRequest, prefix: str, violations: Violations
+) -> NewMessage | None:
+    """A message to publish (None without a user); problems go to `violations`
+    under `prefix` + the field's name."""
+    name = _name(request.name, f"{prefix}name", violations)
+    user_id = parse_uuid(request.correlation_key, f"{prefix}correlation_key", violations)
+    variables = variables_of(request.variables, f"{prefix}variables", violations)
+    message_id = _name(request.message_id, f"{prefix}message_id", violations, required=False)
+    ttl = _duration(request.time_to_live, f"{prefix}time_to_live", violations)
+    if ttl > MAX_TTL:
+        violations.add(f"{prefix}time_to_live", f"must be at most {MAX_TTL.days} days")
+    if user_id is None:
+        return None
+    return NewMessage(name, user_id, message_id or None, variables, ttl)
+
+
+def _published(published: Published) -> pb.PublishMessageResponse:
+    return pb.PublishMessageResponse(
+        delivered_count=published.delivered,
+        buffered=published.buffered,
+        duplicate=published.duplicate,
+    )
 
 
 class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
@@ -342,23 +369,25 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.PublishMessageRequest, context: Context
     ) -> pb.PublishMessageResponse:
         violations = Violations()
-        name = _name(request.name, "name", violations)
-        user_id = parse_uuid(request.correlation_key, "correlation_key", violations)
-        variables = variables_of(request.variables, "variables", violations)
-        message_id = _name(request.message_id, "message_id", violations, required=False)
-        ttl = _duration(request.time_to_live, "time_to_live", violations)
-        if ttl > MAX_TTL:
-            violations.add("time_to_live", f"must be at most {MAX_TTL.days} days")
+        message = _message(request, "", violations)
         violations.check()
-        assert user_id is not None
-        published = await self._executions.publish(
-            name, user_id, variables, message_id or None, ttl
-        )
-        return pb.PublishMessageResponse(
-            delivered_count=published.delivered,
-            buffered=published.buffered,
-            duplicate=published.duplicate,
-        )
+        assert message is not None
+        (published,) = await self._executions.publish([message])
+        return _published(published)
+
+    async def PublishMessages(
+        self, request: pb.PublishMessagesRequest, context: Context
+    ) -> pb.PublishMessagesResponse:
+        violations = Violations()
+        if not 0 < len(request.messages) <= MAX_MESSAGES:
+            violations.add("messages", f"must hold 1 to {MAX_MESSAGES} messages")
+        messages = [
+            _message(given, f"messages[{n}].", violations)
+            for n, given in enumerate(request.messages)
+        ]
+        violations.check()
+        published = await self._executions.publish([m for m in messages if m is not None])
+        return pb.PublishMessagesResponse(results=[_published(p) for p in published])
 
     # ------------------------------------------------------------ jobs
 

@@ -5,9 +5,10 @@ executions are one statement each (unnest arrays)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -278,14 +279,20 @@ async def start_checks(
     ]
 
 
-async def message_start_workflows(conn: Executor, name: str) -> list[tuple[uuid.UUID, str]]:
+async def message_start_workflows(
+    conn: Executor, names: Iterable[str]
+) -> dict[str, list[tuple[uuid.UUID, str]]]:
+    """The active workflows (id, version) that a message of each name starts."""
     rows = await conn.fetch(
-        "SELECT w.id, w.version FROM workflows w JOIN workflow_versions v"
+        "SELECT v.start_message, w.id, w.version FROM workflows w JOIN workflow_versions v"
         " ON v.workflow_id = w.id AND v.version = w.version"
-        " WHERE w.status = 'active' AND v.start_message = $1 ORDER BY w.id",
-        name,
+        " WHERE w.status = 'active' AND v.start_message = ANY($1::text[]) ORDER BY w.id",
+        list(names),
     )
-    return [(row["id"], row["version"]) for row in rows]
+    found: dict[str, list[tuple[uuid.UUID, str]]] = defaultdict(list)
+    for row in rows:
+        found[row["start_message"]].append((row["id"], row["version"]))
+    return found
 
 
 # ---------------------------------------------------------------- executions
@@ -560,50 +567,61 @@ async def buffered_messages(
     }
 
 
-async def insert_message(
-    conn: asyncpg.Connection,
-    name: str,
-    user_id: uuid.UUID,
-    *,
-    message_id: str | None,
-    variables: dict[str, Any],
-    published_at: datetime,
-    expires_at: datetime,
-) -> int | None:
-    """The new message's id; None when `message_id` was published before."""
-    new_id: int | None = await conn.fetchval(
+@dataclass(frozen=True)
+class NewMessage:
+    name: str
+    user_id: uuid.UUID
+    message_id: str | None
+    variables: dict[str, Any]
+    ttl: timedelta
+
+
+async def insert_messages(
+    conn: asyncpg.Connection, messages: Sequence[NewMessage], now: datetime
+) -> dict[uuid.UUID, int]:
+    """Stores messages of distinct users; the new rows' ids by user. A message
+    whose message_id was published before is left out."""
+    rows = await conn.fetch(
         "INSERT INTO messages (name, user_id, message_id, variables, published_at, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING RETURNING id",
-        name,
-        user_id,
-        message_id,
-        variables,
-        published_at,
-        expires_at,
+        " SELECT r.name, r.user_id, r.message_id, r.variables, $5::timestamptz,"
+        " $5::timestamptz + r.ttl"
+        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $6::interval[])"
+        " AS r(name, user_id, message_id, variables, ttl)"
+        " ON CONFLICT (message_id) DO NOTHING RETURNING id, user_id",
+        [m.name for m in messages],
+        [m.user_id for m in messages],
+        [m.message_id for m in messages],
+        [m.variables for m in messages],
+        now,
+        [m.ttl for m in messages],
     )
-    return new_id
+    return {row["user_id"]: row["id"] for row in rows}
 
 
 async def subscribers(
-    conn: asyncpg.Connection, user_id: uuid.UUID, name: str
-) -> list[tuple[uuid.UUID, int, str]]:
-    """Waits for the message: the oldest token of each execution, with its element."""
+    conn: asyncpg.Connection, wanted: Sequence[tuple[uuid.UUID, str]]
+) -> dict[uuid.UUID, list[tuple[uuid.UUID, int, str]]]:
+    """Who waits for each (user, message name), by user: the oldest token of
+    each execution, with its element."""
     rows = await conn.fetch(
-        "SELECT DISTINCT ON (execution_id) execution_id, token, element_id"
-        " FROM message_subscriptions WHERE user_id = $1 AND message_name = $2"
-        " ORDER BY execution_id, token",
-        user_id,
-        name,
+        "SELECT DISTINCT ON (s.execution_id) s.user_id, s.execution_id, s.token, s.element_id"
+        " FROM message_subscriptions s JOIN unnest($1::uuid[], $2::text[]) AS w(user_id, name)"
+        " ON s.user_id = w.user_id AND s.message_name = w.name"
+        " ORDER BY s.execution_id, s.token",
+        [user_id for user_id, _ in wanted],
+        [name for _, name in wanted],
     )
-    return [(row["execution_id"], row["token"], row["element_id"]) for row in rows]
+    found: dict[uuid.UUID, list[tuple[uuid.UUID, int, str]]] = defaultdict(list)
+    for row in rows:
+        found[row["user_id"]].append((row["execution_id"], row["token"], row["element_id"]))
+    return found
 
 
-async def is_erased(conn: Executor, user_id: uuid.UUID) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1)", user_id
-        )
+async def erased_among(conn: Executor, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT user_id FROM erased_users WHERE user_id = ANY($1::uuid[])", list(user_ids)
     )
+    return {row["user_id"] for row in rows}
 
 
 async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:

@@ -18,7 +18,7 @@ from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct, struct_to_dict
 from services.workflows.clock import ManualClock
-from tests.support import error_info, rpc_error
+from tests.support import error_info, rpc_error, violated_fields
 from tests.workflows.bpmn_docs import (
     boundary,
     call,
@@ -333,6 +333,66 @@ async def test_message_catch_and_receive_task_buffering_and_dedupe(wf: Stub) -> 
     assert done.status == COMPLETED
     assert path(done) == ["start", "first", "second", "end"]
     assert struct_to_dict(done.variables) == {"early": True}
+
+
+def message(
+    name: str, user: str, ttl_seconds: int = 0, message_id: str = ""
+) -> pb.PublishMessageRequest:
+    return pb.PublishMessageRequest(
+        name=name,
+        correlation_key=user,
+        time_to_live=duration_pb2.Duration(seconds=ttl_seconds),
+        message_id=message_id,
+    )
+
+
+async def test_publish_messages_answers_each_as_if_published_alone(wf: Stub) -> None:
+    workflow = await deploy(wf, linear(start(), catch("once", message="go"), end()))
+    twice = await deploy(
+        wf, linear(start(), catch("first", message="step"), catch("second", message="step"), end())
+    )
+    waiting, looping, nobody, erased = (str(uuid.uuid4()) for _ in range(4))
+    once = await start_execution(wf, workflow, waiting)
+    both = await start_execution(wf, twice, looping)
+    await wf.EraseUserData(pb.EraseUserDataRequest(user_id=erased))
+    key = f"batch-{uuid.uuid4()}"
+    reply = await wf.PublishMessages(
+        pb.PublishMessagesRequest(
+            messages=[
+                message("go", waiting, ttl_seconds=60),
+                message("go", waiting, ttl_seconds=60),
+                message("step", looping),
+                message("step", looping),
+                message("go", nobody),
+                message("go", nobody, ttl_seconds=60, message_id=key),
+                message("go", nobody, ttl_seconds=60, message_id=key),
+                message("go", erased, ttl_seconds=60),
+            ]
+        )
+    )
+    outcomes = [(r.delivered_count, r.buffered, r.duplicate) for r in reply.results]
+    assert outcomes == [
+        (1, True, False),  # delivered; also kept for its time to live
+        (0, True, False),  # the user's second: nobody waits any more, so buffered
+        (1, False, False),
+        (1, False, False),  # the same execution, waiting again after the first
+        (0, False, False),
+        (0, True, False),
+        (0, False, True),
+        (0, False, False),
+    ]
+    assert (await execution(wf, once.id)).status == COMPLETED
+    assert path(await execution(wf, both.id)) == ["start", "first", "second", "end"]
+
+    error = await rpc_error(
+        wf.PublishMessages(
+            pb.PublishMessagesRequest(messages=[message("go", waiting), message("go", "nope")])
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error) == ["messages[1].correlation_key"]
+    error = await rpc_error(wf.PublishMessages(pb.PublishMessagesRequest()))
+    assert violated_fields(error) == ["messages"]
 
 
 async def test_boundary_timer_interrupts_and_cycle_repeats_without_interrupting(

@@ -881,6 +881,48 @@ class PublishMessageResponse(_message.Message):
 Global___PublishMessageResponse: _TypeAlias = PublishMessageResponse  # noqa: Y015
 
 @_typing.final
+class PublishMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishMessageRequest]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___PublishMessageRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishMessagesRequest: _TypeAlias = PublishMessagesRequest  # noqa: Y015
+
+@_typing.final
+class PublishMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishMessageResponse]:
+        """One per message, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PublishMessageResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishMessagesResponse: _TypeAlias = PublishMessagesResponse  # noqa: Y015
+
+@_typing.final
 class ActivateJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

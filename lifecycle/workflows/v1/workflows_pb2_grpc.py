@@ -103,6 +103,11 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessageRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessageResponse.FromString,
                 _registered_method=True)
+        self.PublishMessages = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/PublishMessages',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesResponse.FromString,
+                _registered_method=True)
         self.ActivateJobs = channel.unary_stream(
                 '/lifecycle.workflows.v1.WorkflowService/ActivateJobs',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ActivateJobsRequest.SerializeToString,
@@ -231,6 +236,15 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishMessages(self, request, context):
+        """Publishes up to 1000 messages, each with the outcome PublishMessage would
+        give it, in order: the bulk path (the triggers service's outbox sends its
+        events this way, as the concatenation of one-message requests).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ActivateJobs(self, request, context):
         """Long-polls for jobs of a type; streams batches of activated jobs until
         `request_timeout` passes or `max_jobs_to_activate` were sent.
@@ -341,6 +355,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.PublishMessage,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessageRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessageResponse.SerializeToString,
+            ),
+            'PublishMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishMessages,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesResponse.SerializeToString,
             ),
             'ActivateJobs': grpc.unary_stream_rpc_method_handler(
                     servicer.ActivateJobs,
@@ -728,6 +747,33 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/PublishMessage',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessageRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/PublishMessages',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

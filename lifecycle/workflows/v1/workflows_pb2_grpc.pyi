@@ -63,6 +63,11 @@ class WorkflowServiceStub:
     """Delivers a message to every execution of the user (correlation key)
     waiting for it, or buffers it for its time to live. Deduplicated by `message_id`.
     """
+    PublishMessages: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessagesRequest, _workflows_pb2.PublishMessagesResponse]
+    """Publishes up to 1000 messages, each with the outcome PublishMessage would
+    give it, in order: the bulk path (the triggers service's outbox sends its
+    events this way, as the concatenation of one-message requests).
+    """
     ActivateJobs: _grpc.UnaryStreamMultiCallable[_workflows_pb2.ActivateJobsRequest, _workflows_pb2.ActivateJobsResponse]
     """Long-polls for jobs of a type; streams batches of activated jobs until
     `request_timeout` passes or `max_jobs_to_activate` were sent.
@@ -113,6 +118,11 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     PublishMessage: _aio.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessageRequest, _workflows_pb2.PublishMessageResponse]  # type: ignore[assignment]
     """Delivers a message to every execution of the user (correlation key)
     waiting for it, or buffers it for its time to live. Deduplicated by `message_id`.
+    """
+    PublishMessages: _aio.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessagesRequest, _workflows_pb2.PublishMessagesResponse]  # type: ignore[assignment]
+    """Publishes up to 1000 messages, each with the outcome PublishMessage would
+    give it, in order: the bulk path (the triggers service's outbox sends its
+    events this way, as the concatenation of one-message requests).
     """
     ActivateJobs: _aio.UnaryStreamMultiCallable[_workflows_pb2.ActivateJobsRequest, _workflows_pb2.ActivateJobsResponse]  # type: ignore[assignment]
     """Long-polls for jobs of a type; streams batches of activated jobs until
@@ -239,6 +249,17 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workflows_pb2.PublishMessageResponse, _abc.Awaitable[_workflows_pb2.PublishMessageResponse]]:
         """Delivers a message to every execution of the user (correlation key)
         waiting for it, or buffers it for its time to live. Deduplicated by `message_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishMessages(
+        self,
+        request: _workflows_pb2.PublishMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.PublishMessagesResponse, _abc.Awaitable[_workflows_pb2.PublishMessagesResponse]]:
+        """Publishes up to 1000 messages, each with the outcome PublishMessage would
+        give it, in order: the bulk path (the triggers service's outbox sends its
+        events this way, as the concatenation of one-message requests).
         """
 
     @_abc_1.abstractmethod
