@@ -23,15 +23,21 @@ import asyncpg
 from opentelemetry import trace
 
 from runtime import idempotency
-from runtime.config import SERVICE_NAMES, ConfigError, load_service_config
+from runtime.config import (
+    SERVICE_NAMES,
+    ConfigError,
+    database_name,
+    load_service_config,
+    with_database,
+)
 from runtime.errors import OperationFailed
 from runtime.migrations import acting_as, migrate
 from runtime.outbox import retry_dead_letters
 from runtime.partitions import ensure_partitions
 from runtime.server import ServiceHost
 from runtime.telemetry import configure_logging, create_tracer_provider
-from suite.database import create_database_if_missing, suite_database
-from suite.demo.run import DemoSettings, run_demo
+from suite.database import create_database_if_missing, recreate_database, suite_database
+from suite.demo.run import DemoSettings, run_demo, suite_is_up
 from suite.launcher import Supervisor, child_environment
 from suite.registry import DEFINITIONS, schema_owners
 
@@ -125,9 +131,17 @@ def _up(services: list[str]) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(args.users, args.days, args.day_seconds, args.seed)
-    with suite_database() as admin_url:
-        asyncio.run(_migrate(admin_url))
-        return asyncio.run(run_demo(admin_url, child_environment(admin_url), settings))
+    with suite_database() as suite_url:
+        demo_url = suite_url
+        running = asyncio.run(suite_is_up(child_environment(suite_url)))
+        if not running:
+            # A suite of its own, on a database made afresh: the report shows
+            # this run's product only, and the suite's own data is left alone.
+            demo_url = with_database(suite_url, f"{database_name(suite_url)}_demo")
+            asyncio.run(recreate_database(demo_url))
+        asyncio.run(_migrate(demo_url))
+        env = child_environment(demo_url)
+        return asyncio.run(run_demo(demo_url, env, settings, start_suite=not running))
 
 
 def _serve(service: str) -> int:

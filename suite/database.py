@@ -65,3 +65,15 @@ async def create_database_if_missing(url: str) -> None:
         log.info("created database %s", name)
     else:
         await conn.close()
+
+
+async def recreate_database(url: str) -> None:
+    """The database `url` names, empty: dropped (with its sessions) and made again."""
+    name = quote_identifier(database_name(url))
+    maintenance = await asyncpg.connect(with_database(url, "postgres"))
+    try:
+        await maintenance.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await maintenance.execute(f"CREATE DATABASE {name}")
+    finally:
+        await maintenance.close()
+    log.info("created database %s afresh", name)

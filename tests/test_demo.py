@@ -10,8 +10,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 
+from runtime.config import with_database
 from tests.conftest import create_database, drop_database
 from tests.support import ScratchDatabase
 from tests.test_cli import suite_environment
@@ -19,11 +21,27 @@ from tests.test_cli import suite_environment
 
 @pytest.fixture
 def scratch(server_url: str) -> Iterator[ScratchDatabase]:
-    database = asyncio.run(create_database(server_url, f"lifecycle_demo_{secrets.token_hex(4)}"))
+    """The suite's database; the demo makes `<it>_demo` beside it, dropped too."""
+    name = f"lifecycle_demo_{secrets.token_hex(4)}"
+    database = asyncio.run(create_database(server_url, name))
+    demo = ScratchDatabase(with_database(server_url, f"{name}_demo"), f"{name}_demo")
     try:
         yield database
     finally:
-        asyncio.run(drop_database(server_url, database))
+        for made in (database, demo):
+            asyncio.run(drop_database(server_url, made))
+
+
+async def users_in(url: str) -> int | None:
+    """How many users the database holds; None before its migrations."""
+    conn = await asyncpg.connect(url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('users.users') IS NOT NULL"):
+            return None
+        count: int = await conn.fetchval("SELECT count(*) FROM users.users")
+        return count
+    finally:
+        await conn.close()
 
 
 def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatabase) -> None:
@@ -59,3 +77,8 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatab
     daily = re.findall(r"^\d{4}-\d{2}-\d{2}\s+(\d+)", out, re.M)
     assert len(daily) == 5
     assert sum(int(signups) for signups in daily) == 150
+    totals = dict(
+        re.findall(r"^(workflow executions started|triggers fired): ([\d,]+)$", out, re.M)
+    )
+    assert int(totals["triggers fired"].replace(",", "")) >= 150
+    assert int(totals["workflow executions started"].replace(",", "")) >= 150

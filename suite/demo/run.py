@@ -46,9 +46,17 @@ class DemoSettings:
     seed: int
 
 
-async def run_demo(admin_url: str, env: dict[str, str], settings: DemoSettings) -> int:
+async def suite_is_up(env: dict[str, str]) -> bool:
+    """Whether every service answers at the address `env` gives it."""
     addresses = peer_addresses(env)
-    async with _suite(env, addresses), connected(addresses) as suite:
+    return all(await asyncio.gather(*(serving(addresses[name]) for name in SERVICE_NAMES)))
+
+
+async def run_demo(
+    admin_url: str, env: dict[str, str], settings: DemoSettings, *, start_suite: bool
+) -> int:
+    addresses = peer_addresses(env)
+    async with _suite(env, start_suite), connected(addresses) as suite:
         tag = secrets.token_hex(3)
         simulation = Simulation(
             settings.users, settings.days, settings.seed, tag, datetime.now(UTC)
@@ -81,10 +89,9 @@ async def run_demo(admin_url: str, env: dict[str, str], settings: DemoSettings) 
 
 
 @contextlib.asynccontextmanager
-async def _suite(env: dict[str, str], addresses: dict[str, str]) -> AsyncIterator[None]:
+async def _suite(env: dict[str, str], start: bool) -> AsyncIterator[None]:
     """The suite as it runs, or started for the demo and stopped after it."""
-    up = await asyncio.gather(*(serving(addresses[name]) for name in SERVICE_NAMES))
-    if all(up):
+    if not start:
         yield
         return
     print("starting the suite for the demo...", flush=True)
