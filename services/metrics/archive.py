@@ -19,18 +19,24 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
+from urllib.parse import urlsplit
 
 import asyncpg
+import boto3
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
 
 from runtime.errors import OperationFailed
 from runtime.migrations import quote_identifier
 from runtime.partitions import PartitionedTable, shift
 from services.metrics import store
 from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
+from services.metrics.settings import MetricsSettings
 
 EVENT_RETENTION_MONTHS = 24
 METRICS_RETENTION_YEARS = 3
@@ -43,8 +49,7 @@ class ArchiveError(OperationFailed):
 
 
 class ArchiveStore(Protocol):
-    """Cold storage of archive files, by name. A folder today; an S3-compatible
-    bucket would implement the same three methods."""
+    """Cold storage of archive files, by name. A failure is an OSError."""
 
     def location(self, name: str) -> str: ...
 
@@ -76,6 +81,44 @@ class FolderArchive:
 
     async def fetch(self, name: str, target: Path) -> None:
         await asyncio.to_thread(shutil.copyfile, self.root / name, target)
+
+
+class BucketArchive:
+    """Archives in an S3-compatible bucket, under a prefix. An object appears
+    whole or not at all: S3 shows an upload only once it is complete."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint: str | None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self._client = boto3.client("s3", endpoint_url=endpoint)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def location(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self._key(name)}"
+
+    async def put(self, name: str, source: Path) -> None:
+        await self._call(name, self._client.upload_file, str(source), self.bucket, self._key(name))
+
+    async def fetch(self, name: str, target: Path) -> None:
+        await self._call(
+            name, self._client.download_file, self.bucket, self._key(name), str(target)
+        )
+
+    async def _call(self, name: str, method: Callable[..., None], *args: str) -> None:
+        try:
+            await asyncio.to_thread(method, *args)
+        except (BotoCoreError, ClientError, Boto3Error) as error:
+            raise OSError(f"{self.location(name)}: {error}") from error
+
+
+def open_archive(settings: MetricsSettings) -> ArchiveStore:
+    """The cold storage the settings name."""
+    parts = urlsplit(settings.archive_url)
+    if parts.scheme == "s3":
+        return BucketArchive(parts.netloc, parts.path.strip("/"), settings.archive_endpoint)
+    return FolderArchive(Path(settings.archive_url))
 
 
 @dataclass(frozen=True)

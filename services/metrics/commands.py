@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 
 from services.metrics.archive import (
-    FolderArchive,
     archive_expired,
+    open_archive,
     restore_partition,
 )
 from services.metrics.rollup import rollup, rollup_trailing
@@ -43,7 +43,7 @@ def add_commands(commands: Any) -> None:
 
 
 async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
-    archive = FolderArchive(load_settings().archive_folder)
+    archive = open_archive(load_settings())
     if args.action == "list":
         for row in await conn.fetch(
             "SELECT partition_name, data_location, manifest::text FROM archived_partitions"

@@ -10,7 +10,7 @@ import grpc
 
 from lifecycle.metrics.v1 import metrics_pb2_grpc
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
-from services.metrics.archive import FolderArchive, apply_retention
+from services.metrics.archive import apply_retention, open_archive
 from services.metrics.commands import add_commands
 from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
 from services.metrics.handlers import EventLog, Reports
@@ -52,7 +52,7 @@ def builder(clock: Clock, settings: MetricsSettings | None = None) -> ServiceDef
 async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
     """Retention: event partitions older than 2 years archived, then dropped;
     daily metrics older than 3 years removed."""
-    return await apply_retention(conn, FolderArchive(load_settings().archive_folder), today)
+    return await apply_retention(conn, open_archive(load_settings()), today)
 
 
 DEFINITION = builder(system_clock)

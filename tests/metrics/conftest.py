@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -63,7 +62,9 @@ async def serve_metrics(
     """A real metrics gRPC server on a free port, with the given clock; its
     scheduled rollup is off unless an interval is given."""
     env = service_env(database, {"metrics": free_port()})
-    settings = MetricsSettings(Path(tempfile.gettempdir()), rollup_interval, late_days=3)
+    settings = MetricsSettings(
+        tempfile.gettempdir(), None, rollup_interval=rollup_interval, late_days=3
+    )
     host = ServiceHost(builder(clock, settings), service_config("metrics", env), TRACER_PROVIDER)
     await host.start()
     try:

@@ -1,4 +1,5 @@
-"""Retention and archival against a real PostgreSQL and a real folder: event
+"""Retention and archival against a real PostgreSQL and a real folder (and a
+real S3-compatible server on loopback): event
 partitions past 2 years are archived, verified and dropped, a restore gives
 back the same rows, every failure leaves the data in place, and nothing
 inside the retention windows is touched."""
@@ -10,27 +11,30 @@ import gzip
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from runtime.partitions import ensure_partitions
 from services.metrics.archive import (
     ArchiveError,
+    BucketArchive,
     FolderArchive,
     archive_partition,
     restore_partition,
 )
 from services.metrics.domain import METRICS_TABLE
 from services.metrics.service import DEFINITION
-from services.metrics.settings import ARCHIVE_VARIABLE
+from services.metrics.settings import ARCHIVE_ENDPOINT_VARIABLE, ARCHIVE_VARIABLE
 from suite.cli import main
 from tests.metrics.conftest import as_metrics, create_partitions
-from tests.support import ScratchDatabase
+from tests.support import ScratchDatabase, free_port
 
 TODAY = date(2026, 11, 26)
 # Event partitions ending on or before 2024-11-26 go; November 2024 stays.
@@ -260,3 +264,65 @@ async def test_the_archive_command_lists_and_restores(
     assert await asyncio.to_thread(main, ["archive", "--today", TODAY.isoformat()]) == 0
     assert "nothing to archive" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["archive", "restore", "nope", "--into", "x"]) == 1
+
+
+@pytest.fixture
+def bucket_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3-compatible HTTP server on loopback (moto's), with credentials
+    in the environment as a deployment would give them; yields its endpoint."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "lifecycle"),
+        ("AWS_SECRET_ACCESS_KEY", "lifecycle-secret"),
+        ("AWS_DEFAULT_REGION", "eu-west-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv(ARCHIVE_ENDPOINT_VARIABLE, endpoint)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+async def test_archives_go_to_an_s3_bucket_and_come_back_from_it(
+    own_database: ScratchDatabase,
+    bucket_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name, month = "lifecycle_events_2023_05", date(2023, 5, 1)
+    async with as_metrics(own_database) as conn:
+        await conn.execute(
+            f"CREATE TABLE {name} PARTITION OF lifecycle_events"
+            " FOR VALUES FROM ('2023-05-01') TO ('2023-06-01')"
+        )
+        await insert_events(conn, month, 30)
+        original = await rows_of(conn, name)
+        missing = BucketArchive("no-such-bucket", "events", bucket_server)
+        with pytest.raises(ArchiveError, match="writing the archive failed"):
+            await archive_partition(conn, missing, name, month, date(2023, 6, 1))
+        assert await rows_of(conn, name) == original
+
+    s3 = boto3.client("s3", endpoint_url=bucket_server)
+    s3.create_bucket(Bucket="cold", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    monkeypatch.setenv("LIFECYCLE_DATABASE_URL", own_database.admin_url)
+    monkeypatch.setenv(ARCHIVE_VARIABLE, "s3://cold/lifecycle/events")
+    assert await asyncio.to_thread(main, ["archive", "--today", "2025-06-01"]) == 0
+    assert f"archived {name}" in capsys.readouterr().out
+    stored = {o["Key"] for o in s3.list_objects_v2(Bucket="cold")["Contents"]}
+    assert stored == {f"lifecycle/events/{name}.csv.gz", f"lifecycle/events/{name}.manifest.json"}
+    manifest = json.loads(
+        s3.get_object(Bucket="cold", Key=f"lifecycle/events/{name}.manifest.json")["Body"].read()
+    )
+    assert manifest["rows"] == len(original)
+
+    assert await asyncio.to_thread(main, ["archive", "list"]) == 0
+    assert f"s3://cold/lifecycle/events/{name}.csv.gz" in capsys.readouterr().out
+    command = ["archive", "restore", name, "--into", "restored_may"]
+    assert await asyncio.to_thread(main, command) == 0
+    async with as_metrics(own_database) as conn:
+        assert await conn.fetchval("SELECT to_regclass($1)", name) is None
+        assert await rows_of(conn, "restored_may") == original
