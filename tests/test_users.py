@@ -708,3 +708,36 @@ async def test_import_users_upserts_by_email_and_reports_bad_rows(
     assert await outbox_events(admin, same.id) == [
         e for e in await outbox_events(admin, same.id) if e.event_type == "user.created"
     ]
+
+
+async def test_import_applies_a_users_rows_in_stream_order_across_parallel_lanes(
+    users: Stub, admin: asyncpg.Connection
+) -> None:
+    """Chunks are written on several transactions at once; the rows naming one
+    user (in any letter case) still apply in the order of the stream."""
+    crowd = [unique_email("lanes") for _ in range(1000)]
+    repeated = unique_email("repeated")
+    spellings = [repeated, repeated.upper(), repeated.capitalize()] * 3
+
+    async def batches() -> AsyncIterator[users_pb2.ImportUsersRequest]:
+        for step, spelling in enumerate(spellings):
+            yield users_pb2.ImportUsersRequest(
+                users=[
+                    users_pb2.UserImport(email=spelling, attributes=struct({"step": step})),
+                    *(
+                        users_pb2.UserImport(email=email, attributes=struct({"step": step}))
+                        for email in crowd
+                    ),
+                ]
+            )
+
+    result = await users.ImportUsers(batches())
+    assert (result.created_count, result.updated_count, result.failed_count) == (1001, 8008, 0)
+    user = (await users.GetUser(users_pb2.GetUserRequest(email=repeated))).user
+    assert struct_to_dict(user.attributes) == {"step": 8}
+    steps = await admin.fetch(
+        "SELECT attributes->>'step' AS step, count(*) FROM users.users"
+        " WHERE lower(email) = ANY($1::text[]) GROUP BY 1",
+        [email.lower() for email in crowd],
+    )
+    assert [(row["step"], row["count"]) for row in steps] == [("8", 1000)]

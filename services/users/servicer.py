@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 UPDATABLE = ("email", "attributes")
 # Kept within one transaction each, so that locks stay short on big imports.
 IMPORT_CHUNK_ROWS = 5000
+# Transactions an import writes at once (bench/RESULTS.md).
+IMPORT_LANES = 4
+# A chunk being written: its task, its rows as given, the index of its first row.
+_Writing = tuple["asyncio.Task[ImportSummary]", list[users_pb2.UserImport], int]
 MAX_REPORTED_IMPORT_ERRORS = 1000
 MAX_MATCH_USER_IDS = 10_000
 MAX_PROFILES = 1000
@@ -278,27 +283,18 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         self, request_iterator: AsyncIterator[users_pb2.ImportUsersRequest], context: Context
     ) -> users_pb2.ImportUsersResponse:
         response = users_pb2.ImportUsersResponse()
+        writer = _ImportWriter(self._directory, response)
         next_index = 0
-        # While one chunk is written, the next one is validated, so Python and the
-        # database work at the same time; chunks still apply in stream order.
-        writing: tuple[asyncio.Task[ImportSummary], list[users_pb2.UserImport], int] | None = None
         try:
             async for request in request_iterator:
                 for start in range(0, len(request.users), IMPORT_CHUNK_ROWS):
                     chunk = list(request.users[start : start + IMPORT_CHUNK_ROWS])
                     rows = self._import_rows(chunk, next_index, response)
-                    if writing is not None:
-                        _add_summary(response, await writing[0], *writing[1:])
-                        writing = None
-                    if rows:
-                        task = asyncio.create_task(self._directory.import_users(rows))
-                        writing = (task, chunk, next_index)
+                    await writer.write(rows, chunk, next_index)
                     next_index += len(chunk)
-            if writing is not None:
-                _add_summary(response, await writing[0], *writing[1:])
+            await writer.finish()
         finally:
-            if writing is not None:
-                writing[0].cancel()
+            writer.cancel()
         errors = sorted(response.errors, key=lambda error: error.index)
         del response.errors[:]
         response.errors.extend(errors)
@@ -373,6 +369,44 @@ def _add_error(
     response.failed_count += 1
     if len(response.errors) < MAX_REPORTED_IMPORT_ERRORS:
         response.errors.add(index=index, email=email, field=field, message=message)
+
+
+class _ImportWriter:
+    """Writes the chunks of an import on IMPORT_LANES transactions at once, while
+    the stream's next chunk is validated. A row goes to the lane of its email,
+    so that the rows naming one user still apply in stream order."""
+
+    def __init__(self, directory: UserDirectory, response: users_pb2.ImportUsersResponse) -> None:
+        self._directory = directory
+        self._response = response
+        self._lanes: list[_Writing | None] = [None] * IMPORT_LANES
+
+    async def write(
+        self, rows: list[ImportRow], chunk: list[users_pb2.UserImport], first_index: int
+    ) -> None:
+        parts: list[list[ImportRow]] = [[] for _ in self._lanes]
+        for row in rows:
+            parts[zlib.crc32(row.email.lower().encode()) % IMPORT_LANES].append(row)
+        for lane, part in enumerate(parts):
+            if part:
+                await self._settle(lane)
+                task = asyncio.create_task(self._directory.import_users(part))
+                self._lanes[lane] = (task, chunk, first_index)
+
+    async def _settle(self, lane: int) -> None:
+        writing = self._lanes[lane]
+        if writing is not None:
+            self._lanes[lane] = None
+            _add_summary(self._response, await writing[0], *writing[1:])
+
+    async def finish(self) -> None:
+        for lane in range(IMPORT_LANES):
+            await self._settle(lane)
+
+    def cancel(self) -> None:
+        for writing in self._lanes:
+            if writing is not None:
+                writing[0].cancel()
 
 
 def _add_summary(
