@@ -64,6 +64,18 @@ async def database(server_url: str) -> AsyncIterator[ScratchDatabase]:
         await drop_database(server_url, database)
 
 
+@pytest.fixture(scope="module")
+async def own_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
+    """A migrated database for one test module alone, dropped with its roles:
+    for tests that must see a table holding only their own rows."""
+    database = await create_database(server_url, f"lifecycle_module_{secrets.token_hex(4)}")
+    try:
+        await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
+        yield database
+    finally:
+        await drop_database(server_url, database)
+
+
 @pytest.fixture(scope="session")
 def ports() -> dict[str, int]:
     return {name: free_port() for name in DEFINITIONS}

@@ -5,7 +5,6 @@ needs the whole event log to itself (populations and retention are global)."""
 
 from __future__ import annotations
 
-import secrets
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +15,10 @@ from typing import Any
 
 import asyncpg
 import grpc
-import pytest
 
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from runtime.config import service_role
-from runtime.migrations import SchemaOwner, acting_as, migrate
+from runtime.migrations import SchemaOwner, acting_as
 from runtime.partitions import ensure_partitions
 from runtime.server import ServiceHost
 from runtime.stages import stage_value
@@ -29,7 +27,6 @@ from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
 from services.metrics.service import builder
 from services.metrics.settings import MetricsSettings
 from suite.registry import schema_owners
-from tests.conftest import create_database, drop_database
 from tests.support import TRACER_PROVIDER, ScratchDatabase, free_port, service_config, service_env
 
 
@@ -94,17 +91,6 @@ async def create_partitions(database: ScratchDatabase, day: date, months_behind:
     async with as_metrics(database) as conn:
         await ensure_partitions(conn, EVENTS_TABLE, day, behind=months_behind)
         await ensure_partitions(conn, METRICS_TABLE, day, behind=months_behind // 12 + 1)
-
-
-@pytest.fixture(scope="module")
-async def own_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
-    """A database for this test module alone, migrated, dropped with its roles."""
-    database = await create_database(server_url, f"lifecycle_metrics_{secrets.token_hex(4)}")
-    try:
-        await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
-        yield database
-    finally:
-        await drop_database(server_url, database)
 
 
 def event(

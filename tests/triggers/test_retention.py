@@ -12,7 +12,7 @@ import asyncpg
 
 from runtime.migrations import acting_as
 from runtime.partitions import ensure_partitions, partition_name, period_start, shift
-from services.triggers.service import EXECUTIONS, maintenance
+from services.triggers.service import EVENTS_PER_DELETE, EXECUTIONS, maintenance
 from suite.registry import schema_owners
 from tests.support import ScratchDatabase
 
@@ -93,22 +93,29 @@ async def test_maintenance_drops_only_partitions_whose_every_row_is_older_than_9
     assert lines[0].endswith(f": {oldest}")
 
 
-async def test_maintenance_deletes_events_past_their_retention(
-    database: ScratchDatabase,
+async def test_maintenance_deletes_every_event_past_its_retention_in_batches(
+    own_database: ScratchDatabase,
 ) -> None:
+    """Events as the API stores them (received_at = when stored, so ids grow
+    with it): more than one delete batch of old ones, then younger ones."""
     today = date.today()
-    old, young = f"old-{uuid.uuid4().hex}", f"young-{uuid.uuid4().hex}"
-    async with as_triggers(database) as conn:
+    old_count = EVENTS_PER_DELETE + 10
+    received = [midnight(today) - timedelta(days=31)] * old_count + [
+        midnight(today) - timedelta(days=29),
+        datetime.now(UTC),
+    ]
+    ids = [f"event-{n}" for n in range(len(received))]
+    async with as_triggers(own_database) as conn:
         await conn.execute(
             "INSERT INTO events (message_id, user_id, event_type, data, event_time, received_at)"
             " SELECT m, $3, 'old', '{}', t, t"
-            " FROM unnest($1::text[], $2::timestamptz[]) AS x(m, t)",
-            [old, young],
-            [midnight(today) - timedelta(days=31), midnight(today) - timedelta(days=29)],
+            " FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS x(m, t, n)"
+            " ORDER BY n",
+            ids,
+            received,
             uuid.uuid4(),
         )
-        await maintenance(conn, today)
-        found = await conn.fetch(
-            "SELECT message_id FROM events WHERE message_id = ANY($1)", [old, young]
-        )
-    assert [r["message_id"] for r in found] == [young]
+        lines = await maintenance(conn, today)
+        left = [r["message_id"] for r in await conn.fetch("SELECT message_id FROM events")]
+    assert sorted(left) == ids[old_count:]
+    assert f"deleted {old_count} events received before" in lines[1]
