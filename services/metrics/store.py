@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from runtime import tombstones
 from runtime.database import Executor
 from runtime.migrations import quote_identifier
 from runtime.stages import STAGES
@@ -170,9 +171,7 @@ _ERASE = _anonymise("lifecycle_events", "SELECT $1::uuid AS user_id")
 
 async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     """Records the tombstone and anonymises the user's events; returns how many."""
-    await conn.execute(
-        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
-    )
+    await tombstones.bury(conn, user_id)
     status = await conn.execute(_ERASE, user_id)
     return int(status.split()[-1])
 

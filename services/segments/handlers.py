@@ -26,7 +26,7 @@ from datetime import datetime
 
 import asyncpg
 
-from runtime import idempotency
+from runtime import idempotency, tombstones
 from runtime.conditions import (
     EXPANDED,
     SEGMENT,
@@ -440,7 +440,7 @@ class Memberships:
         if not wanted:
             return 0, 0
         await store.lock_for_writes(uow.conn, {s.segment.id for ss in wanted.values() for s in ss})
-        erased = await store.erased(uow.conn, list(wanted))
+        erased = await tombstones.erased_among(uow.conn, list(wanted))
         profiles = await self._users.profiles([u for u in wanted if u not in erased])
         # Users the users service no longer has are being erased: they belong to
         # no segment (quietly: no events about them), whatever their erase's delay.
@@ -500,7 +500,7 @@ class Memberships:
         return CheckOutcome(verdict.member, as_of, verdict.valid_until, False)
 
     async def _profile(self, conn: Executor, user_id: uuid.UUID) -> UserProfile:
-        if await store.erased(conn, [user_id]):
+        if await tombstones.erased_among(conn, [user_id]):
             raise user_not_found(user_id)
         profile = (await self._users.profiles([user_id])).get(user_id)
         if profile is None:

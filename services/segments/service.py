@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import grpc
 
 from lifecycle.segments.v1 import segments_pb2_grpc
+from runtime import tombstones
 from runtime.lifecycle_events import RECORD_EVENTS, TRACK_EVENTS, destinations
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition, Worker
-from services.segments import store
 from services.segments.domain import Clock, system_clock
 from services.segments.handlers import Catalog, Memberships, SegmentDirectory
 from services.segments.refresher import Refresher
@@ -47,7 +47,8 @@ async def build(
 
 
 async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
-    forgotten = await store.forget_tombstones(conn, TOMBSTONE_DAYS)
+    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    forgotten = await tombstones.forget(conn, midnight - timedelta(days=TOMBSTONE_DAYS))
     return [f"segments: forgot {forgotten} erased users older than {TOMBSTONE_DAYS} days"]
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
+from runtime import tombstones
 from runtime.database import Executor
 from services.segments.domain import Membership, Segment, SegmentFields
 
@@ -333,27 +334,10 @@ async def expired_memberships(
     return [(row["user_id"], row["segment_id"]) for row in rows]
 
 
-async def erased(conn: Executor, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await conn.fetch(
-        "SELECT user_id FROM erased_users WHERE user_id = ANY($1::uuid[])", list(user_ids)
-    )
-    return {row["user_id"] for row in rows}
-
-
 async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     """Keeps the user as a tombstone and removes their memberships; returns how many."""
-    await conn.execute(
-        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
-    )
+    await tombstones.bury(conn, user_id)
     result = await conn.execute("DELETE FROM user_segment_memberships WHERE user_id = $1", user_id)
-    return int(result.split()[-1])
-
-
-async def forget_tombstones(conn: asyncpg.Connection, older_than_days: int) -> int:
-    result = await conn.execute(
-        "DELETE FROM erased_users WHERE erased_at < now() - make_interval(days => $1)",
-        older_than_days,
-    )
     return int(result.split()[-1])
 
 

@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 from opentelemetry import trace
 
 from lifecycle.workflows.v1 import workflows_pb2
+from runtime import tombstones
 from runtime.clients import GRPC_SERVICES
 from runtime.database import UnitOfWork
 from runtime.group_commit import GroupCommit
@@ -235,7 +236,9 @@ class IngestPipeline:
         wanted = {event.user_id for event in events if event.user_id is not None}
         profiles = await self._users.profiles(wanted)
         missing = wanted - profiles.keys()
-        erased = await store.erased_among(self._context.pool, list(missing)) if missing else set()
+        erased = (
+            await tombstones.erased_among(self._context.pool, list(missing)) if missing else set()
+        )
         for position, event in enumerate(events):
             if event.user_id is None:
                 continue

@@ -11,6 +11,7 @@ import asyncpg
 import grpc
 
 from lifecycle.triggers.v1 import triggers_pb2_grpc
+from runtime import tombstones
 from runtime.lifecycle_events import DESTINATIONS, RECORD_EVENTS
 from runtime.partitions import PartitionedTable
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
@@ -90,12 +91,12 @@ async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
         if deleted < EVENTS_PER_DELETE:
             break
     entries = await store.forget_entries(conn, midnight)
-    tombstones = await store.forget_tombstones(conn, midnight - TOMBSTONE_RETENTION)
+    forgotten = await tombstones.forget(conn, midnight - TOMBSTONE_RETENTION)
     return [
         f"dropped {len(dropped)} trigger_executions partitions ending by {cutoff}"
         + (f": {', '.join(dropped)}" if dropped else ""),
         f"deleted {events} events received before {(midnight - retention).date()}",
-        f"forgot {entries} re-entry limits that expired and {tombstones} old tombstones",
+        f"forgot {entries} re-entry limits that expired and {forgotten} old tombstones",
         *(f"kept {name} for the next run: its table was busy" for name in busy),
     ]
 

@@ -12,6 +12,7 @@ from datetime import date, datetime
 
 import asyncpg
 
+from runtime import tombstones
 from runtime.database import Executor
 from services.triggers.domain import REENTRY_LIMIT, Reentry, Trigger, TriggerFields
 
@@ -274,13 +275,6 @@ async def record(
     return Recorded(set(row["accepted"]), set(row["erased"]), row["starts"])
 
 
-async def erased_among(conn: Executor, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await conn.fetch(
-        "SELECT user_id FROM erased_users WHERE user_id = ANY($1::uuid[])", list(user_ids)
-    )
-    return {row["user_id"] for row in rows}
-
-
 # ------------------------------------------------------------------ starts
 
 
@@ -409,9 +403,7 @@ async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     """Keeps the tombstone and removes what is held of the user, after the
     ingests in flight committed; returns the executions and events removed."""
     await conn.execute(f"SELECT pg_advisory_xact_lock({ERASE_LOCK})")
-    await conn.execute(
-        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
-    )
+    await tombstones.bury(conn, user_id)
     await conn.execute("DELETE FROM pending_starts WHERE user_id = $1", user_id)
     await conn.execute("DELETE FROM trigger_entries WHERE user_id = $1", user_id)
     executions = await conn.execute("DELETE FROM trigger_executions WHERE user_id = $1", user_id)
@@ -463,9 +455,4 @@ async def forget_entries(conn: asyncpg.Connection, now: datetime) -> int:
         " AND t.reentry_mode = 'once_per_period' AND e.fired_at + t.reentry_period <= $1",
         now,
     )
-    return int(result.split()[-1])
-
-
-async def forget_tombstones(conn: asyncpg.Connection, before: datetime) -> int:
-    result = await conn.execute("DELETE FROM erased_users WHERE erased_at < $1", before)
     return int(result.split()[-1])

@@ -27,7 +27,7 @@ import asyncpg
 import grpc
 
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
-from runtime import idempotency
+from runtime import idempotency, tombstones
 from runtime.database import UnitOfWork
 from runtime.errors import (
     AlreadyExists,
@@ -904,7 +904,7 @@ class Executions:
         self, messages: list[store.NewMessage], uow: UnitOfWork, notes: Notes
     ) -> list[Published]:
         conn, now = uow.conn, self._engine.clock.now()
-        erased = await store.erased_among(conn, [m.user_id for m in messages])
+        erased = await tombstones.erased_among(conn, [m.user_id for m in messages])
         live = [m for m in messages if m.user_id not in erased]
         kept = [m for m in live if m.ttl > timedelta(0) or m.message_id]
         stored = await store.insert_messages(conn, kept, now) if kept else {}

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from runtime import tombstones
 from runtime.database import Executor
 from runtime.telemetry import current_traceparent
 from services.workflows.engine import ExecutionState, Token
@@ -617,17 +618,8 @@ async def subscribers(
     return found
 
 
-async def erased_among(conn: Executor, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await conn.fetch(
-        "SELECT user_id FROM erased_users WHERE user_id = ANY($1::uuid[])", list(user_ids)
-    )
-    return {row["user_id"] for row in rows}
-
-
 async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
-    await conn.execute(
-        "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
-    )
+    await tombstones.bury(conn, user_id)
     await conn.execute("DELETE FROM messages WHERE user_id = $1", user_id)
     result = await conn.execute("DELETE FROM workflow_executions WHERE user_id = $1", user_id)
     return int(result.split()[-1])
