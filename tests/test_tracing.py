@@ -88,13 +88,15 @@ async def receiver() -> AsyncIterator[tuple[OtlpReceiver, int]]:
 
 @pytest.fixture
 async def suite(
-    database: ScratchDatabase, receiver: tuple[OtlpReceiver, int]
+    own_database: ScratchDatabase, receiver: tuple[OtlpReceiver, int]
 ) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    """The five services, each in its own process, exporting to the receiver."""
+    """The five services, each in its own process, exporting to the receiver. They
+    get a database of their own: on the shared one, the outboxes of services that
+    other tests run in this process would claim and send this trace's messages."""
     ports = {name: free_port() for name in SERVICE_NAMES}
     env = {
         **os.environ,
-        **service_env(database, ports),
+        **service_env(own_database, ports),
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver[1]}",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "LIFECYCLE_WORKFLOWS_POLL_SECONDS": "0.2",
