@@ -1,10 +1,11 @@
 """The server interceptor every service shares.
 
 It traces each call (health and reflection aside), runs it inside the
-incoming call's deadline scope, and turns exceptions into statuses: a
-ServiceError into its code and details, a lost database into UNAVAILABLE, a
-serialization conflict into ABORTED, and anything else into INTERNAL, logged
-with the trace id and told to the caller without internals.
+incoming call's deadline scope, and turns exceptions into statuses: a request
+that does not parse into INVALID_ARGUMENT, a ServiceError into its code and
+details, a lost database into UNAVAILABLE, a serialization conflict into
+ABORTED, and anything else into INTERNAL, logged with the trace id and told to
+the caller without internals.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from runtime.deadlines import deadline_scope
-from runtime.errors import Aborted, ServiceError, Unavailable, internal_status, to_status
+from runtime.errors import (
+    Aborted,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    internal_status,
+    to_status,
+)
 from runtime.telemetry import current_trace_ids, traced
 
 log = logging.getLogger(__name__)
@@ -31,16 +40,34 @@ log = logging.getLogger(__name__)
 Handler = Any
 Context = Any
 
-_UNAVAILABLE = (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, TimeoutError)
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
 _CONFLICT = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+
+
+def _database_lost(error: Exception) -> bool:
+    """asyncpg raises InterfaceError both for a closed connection or pool and for
+    a mistake in our own code (say, a wrong number of query arguments); only the
+    first is the database going away, the second must surface as INTERNAL."""
+    if isinstance(error, _UNAVAILABLE):
+        return True
+    return isinstance(error, asyncpg.InterfaceError) and (
+        "is closed" in str(error) or "is closing" in str(error)
+    )
 
 
 def _as_service_error(error: Exception) -> ServiceError | None:
     if isinstance(error, ServiceError):
         return error
+    if isinstance(error, DecodeError):
+        return InvalidArgument.field("request", "is not a valid message of this method's type")
     if isinstance(error, _CONFLICT):
         return Aborted("the change conflicted with a concurrent one; retry", reason="CONFLICT")
-    if isinstance(error, _UNAVAILABLE):
+    if _database_lost(error):
         return Unavailable(
             "the service's database is unreachable; retry", reason="DATABASE_UNAVAILABLE"
         )
@@ -122,10 +149,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _unary(self, handler: Handler, method: str) -> Handler:
         inner = handler.unary_unary or handler.stream_unary
+        parse = _parser(handler)
 
         async def guarded(request: Any, context: Context) -> Any:
             async with self._serving(method, context):
-                result = inner(request, context)
+                result = inner(parse(request), context)
                 return await result if inspect.isawaitable(result) else result
 
         factory = (
@@ -135,16 +163,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
         return factory(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
     def _streaming(self, handler: Handler, method: str) -> Handler:
         inner = handler.unary_stream or handler.stream_stream
+        parse = _parser(handler)
 
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             async with self._serving(method, context):
-                async for response in inner(request, context):
+                async for response in inner(parse(request), context):
                     yield response
 
         factory = (
@@ -154,9 +183,26 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
         return factory(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
+
+
+def _parser(handler: Handler) -> Callable[[Any], Any]:
+    """Parses requests inside the call rather than in grpc, where a request that
+    does not parse (corrupt, or nested past protobuf's depth limit) ends as
+    UNKNOWN with an error log; here it is the caller's INVALID_ARGUMENT."""
+    deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
+    if deserialize is None:
+        return lambda request: request
+    if not handler.request_streaming:
+        return deserialize
+
+    async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield deserialize(request)
+
+    return parsed
 
 
 @contextlib.contextmanager

@@ -174,12 +174,21 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
     assert called == {m.split(".")[-1] for m in methods}
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("secret connection string postgres://admin:hunter2@db"),
+        # A bug of ours that asyncpg reports as an interface error: not an outage.
+        asyncpg.InterfaceError("the server expects 2 arguments (hunter2), 1 was passed"),
+    ],
+    ids=["bug", "query-arguments"],
+)
 async def test_unexpected_errors_become_internal_with_a_trace_id_and_no_internals(
-    suite_env: dict[str, str], caplog: pytest.LogCaptureFixture
+    suite_env: dict[str, str], caplog: pytest.LogCaptureFixture, failure: Exception
 ) -> None:
     async def build(context: ServiceContext) -> ServiceComponents:
         async def explode(request: bytes, context: Any) -> bytes:
-            raise RuntimeError("secret connection string postgres://admin:hunter2@db")
+            raise failure
 
         handler = grpc.method_handlers_generic_handler(
             "lifecycle.users.v1.UserService",
@@ -210,6 +219,64 @@ async def test_unexpected_errors_become_internal_with_a_trace_id_and_no_internal
     assert len(trace_id) == 32 and trace_id in (error.details() or "")
     logged = [r for r in caplog.records if "unexpected error" in r.getMessage()]
     assert logged and trace_id in logged[0].getMessage() and logged[0].exc_info
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2 (lengths here stay under 128 per level
+    but for the outer ones, so the varint is written in full)."""
+    size, length = len(payload), b""
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            return bytes([field << 3 | 2]) + length + payload
+
+
+def nested_attributes_request(depth: int) -> bytes:
+    """A CreateUserRequest whose attributes nest `depth` objects deep, encoded by
+    hand: the protobuf library itself refuses to build one past its depth limit."""
+    struct = b""
+    for _ in range(depth):
+        value = _length_delimited(5, struct)  # Value.struct_value
+        entry = _length_delimited(1, b"a") + _length_delimited(2, value)
+        struct = _length_delimited(1, entry)  # Struct.fields
+    user = _length_delimited(2, b"deep@example.com") + _length_delimited(4, struct)
+    return _length_delimited(1, user)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_bytes"),
+    [
+        ("GetUser", b"\x0a\xff\xff"),
+        ("CreateUser", nested_attributes_request(200)),
+    ],
+    ids=["corrupt", "nested-past-the-parser-limit"],
+)
+async def test_a_request_that_does_not_parse_is_invalid_argument(
+    users_host: ServiceHost, method: str, request_bytes: bytes
+) -> None:
+    async with grpc.aio.insecure_channel(users_host.address) as channel:
+        call = channel.unary_unary(
+            f"/lifecycle.users.v1.UserService/{method}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        error = await rpc_error(call(request_bytes))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "request: is not a valid message of this method's type"
+
+
+async def test_an_import_stream_with_a_request_that_does_not_parse_is_invalid_argument(
+    users_host: ServiceHost,
+) -> None:
+    async with grpc.aio.insecure_channel(users_host.address) as channel:
+        call = channel.stream_unary(
+            "/lifecycle.users.v1.UserService/ImportUsers",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        error = await rpc_error(call(iter([b"\x0a\xff\xff"])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_call_is_traced_across_the_wire_with_database_spans_and_no_health_spans(
