@@ -36,6 +36,9 @@ BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 ZEEBE = "http://camunda.org/schema/zeebe/1.0"
 CAMUNDA = "http://camunda.org/schema/1.0/bpmn"
 MAX_ELEMENTS = 2000
+# Sub-processes inside sub-processes: the walks over scopes (here and in the
+# engine) recurse once per level, so a deeper document is refused, not run.
+MAX_NESTING = 32
 DEFAULT_RETRIES = 3
 
 # Built-in service task types, done by the engine itself.
@@ -53,7 +56,6 @@ FLOW_NODES = frozenset(
         "startEvent",
         "endEvent",
         "intermediateCatchEvent",
-        "intermediateThrowEvent",
         "boundaryEvent",
         "exclusiveGateway",
         "parallelGateway",
@@ -88,7 +90,6 @@ ALLOWED_EVENTS: dict[str, set[str | None]] = {
     "startEvent": {None, "timer", "message"},
     "endEvent": {None, "terminate"},
     "intermediateCatchEvent": {"timer", "message"},
-    "intermediateThrowEvent": {None},
     "boundaryEvent": {"timer", "message", "error"},
 }
 
@@ -234,7 +235,7 @@ class _Builder:
             elif namespace == BPMN and name == "error":
                 self.errors[child.get("id", "")] = (child.get("errorCode") or "").strip()
         process_id = process.get("id") or "process"
-        self._scope(process, None)
+        self._scope(process, None, 0)
         if len(self.nodes) + len(self.flows) > MAX_ELEMENTS:
             raise BpmnError([Problem("", f"has more than {MAX_ELEMENTS} elements")])
         self._connect()
@@ -264,7 +265,7 @@ class _Builder:
             )
         return executable[0]
 
-    def _scope(self, container: XmlElement, scope: str | None) -> None:
+    def _scope(self, container: XmlElement, scope: str | None, depth: int) -> None:
         for child in container:
             namespace, name = _local(child.tag)
             if namespace != BPMN or name in IGNORED:
@@ -280,7 +281,7 @@ class _Builder:
             if name == "sequenceFlow":
                 self._flow(child, element_id)
             elif name in FLOW_NODES:
-                self._node(child, name, element_id, scope)
+                self._node(child, name, element_id, scope, depth)
             else:
                 self.problem(element_id, f"{name} is not supported")
 
@@ -295,7 +296,9 @@ class _Builder:
             element_id, element.get("sourceRef", ""), element.get("targetRef", ""), condition
         )
 
-    def _node(self, element: XmlElement, name: str, element_id: str, scope: str | None) -> None:
+    def _node(
+        self, element: XmlElement, name: str, element_id: str, scope: str | None, depth: int
+    ) -> None:
         children = [_local(c.tag) for c in element]
         for namespace, child in children:
             if namespace == BPMN and child.endswith("LoopCharacteristics"):
@@ -323,7 +326,11 @@ class _Builder:
         if name == "subProcess":
             if element.get("triggeredByEvent") == "true":
                 self.problem(element_id, "event sub-processes are not supported")
-            self._scope(element, element_id)
+            if depth == MAX_NESTING:
+                raise BpmnError(
+                    [Problem(element_id, f"sub-processes nest more than {MAX_NESTING} deep")]
+                )
+            self._scope(element, element_id, depth + 1)
         self.nodes[element_id] = Node(element_id, name, scope, **fields)
 
     def _event(

@@ -56,6 +56,10 @@ class VariablesTooLarge(Exception):
 class OutputFailed(Exception):
     """An output mapping failed after its element completed: the execution fails."""
 
+    def __init__(self, element: str, message: str) -> None:
+        super().__init__(message)
+        self.element = element
+
 
 @dataclass
 class Token:
@@ -276,6 +280,8 @@ class Interpreter:
             self._drain()
         except OutputFailed as error:
             self._finish(FAILED, str(error))
+            # It failed there, whatever branches the failure ended after it.
+            state.last_element = error.element
 
     def _dispatch(self, trigger: Trigger, token: Token) -> None:
         node = self.graph.nodes[token.element]
@@ -334,7 +340,7 @@ class Interpreter:
 
     def _activate(self, node: Node, scope: int | None, via: str | None) -> None:
         kind = node.type
-        if kind in ("startEvent", "intermediateThrowEvent"):
+        if kind == "startEvent":
             self._pass(node, scope)
         elif kind == "endEvent":
             self._history(node, "completed")
@@ -676,8 +682,11 @@ class Interpreter:
             try:
                 values[target] = plain(evaluate(expression, self._context(expression)))
             except ExpressionError as error:
-                raise OutputFailed(f"output {target!r} of {node.id!r}: {error}") from error
-        self._merge(values)
+                raise OutputFailed(node.id, f"output {target!r} of {node.id!r}: {error}") from error
+        try:
+            self._merge(values)
+        except VariablesTooLarge as error:
+            raise OutputFailed(node.id, f"the outputs of {node.id!r}: {error}") from error
 
     def _event(self, event_type: str, message: str = "") -> None:
         data = {"workflow_id": str(self.state.workflow_id), "workflow_version": self.state.version}

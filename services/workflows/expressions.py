@@ -15,6 +15,11 @@ import cel
 
 # Well under the nesting at which the CEL library's evaluator exhausts its stack.
 MAX_EXPRESSION_CHARS = 4096
+# Lists and maps nested in a variable's value, whether a request or an
+# expression gives it (an output mapping can wrap a variable in itself on each
+# turn of a loop): well inside the 32 levels protobuf decodes in the messages
+# that carry variables back out.
+MAX_VALUE_DEPTH = 24
 # Names an expression sees besides the execution's variables; variables may not use them.
 RESERVED_NAMES = frozenset({"vars", "user", "now"})
 
@@ -75,11 +80,18 @@ def evaluate_map(expression: Expression, context: Mapping[str, Any]) -> dict[str
 
 
 def plain(value: Any) -> Any:
-    """A CEL result as JSON-compatible data."""
+    """A CEL result as JSON-compatible data, nested at most MAX_VALUE_DEPTH deep."""
+    converted = _converted(value)
+    if too_deep(converted):
+        raise ExpressionError(f"gave a value nested more than {MAX_VALUE_DEPTH} levels deep")
+    return converted
+
+
+def _converted(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): _converted(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
+        return [_converted(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, timedelta):
@@ -87,6 +99,19 @@ def plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value
+
+
+def too_deep(value: Any) -> bool:
+    """Whether lists and maps nest in `value` more than MAX_VALUE_DEPTH levels."""
+    level = [value]
+    for _ in range(MAX_VALUE_DEPTH):
+        level = [
+            item
+            for container in level
+            if isinstance(container, dict | list)
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+    return any(isinstance(item, dict | list) for item in level)
 
 
 # ---------------------------------------------------------------- timers

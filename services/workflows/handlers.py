@@ -776,6 +776,7 @@ class Executions:
     ) -> list[Outcome | Exception]:
         engine = self._engine
         now = engine.clock.now()
+        await store.lock_users(uow.conn, [r.user_id for r in requests])
         checks = await store.start_checks(
             uow.conn,
             [(r.workflow_id, r.user_id, r.key.request_id if r.key else None) for r in requests],
@@ -816,6 +817,7 @@ class Executions:
         engine, conn, key = self._engine, uow.conn, request.key
         if key is not None and (stored := await idempotency.claim(conn, key)):
             return uuid.UUID(json.loads(stored)["execution_id"])
+        await store.lock_users(conn, [request.user_id])
         check = (
             await store.start_checks(
                 conn, [(request.workflow_id, request.user_id, None)], START_METHOD
@@ -904,11 +906,13 @@ class Executions:
         self, messages: list[store.NewMessage], uow: UnitOfWork, notes: Notes
     ) -> list[Published]:
         conn, now = uow.conn, self._engine.clock.now()
-        erased = await tombstones.erased_among(conn, [m.user_id for m in messages])
+        users = [m.user_id for m in messages]
+        await store.lock_users(conn, users)
+        erased = await tombstones.erased_among(conn, users)
         live = [m for m in messages if m.user_id not in erased]
-        kept = [m for m in live if m.ttl > timedelta(0) or m.message_id]
-        stored = await store.insert_messages(conn, kept, now) if kept else {}
-        duplicates = {m.user_id for m in kept if m.user_id not in stored}
+        keyed = [m for m in live if m.message_id]
+        fresh = await store.store_messages(conn, keyed, now, buffer=False) if keyed else set()
+        duplicates = {m.user_id for m in keyed if m.user_id not in fresh}
         going = [m for m in live if m.user_id not in duplicates]
         waiting = await store.subscribers(conn, [(m.user_id, m.name) for m in going])
         starting = await store.message_start_workflows(conn, {m.name for m in going})
@@ -920,21 +924,25 @@ class Executions:
             for workflow_id, version in starting.get(m.name, ()):
                 state = new_state(workflow_id, version, m.user_id, dict(m.variables), now)
                 new[m.user_id].append(NewExecution(state, exclusive=True))
-        advanced = await self._engine.advance(
+        advanced = await self._advance_with(
             uow, notes, triggers, [e for started in new.values() for e in started]
         )
-        results, deliveries = [], []
+        results, buffered = [], []
         for m in messages:
             if m.user_id in erased or m.user_id in duplicates:
                 results.append(Published(0, False, m.user_id in duplicates))
                 continue
-            delivered = [i for i, _, _ in waiting.get(m.user_id, ()) if i in advanced.runs] + [
-                e.state.id for e in new.get(m.user_id, ()) if e.state.id not in advanced.conflicts
-            ]
-            if (row_id := stored.get(m.user_id)) is not None:
-                deliveries += [(row_id, execution_id) for execution_id in delivered]
-            results.append(Published(len(delivered), m.ttl > timedelta(0), False))
-        await store.write(conn, store.Writes(deliveries=deliveries))
+            delivered = sum(1 for i, _, _ in waiting.get(m.user_id, ()) if i in advanced.runs)
+            delivered += sum(
+                1 for e in new.get(m.user_id, ()) if e.state.id not in advanced.conflicts
+            )
+            # Only a message no execution received waits for a later one.
+            kept = not delivered and m.ttl > timedelta(0)
+            if kept:
+                buffered.append(m)
+            results.append(Published(delivered, kept, False))
+        if buffered:
+            await store.store_messages(conn, buffered, now, buffer=True)
         return results
 
     # ------------------------------------------------------------ jobs
@@ -979,8 +987,18 @@ class Executions:
     async def _advance_one(
         self, uow: UnitOfWork, notes: Notes, state: ExecutionState, trigger: Trigger
     ) -> Advance:
+        return await self._advance_with(uow, notes, {state.id: [trigger]})
+
+    async def _advance_with(
+        self,
+        uow: UnitOfWork,
+        notes: Notes,
+        triggers: dict[uuid.UUID, list[Trigger]],
+        new: Sequence[NewExecution] = (),
+    ) -> Advance:
+        """A step on the variables a request brings: too large is the request's fault."""
         try:
-            return await self._engine.advance(uow, notes, {state.id: [trigger]})
+            return await self._engine.advance(uow, notes, triggers, new)
         except VariablesTooLarge as error:
             raise InvalidArgument.field("variables", str(error)) from error
 

@@ -21,7 +21,7 @@ from runtime.stages import stage_value
 from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
 from services.workflows.bpmn import BUILTIN_PREFIX, BpmnError
 from services.workflows.engine import MAX_VARIABLES_BYTES
-from services.workflows.expressions import RESERVED_NAMES
+from services.workflows.expressions import MAX_VALUE_DEPTH, RESERVED_NAMES, too_deep
 from services.workflows.handlers import (
     ACTIVE,
     ARCHIVED,
@@ -119,6 +119,8 @@ def variables_of(struct: struct_pb2.Struct, field: str, violations: Violations) 
         violations.add(field, f"{', '.join(reserved)} are reserved names (see docs/workflows.md)")
     if len(compact_json(data).encode()) > MAX_VARIABLES_BYTES:
         violations.add(field, f"must be at most {MAX_VARIABLES_BYTES} bytes as JSON")
+    if any(too_deep(value) for value in data.values()):
+        violations.add(field, f"a value nests lists and maps more than {MAX_VALUE_DEPTH} deep")
     return data
 
 

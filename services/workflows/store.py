@@ -323,15 +323,64 @@ def _state(row: asyncpg.Record) -> ExecutionState:
     )
 
 
+# ---------------------------------------------------------------- user locks
+
+# An advisory lock per user (this key and a hash of the user id). Starts,
+# publishes and steps take their users' locks shared before they read the
+# tombstones or lock any row; an erase takes the user's lock alone, so it waits
+# for the work in flight to commit, and the work after it sees the tombstone.
+USER_LOCK = 0x6C77_0075
+
+
+def _lock_users(users: str) -> str:
+    """Shared locks of the users the query `users` gives, in key order: two
+    transactions never wait on each other across an erase queued between them."""
+    return (
+        f"SELECT count(pg_advisory_xact_lock_shared({USER_LOCK}, k)) FROM"
+        f" (SELECT DISTINCT hashtext(u::text) AS k FROM ({users}) AS x(u) ORDER BY k) s"
+    )
+
+
+async def lock_users(conn: asyncpg.Connection, user_ids: Iterable[uuid.UUID]) -> None:
+    await conn.execute(_lock_users("SELECT unnest($1::uuid[])"), list(set(user_ids)))
+
+
+async def lock_user_for_erase(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", USER_LOCK, user_id
+    )
+
+
+async def _lock_users_of(
+    conn: asyncpg.Connection, ids: list[uuid.UUID], *, skip_locked: bool
+) -> list[uuid.UUID]:
+    """Takes the locks of the executions' users; returns the executions to lock.
+    Skipping: without waiting, and leaving out the executions of a user being erased."""
+    if not skip_locked:
+        await conn.execute(
+            _lock_users("SELECT user_id FROM workflow_executions WHERE id = ANY($1::uuid[])"), ids
+        )
+        return ids
+    # In the select list, so the lock is tried for these executions' users only.
+    rows = await conn.fetch(
+        f"SELECT id, pg_try_advisory_xact_lock_shared({USER_LOCK}, hashtext(user_id::text))"
+        " AS locked FROM workflow_executions WHERE id = ANY($1::uuid[]) ORDER BY id",
+        ids,
+    )
+    return [row["id"] for row in rows if row["locked"]]
+
+
 async def lock_executions(
     conn: asyncpg.Connection, ids: Sequence[uuid.UUID], *, skip_locked: bool = False
 ) -> dict[uuid.UUID, ExecutionState]:
-    """Locks the executions (in id order, so batches never deadlock each other) and loads them."""
+    """Locks the executions (their users first, then the rows in id order, so
+    batches never deadlock each other) and loads them."""
+    wanted = await _lock_users_of(conn, sorted(set(ids)), skip_locked=skip_locked)
     skip = " SKIP LOCKED" if skip_locked else ""
     rows = await conn.fetch(
         f"SELECT {_STATE} FROM workflow_executions e WHERE e.id = ANY($1::uuid[])"
         f" ORDER BY e.id FOR UPDATE OF e{skip}",
-        sorted(set(ids)),
+        wanted,
     )
     return {row["id"]: _state(row) for row in rows}
 
@@ -577,26 +626,33 @@ class NewMessage:
     ttl: timedelta
 
 
-async def insert_messages(
-    conn: asyncpg.Connection, messages: Sequence[NewMessage], now: datetime
-) -> dict[uuid.UUID, int]:
-    """Stores messages of distinct users; the new rows' ids by user. A message
-    whose message_id was published before is left out."""
+async def store_messages(
+    conn: asyncpg.Connection, messages: Sequence[NewMessage], now: datetime, *, buffer: bool
+) -> set[uuid.UUID]:
+    """Messages of distinct users. Not buffering: records only their message_ids,
+    as rows no one can receive (expired as they are published, no variables), and
+    returns the users whose message_id was new. Buffering: keeps the messages
+    for their time to live, a message_id recorded in this transaction included."""
+    keep = (
+        "DO UPDATE SET variables = excluded.variables, expires_at = excluded.expires_at"
+        if buffer
+        else "DO NOTHING"
+    )
     rows = await conn.fetch(
         "INSERT INTO messages (name, user_id, message_id, variables, published_at, expires_at)"
         " SELECT r.name, r.user_id, r.message_id, r.variables, $5::timestamptz,"
         " $5::timestamptz + r.ttl"
         " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $6::interval[])"
-        " AS r(name, user_id, message_id, variables, ttl)"
-        " ON CONFLICT (message_id) DO NOTHING RETURNING id, user_id",
+        f" AS r(name, user_id, message_id, variables, ttl) ON CONFLICT (message_id) {keep}"
+        " RETURNING user_id",
         [m.name for m in messages],
         [m.user_id for m in messages],
         [m.message_id for m in messages],
-        [m.variables for m in messages],
+        [m.variables if buffer else {} for m in messages],
         now,
-        [m.ttl for m in messages],
+        [m.ttl if buffer else timedelta(0) for m in messages],
     )
-    return {row["user_id"]: row["id"] for row in rows}
+    return {row["user_id"] for row in rows}
 
 
 async def subscribers(
@@ -619,6 +675,9 @@ async def subscribers(
 
 
 async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """Keeps the tombstone and deletes what is held of the user, after the
+    user's starts, publishes and steps in flight committed."""
+    await lock_user_for_erase(conn, user_id)
     await tombstones.bury(conn, user_id)
     await conn.execute("DELETE FROM messages WHERE user_id = $1", user_id)
     result = await conn.execute("DELETE FROM workflow_executions WHERE user_id = $1", user_id)

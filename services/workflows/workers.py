@@ -166,6 +166,8 @@ class BuiltinJobWorker:
 
         async def finish(uow: UnitOfWork, notes: Notes) -> None:
             now = engine.clock.now()
+            # Before the rows of the jobs are locked, as every step does (store.lock_users).
+            await store.lock_users(uow.conn, [job.user_id for job in jobs])
             completed: dict[uuid.UUID, list[Trigger]] = defaultdict(list)
             for job, (error, retryable) in zip(jobs, outcomes, strict=True):
                 if error is None:

@@ -145,6 +145,20 @@ def call(id: str, workflow_id: str) -> str:
     )
 
 
+def with_output(element: str, target: str, source: str) -> str:
+    """The element with a Zeebe output mapping, set when it completes."""
+    mapping = (
+        "<bpmn:extensionElements><zeebe:ioMapping>"
+        f"<zeebe:output source={quoteattr(source)} target={quoteattr(target)}/>"
+        "</zeebe:ioMapping></bpmn:extensionElements>"
+    )
+    if element.endswith("/>"):
+        tag = element[1:].split(maxsplit=1)[0]
+        return f"{element[:-2]}>{mapping}</{tag}>"
+    head, _, rest = element.partition(">")
+    return f"{head}>{mapping}{rest}"
+
+
 def flow(id: str, source: str, target: str, condition: str | None = None) -> str:
     if condition is None:
         return f'<bpmn:sequenceFlow id="{id}" sourceRef="{source}" targetRef="{target}"/>'

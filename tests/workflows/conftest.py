@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
+from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
@@ -161,3 +163,45 @@ async def new_user(users: users_pb2_grpc.UserServiceAsyncStub, **attributes: Any
         )
     )
     return reply.user.id
+
+
+async def jobs(
+    wf: Stub, job_type: str, count: int = 10, wait: float = 0.5
+) -> list[pb.ActivatedJob]:
+    found: list[pb.ActivatedJob] = []
+    request = pb.ActivateJobsRequest(
+        job_type=job_type,
+        worker="test",
+        max_jobs_to_activate=count,
+        request_timeout=duration_pb2.Duration(nanos=int(wait * 1e9)),
+    )
+    async for reply in wf.ActivateJobs(request):
+        found += reply.jobs
+    return found
+
+
+async def publish(
+    wf: Stub, name: str, user: str, ttl_seconds: int = 0, message_id: str = "", **variables: Any
+) -> pb.PublishMessageResponse:
+    return await wf.PublishMessage(
+        pb.PublishMessageRequest(
+            name=name,
+            correlation_key=user,
+            variables=dict_to_struct(variables),
+            time_to_live=duration_pb2.Duration(seconds=ttl_seconds),
+            message_id=message_id,
+        )
+    )
+
+
+async def events_of(host: ServiceHost, execution_id: str) -> list[metrics_pb2.LifecycleEvent]:
+    assert host.context is not None
+    rows = await host.context.pool.fetch(
+        "SELECT payload FROM outbox WHERE topic = 'metrics.record_events' ORDER BY id"
+    )
+    return [
+        event
+        for row in rows
+        for event in metrics_pb2.RecordEventsRequest.FromString(row["payload"]).events
+        if event.workflow_execution_id == execution_id
+    ]

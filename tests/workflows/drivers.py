@@ -1,9 +1,11 @@
 """The same process run in memory by our interpreter and by SpiffWorkflow, with
 service tasks completed by a worker function: for the differential test and the
-in-process benchmark."""
+in-process benchmark. Each run gives its final status and the elements in the
+order they completed."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +30,8 @@ from services.workflows.engine import (
 
 # What a worker does for a service task: new variables from the element id and the current ones.
 Worker = Callable[[str, dict[str, Any]], dict[str, Any]]
+# A run's final status and the elements in the order they completed.
+Run = tuple[str, list[str]]
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -35,8 +39,7 @@ def our_graph(bpmn: str) -> Graph:
     return compile_graph(parse(bpmn, 1 << 20))
 
 
-def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> tuple[str, Counter[str]]:
-    """(final status, how often each element completed)."""
+def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
     state = ExecutionState(
         uuid.UUID(int=1),
         uuid.UUID(int=2),
@@ -61,22 +64,39 @@ def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> tuple[s
         token = waiting[0]
         element = state.tokens[token].element
         run.run(JobCompleted(token, worker(element, state.variables)))
-    completed = Counter(h.element for h in run.step.history if h.state == "completed")
-    return state.status, completed
+    return state.status, [h.element for h in run.step.history if h.state == "completed"]
+
+
+def same_run(graph: Graph, ours: Run, theirs: Run) -> bool:
+    """The same final status and the same completions in the same order, except
+    where parallel branches make the order arbitrary: there, each element as often."""
+    if any(node.type == "parallelGateway" for node in graph.nodes.values()):
+        return ours[0] == theirs[0] and Counter(ours[1]) == Counter(theirs[1])
+    return ours == theirs
 
 
 SpiffSpec = tuple[BpmnProcessSpec, dict[str, BpmnProcessSpec]]
+# Spiff keeps no completion order (its task tree is ordered by structure, and
+# timestamps may tie), so each completion is stamped from one counter.
+COMPLETION_ORDER = "completion_order"
+_completions = itertools.count()
+
+
+def _stamp_completion(workflow: Any, task: Any) -> None:
+    task.internal_data[COMPLETION_ORDER] = next(_completions)
 
 
 def spiff_spec(bpmn: str, process_id: str) -> SpiffSpec:
     parser = BpmnParser()
     parser.add_bpmn_str(bpmn.encode())
-    return parser.get_spec(process_id), parser.get_subprocess_specs(process_id)
+    spec, subprocesses = parser.get_spec(process_id), parser.get_subprocess_specs(process_id)
+    for process in (spec, *subprocesses.values()):
+        for task_spec in process.task_specs.values():
+            task_spec.completed_event.connect(_stamp_completion)
+    return spec, subprocesses
 
 
-def run_spiff(
-    spec: SpiffSpec, variables: dict[str, Any], worker: Worker
-) -> tuple[str, Counter[str]]:
+def run_spiff(spec: SpiffSpec, variables: dict[str, Any], worker: Worker) -> Run:
     workflow = BpmnWorkflow(*spec)
     for task in workflow.get_tasks():
         task.data.update(variables)
@@ -94,9 +114,9 @@ def run_spiff(
         else:
             task.run()
         workflow.do_engine_steps()
-    completed = Counter(
-        t.task_spec.bpmn_id
-        for t in workflow.get_tasks(state=TaskState.COMPLETED)
-        if t.task_spec.bpmn_id
+    completed = sorted(
+        (t for t in workflow.get_tasks(state=TaskState.COMPLETED) if t.task_spec.bpmn_id),
+        key=lambda t: t.internal_data[COMPLETION_ORDER],
     )
-    return ("completed" if workflow.is_completed() else "running"), completed
+    status = "completed" if workflow.is_completed() else "running"
+    return status, [t.task_spec.bpmn_id for t in completed]

@@ -60,6 +60,13 @@ XXE = (
     "</bpmn:definitions>"
 )
 
+# Sub-processes nested 1,500 deep, each inside the one before (about 70 KB).
+DEEP_SUBPROCESSES = linear(
+    start(),
+    "".join(f'<bpmn:subProcess id="sub{n}">' for n in range(1, 1501)) + "</bpmn:subProcess>" * 1500,
+    end(),
+)
+
 BAD_DOCUMENTS = {
     "too large": (
         SIMPLE.replace(
@@ -217,6 +224,11 @@ BAD_DOCUMENTS = {
             end(),
         ),
         "'mi': loop and multi-instance",
+    ),
+    "sub-processes nested too deep": (DEEP_SUBPROCESSES, "'sub33': sub-processes nest more"),
+    "none intermediate throw event": (
+        linear(start(), '<bpmn:intermediateThrowEvent id="throw"/>', end()),
+        "'throw': intermediateThrowEvent is not supported",
     ),
 }
 

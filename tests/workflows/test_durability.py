@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -24,8 +24,15 @@ from runtime.migrations import acting_as
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
 from services.workflows.clock import ManualClock
-from services.workflows.service import DEFINITION, build_with, maintenance
+from services.workflows.service import (
+    DEFINITION,
+    RETENTION,
+    RETENTION_BATCH,
+    build_with,
+    maintenance,
+)
 from suite.registry import schema_owners
+from tests.metrics.conftest import create_partitions
 from tests.support import TRACER_PROVIDER, ScratchDatabase, free_port, service_config, service_env
 from tests.workflows.bpmn_docs import catch, definitions, emit, end, flow, linear, start, xor
 from tests.workflows.conftest import Stub, advance, deploy, eventually
@@ -215,26 +222,139 @@ async def test_two_replicas_fire_each_timer_exactly_once(
             await host.stop()
 
 
-async def test_retention_deletes_executions_finished_over_a_year_ago(
-    database: ScratchDatabase, admin: asyncpg.Connection, wf: Stub, clock: ManualClock
+TODAY = date(2031, 6, 15)
+CUTOFF = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) - RETENTION
+# Finished more than a year before TODAY: enough for three delete batches.
+EXPIRED = 2 * RETENTION_BATCH + 7
+# (status, started_at, completed_at)
+ExecutionRow = tuple[str, datetime, datetime | None]
+
+
+async def insert_executions(
+    conn: asyncpg.Connection, workflow_id: uuid.UUID, rows: list[ExecutionRow]
+) -> list[uuid.UUID]:
+    """Executions of one workflow, each with a history step."""
+    ids = [uuid.uuid4() for _ in rows]
+    await conn.execute(
+        "INSERT INTO workflow_executions (id, workflow_id, workflow_version, user_id, status,"
+        " started_at, completed_at) SELECT id, $1, '1.0.0', gen_random_uuid(), status, s, c"
+        " FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[])"
+        " AS r(id, status, s, c)",
+        workflow_id,
+        ids,
+        [status for status, _, _ in rows],
+        [started for _, started, _ in rows],
+        [completed for _, _, completed in rows],
+    )
+    await conn.execute(
+        "INSERT INTO execution_history (execution_id, element_id, element_type, state, at)"
+        " SELECT id, 'start', 'startEvent', 'completed', started_at FROM workflow_executions"
+        " WHERE id = ANY($1)",
+        ids,
+    )
+    return ids
+
+
+async def seed_executions(
+    conn: asyncpg.Connection, expired_rows: list[ExecutionRow], kept_rows: list[ExecutionRow]
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """(expired, kept) executions of a new workflow; the kept ones still
+    unfinished wait on a timer, and one expired execution had an incident."""
+    workflow_id = await conn.fetchval(
+        "INSERT INTO workflows (name, bpmn_xml, status) VALUES ('retention', '<x/>', 'active')"
+        " RETURNING id"
+    )
+    await conn.execute(
+        "INSERT INTO workflow_versions (workflow_id, version, bpmn_xml, definition, checksum)"
+        " VALUES ($1, '1.0.0', '<x/>', '{}', $2)",
+        workflow_id,
+        b"\0",
+    )
+    expired = await insert_executions(conn, workflow_id, expired_rows)
+    kept = await insert_executions(conn, workflow_id, kept_rows)
+    waiting = [e for e, (_, _, completed) in zip(kept, kept_rows, strict=True) if not completed]
+    await conn.execute(
+        "INSERT INTO execution_tokens (execution_id, token, element_id)"
+        " SELECT unnest($1::uuid[]), 1, 'wait'",
+        waiting,
+    )
+    await conn.execute(
+        "INSERT INTO timers (execution_id, token, element_id, due_at)"
+        " SELECT unnest($1::uuid[]), 1, 'wait', $2::timestamptz",
+        waiting,
+        CUTOFF + timedelta(days=800),
+    )
+    await conn.execute(
+        "INSERT INTO incidents (execution_id, token, element_id, from_job, error_message,"
+        " created_at) VALUES ($1, 1, 'task', true, 'boom', $2)",
+        expired[1],
+        CUTOFF - timedelta(days=2),
+    )
+    return expired, kept
+
+
+async def test_retention_deletes_only_executions_finished_over_a_year_ago_in_batches(
+    own_database: ScratchDatabase,
 ) -> None:
-    workflow = await deploy(wf, linear(start(), emit("x"), end()))
-    for _ in range(3):
-        await wf.StartExecution(
-            pb.StartExecutionRequest(workflow_id=workflow.id, user_id=str(uuid.uuid4()))
+    finished = ("completed", "failed", "cancelled")
+    # The first a microsecond before the cutoff, the others older.
+    expired_rows: list[ExecutionRow] = [
+        (
+            finished[n % 3],
+            CUTOFF - timedelta(days=30),
+            CUTOFF - timedelta(minutes=n, microseconds=1),
         )
-    owner = next(o for o in schema_owners(database.admin_url, env={}) if o.schema == "workflows")
-    async with acting_as(admin, owner):
-        kept = await maintenance(admin, (clock.now() + timedelta(days=364)).date())
-        count = await admin.fetchval(
-            "SELECT count(*) FROM workflow_executions WHERE workflow_id = $1",
-            uuid.UUID(workflow.id),
-        )
-        assert count == 3 and kept[0].startswith("deleted ")
-        report = await maintenance(admin, (clock.now() + timedelta(days=367)).date())
-        count = await admin.fetchval(
-            "SELECT count(*) FROM workflow_executions WHERE workflow_id = $1",
-            uuid.UUID(workflow.id),
-        )
-    assert count == 0
-    assert report[0].startswith("deleted ") and not report[0].startswith("deleted 0")
+        for n in range(EXPIRED)
+    ]
+    kept_rows: list[ExecutionRow] = [
+        ("completed", CUTOFF - timedelta(days=1), CUTOFF),
+        ("failed", CUTOFF, CUTOFF + timedelta(days=1)),
+        ("cancelled", CUTOFF, CUTOFF + timedelta(days=364)),
+        # Started long ago and still waiting: never finished, so never expired.
+        ("running", CUTOFF - timedelta(days=400), None),
+        ("pending", CUTOFF - timedelta(days=400), None),
+    ]
+    owners = {o.schema: o for o in schema_owners(own_database.admin_url, env={})}
+    # The audit log, kept 2 years, names an execution retention removes.
+    await create_partitions(own_database, TODAY, months_behind=14)
+    conn = await asyncpg.connect(own_database.admin_url)
+    try:
+        async with acting_as(conn, owners["workflows"]):
+            expired, kept = await seed_executions(conn, expired_rows, kept_rows)
+        async with acting_as(conn, owners["metrics"]):
+            await conn.execute(
+                "INSERT INTO lifecycle_events (event_id, event_type, workflow_execution_id,"
+                " created_at) VALUES (gen_random_uuid(), 'execution.completed', $1, $2)",
+                expired[0],
+                expired_rows[0][2],
+            )
+        async with acting_as(conn, owners["workflows"]):
+            report = await maintenance(conn, TODAY)
+            again = await maintenance(conn, TODAY)
+            left = await conn.fetch(
+                "SELECT e.id, count(h.id) AS steps,"
+                " (SELECT count(*) FROM timers t WHERE t.execution_id = e.id) AS timers"
+                " FROM workflow_executions e"
+                " LEFT JOIN execution_history h ON h.execution_id = e.id GROUP BY e.id"
+            )
+            orphans = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM execution_history WHERE execution_id = ANY($1))"
+                " + (SELECT count(*) FROM incidents WHERE execution_id = ANY($1))",
+                expired,
+            )
+        async with acting_as(conn, owners["metrics"]):
+            referenced = await conn.fetchval(
+                "SELECT workflow_execution_id FROM lifecycle_events"
+                " WHERE event_type = 'execution.completed'"
+            )
+    finally:
+        await conn.close()
+
+    assert report[0] == f"deleted {EXPIRED} executions finished before {CUTOFF.date()}"
+    assert again[0] == f"deleted 0 executions finished before {CUTOFF.date()}"
+    assert {r["id"]: (r["steps"], r["timers"]) for r in left} == {
+        execution: (1, 0 if completed else 1)
+        for execution, (_, _, completed) in zip(kept, kept_rows, strict=True)
+    }
+    assert orphans == 0
+    assert referenced == expired[0]

@@ -16,14 +16,15 @@ from tests.workflows.conftest import (
     Stub,
     advance,
     deploy,
+    events_of,
     eventually,
     execution,
     new_user,
     path,
+    publish,
     start,
     until_status,
 )
-from tests.workflows.test_elements import events_of, publish
 
 ONBOARDING = definitions(
     '<bpmn:startEvent id="signed_up"><bpmn:extensionElements><zeebe:ioMapping>'
