@@ -4,8 +4,9 @@ metrics_daily rows older than 3 years are removed.
 A partition is archived in one transaction that keeps writers out of it
 (SHARE lock): export as gzip-compressed CSV, manifest (rows, time range,
 SHA-256 of the file, an order-independent fingerprint of the rows), upload,
-read back, load into a temporary table and compare count and fingerprint,
-and only then detach and drop the partition. Any failure rolls the
+read back and load into a temporary table (one pass over the file, which also
+takes its SHA-256), compare count, fingerprint and checksum, and only then
+detach and drop the partition. Any failure rolls the
 transaction back: the partition stays attached with every row, and a later
 run starts over (files are overwritten, never appended to).
 """
@@ -15,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -37,6 +40,9 @@ from runtime.partitions import PartitionedTable, shift
 from services.metrics import store
 from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
 from services.metrics.settings import MetricsSettings
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 EVENT_RETENTION_MONTHS = 24
 METRICS_RETENTION_YEARS = 3
@@ -235,18 +241,42 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(source, "sha256").hexdigest()
 
 
-async def _load(conn: asyncpg.Connection, source: Path, table: str, columns: list[str]) -> None:
-    with gzip.open(source, "rb") as rows:
-        await conn.copy_to_table(
-            table, source=cast(BinaryIO, rows), columns=columns, format="csv", header=True
-        )
+class _Digesting(io.RawIOBase):
+    """A binary file read once, forward, taking its SHA-256 on the way."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        super().__init__()
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        count = self._raw.readinto(buffer)
+        self.sha256.update(memoryview(buffer)[:count])
+        return count
+
+
+async def _load(conn: asyncpg.Connection, source: Path, table: str, columns: list[str]) -> str:
+    """Loads a gzip CSV archive into `table`; returns the SHA-256 of the file."""
+    with source.open("rb") as raw:
+        digesting = _Digesting(raw)
+        with gzip.GzipFile(fileobj=digesting, mode="rb") as rows:
+            await conn.copy_to_table(
+                table, source=cast(BinaryIO, rows), columns=columns, format="csv", header=True
+            )
+        # Bytes after the gzip stream are part of the file and of its checksum.
+        while digesting.read(1 << 20):
+            pass
+    return digesting.sha256.hexdigest()
 
 
 async def _read_back(
     conn: asyncpg.Connection, archive: ArchiveStore, manifest: Manifest, folder: Path, table: str
 ) -> None:
-    """Fetches the archived file, checks its checksum, loads it into `table`
-    (which exists) and checks that the rows are the ones the manifest counts."""
+    """Fetches the archived file and loads it into `table` (which exists), then
+    checks that it holds the rows the manifest counts and is the file written."""
     copy = folder / f"read-back-{manifest.data_file}"
     try:
         await archive.fetch(manifest.data_file, copy)
@@ -254,19 +284,19 @@ async def _read_back(
         raise ArchiveError(
             f"{manifest.partition}: reading the archive back failed: {error}"
         ) from error
-    if _sha256(copy) != manifest.sha256:
-        raise ArchiveError(
-            f"{manifest.partition}: the archive read back differs from the one written"
-        )
     try:
-        await _load(conn, copy, table, manifest.columns)
-    except (OSError, EOFError, asyncpg.PostgresError) as error:
+        sha256 = await _load(conn, copy, table, manifest.columns)
+    except (OSError, EOFError, zlib.error, asyncpg.PostgresError) as error:
         raise ArchiveError(f"{manifest.partition}: the archive does not load: {error}") from error
     stats = await row_stats(conn, table)
     if (stats.rows, stats.fingerprint) != (manifest.rows, manifest.fingerprint):
         raise ArchiveError(
             f"{manifest.partition}: the archive holds {stats.rows} rows (fingerprint"
             f" {stats.fingerprint}), the partition {manifest.rows} ({manifest.fingerprint})"
+        )
+    if sha256 != manifest.sha256:
+        raise ArchiveError(
+            f"{manifest.partition}: the archive read back differs from the one written"
         )
 
 
@@ -289,6 +319,7 @@ async def archive_partition(
                 f"ALTER TABLE {EVENTS_TABLE.table} DETACH PARTITION {quote_identifier(name)}"
             )
             await conn.execute(f"DROP TABLE {quote_identifier(name)}")
+            await store.forget_erased_events(conn, start, end)
             await conn.execute(
                 "INSERT INTO archived_partitions"
                 " (partition_name, range_start, range_end, data_location, manifest)"
@@ -365,16 +396,16 @@ async def restore_partition(
     conn: asyncpg.Connection, archive: ArchiveStore, partition: str, target: str
 ) -> int:
     """Loads an archived partition into a new table `target` (same columns as
-    lifecycle_events), verified against its manifest; users erased since the
-    archive was written are anonymised as the erase did to the live log.
-    Returns the rows restored."""
+    lifecycle_events), verified against its manifest; the events of users erased
+    since the archive was written are left out, as the erase removed them from
+    the live log. Returns the rows restored."""
     manifest = await read_manifest(archive, partition)
     async with conn.transaction():
         await conn.execute(f"CREATE TABLE {quote_identifier(target)} (LIKE {EVENTS_TABLE.table})")
         with tempfile.TemporaryDirectory(prefix="lifecycle-restore-") as scratch:
             await _read_back(conn, archive, manifest, Path(scratch), target)
-        await store.anonymise_erased(conn, target)
-    return manifest.rows
+        erased = await store.remove_erased(conn, target)
+    return manifest.rows - erased
 
 
 async def archive_expired(

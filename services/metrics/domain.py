@@ -58,19 +58,6 @@ BREAKDOWNS = {
     "segment.entered": "segment_id",
     "segment.exited": "segment_id",
 }
-# Keys of event data that name definitions (stages, workflows, triggers,
-# segments), never a person: what an erased user's events keep.
-ANONYMOUS_DATA_KEYS = (
-    "from_stage",
-    "to_stage",
-    "source",
-    "workflow_id",
-    "workflow_version",
-    "trigger_id",
-    "segment_id",
-    "event_type",
-)
-
 # The metrics the rollup writes, by the pass that computes them.
 COUNT_METRICS = ("events", *EVENT_COUNTS.values())
 FLOW_METRICS = (
@@ -297,15 +284,22 @@ def day_start(day: date) -> datetime:
 
 
 def trailing_window(
-    today: date, late_days: int, last_rolled: date | None, first_event: date | None
+    today: date,
+    late_days: int,
+    last_rolled: date | None,
+    first_event: date | None,
+    logged_since: date | None = None,
 ) -> tuple[date, date] | None:
     """The days the scheduled rollup recomputes: today and the `late_days` before
     it, reaching back to the first day not rolled up yet after a pause (at most
-    MAX_RANGE_DAYS back)."""
+    MAX_RANGE_DAYS back, and never before `logged_since`, the first day whose
+    events are not archived)."""
     start = today - timedelta(days=late_days)
     behind = last_rolled + timedelta(days=1) if last_rolled else first_event
     if behind is not None:
         start = max(min(start, behind), today - timedelta(days=MAX_RANGE_DAYS - 1))
+    if logged_since is not None:
+        start = max(start, logged_since)
     return (start, today) if start <= today else None
 
 

@@ -21,7 +21,13 @@ from services.metrics.domain import (
     day_start,
     outside_partitions,
 )
-from services.metrics.rollup import Clock, RollupResult, RollupScheduler, rollup
+from services.metrics.rollup import (
+    Clock,
+    RollupResult,
+    RollupScheduler,
+    require_logged,
+    rollup,
+)
 from services.metrics.store import EventFilter, MetricQuery
 
 # Points one GetMetrics answer carries at most (a few MiB).
@@ -112,9 +118,12 @@ class Reports:
         return points
 
     async def funnel(self, first: date, last: date) -> list[FunnelStep]:
-        rows = await store.funnel(
-            self._context.pool, day_start(first), day_start(last + timedelta(days=1))
-        )
+        """Counts distinct users and the order of their moves over the range,
+        which only the log has (the daily metrics count moves per day), so a
+        range reaching archived days is refused rather than counted short."""
+        pool = self._context.pool
+        await require_logged(pool, first)
+        rows = await store.funnel(pool, day_start(first), day_start(last + timedelta(days=1)))
         return [
             FunnelStep(stage, entered, converted / previous if previous else 0.0)
             for stage, entered, previous, converted in rows

@@ -6,7 +6,9 @@ metrics of those days (upsert on the unique key, removal of rows no longer
 produced), then carries the end-of-day population forward from the day
 before `first` through the last day ever rolled up, so that a late event
 changes every later population. One rollup runs at a time (an advisory lock
-held by its transaction); the scheduler recomputes a trailing window.
+held by its transaction); the scheduler recomputes a trailing window. Days
+whose events were archived are never recomputed: their metrics stay as rolled
+up while the events were in the log.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from runtime.database import connection
+from runtime.database import Executor, connection
+from runtime.errors import FailedPrecondition, OperationFailed
 from services.metrics import store
 from services.metrics.domain import (
     EVENT_METRICS,
@@ -44,6 +47,24 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+class ArchivedDays(FailedPrecondition, OperationFailed):
+    """A date range reaches days whose events were archived: what is computed
+    from the event log cannot be computed for them."""
+
+
+async def require_logged(conn: Executor, first: date) -> None:
+    """Refuses a range starting before the first day the event log holds whole."""
+    since = await store.logged_since(conn)
+    if since is not None and first < since:
+        raise ArchivedDays(
+            f"{first} is before {since}, the oldest day whose events are still in the log:"
+            " the events of earlier days were archived (their daily metrics are kept, see"
+            f" GetMetrics); start the range on {since} or later",
+            reason="EVENTS_ARCHIVED",
+            metadata={"logged_since": since.isoformat()},
+        )
+
+
 @dataclass(frozen=True)
 class RollupResult:
     first: date
@@ -60,7 +81,10 @@ class RollupResult:
 async def rollup(
     conn: asyncpg.Connection, first: date, last: date, *, wait: bool = True
 ) -> RollupResult | None:
-    """Recomputes [first, last]. Without `wait`, returns None when another rollup runs."""
+    """Recomputes [first, last]. Without `wait`, returns None when another rollup runs.
+    Refuses (ArchivedDays) a range whose first days were archived: recomputed from
+    a log without their events, their metrics would be erased."""
+    await require_logged(conn, first)
     async with conn.transaction():
         if wait:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.ROLLUP_LOCK)
@@ -99,6 +123,7 @@ async def rollup_trailing(
         late_days,
         await store.last_population_day(conn, today),
         await store.first_event_day(conn),
+        await store.logged_since(conn),
     )
     return None if window is None else await rollup(conn, *window, wait=wait)
 

@@ -17,7 +17,6 @@ from runtime.database import Executor
 from runtime.migrations import quote_identifier
 from runtime.stages import STAGES
 from services.metrics.domain import (
-    ANONYMOUS_DATA_KEYS,
     BREAKDOWNS,
     CREATED,
     ERASED,
@@ -151,40 +150,6 @@ async def list_events(
     return await conn.fetch(sql, *args)
 
 
-def _anonymise(table: str, erased: str) -> str:
-    """Replaces the ids of the users `erased` selects, in `table`, by one random
-    id per user that nothing maps back, and keeps of their events only the data
-    that names definitions; what the rollup counts stays countable."""
-    return f"""
-WITH erased AS (SELECT user_id, gen_random_uuid() AS stand_in FROM ({erased}) e)
-UPDATE {quote_identifier(table)} t
-SET user_id = erased.stand_in, event_id = gen_random_uuid(), workflow_execution_id = NULL,
-    event_data = (SELECT coalesce(jsonb_object_agg(key, value), '{{}}'::jsonb)
-                  FROM jsonb_each(t.event_data)
-                  WHERE key = ANY('{{{",".join(ANONYMOUS_DATA_KEYS)}}}'::text[]))
-FROM erased WHERE t.user_id = erased.user_id
-"""
-
-
-_ERASE = _anonymise("lifecycle_events", "SELECT $1::uuid AS user_id")
-
-
-async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
-    """Records the tombstone and anonymises the user's events; returns how many."""
-    await tombstones.bury(conn, user_id)
-    status = await conn.execute(_ERASE, user_id)
-    return int(status.split()[-1])
-
-
-async def anonymise_erased(conn: asyncpg.Connection, table: str) -> int:
-    """Anonymises, in a table of restored events, the users erased since they were archived."""
-    status = await conn.execute(
-        _anonymise(table, "SELECT user_id FROM erased_users"),
-    )
-    return int(status.split()[-1])
-
-
-# The rollup's three passes over the events of [$1, $2).
 _DAY = "(created_at AT TIME ZONE 'UTC')::date"
 _SUBJECT = (
     "CASE event_type "
@@ -193,12 +158,80 @@ _SUBJECT = (
     )
     + " END"
 )
+_MOVE_TYPES = f"('{CREATED}', '{STAGE_CHANGED}', '{ERASED}')"
+# The stage a move leaves and the stage it enters (NULL for other events).
+_FROM_STAGE = (
+    f"CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'"
+    f" WHEN '{ERASED}' THEN lifecycle_stage END"
+)
+_TO_STAGE = f"CASE WHEN event_type IN ('{CREATED}', '{STAGE_CHANGED}') THEN lifecycle_stage END"
+# erased_events of the UTC days in [$1, $2), both day starts.
+_ERASED_DAYS = (
+    "event_day >= ($1 AT TIME ZONE 'UTC')::date AND event_day < ($2 AT TIME ZONE 'UTC')::date"
+)
+
+# Deletes the user's events and keeps, for each, what the rollup counts of it,
+# computed as the rollup does over the user's whole history: the dwell time
+# since the previous move, and whether the event was the user's first tracked
+# activity of its day (in its stage, and in all stages).
+_ERASE = f"""
+WITH gone AS (
+  DELETE FROM lifecycle_events WHERE user_id = $1
+  RETURNING id, event_type, lifecycle_stage, event_data, created_at
+), facts AS (
+  SELECT id, created_at, event_type, lifecycle_stage, {_DAY} AS day, {_SUBJECT} AS subject,
+         {_FROM_STAGE} AS from_stage, {_TO_STAGE} AS to_stage,
+         event_type IN {_MOVE_TYPES} AS move, event_type LIKE 'tracked.%' AS tracked
+  FROM gone
+), ordered AS (
+  SELECT *,
+         lag(created_at) OVER (PARTITION BY move ORDER BY created_at, id) AS previous_move,
+         row_number() OVER (PARTITION BY tracked, day, lifecycle_stage ORDER BY created_at, id)
+           AS nth_in_stage,
+         row_number() OVER (PARTITION BY tracked, day ORDER BY created_at, id) AS nth_of_day
+  FROM facts
+)
+INSERT INTO erased_events (event_day, event_type, lifecycle_stage, subject, from_stage, to_stage,
+                           dwell_seconds, first_activity_in_stage, first_activity_of_day)
+SELECT day, event_type, lifecycle_stage, subject, from_stage, to_stage,
+       CASE WHEN from_stage IS NOT NULL THEN extract(epoch FROM created_at - previous_move) END,
+       tracked AND nth_in_stage = 1, tracked AND nth_of_day = 1
+FROM ordered
+"""
+
+
+async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """Records the tombstone and deletes the user's events, keeping what the
+    daily metrics count of them in erased_events; returns how many."""
+    await tombstones.bury(conn, user_id)
+    status = await conn.execute(_ERASE, user_id)
+    return int(status.split()[-1])
+
+
+async def remove_erased(conn: asyncpg.Connection, table: str) -> int:
+    """Deletes, from a table of restored events, the users erased since they were archived."""
+    status = await conn.execute(
+        f"DELETE FROM {quote_identifier(table)} t USING erased_users x WHERE t.user_id = x.user_id"
+    )
+    return int(status.split()[-1])
+
+
+async def forget_erased_events(conn: asyncpg.Connection, first: date, end: date) -> None:
+    """Deletes the erased_events of [first, end), whose events are archived."""
+    await conn.execute(
+        "DELETE FROM erased_events WHERE event_day >= $1 AND event_day < $2", first, end
+    )
+
+
+# The rollup's three passes over the events of [$1, $2), the log's and the erased ones.
 _COUNT_EVENTS = f"""
 SELECT day, event_type, lifecycle_stage, subject,
        GROUPING(lifecycle_stage, subject) AS grouping, count(*) AS count
 FROM (
   SELECT {_DAY} AS day, event_type, lifecycle_stage, {_SUBJECT} AS subject
   FROM lifecycle_events WHERE created_at >= $1 AND created_at < $2
+  UNION ALL
+  SELECT event_day, event_type, lifecycle_stage, subject FROM erased_events WHERE {_ERASED_DAYS}
 ) e
 GROUP BY GROUPING SETS ((day, event_type), (day, event_type, lifecycle_stage),
                         (day, event_type, subject))
@@ -224,13 +257,9 @@ async def count_events(
 
 _MOVES = f"""
 WITH moves AS (
-  SELECT id, user_id, created_at,
-         CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'
-                         WHEN '{ERASED}' THEN lifecycle_stage END AS from_stage,
-         CASE WHEN event_type <> '{ERASED}' THEN lifecycle_stage END AS to_stage
+  SELECT id, user_id, created_at, {_FROM_STAGE} AS from_stage, {_TO_STAGE} AS to_stage
   FROM lifecycle_events
-  WHERE event_type IN ('{CREATED}', '{STAGE_CHANGED}', '{ERASED}')
-    AND created_at >= $1 AND created_at < $2
+  WHERE event_type IN {_MOVE_TYPES} AND created_at >= $1 AND created_at < $2
 ), timed AS (
   SELECT {_DAY} AS day, from_stage, to_stage,
          CASE WHEN from_stage IS NOT NULL AND user_id IS NOT NULL THEN extract(epoch FROM
@@ -241,6 +270,9 @@ WITH moves AS (
                 AND p.event_type IN ('{CREATED}', '{STAGE_CHANGED}'))))
          END AS dwell
   FROM moves
+  UNION ALL
+  SELECT event_day, from_stage, to_stage, dwell_seconds FROM erased_events
+  WHERE event_type IN {_MOVE_TYPES} AND {_ERASED_DAYS}
 )
 SELECT day, from_stage, to_stage, GROUPING(to_stage) = 1 AS all_targets, count(*) AS count,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY dwell) AS p50,
@@ -265,14 +297,23 @@ async def moves(conn: asyncpg.Connection, start: datetime, end: datetime) -> lis
 
 
 _ACTIVE_USERS = f"""
-SELECT day, lifecycle_stage, GROUPING(lifecycle_stage) = 1 AS across,
-       count(DISTINCT user_id) AS users
-FROM (
-  SELECT {_DAY} AS day, lifecycle_stage, user_id FROM lifecycle_events
-  WHERE event_type LIKE 'tracked.%' AND user_id IS NOT NULL
-    AND created_at >= $1 AND created_at < $2
-) e
-GROUP BY GROUPING SETS ((day), (day, lifecycle_stage))
+SELECT day, lifecycle_stage, across, sum(users)::bigint AS users FROM (
+  SELECT day, lifecycle_stage, GROUPING(lifecycle_stage) = 1 AS across,
+         count(DISTINCT user_id) AS users
+  FROM (
+    SELECT {_DAY} AS day, lifecycle_stage, user_id FROM lifecycle_events
+    WHERE event_type LIKE 'tracked.%' AND user_id IS NOT NULL
+      AND created_at >= $1 AND created_at < $2
+  ) e
+  GROUP BY GROUPING SETS ((day), (day, lifecycle_stage))
+  UNION ALL
+  SELECT event_day, lifecycle_stage, false, count(*) FROM erased_events
+  WHERE first_activity_in_stage AND {_ERASED_DAYS} GROUP BY event_day, lifecycle_stage
+  UNION ALL
+  SELECT event_day, NULL, true, count(*) FROM erased_events
+  WHERE first_activity_of_day AND {_ERASED_DAYS} GROUP BY event_day
+) a
+GROUP BY day, lifecycle_stage, across
 """
 
 
@@ -354,26 +395,36 @@ async def last_population_day(conn: Executor, until: date | None = None) -> date
 
 
 async def first_event_day(conn: asyncpg.Connection) -> date | None:
-    moment: datetime | None = await conn.fetchval("SELECT min(created_at) FROM lifecycle_events")
-    return moment.date() if moment else None
+    day: date | None = await conn.fetchval(
+        "SELECT least((SELECT min(created_at) FROM lifecycle_events) AT TIME ZONE 'UTC',"
+        " (SELECT min(event_day) FROM erased_events))::date"
+    )
+    return day
+
+
+async def logged_since(conn: Executor) -> date | None:
+    """The first day from which the log holds every event: the end of the newest
+    archived partition (None when nothing was archived)."""
+    day: date | None = await conn.fetchval(
+        "SELECT (max(range_end) AT TIME ZONE 'UTC')::date FROM archived_partitions"
+    )
+    return day
 
 
 _NET_FLOWS = f"""
-SELECT stage, sum(delta)::bigint AS delta FROM (
-  SELECT lifecycle_stage AS stage, 1 AS delta FROM lifecycle_events
-  WHERE event_type IN ('{CREATED}', '{STAGE_CHANGED}')
-    AND created_at >= $1 AND created_at < $2
+SELECT f.stage, sum(f.delta)::bigint AS delta FROM (
+  SELECT {_FROM_STAGE} AS from_stage, {_TO_STAGE} AS to_stage FROM lifecycle_events
+  WHERE event_type IN {_MOVE_TYPES} AND created_at >= $1 AND created_at < $2
   UNION ALL
-  SELECT CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'
-                         ELSE lifecycle_stage END, -1
-  FROM lifecycle_events
-  WHERE event_type IN ('{STAGE_CHANGED}', '{ERASED}') AND created_at >= $1 AND created_at < $2
-) flows WHERE stage IS NOT NULL GROUP BY stage
+  SELECT from_stage, to_stage FROM erased_events WHERE {_ERASED_DAYS}
+) m CROSS JOIN LATERAL (VALUES (m.to_stage, 1), (m.from_stage, -1)) AS f(stage, delta)
+WHERE f.stage IS NOT NULL GROUP BY f.stage
 """
 
 
 async def net_flows(conn: Executor, start: datetime, end: datetime) -> dict[str, int]:
-    """Users in minus users out of each stage over [start, end), from the event log."""
+    """Users in minus users out of each stage over [start, end) (day starts), from
+    the event log and the erased events."""
     return {r["stage"]: r["delta"] for r in await conn.fetch(_NET_FLOWS, start, end)}
 
 

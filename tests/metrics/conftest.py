@@ -18,6 +18,7 @@ import grpc
 
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from runtime.config import service_role
+from runtime.database import Executor
 from runtime.migrations import SchemaOwner, acting_as
 from runtime.partitions import ensure_partitions
 from runtime.server import ServiceHost
@@ -120,6 +121,15 @@ def event(
 
 def at(day: date, hour: int = 12, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+
+
+async def metric_rows(conn: Executor) -> list[tuple[Any, ...]]:
+    """Every metrics_daily row, in key order."""
+    rows = await conn.fetch(
+        "SELECT metric_date, lifecycle_stage, metric_name, dimensions::text, metric_value"
+        " FROM metrics_daily ORDER BY 1, 2, 3, 4"
+    )
+    return [tuple(r) for r in rows]
 
 
 def role_of(database: ScratchDatabase) -> str:

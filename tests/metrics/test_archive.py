@@ -7,25 +7,31 @@ inside the retention windows is touched."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import gzip
 import hashlib
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import boto3
+import grpc
 import pytest
 from moto.server import ThreadedMotoServer
 
+from lifecycle.metrics.v1 import metrics_pb2
 from runtime.partitions import ensure_partitions
 from services.metrics.archive import (
     ArchiveError,
+    ArchiveStore,
     BucketArchive,
     FolderArchive,
+    archive_expired,
     archive_partition,
     restore_partition,
 )
@@ -33,8 +39,8 @@ from services.metrics.domain import METRICS_TABLE
 from services.metrics.service import DEFINITION
 from services.metrics.settings import ARCHIVE_ENDPOINT_VARIABLE, ARCHIVE_VARIABLE
 from suite.cli import main
-from tests.metrics.conftest import as_metrics, create_partitions
-from tests.support import ScratchDatabase, free_port
+from tests.metrics.conftest import FakeClock, as_metrics, at, create_partitions, serve_metrics
+from tests.support import ScratchDatabase, error_info, free_port, rpc_error
 
 TODAY = date(2026, 11, 26)
 # Event partitions ending on or before 2024-11-26 go; November 2024 stays.
@@ -93,6 +99,13 @@ async def originals(own_database: ScratchDatabase) -> dict[str, list[tuple[Any, 
         return {name: await rows_of(conn, name) for name in (*ARCHIVED, KEPT)}
 
 
+class Unreadable(FolderArchive):
+    """Cold storage that takes files but fails to hand them back."""
+
+    async def fetch(self, name: str, target: Path) -> None:
+        raise OSError(f"{self.location(name)}: connection reset by peer")
+
+
 class Corrupting(FolderArchive):
     """Cold storage that hands back a damaged copy of what it was given."""
 
@@ -103,21 +116,68 @@ class Corrupting(FolderArchive):
         target.write_bytes(bytes(data))
 
 
-async def test_each_failure_of_archival_leaves_the_partition_in_place(
+def rewrite_csv(target: Path, keep: slice) -> None:
+    """Rewrites a fetched archive as a valid gzip CSV of the header and the records in `keep`."""
+    with gzip.open(target, "rt", newline="") as source:
+        header, *records = list(csv.reader(source))
+    with gzip.open(target, "wt", newline="") as copy:
+        csv.writer(copy, lineterminator="\n").writerows([header, *records[keep]])
+
+
+class DroppingARow(FolderArchive):
+    """Cold storage that hands back a valid archive with its last row missing."""
+
+    async def fetch(self, name: str, target: Path) -> None:
+        await super().fetch(name, target)
+        rewrite_csv(target, slice(None, -1))
+
+
+class Recompressing(FolderArchive):
+    """Cold storage that hands back the same rows in a file of other bytes."""
+
+    async def fetch(self, name: str, target: Path) -> None:
+        await super().fetch(name, target)
+        rewrite_csv(target, slice(None))
+
+
+FAILING_STORES: list[tuple[Callable[[Path], ArchiveStore], str]] = [
+    (lambda folder: FolderArchive(folder / "a-file" / "archive"), "writing the archive failed"),
+    (Unreadable, "reading the archive back failed: .*connection reset"),
+    (Corrupting, "the archive does not load"),
+    (DroppingARow, "the archive holds 59 rows .*, the partition 60"),
+    (Recompressing, "differs from the one written"),
+]
+
+
+@pytest.mark.parametrize(("store", "message"), FAILING_STORES)
+async def test_each_failure_of_archival_leaves_the_partition_in_place_and_is_reported(
+    own_database: ScratchDatabase,
+    originals: dict[str, list[tuple[Any, ...]]],
+    tmp_path: Path,
+    store: Callable[[Path], ArchiveStore],
+    message: str,
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    name = ARCHIVED[0]
+    async with as_metrics(own_database) as conn:
+        with pytest.raises(ArchiveError, match=message):
+            await archive_partition(
+                conn, store(tmp_path), name, date(2024, 9, 1), date(2024, 10, 1)
+            )
+        lines = await archive_expired(conn, store(tmp_path), TODAY)
+        assert lines[0].startswith(f"archival failed, partition kept: {name}: ")
+        assert re.search(message, lines[0])
+        assert set(ARCHIVED) <= await partitions(conn)
+        for kept in ARCHIVED:
+            assert await rows_of(conn, kept) == originals[kept]
+        assert await conn.fetchval("SELECT count(*) FROM archived_partitions") == 0
+
+
+async def test_archival_leaves_a_partition_in_use_in_place(
     own_database: ScratchDatabase, originals: dict[str, list[tuple[Any, ...]]], tmp_path: Path
 ) -> None:
     name = ARCHIVED[0]
-    blocked = tmp_path / "a-file"
-    blocked.write_text("not a folder")
-    failing = [
-        (FolderArchive(blocked / "archive"), "writing the archive failed"),
-        (Corrupting(tmp_path / "corrupting"), "differs from the one written"),
-    ]
     async with as_metrics(own_database) as conn:
-        for archive, message in failing:
-            with pytest.raises(ArchiveError, match=message):
-                await archive_partition(conn, archive, name, date(2024, 9, 1), date(2024, 10, 1))
-            assert await rows_of(conn, name) == originals[name]
         # A reader of the parent keeps the detach waiting past its lock timeout.
         reader = await asyncpg.connect(own_database.admin_url)
         try:
@@ -210,19 +270,72 @@ async def test_a_restore_refuses_an_archive_that_does_not_match_its_manifest(
         assert await conn.fetchval("SELECT to_regclass('restored_bad')") is None
 
 
-async def test_a_user_erased_after_archival_is_anonymised_on_restore(
+async def test_a_user_erased_after_archival_is_left_out_of_a_restore(
     own_database: ScratchDatabase, originals: dict[str, list[tuple[Any, ...]]], archived: Path
 ) -> None:
     async with as_metrics(own_database) as conn:
         await conn.execute("INSERT INTO erased_users (user_id) VALUES ($1)", ERASED_USER)
         try:
-            await restore_partition(conn, FolderArchive(archived), ARCHIVED[0], "restored_erased")
-            rows = await conn.fetch("SELECT user_id, event_data FROM restored_erased")
+            restored = await restore_partition(
+                conn, FolderArchive(archived), ARCHIVED[0], "restored_erased"
+            )
+            rows = await rows_of(conn, "restored_erased")
         finally:
             await conn.execute("DELETE FROM erased_users WHERE user_id = $1", ERASED_USER)
-    assert len(rows) == len(originals[ARCHIVED[0]])
-    assert ERASED_USER not in {r["user_id"] for r in rows}
-    assert sum(1 for r in rows if r["event_data"] == "{}") == 12
+    others = [r for r in originals[ARCHIVED[0]] if r[2] != ERASED_USER]
+    assert restored == len(rows) == 48
+    assert rows == others
+
+
+async def test_the_funnel_and_the_rollup_refuse_days_whose_events_were_archived(
+    own_database: ScratchDatabase,
+    archived: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The log has lost September and October 2024: a funnel over them would count
+    nobody, a rollup would replace their metrics by nothing."""
+    kept = (date(2024, 10, 15), "Activation", "entries", 3)
+    metric = (
+        "SELECT metric_value FROM metrics_daily WHERE metric_date = $1 AND lifecycle_stage = $2"
+        " AND metric_name = $3"
+    )
+    async with as_metrics(own_database) as conn:
+        await conn.execute(
+            "INSERT INTO metrics_daily (metric_date, lifecycle_stage, metric_name, metric_value)"
+            " VALUES ($1, $2, $3, $4)",
+            *kept,
+        )
+    try:
+        async with serve_metrics(own_database, FakeClock(at(TODAY))) as server:
+            for call in (
+                server.stub.GetStageFunnel(
+                    metrics_pb2.GetStageFunnelRequest(
+                        start_date="2024-10-31", end_date="2024-11-05"
+                    )
+                ),
+                server.stub.RunRollup(
+                    metrics_pb2.RunRollupRequest(start_date="2024-10-15", end_date="2024-10-15")
+                ),
+            ):
+                error = await rpc_error(call)
+                assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert error_info(error).reason == "EVENTS_ARCHIVED"
+                assert error_info(error).metadata["logged_since"] == "2024-11-01"
+                assert "2024-11-01" in str(error.details())
+            funnel = await server.stub.GetStageFunnel(
+                metrics_pb2.GetStageFunnelRequest(start_date="2024-11-01", end_date="2024-11-05")
+            )
+            assert len(funnel.stages) == 5
+        monkeypatch.setenv("LIFECYCLE_DATABASE_URL", own_database.admin_url)
+        command = ["rollup", "--from", "2024-10-01", "--to", "2024-11-02"]
+        assert await asyncio.to_thread(main, command) == 1
+        assert "2024-11-01" in capsys.readouterr().err
+        async with as_metrics(own_database) as conn:
+            assert await conn.fetchval(metric, *kept[:3]) == kept[3]
+    finally:
+        async with as_metrics(own_database) as conn:
+            await conn.execute("DELETE FROM metrics_daily WHERE metric_date = $1", kept[0])
 
 
 async def test_metrics_older_than_three_years_are_removed_and_no_younger_row(

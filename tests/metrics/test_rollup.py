@@ -18,6 +18,7 @@ import pytest
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.metrics.v1 import metrics_pb2
 from runtime.stages import stage_value
+from services.metrics.domain import trailing_window
 from services.metrics.handlers import MAX_POINTS
 from services.metrics.rollup import RollupScheduler
 from services.metrics.store import ROLLUP_LOCK
@@ -29,6 +30,7 @@ from tests.metrics.conftest import (
     at,
     create_partitions,
     event,
+    metric_rows,
     serve_metrics,
 )
 from tests.support import ScratchDatabase, rpc_error, violated_fields
@@ -97,14 +99,6 @@ async def values(
         dimensions,
     )
     return {r["lifecycle_stage"]: float(r["metric_value"]) for r in rows}
-
-
-async def all_rows(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
-    rows = await conn.fetch(
-        "SELECT metric_date, lifecycle_stage, metric_name, dimensions::text, metric_value"
-        " FROM metrics_daily ORDER BY 1, 2, 3, 4"
-    )
-    return [tuple(r) for r in rows]
 
 
 ZERO = {"Retention": 0.0, "Revenue": 0.0, "Referral": 0.0}
@@ -191,24 +185,45 @@ async def test_a_second_rollup_of_the_same_days_changes_nothing(
     rolled: MetricsServer, own_database: ScratchDatabase
 ) -> None:
     async with as_metrics(own_database) as conn:
-        before = await all_rows(conn)
+        before = await metric_rows(conn)
     reply = await rolled.stub.RunRollup(
         metrics_pb2.RunRollupRequest(start_date=D.isoformat(), end_date=D1.isoformat())
     )
     assert (reply.rows_written, reply.days) == (0, 2)
     async with as_metrics(own_database) as conn:
-        assert await all_rows(conn) == before
+        assert await metric_rows(conn) == before
+
+
+async def test_the_funnel_counts_entrants_and_the_share_that_moved_on(
+    rolled: MetricsServer,
+) -> None:
+    await rolled.stub.RecordEvents(metrics_pb2.RecordEventsRequest(events=[LATE]))
+    reply = await rolled.stub.GetStageFunnel(
+        metrics_pb2.GetStageFunnelRequest(start_date=D.isoformat(), end_date=D1.isoformat())
+    )
+    assert [(s.lifecycle_stage, s.entered, s.conversion_rate) for s in reply.stages] == [
+        (stage_value("Acquisition"), 2, 0.0),
+        (stage_value("Activation"), 3, 1.0),
+        (stage_value("Retention"), 0, 0.0),
+        (stage_value("Revenue"), 0, 0.0),
+        (stage_value("Referral"), 1, 0.0),
+    ]
 
 
 async def test_erasing_a_user_keeps_the_daily_counts(
     rolled: MetricsServer, own_database: ScratchDatabase
 ) -> None:
+    window = metrics_pb2.RunRollupRequest(start_date=D.isoformat(), end_date=D1.isoformat())
+    await rolled.stub.RunRollup(window)
+    async with as_metrics(own_database) as conn:
+        before = await metric_rows(conn)
     erased = await rolled.stub.EraseUserData(metrics_pb2.EraseUserDataRequest(user_id=str(U2)))
     assert erased.erased_count == 5
-    reply = await rolled.stub.RunRollup(
-        metrics_pb2.RunRollupRequest(start_date=D.isoformat(), end_date=D1.isoformat())
-    )
-    assert reply.rows_written == 0
+    listed = await rolled.stub.ListEvents(metrics_pb2.ListEventsRequest(user_id=str(U2)))
+    assert list(listed.events) == []
+    assert (await rolled.stub.RunRollup(window)).rows_written == 0
+    async with as_metrics(own_database) as conn:
+        assert await metric_rows(conn) == before
 
 
 async def test_get_metrics_returns_series_by_name_stage_and_dimensions(
@@ -323,22 +338,6 @@ async def test_a_late_event_is_counted_by_the_trailing_window_and_carried_forwar
         assert (await values(conn, D1, "population_eod"))["Activation"] == 3
 
 
-async def test_the_funnel_counts_entrants_and_the_share_that_moved_on(
-    rolled: MetricsServer,
-) -> None:
-    await rolled.stub.RecordEvents(metrics_pb2.RecordEventsRequest(events=[LATE]))
-    reply = await rolled.stub.GetStageFunnel(
-        metrics_pb2.GetStageFunnelRequest(start_date=D.isoformat(), end_date=D1.isoformat())
-    )
-    assert [(s.lifecycle_stage, s.entered, s.conversion_rate) for s in reply.stages] == [
-        (stage_value("Acquisition"), 2, 0.0),
-        (stage_value("Activation"), 3, 1.0),
-        (stage_value("Retention"), 0, 0.0),
-        (stage_value("Revenue"), 0, 0.0),
-        (stage_value("Referral"), 1, 0.0),
-    ]
-
-
 async def test_the_snapshot_adds_todays_moves_to_the_last_rolled_day(
     rolled: MetricsServer,
 ) -> None:
@@ -360,6 +359,18 @@ async def test_the_snapshot_adds_todays_moves_to_the_last_rolled_day(
     }
     assert reply.rolled_up_through == D1.isoformat()
     assert reply.snapshot_time.ToDatetime().hour == 18
+
+
+def test_the_trailing_window_never_reaches_days_whose_events_were_archived() -> None:
+    today = date(2026, 11, 26)
+    paused_since = today - timedelta(days=900)
+    assert trailing_window(today, 3, paused_since, None) == (
+        paused_since + timedelta(days=1),
+        today,
+    )
+    logged_since = date(2024, 11, 1)
+    assert trailing_window(today, 3, paused_since, None, logged_since) == (logged_since, today)
+    assert trailing_window(today, 3, None, None, today + timedelta(days=1)) is None
 
 
 async def test_one_rollup_runs_at_a_time(
