@@ -20,6 +20,27 @@ DEFINITIONS: dict[str, ServiceDefinition] = {
 }
 assert tuple(DEFINITIONS) == SERVICE_NAMES
 
+# The peers each service calls directly, in the course of its own work (its
+# outbox destinations are the calls it makes through the outbox). Together
+# they are every call a service makes: deploy/k8s/generate.py allows exactly
+# these in the NetworkPolicies, and tests/deploy/test_k8s.py checks them
+# against the channels the services' code opens and docs/architecture.md.
+DIRECT_CALLS: dict[str, frozenset[str]] = {
+    "users": frozenset(),
+    "workflows": frozenset({"users"}),
+    "segments": frozenset({"users"}),
+    "triggers": frozenset({"users", "workflows"}),
+    "metrics": frozenset(),
+}
+assert DIRECT_CALLS.keys() == DEFINITIONS.keys()
+
+
+def calls(service: str) -> tuple[str, ...]:
+    """The services `service` calls, directly or through its outbox, in the suite's order."""
+    outbox = {destination.service for destination in DEFINITIONS[service].destinations.values()}
+    callees = DIRECT_CALLS[service] | outbox
+    return tuple(name for name in SERVICE_NAMES if name in callees)
+
 
 def schema_owners(admin_url: str, env: Mapping[str, str] | None = None) -> list[SchemaOwner]:
     """Each service's schema, owned by the role in its own database URL when one

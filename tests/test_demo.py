@@ -1,9 +1,11 @@
-"""`lifecycle demo` on a small scale: it starts the suite, sets up the product,
-replays its days and prints the funnel and the daily metrics."""
+"""`lifecycle demo` on a small scale: it starts the suite (or uses the one that
+runs), sets up the product, replays its days and prints the funnel and the
+daily metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import subprocess
@@ -13,10 +15,12 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from runtime.config import with_database
+from runtime.config import SERVICE_NAMES, with_database
 from tests.conftest import create_database, drop_database
-from tests.support import ScratchDatabase
+from tests.support import ScratchDatabase, free_port, running, service_env
 from tests.test_cli import suite_environment
+
+STAGE_ROWS = r"^(Acquisition|Activation|Retention|Revenue|Referral)\s+(\d+)"
 
 
 @pytest.fixture
@@ -44,6 +48,12 @@ async def users_in(url: str) -> int | None:
         await conn.close()
 
 
+def funnel_of(out: str) -> dict[str, str]:
+    """Users who entered each stage, from the demo's funnel table."""
+    table = out.split("Stage funnel", 1)[1].split("Users per stage now", 1)[0]
+    return dict(re.findall(STAGE_ROWS, table, re.M))
+
+
 def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatabase) -> None:
     env = suite_environment(LIFECYCLE_DATABASE_URL=scratch.admin_url)
     for name in ("USERS", "WORKFLOWS", "SEGMENTS", "TRIGGERS", "METRICS"):
@@ -69,9 +79,7 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatab
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "starting the suite for the demo" in out
-    funnel_table = out.split("Stage funnel", 1)[1].split("Users per stage now", 1)[0]
-    stage_rows = r"^(Acquisition|Activation|Retention|Revenue|Referral)\s+(\d+)"
-    funnel = dict(re.findall(stage_rows, funnel_table, re.M))
+    funnel = funnel_of(out)
     assert funnel["Acquisition"] == "150"
     assert int(funnel["Activation"]) > 0
     daily = re.findall(r"^\d{4}-\d{2}-\d{2}\s+(\d+)", out, re.M)
@@ -82,3 +90,30 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatab
     )
     assert int(totals["triggers fired"].replace(",", "")) >= 150
     assert int(totals["workflow executions started"].replace(",", "")) >= 150
+
+
+async def test_the_demo_uses_the_suite_that_runs(own_database: ScratchDatabase) -> None:
+    """With the five services up, the demo starts none of its own: its users land
+    in the running suite's database, and it prints their funnel."""
+    env = service_env(own_database, {name: free_port() for name in SERVICE_NAMES})
+    command = ["demo", "--users", "1", "--days", "1", "--day-seconds", "0.1"]
+    async with contextlib.AsyncExitStack() as suite:
+        for name in SERVICE_NAMES:
+            await suite.enter_async_context(running(name, env))
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "suite.cli", *command),
+            env=suite_environment(**env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    printed = out.decode()
+    assert "starting the suite" not in printed
+    assert funnel_of(printed)["Acquisition"] == "1"
+    assert await users_in(own_database.admin_url) == 1

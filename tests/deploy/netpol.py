@@ -3,7 +3,8 @@ by the rules of the API (networking.k8s.io/v1): a pod that no policy selects
 for a direction is open in that direction; a selected one takes only what some
 rule of a selecting policy allows; egress of the source and ingress of the
 destination must both allow. An ipBlock is taken to match every address, which
-can only allow more: the tests that say "no other" stay on the safe side.
+can only allow more: the tests that say "no other" stay on the safe side. An
+address outside the cluster (`outside_cluster`) is matched by ipBlocks only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Pod:
     labels: dict[str, str]
     namespace: str
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    outside_cluster: bool = False
 
     def __post_init__(self) -> None:
         self.namespace_labels.setdefault("kubernetes.io/metadata.name", self.namespace)
@@ -46,6 +48,8 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def peer_matches(peer: dict[str, Any], pod: Pod, policy_namespace: str) -> bool:
     if "ipBlock" in peer:
         return True
+    if pod.outside_cluster:
+        return False
     if "namespaceSelector" in peer:
         if not selects(peer["namespaceSelector"], pod.namespace_labels):
             return False

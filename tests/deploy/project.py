@@ -1,5 +1,6 @@
 """What the deployment must agree with, read from the project itself: the README's
-configuration and port tables, and the calls of docs/architecture.md."""
+configuration and port tables, the calls of docs/architecture.md, and the files
+docs/operations.md shows in full."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from runtime.config import SERVICE_NAMES
 
 REPO = Path(__file__).parents[2]
 _ROW = re.compile(r"^\|(.+)\|\s*$")
+_FENCED = re.compile(r"^```[a-z]*\n(.*?)^```$", re.M | re.S)
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -61,3 +63,16 @@ def architecture_calls() -> set[tuple[str, str]]:
     unknown = {name for call in calls for name in call} - set(SERVICE_NAMES)
     assert not unknown, f"unknown services in docs/architecture.md: {unknown}"
     return calls
+
+
+def documented_files(folder: str) -> dict[str, str]:
+    """The files under `folder` that docs/operations.md shows in full, by name:
+    fenced blocks whose first line is `# <folder><name>`."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    files = {}
+    for block in _FENCED.findall(text):
+        first_line = block.split("\n", 1)[0]
+        if first_line.startswith(f"# {folder}"):
+            files[first_line.removeprefix(f"# {folder}")] = block
+    assert files, f"docs/operations.md shows no file of {folder}"
+    return files

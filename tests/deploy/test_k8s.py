@@ -4,7 +4,9 @@ architecture."""
 
 from __future__ import annotations
 
+import ast
 import filecmp
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +21,8 @@ import yaml
 
 from runtime.config import DEFAULT_PORTS, SERVICE_NAMES, load_service_config
 from runtime.server import LIVENESS
-from suite.registry import DEFINITIONS
+from services.metrics.settings import load_settings
+from suite.registry import DIRECT_CALLS, calls
 from tests.deploy.kustomize import (
     Manifest,
     UnsupportedKustomization,
@@ -28,8 +31,8 @@ from tests.deploy.kustomize import (
     pod_specs,
     render,
 )
-from tests.deploy.netpol import Pod, can_connect
-from tests.deploy.project import REPO, architecture_calls, documented_settings
+from tests.deploy.netpol import Pod, allows, can_connect
+from tests.deploy.project import REPO, architecture_calls, documented_files, documented_settings
 
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
@@ -39,8 +42,17 @@ KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
 CUSTOM_RESOURCES = {"PostgresCluster"}
 DATABASE_PORT = 5432
 OTLP_PORT = 4317
+HTTPS_PORT = 443
 # Secrets production provisions itself (docs/operations.md, "Secrets").
 PROVISIONED_SECRETS = {f"{s}-secrets" for s in SERVICE_NAMES} | {"lifecycle-db-pgbackrest-s3"}
+# Secrets a workload reads when they exist (docs/operations.md, "Secrets").
+OPTIONAL_SECRETS = {"lifecycle-metrics-archive-s3"}
+# Connections the pools leave for migrations, maintenance, replication and backups.
+RESERVED_CONNECTIONS = 20
+# The overlay docs/operations.md shows in full, on top of prod.
+DOCUMENTED_OVERLAY = "deploy/k8s/overlays/yours/"
+# An address outside the cluster, such as a bucket's or a trace vendor's.
+OUTSIDE = Pod({}, "", outside_cluster=True)
 
 
 @cache
@@ -86,11 +98,13 @@ def container_port(container: dict[str, Any], port: int | str) -> int:
 def resolved_env(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> dict[str, str]:
     """The container's environment, ConfigMaps read; a Secret's value stands as
     secret:<name>/<key>, except the database URLs, which stand as a URL with
-    the operator's user so that the configuration can be loaded."""
+    the operator's user so that the configuration can be loaded. A whole
+    Secret's keys (envFrom) are not known offline: they are left out."""
     config_maps = of_kind(manifests, "ConfigMap")
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]]["data"])
     for entry in container.get("env", []):
         if "value" in entry:
             env[entry["name"]] = entry["value"]
@@ -117,8 +131,7 @@ def test_the_generated_manifests_are_fresh(tmp_path: Path) -> None:
     assert stale == [], f"run `make manifests`: stale {stale}"
 
 
-@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_every_manifest_is_valid_kubernetes(manifests: tuple[Manifest, ...], version: str) -> None:
+def assert_valid(manifests: tuple[Manifest, ...], version: str) -> None:
     for manifest in manifests:
         if manifest["kind"] in CUSTOM_RESOURCES:
             continue
@@ -127,6 +140,11 @@ def test_every_manifest_is_valid_kubernetes(manifests: tuple[Manifest, ...], ver
         except kubernetes_validate.ValidationError as error:
             name = f"{manifest['kind']}/{manifest['metadata']['name']}"
             raise AssertionError(f"{name} on Kubernetes {version}: {error.message}") from error
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_is_valid_kubernetes(manifests: tuple[Manifest, ...], version: str) -> None:
+    assert_valid(manifests, version)
 
 
 def test_the_validator_catches_a_misspelt_field() -> None:
@@ -300,15 +318,28 @@ def operator_secrets(manifests: tuple[Manifest, ...]) -> set[str]:
     return {f"{name}-pguser-{user['name']}" for user in cluster["spec"]["users"]}
 
 
-def referenced_secrets(manifests: tuple[Manifest, ...]) -> set[str]:
+def secret_references(container: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every reference to a Secret in the container's environment: single keys and whole Secrets."""
+    for entry in container.get("env", []):
+        if "valueFrom" in entry:
+            yield entry["valueFrom"]["secretKeyRef"]
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            yield source["secretRef"]
+
+
+def referenced_secrets(manifests: tuple[Manifest, ...], *, optional: bool = False) -> set[str]:
+    """The Secrets the workloads need, or (`optional`) those they read only when present."""
     names = set()
     for workload in workloads(manifests):
         for container in containers(workload):
             names |= {
-                e["valueFrom"]["secretKeyRef"]["name"]
-                for e in container.get("env", [])
-                if "valueFrom" in e
+                reference["name"]
+                for reference in secret_references(container)
+                if reference.get("optional", False) == optional
             }
+    if optional:
+        return names
     [cluster] = of_kind(manifests, "PostgresCluster").values()
     for source in cluster["spec"]["backups"]["pgbackrest"].get("configuration", []):
         names.add(source["secret"]["name"])
@@ -321,8 +352,10 @@ def test_every_secret_exists_or_is_provisioned() -> None:
     assert dev_missing == set()
     prod_missing = referenced_secrets(prod) - set(of_kind(prod, "Secret"))
     assert prod_missing - operator_secrets(prod) == PROVISIONED_SECRETS
+    for manifests in (dev, prod):
+        assert referenced_secrets(manifests, optional=True) == OPTIONAL_SECRETS
     operations = (REPO / "docs" / "operations.md").read_text()
-    for name in ("<service>-secrets", "lifecycle-db-pgbackrest-s3"):
+    for name in ("<service>-secrets", "lifecycle-db-pgbackrest-s3", *OPTIONAL_SECRETS):
         assert f"`{name}`" in operations, f"docs/operations.md does not say how to make {name}"
 
 
@@ -364,7 +397,8 @@ def test_the_database_keeps_the_designed_backup_policy(manifests: tuple[Manifest
         "repo1-retention-full-type": "time",
         "repo1-retention-full": "90",
         "repo1-retention-archive-type": "full",
-        "repo1-retention-archive": "30",
+        # The newest of the 31 fulls is today's: WAL reaches back 30 days.
+        "repo1-retention-archive": "31",
         "repo1-bundle": "y",
         "repo1-block": "y",
     }
@@ -379,19 +413,41 @@ def test_the_database_keeps_the_designed_backup_policy(manifests: tuple[Manifest
     assert int(parameters["archive_timeout"]) <= 60
 
 
-def test_the_database_takes_every_pool_at_full_scale(manifests: tuple[Manifest, ...]) -> None:
-    """Every replica the autoscalers may start holds a full pool, and a few
-    connections stay for the migrations, maintenance, replication and backups."""
+def surge(deployment: Manifest, replicas: int) -> int:
+    """The pods a rollout adds to `replicas` (a percentage rounds up, as Kubernetes does)."""
+    value = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    if isinstance(value, str):
+        return math.ceil(replicas * int(value.removesuffix("%")) / 100)
+    pods: int = value
+    return pods
+
+
+def test_surges_count_as_kubernetes_counts_them() -> None:
+    def rolling(max_surge: int | str) -> Manifest:
+        return {"spec": {"strategy": {"rollingUpdate": {"maxSurge": max_surge}}}}
+
+    assert [surge(rolling("25%"), replicas) for replicas in (1, 4, 6, 8)] == [1, 1, 2, 2]
+    assert surge(rolling(1), 8) == 1
+
+
+def test_the_database_takes_every_pool_of_a_rollout_at_full_scale(
+    manifests: tuple[Manifest, ...],
+) -> None:
+    """Every pod a rollout at full scale runs holds a full pool: as many as the
+    autoscaler allows, the surge the rollout adds, and an old pod still
+    draining, which the Deployment no longer counts. A few connections stay
+    for the migrations, maintenance, replication and backups."""
     config_maps = of_kind(manifests, "ConfigMap")
     autoscalers = of_kind(manifests, "HorizontalPodAutoscaler")
-    demand = sum(
-        autoscalers[s]["spec"]["maxReplicas"]
-        * int(config_maps[f"{s}-config"]["data"]["LIFECYCLE_DB_POOL_SIZE"])
-        for s in SERVICE_NAMES
-    )
+    deployments = of_kind(manifests, "Deployment")
+    demand = 0
+    for name in SERVICE_NAMES:
+        replicas = autoscalers[name]["spec"]["maxReplicas"]
+        pods = replicas + surge(deployments[name], replicas) + 1
+        demand += pods * int(config_maps[f"{name}-config"]["data"]["LIFECYCLE_DB_POOL_SIZE"])
     [cluster] = of_kind(manifests, "PostgresCluster").values()
     parameters = cluster["spec"]["patroni"]["dynamicConfiguration"]["postgresql"]["parameters"]
-    assert demand + 20 <= int(parameters["max_connections"]), demand
+    assert demand + RESERVED_CONNECTIONS <= int(parameters["max_connections"]), demand
 
 
 def test_production_backs_up_to_object_storage() -> None:
@@ -405,14 +461,12 @@ def pod_of(workload: Manifest, namespace: str) -> Pod:
     return Pod(pod_labels(workload), namespace)
 
 
-def test_the_network_allows_exactly_the_architectures_calls(
-    manifests: tuple[Manifest, ...],
-) -> None:
+def allowed_calls(manifests: tuple[Manifest, ...]) -> set[tuple[str, str]]:
+    """(caller, callee) for every pair of services the policies let connect."""
     policies = list(of_kind(manifests, "NetworkPolicy").values())
     namespace = manifests[0]["metadata"]["namespace"]
     deployments = of_kind(manifests, "Deployment")
-    expected = architecture_calls()
-    allowed = {
+    return {
         (caller, callee)
         for caller in SERVICE_NAMES
         for callee in SERVICE_NAMES
@@ -424,15 +478,92 @@ def test_the_network_allows_exactly_the_architectures_calls(
             DEFAULT_PORTS[callee],
         )
     }
+
+
+def test_the_network_allows_exactly_the_architectures_calls(
+    manifests: tuple[Manifest, ...],
+) -> None:
+    expected, allowed = architecture_calls(), allowed_calls(manifests)
     assert allowed == expected, f"missing {expected - allowed}, extra {allowed - expected}"
 
 
-def test_outbox_destinations_are_allowed_calls() -> None:
-    """The calls the code itself declares (outbox destinations) are in the architecture."""
-    calls = architecture_calls()
-    for definition in DEFINITIONS.values():
-        for topic, destination in definition.destinations.items():
-            assert (definition.name, destination.service) in calls, (definition.name, topic)
+def test_each_side_allows_only_the_architectures_calls(manifests: tuple[Manifest, ...]) -> None:
+    """Each direction on its own: a service's egress reaches only what it calls
+    (a broad egress rule fails here even while the callee's ingress would
+    refuse), and its ingress admits, of the suite, only its callers."""
+    policies = list(of_kind(manifests, "NetworkPolicy").values())
+    namespace = manifests[0]["metadata"]["namespace"]
+    deployments = of_kind(manifests, "Deployment")
+    expected = architecture_calls()
+    stranger = Pod({"app": "something-else"}, namespace)
+    elsewhere = Pod({"app": "something-else"}, "other-team", {"lifecycle-ops/client": "true"})
+    ports = (*DEFAULT_PORTS.values(), HTTPS_PORT)
+    for caller in SERVICE_NAMES:
+        source = pod_of(deployments[caller], namespace)
+        for callee in SERVICE_NAMES:
+            if callee == caller:
+                continue
+            target, port = pod_of(deployments[callee], namespace), DEFAULT_PORTS[callee]
+            wanted = (caller, callee) in expected
+            out = allows(policies, source, target, port, "TCP", "Egress")
+            into = allows(policies, target, source, port, "TCP", "Ingress")
+            assert (out, into) == (wanted, wanted), (caller, callee)
+        for outsider in (stranger, elsewhere, OUTSIDE):
+            for port in ports:
+                assert not allows(policies, source, outsider, port, "TCP", "Egress"), (caller, port)
+        assert not allows(policies, source, stranger, DEFAULT_PORTS[caller], "TCP", "Ingress")
+    for job in ("lifecycle-migrate", "lifecycle-maintenance"):
+        [workload] = (w for w in workloads(manifests) if w["metadata"]["name"] == job)
+        source = pod_of(workload, namespace)
+        for name in SERVICE_NAMES:
+            target = pod_of(deployments[name], namespace)
+            assert not allows(policies, source, target, DEFAULT_PORTS[name], "TCP", "Egress")
+        for port in ports:
+            assert not allows(policies, source, OUTSIDE, port, "TCP", "Egress"), (job, port)
+
+
+def channels_opened(folder: Path) -> set[str]:
+    """The peers the code under `folder` opens channels to. A service reaches a
+    peer only through `ServiceClients.channel("<peer>")`, the peer named as
+    it is: a computed name, or a channel made by hand, fails."""
+    peers = set()
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            where = f"{path.relative_to(folder.parent)}:{node.lineno}"
+            assert node.func.attr not in ("insecure_channel", "secure_channel"), (
+                f"{where}: use ServiceClients.channel"
+            )
+            if node.func.attr == "channel":
+                [peer] = node.args
+                assert isinstance(peer, ast.Constant) and isinstance(peer.value, str), (
+                    f"{where}: name the peer as it is"
+                )
+                peers.add(peer.value)
+    return peers
+
+
+def test_every_call_the_code_makes_is_declared_and_in_the_architecture() -> None:
+    """The direct calls the registry declares are the channels each service's code
+    opens; with the outbox destinations they are the architecture's calls, no more."""
+    for name in SERVICE_NAMES:
+        assert channels_opened(REPO / "services" / name) == DIRECT_CALLS[name], name
+    declared = {(caller, callee) for caller in SERVICE_NAMES for callee in calls(caller)}
+    assert declared == architecture_calls()
+
+
+def test_the_call_finder_refuses_what_it_cannot_check(tmp_path: Path) -> None:
+    service = tmp_path / "service"
+    service.mkdir()
+    (service / "named.py").write_text('stub = Stub(clients.channel("users"))\n')
+    assert channels_opened(service) == {"users"}
+    (service / "computed.py").write_text("stub = Stub(clients.channel(peer))\n")
+    with pytest.raises(AssertionError, match="name the peer"):
+        channels_opened(service)
+    (service / "computed.py").write_text('channel = grpc.aio.insecure_channel("users:50051")\n')
+    with pytest.raises(AssertionError, match=r"use ServiceClients\.channel"):
+        channels_opened(service)
 
 
 def test_the_network_allows_the_infrastructure_and_nothing_else(
@@ -449,6 +580,14 @@ def test_the_network_allows_the_infrastructure_and_nothing_else(
     stranger = Pod({"app": "something-else"}, namespace)
     elsewhere = Pod({"app": "something-else"}, "other-team")
     client = Pod({"app": "their-app"}, "their-team", {"lifecycle-ops/client": "true"})
+    inside_client = Pod({"app": "debugging", "lifecycle-ops/client": "true"}, namespace)
+    # `lifecycle demo` in a Job made from the maintenance CronJob (docs/operations.md).
+    demo = Pod({**maintenance.labels, "lifecycle-ops/client": "true"}, namespace)
+    assert can_connect(policies, demo, database, DATABASE_PORT)
+    for outsider in (inside_client, client):
+        assert not can_connect(policies, outsider, database, DATABASE_PORT)
+        assert not can_connect(policies, outsider, collector, OTLP_PORT)
+    assert not can_connect(policies, inside_client, OUTSIDE, HTTPS_PORT)
     for job in (migrate, maintenance):
         assert can_connect(policies, job, database, DATABASE_PORT)
         assert can_connect(policies, job, dns, 53, "UDP")
@@ -459,11 +598,11 @@ def test_the_network_allows_the_infrastructure_and_nothing_else(
         assert not can_connect(policies, service, database, 8008), name
         assert can_connect(policies, service, dns, 53, "UDP"), name
         assert can_connect(policies, service, collector, OTLP_PORT), name
-        assert can_connect(policies, client, service, port), name
+        for client_pod in (client, inside_client, demo):
+            assert can_connect(policies, client_pod, service, port), (name, client_pod)
         for outsider in (stranger, elsewhere, database, collector, migrate, maintenance):
             assert not can_connect(policies, outsider, service, port), (name, outsider)
     assert not can_connect(policies, stranger, database, DATABASE_PORT)
-    assert not can_connect(policies, client, database, DATABASE_PORT)
 
 
 def test_images_are_the_suite_and_pinned_third_parties(manifests: tuple[Manifest, ...]) -> None:
@@ -496,3 +635,70 @@ def test_image_references_split_into_name_and_tag() -> None:
     assert image_name_and_tag("lifecycle-ops") == ("lifecycle-ops", "")
     assert image_name_and_tag("registry:5000/lifecycle-ops") == ("registry:5000/lifecycle-ops", "")
     assert image_name_and_tag("registry:5000/x:1.2") == ("registry:5000/x", "1.2")
+
+
+def test_maintenance_archives_where_its_config_map_says(manifests: tuple[Manifest, ...]) -> None:
+    """By default on the archive volume; an overlay names a bucket in the ConfigMap,
+    the operator's Secret (when there is one) adds its keys."""
+    maintenance = of_kind(manifests, "CronJob")["lifecycle-maintenance"]
+    [container] = containers(maintenance)
+    settings = load_settings(resolved_env(manifests, container))
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == settings.archive_url]
+    [spec] = pod_specs(maintenance)
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    claims = of_kind(manifests, "PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] in claims
+    assert settings.archive_endpoint is None
+    assert {"name": "lifecycle-metrics-archive-s3", "optional": True} in list(
+        secret_references(container)
+    )
+
+
+def documented_overlay(folder: Path) -> tuple[Manifest, ...]:
+    """The overlay docs/operations.md shows (archives in a bucket, traces to a
+    vendor), written into `folder` on top of prod, rendered."""
+    files = documented_files(DOCUMENTED_OVERLAY)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    kustomization = yaml.safe_load(files["kustomization.yaml"])
+    resources = kustomization["resources"]
+    assert "../prod" in resources
+    prod = str(K8S / "overlays" / "prod")
+    kustomization["resources"] = [prod if entry == "../prod" else entry for entry in resources]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return tuple(render(folder))
+
+
+def test_the_documented_overlay_archives_to_a_bucket_and_traces_to_a_vendor(
+    tmp_path: Path,
+) -> None:
+    manifests = documented_overlay(tmp_path)
+    assert {m["metadata"].get("namespace") for m in manifests} == {"lifecycle"}
+    for version in KUBERNETES_VERSIONS:
+        assert_valid(manifests, version)
+    maintenance = of_kind(manifests, "CronJob")["lifecycle-maintenance"]
+    [container] = containers(maintenance)
+    env = resolved_env(manifests, container)
+    assert load_settings(env).archive_url.startswith("s3://")
+    assert env["AWS_DEFAULT_REGION"]
+    backend = of_kind(manifests, "ConfigMap")["otel-collector-backend"]["data"]
+    assert backend["TRACE_BACKEND_ENDPOINT"].endswith(f":{HTTPS_PORT}")
+    assert backend["TRACE_BACKEND_INSECURE"] == "false"
+
+    namespace = manifests[0]["metadata"]["namespace"]
+    deployments = of_kind(manifests, "Deployment")
+    collector = pod_of(deployments["otel-collector"], namespace)
+    base_policies = list(of_kind(rendered("prod"), "NetworkPolicy").values())
+    for pod in (collector, pod_of(maintenance, namespace)):
+        assert not can_connect(base_policies, pod, OUTSIDE, HTTPS_PORT), "prod is already open"
+    policies = list(of_kind(manifests, "NetworkPolicy").values())
+    for pod in (collector, pod_of(maintenance, namespace)):
+        assert can_connect(policies, pod, OUTSIDE, HTTPS_PORT), pod
+        assert not can_connect(policies, pod, OUTSIDE, DATABASE_PORT), pod
+    migrate = pod_of(of_kind(manifests, "Job")["lifecycle-migrate"], namespace)
+    for name in SERVICE_NAMES:
+        service = pod_of(deployments[name], namespace)
+        assert not can_connect(policies, service, OUTSIDE, HTTPS_PORT), name
+        assert not can_connect(policies, collector, service, DEFAULT_PORTS[name]), name
+    assert not can_connect(policies, migrate, OUTSIDE, HTTPS_PORT)
+    assert allowed_calls(manifests) == architecture_calls()
