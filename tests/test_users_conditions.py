@@ -113,6 +113,76 @@ async def test_valid_until_is_when_a_window_closes_as_of_the_given_moment(users:
     assert await matched(users, request) == {}
 
 
+async def next_entry(users: Stub, request: users_pb2.MatchUsersRequest) -> datetime | None:
+    """The earliest next_entry_time over the stream's messages."""
+    moments = [
+        response.next_entry_time.ToDatetime(tzinfo=UTC)
+        async for response in users.MatchUsers(request)
+        if response.HasField("next_entry_time")
+    ]
+    return min(moments, default=None)
+
+
+async def test_match_users_tells_when_the_next_user_enters_by_time_alone(users: Stub) -> None:
+    tag = uuid.uuid4().hex
+    as_of = datetime(2025, 6, 1, tzinfo=UTC)
+    seen = {"soon": "2025-06-03T00:00:00Z", "later": "2025-06-05T00:00:00Z"}
+    await create(users, {"run": tag, "plan": "pro", "seen": seen["soon"], "paid": seen["later"]})
+    await create(users, {"run": tag, "plan": "pro", "seen": seen["later"]})
+    # A user who fails a leaf time never changes never enters, however soon their moment.
+    await create(users, {"run": tag, "plan": "free", "seen": "2025-06-02T00:00:00Z"})
+    await create(users, {"run": tag, "plan": "pro", "seen": "2025-05-31T12:00:00Z"})
+
+    def leaves(*more: dict[str, Any]) -> dict[str, Any]:
+        run = {"attr": "run", "op": "eq", "value": tag}
+        return {"v": 1, "all": [run, {"attr": "plan", "op": "eq", "value": "pro"}, *more]}
+
+    def window(path: str, op: str = "within_last", value: str = "P7D") -> dict[str, Any]:
+        return {"attr": path, "op": op, "value": value}
+
+    cases = [
+        # A moment in the future enters the window when it comes.
+        (leaves(window("seen")), datetime(2025, 6, 3, tzinfo=UTC)),
+        # A moment in the window leaves it a day and a microsecond later.
+        (
+            leaves(window("seen", "not_within_last", "P1D")),
+            datetime(2025, 6, 1, 12, 0, 0, 1, tzinfo=UTC),
+        ),
+        # `all` waits for the later of the moments it needs: "paid" comes after "seen".
+        (leaves(window("seen"), window("paid")), datetime(2025, 6, 5, tzinfo=UTC)),
+        # `any` takes the first.
+        (leaves({"any": [window("paid"), window("seen")]}), datetime(2025, 6, 3, tzinfo=UTC)),
+        # Nothing read changes with time.
+        (leaves(), None),
+    ]
+    for condition, expected in cases:
+        request = match_request(condition, include_next_entry=True)
+        set_timestamp(request.as_of, as_of)
+        assert await next_entry(users, request) == expected, condition
+    request = match_request(leaves(window("seen")))
+    set_timestamp(request.as_of, as_of)
+    assert await next_entry(users, request) is None
+
+
+async def test_the_next_entry_of_a_time_in_stage_is_when_its_threshold_passes(
+    users: Stub,
+) -> None:
+    tag = uuid.uuid4().hex
+    user = await create(users, {"run": tag})
+    entered = user.create_time.ToDatetime(tzinfo=UTC)
+    condition = {
+        "v": 1,
+        "all": [
+            {"attr": "run", "op": "eq", "value": tag},
+            {"stage_age": {"op": "gt", "value": "PT12H"}},
+        ],
+    }
+    request = match_request(condition, include_next_entry=True, user_ids=[user.id])
+    set_timestamp(request.as_of, entered + timedelta(hours=1))
+    assert await matched(users, request) == {}
+    assert await next_entry(users, request) == entered + timedelta(hours=12, microseconds=1)
+
+
 async def test_profiles_carry_what_conditions_read(users: Stub) -> None:
     user = await create(users, {"plan": "pro", "big": 2**60, "ratio": 0.1})
     await users.TransitionStage(
@@ -144,9 +214,10 @@ async def test_profiles_carry_what_conditions_read(users: Stub) -> None:
         ({}, "condition"),
         ({"condition": {"all": []}}, "condition.v"),
         ({"condition": {"v": 1, "any": [{"attr": "a", "op": "nope"}]}}, "condition.any[0].op"),
-        ({"condition": {"v": 1, "in_segment": str(uuid.uuid4())}}, "condition"),
+        ({"condition": {"v": 1, "in_segment": str(uuid.uuid4())}}, "condition.in_segment"),
         ({"condition": {"v": 1, "attr": "a", "src": "event", "op": "exists"}}, "condition.src"),
         ({"condition": {"v": 1, "all": []}, "limit": -1}, "limit"),
+        ({"condition": {"v": 1, "all": []}, "limit": 2, "include_next_entry": True}, "limit"),
         ({"condition": {"v": 1, "all": []}, "user_ids": ["nope"]}, "user_ids[0]"),
         ({"condition": {"v": 1, "all": []}, "user_ids": [str(uuid.uuid4())] * 10_001}, "user_ids"),
         ({"condition": {"v": 1, "all": []}, "lifecycle_stages": [17]}, "lifecycle_stages[0]"),

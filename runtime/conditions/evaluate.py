@@ -91,7 +91,9 @@ _EMPTY: Mapping[str, Any] = {}
 @dataclass(frozen=True)
 class _Program:
     test: Test
-    # The next instant the node's answer may change by time alone; None when never.
+    # The next instant the node's answer may change by time alone (a lower bound
+    # for all and any, as runtime.conditions.sql explains); None for a node time
+    # never changes, or when it returns None: never.
     flip: Flip | None
     # Leaves only: the value read and its JSON form for explanations.
     read: Callable[[Context], Any] | None = None
@@ -110,7 +112,9 @@ class Evaluator:
         self._flip = root.flip
 
     def valid_until(self, context: Context) -> datetime | None:
-        """The first instant after `as_of` at which time alone may change the answer (UTC)."""
+        """The first instant after `as_of` at which time alone may change the answer
+        (UTC), for a user who matches (they may leave) as for one who does not (they
+        may enter); None when time alone never changes it."""
         if self._flip is None:
             return None
         moment = self._flip(context)
@@ -146,9 +150,7 @@ class Evaluator:
     def _compile_node(self, node: Node) -> _Program:
         if isinstance(node, AllOf | AnyOf):
             children = [self._compile(child) for child in node.children]
-            tests = tuple(child.test for child in children)
-            combine = _all if isinstance(node, AllOf) else _any
-            return _Program(combine(tests), _earliest([c.flip for c in children]))
+            return _combination(children, conjunction=isinstance(node, AllOf))
         if isinstance(node, Not):
             child = self._compile(node.child)
             child_test = child.test
@@ -169,14 +171,19 @@ class Evaluator:
         if node.condition is None:
             raise ValueError(f"in_segment {node.segment_id} at {node.location!r} is not resolved")
         inner = self._compile(node.condition.root)
-        inner_test, stages = inner.test, frozenset(node.stages)
+        inner_test, inner_flip, stages = inner.test, inner.flip, frozenset(node.stages)
+
+        def in_stages(context: Context) -> bool:
+            return not stages or (context.user is not None and context.user.stage in stages)
 
         def test(context: Context) -> bool:
-            if stages and (context.user is None or context.user.stage not in stages):
-                return False
-            return inner_test(context)
+            return in_stages(context) and inner_test(context)
 
-        return _Program(test, inner.flip, read=_read_stage, show=lambda value, _: value)
+        flip = None
+        if inner_flip is not None:
+            # Out of the stages, time alone changes nothing.
+            flip = lambda context: inner_flip(context) if in_stages(context) else None  # noqa: E731
+        return _Program(test, flip, read=_read_stage, show=lambda value, _: value)
 
 
 # Loops, not all()/any() over generators: this is the evaluator's hot path.
@@ -202,18 +209,32 @@ def _any(tests: Sequence[Test]) -> Test:
     return test
 
 
-def _earliest(flips: Sequence[Flip | None]) -> Flip | None:
-    present = [flip for flip in flips if flip is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
+def _combination(children: Sequence[_Program], *, conjunction: bool) -> _Program:
+    """An `all` (conjunction) or `any`, and its flip as the SQL compiler builds it:
+    while the children agree (an `all` holding, an `any` failing), their earliest
+    flip; while some decide it alone, the latest of theirs, never if one never flips."""
+    test = (_all if conjunction else _any)(tuple(child.test for child in children))
+    flips = [child.flip for child in children if child.flip is not None]
+    if not flips:
+        return _Program(test, None)
+    if len(children) == 1:
+        return _Program(test, flips[0])
+    members = [(child.test, child.flip) for child in children]
 
     def flip(context: Context) -> datetime | None:
-        moments = [m for m in (one(context) for one in present) if m is not None]
-        return min(moments) if moments else None
+        if test(context) is conjunction:
+            moments = [m for m in (one(context) for one in flips) if m is not None]
+            return min(moments, default=None)
+        last = None
+        for child_test, child_flip in members:
+            if child_test(context) is not conjunction:
+                moment = child_flip(context) if child_flip is not None else None
+                if moment is None:
+                    return None
+                last = moment if last is None else max(last, moment)
+        return last
 
-    return flip
+    return _Program(test, flip)
 
 
 def _leaf(

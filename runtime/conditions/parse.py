@@ -60,11 +60,19 @@ class Scope:
     events: bool = False
     # Membership in other segments (in_segment), resolved by the segments service.
     segments: bool = False
+    # Why an in_segment leaf is refused where `segments` is false.
+    no_segments: str = "in_segment is resolved by the segments service, not here"
     limits: Limits = AUTHORED
 
 
 SEGMENT = Scope(segments=True)
-TRIGGER = Scope(events=True, segments=True)
+# The triggers service could not follow a change of a referenced segment's
+# definition; the segments service sends its members' entries as events.
+TRIGGER = Scope(
+    events=True,
+    no_segments="in_segment is not available in triggers: trigger on segment.entered"
+    " with a condition on the event's segment_id instead",
+)
 # What the users service runs in SQL: user leaves only, references inlined.
 SQL = Scope(limits=EXPANDED)
 
@@ -121,7 +129,7 @@ class _Parser:
             return None
         allowed = _NODE_KEYS_WITH_SEGMENTS if self.scope.segments else _NODE_KEYS
         if "in_segment" in data and not self.scope.segments:
-            self.add(location, "in_segment is resolved by the segments service, not here")
+            self.add(_join(location, "in_segment"), self.scope.no_segments)
             return None
         kinds = [key for key in allowed if key in data]
         if len(kinds) != 1:

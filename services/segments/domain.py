@@ -110,8 +110,10 @@ class CompiledSegment:
         """Whether the user is a member, and until when that answer holds: the
         first moment time alone may change it, at most `ttl` ahead."""
         context = Context(as_of=as_of, user=profile)
-        member = self.stage_matches(profile) and self.evaluator.matches(context)
-        flip = self.evaluator.valid_until(context)
+        in_stages = self.stage_matches(profile)
+        member = in_stages and self.evaluator.matches(context)
+        # Time alone never brings a user into the segment's stages.
+        flip = self.evaluator.valid_until(context) if in_stages else None
         cap = as_of + ttl
         return Verdict(member, min(flip, cap) if flip is not None else cap)
 

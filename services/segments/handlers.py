@@ -274,7 +274,7 @@ class SegmentDirectory:
         sample = [
             uuid.UUID(user_id)
             async for batch in self._users.match(expanded, stages, as_of, limit=sample_size)
-            for user_id, _ in batch
+            for user_id, _ in batch.users
         ]
         return Preview(total, sample)
 
@@ -332,22 +332,35 @@ class Memberships:
             if not await store.lock_for_refresh(conn, segment_id, wait=wait):
                 return None
             try:
+                # Read before the definition: a change committed after it is seen as one.
+                changed_at = await store.changed_at(conn, segment_id)
+                if changed_at is None:
+                    raise segment_not_found(segment_id)
                 await self._catalog.load(conn)
-                return await self._refresh(conn, self._catalog.compile(segment_id))
+                return await self._refresh(conn, self._catalog.compile(segment_id), changed_at)
             except asyncpg.ForeignKeyViolationError as error:
                 raise segment_not_found(segment_id) from error
             finally:
                 await store.unlock_after_refresh(conn, segment_id)
 
-    async def _refresh(self, conn: asyncpg.Connection, compiled: CompiledSegment) -> RefreshOutcome:
+    async def _refresh(
+        self, conn: asyncpg.Connection, compiled: CompiledSegment, changed_at: datetime
+    ) -> RefreshOutcome:
         segment = compiled.segment
         as_of = self._clock()
         cap = as_of + self._settings.membership_ttl
+        # The next full refresh: at the interval, or when a user may enter by time
+        # alone (a window reaching their moment, a time in stage passing), if sooner.
+        next_refresh = as_of + self._settings.refresh_interval
         await store.prepare_matches(conn)
-        matches = self._users.match(compiled.condition.expanded_json(), segment.stages, as_of)
+        matches = self._users.match(
+            compiled.condition.expanded_json(), segment.stages, as_of, next_entry=True
+        )
         pending: list[tuple[str, datetime]] = []
         async for batch in matches:
-            pending += [(user_id, min(v, cap) if v else cap) for user_id, v in batch]
+            pending += [(user_id, min(v, cap) if v else cap) for user_id, v in batch.users]
+            if batch.next_entry is not None:
+                next_refresh = min(next_refresh, batch.next_entry)
             if len(pending) >= COPY_BATCH:
                 await store.add_matches(conn, pending)
                 pending = []
@@ -379,8 +392,7 @@ class Memberships:
             if len(gone) < APPLY_BATCH:
                 break
             after = gone[-1]
-        next_refresh = as_of + self._settings.refresh_interval
-        members = await store.finish_refresh(conn, segment.id, as_of, next_refresh)
+        members = await store.finish_refresh(conn, segment.id, as_of, next_refresh, changed_at)
         return RefreshOutcome(entered, exited, members, as_of)
 
     @staticmethod

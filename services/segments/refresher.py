@@ -1,7 +1,8 @@
 """The scheduler of the segments service: keeps every segment fresh.
 
-Each round it refreshes the segments that are due (new, changed, or not
-refreshed for LIFECYCLE_SEGMENTS_REFRESH_SECONDS) and re-evaluates the
+Each round it refreshes the segments that are due (new, changed, not
+refreshed for LIFECYCLE_SEGMENTS_REFRESH_SECONDS, or at the moment a user may
+enter by time alone, which their last refresh found) and re-evaluates the
 memberships whose validity ran out (a within_last window closing, a time in
 stage passing, the TTL). Replicas share the work: a segment being refreshed
 elsewhere is skipped.

@@ -17,8 +17,8 @@ MATCH_TIMEOUT_VARIABLE = "LIFECYCLE_SEGMENTS_MATCH_TIMEOUT_SECONDS"
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    # How often the scheduler recomputes each segment in full: the bound on how
-    # late a non-member who qualifies by time alone (say, a time in stage) enters.
+    # How often the scheduler recomputes each segment in full; sooner when a user
+    # may enter by time alone (say, a time in stage passing): at that moment.
     refresh_interval: timedelta = timedelta(minutes=5)
     # The longest a cached membership is trusted when time alone cannot change it;
     # changes of users reach the cache at once (ReevaluateUsers), so this is a

@@ -155,17 +155,34 @@ async def mark_changed(
     )
 
 
+async def changed_at(conn: Executor, segment_id: uuid.UUID) -> datetime | None:
+    """When the segment's definition last changed; None if the segment is gone."""
+    moment: datetime | None = await conn.fetchval(
+        "SELECT changed_at FROM segment_refreshes WHERE segment_id = $1", segment_id
+    )
+    return moment
+
+
 async def finish_refresh(
-    conn: Executor, segment_id: uuid.UUID, evaluated_at: datetime, next_refresh_at: datetime
+    conn: Executor,
+    segment_id: uuid.UUID,
+    evaluated_at: datetime,
+    next_refresh_at: datetime,
+    changed_at: datetime,
 ) -> int:
-    """Records a full refresh; returns the member count."""
+    """Records a full refresh of the definition as it was at `changed_at`; returns
+    the member count. If the definition changed meanwhile, the refresh confirmed
+    nothing: the segment stays due and its memberships stale."""
     count = await conn.fetchval(
-        "UPDATE segment_refreshes SET evaluated_at = $2, next_refresh_at = $3,"
+        "UPDATE segment_refreshes SET"
+        " evaluated_at = CASE WHEN changed_at = $4 THEN $2 ELSE evaluated_at END,"
+        " next_refresh_at = CASE WHEN changed_at = $4 THEN $3 ELSE next_refresh_at END,"
         " member_count = (SELECT count(*) FROM user_segment_memberships WHERE segment_id = $1)"
         " WHERE segment_id = $1 RETURNING member_count",
         segment_id,
         evaluated_at,
         next_refresh_at,
+        changed_at,
     )
     return int(count or 0)
 
@@ -229,10 +246,17 @@ async def lock_for_writes(
 # Memberships
 
 
+# When a membership was last found true: its own evaluation, or the segment's last
+# full refresh, which deletes every member it does not find, so that the rows it
+# leaves are confirmed without being rewritten.
+_CONFIRMED_AT = "greatest(m.evaluated_at, r.evaluated_at)"
+_MEMBERSHIPS = "user_segment_memberships m JOIN segment_refreshes r ON r.segment_id = m.segment_id"
+
+
 @dataclass(frozen=True)
 class CachedMembership:
     membership: Membership
-    # Evaluated before the segment's definition last changed.
+    # Confirmed before the segment's definition last changed.
     stale: bool
 
     def valid_at(self, now: datetime) -> bool:
@@ -244,9 +268,8 @@ async def get_membership(
     conn: Executor, user_id: uuid.UUID, segment_id: uuid.UUID
 ) -> CachedMembership | None:
     row = await conn.fetchrow(
-        "SELECT m.evaluated_at, m.valid_until, m.evaluated_at < r.changed_at AS stale"
-        " FROM user_segment_memberships m"
-        " JOIN segment_refreshes r ON r.segment_id = m.segment_id"
+        f"SELECT {_CONFIRMED_AT} AS evaluated_at, m.valid_until,"
+        f" {_CONFIRMED_AT} < r.changed_at AS stale FROM {_MEMBERSHIPS}"
         " WHERE m.user_id = $1 AND m.segment_id = $2",
         user_id,
         segment_id,
@@ -297,9 +320,9 @@ async def list_members(
     conn: Executor, segment_id: uuid.UUID, after: uuid.UUID | None, limit: int
 ) -> list[Membership]:
     rows = await conn.fetch(
-        "SELECT user_id, evaluated_at, valid_until FROM user_segment_memberships"
-        " WHERE segment_id = $1 AND ($2::uuid IS NULL OR user_id > $2)"
-        " ORDER BY user_id LIMIT $3",
+        f"SELECT m.user_id, {_CONFIRMED_AT} AS evaluated_at, m.valid_until FROM {_MEMBERSHIPS}"
+        " WHERE m.segment_id = $1 AND ($2::uuid IS NULL OR m.user_id > $2)"
+        " ORDER BY m.user_id LIMIT $3",
         segment_id,
         after,
         limit,
@@ -312,8 +335,8 @@ async def list_members(
 
 async def user_memberships(conn: Executor, user_id: uuid.UUID) -> list[Membership]:
     rows = await conn.fetch(
-        "SELECT segment_id, evaluated_at, valid_until FROM user_segment_memberships"
-        " WHERE user_id = $1 ORDER BY segment_id",
+        f"SELECT m.segment_id, {_CONFIRMED_AT} AS evaluated_at, m.valid_until"
+        f" FROM {_MEMBERSHIPS} WHERE m.user_id = $1 ORDER BY m.segment_id",
         user_id,
     )
     return [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -54,6 +55,16 @@ def profile_of(message: users_pb2.UserProfile) -> UserProfile:
     )
 
 
+@dataclass(frozen=True)
+class UserMatches:
+    # Each matching user's id (as text: what a refresh copies) and when time alone
+    # may end their match.
+    users: list[tuple[str, datetime | None]]
+    # When a user who does not match may start to by time alone, if asked and any:
+    # the earliest over a stream's messages.
+    next_entry: datetime | None
+
+
 class UsersClient:
     def __init__(self, clients: ServiceClients, match_timeout: float) -> None:
         self._clients = clients
@@ -81,24 +92,30 @@ class UsersClient:
         *,
         user_ids: Sequence[uuid.UUID] = (),
         limit: int = 0,
-    ) -> AsyncIterator[list[tuple[str, datetime | None]]]:
-        """The matching users (ids as text: what a refresh copies) in batches, each with
-        when time alone may change its match."""
+        next_entry: bool = False,
+    ) -> AsyncIterator[UserMatches]:
+        """The matching users in batches; with `next_entry`, when the next user may enter."""
         request = users_pb2.MatchUsersRequest(
             user_ids=[str(user_id) for user_id in user_ids],
             limit=limit,
+            include_next_entry=next_entry,
             **self._filter(condition, stages, as_of),
         )
         stream = self._stub().MatchUsers(request, timeout=timeout_for_call(self._match_timeout))
         try:
             async for response in stream:
-                yield [
-                    (
-                        match.user_id,
-                        _moment(match.valid_until) if match.HasField("valid_until") else None,
-                    )
-                    for match in response.matches
-                ]
+                yield UserMatches(
+                    [
+                        (
+                            match.user_id,
+                            _moment(match.valid_until) if match.HasField("valid_until") else None,
+                        )
+                        for match in response.matches
+                    ],
+                    _moment(response.next_entry_time)
+                    if response.HasField("next_entry_time")
+                    else None,
+                )
         except grpc.aio.AioRpcError as error:
             _failed(error)
 

@@ -22,7 +22,7 @@ from runtime.conditions import (
     UserProfile,
     parse_condition,
 )
-from runtime.errors import InvalidArgument, Violations
+from runtime.errors import Violations
 from runtime.lifecycle_events import EVENT_TYPES, TRACKED_PREFIX
 from runtime.structs import JsonObject
 
@@ -143,17 +143,7 @@ def parse_trigger_condition(conditions: JsonObject, field: str) -> Condition | N
     every bad part, under `field`."""
     if not conditions:
         return None
-    condition = parse_condition(conditions, field, TRIGGER)
-    referenced = condition.segment_ids()
-    if referenced:
-        # The triggers service could not follow a change of the referenced
-        # segment's definition; the segments service sends its members' entries.
-        raise InvalidArgument.field(
-            field,
-            "in_segment is not available in triggers: trigger on segment.entered"
-            " with a condition on the event's segment_id instead",
-        )
-    return condition
+    return parse_condition(conditions, field, TRIGGER)
 
 
 @dataclass(frozen=True)

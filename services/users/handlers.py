@@ -39,7 +39,7 @@ from services.users.domain import (
     UserFilter,
     attribute_changes,
 )
-from services.users.store import ImportRow, MatchQuery, MergedUser, Profile
+from services.users.store import ImportRow, MatchBatch, MatchQuery, MergedUser, Profile
 
 PRODUCER = "users"
 # Changes of a user that triggers can fire on (`changed_to` and the like).
@@ -358,7 +358,7 @@ class UserMatcher:
             reason="CONDITION_TIMEOUT",
         )
 
-    async def match(self, query: MatchQuery) -> AsyncIterator[list[asyncpg.Record]]:
+    async def match(self, query: MatchQuery) -> AsyncIterator[MatchBatch]:
         async with connection(self._context.pool) as conn:
             try:
                 async for batch in store.match_users(

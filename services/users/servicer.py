@@ -108,6 +108,7 @@ def _match_query(
     violations: Violations,
     user_ids: Sequence[uuid.UUID] = (),
     limit: int = 0,
+    next_entry: bool = False,
 ) -> MatchQuery:
     """The query a MatchUsers or CountUsers request asks for; INVALID_ARGUMENT names
     the bad part of the condition (e.g. condition.all[0].op)."""
@@ -123,7 +124,9 @@ def _match_query(
     violations.check()
     assert condition is not None
     as_of = optional_time(request, "as_of") or datetime.now(UTC)
-    return MatchQuery(compile_sql(condition, as_of), tuple(sorted(stages)), tuple(user_ids), limit)
+    return MatchQuery(
+        compile_sql(condition, as_of), tuple(sorted(stages)), tuple(user_ids), limit, next_entry
+    )
 
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
@@ -307,13 +310,19 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         user_ids = _user_ids(request.user_ids, "user_ids", MAX_MATCH_USER_IDS, violations)
         if request.limit < 0:
             violations.add("limit", "must not be negative")
-        query = _match_query(request, violations, user_ids, request.limit)
+        elif request.limit and request.include_next_entry:
+            violations.add("limit", "must be 0 with include_next_entry, which reads every user")
+        query = _match_query(
+            request, violations, user_ids, request.limit, request.include_next_entry
+        )
         async for batch in self._matcher.match(query):
             response = users_pb2.MatchUsersResponse()
-            for row in batch:
-                match = response.matches.add(user_id=row["id"])
-                if row["valid_until"] is not None:
-                    set_timestamp(match.valid_until, row["valid_until"])
+            for user_id, valid_until in batch.matches:
+                match = response.matches.add(user_id=user_id)
+                if valid_until is not None:
+                    set_timestamp(match.valid_until, valid_until)
+            if batch.next_entry is not None:
+                set_timestamp(response.next_entry_time, batch.next_entry)
             yield response
 
     async def CountUsers(

@@ -4,7 +4,7 @@ inside the caller's transaction where one is open."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -350,6 +350,9 @@ class MatchQuery:
     stages: tuple[str, ...] = ()
     user_ids: tuple[uuid.UUID, ...] = ()
     limit: int = 0
+    # Also the earliest moment one of the users who do not match starts to by
+    # time alone (no limit then: it reads every user who may match later).
+    next_entry: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,17 +365,41 @@ class Profile:
     stage_entered_at: datetime | None
 
 
+@dataclass(frozen=True)
+class MatchBatch:
+    # (user id as text, valid_until) of each match: records or tuples.
+    matches: Sequence[Iterable[Any]]
+    # With next_entry, on the first batch of a chunk of users: the earliest moment
+    # one of the chunk's users who do not match starts to by time alone; None if never.
+    next_entry: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    matches: Sequence[Iterable[Any]]
+    # How many users the chunk read (matches and, with next_entry, the others), and the last.
+    read: int
+    last: str | None
+    next_entry: datetime | None = None
+
+
 def _match_sql(
-    query: MatchQuery, columns: str, *, after: uuid.UUID | None = None, chunk: int = 0
+    query: MatchQuery,
+    columns: str,
+    rows: str,
+    *,
+    after: uuid.UUID | None = None,
+    chunk: int = 0,
 ) -> tuple[str, list[Any]]:
-    """The query of the matching users; with `chunk`, the next ones after `after` in id order."""
+    """The query of the users `rows` selects; with `chunk`, the next ones after
+    `after` in id order."""
     params = list(query.condition.params)
 
     def bind(value: Any, cast: str) -> str:
         params.append(value)
         return f"${len(params)}::{cast}"
 
-    where = [query.condition.where]
+    where = [rows]
     if query.stages:
         where.append(f"u.current_lifecycle_stage = ANY({bind(list(query.stages), 'text[]')})")
     if query.user_ids:
@@ -384,11 +411,52 @@ def _match_sql(
     return f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}{order}", params
 
 
-_MATCH_COLUMNS = "u.id::text AS id, {valid_until} AS valid_until"
-
-
 def _valid_until(query: MatchQuery) -> str:
     return query.condition.valid_until or "NULL::timestamptz"
+
+
+def matches_statement(query: MatchQuery, **chunk: Any) -> tuple[str, list[Any]]:
+    """The statement of the matching users, their ids as text and valid_until
+    (with `after` and `chunk`, the next ones in id order), and its parameters."""
+    columns = f"u.id::text AS id, {_valid_until(query)} AS valid_until"
+    return _match_sql(query, columns, query.condition.matches, **chunk)
+
+
+def candidates_statement(
+    query: MatchQuery, *, after: uuid.UUID | None, chunk: int
+) -> tuple[str, list[Any]]:
+    """The statement that reads the next `chunk` users who match now or may later
+    (they pass the condition's part time never changes) once, into one row: how
+    many and the last, the matches with their valid_until, and the earliest flip
+    of the others, which is when one of them may enter."""
+    condition = query.condition
+    columns = f"u.id, {condition.timed} AS matched, {_valid_until(query)} AS flip"
+    sql, params = _match_sql(query, columns, condition.where, after=after, chunk=chunk)
+    return (
+        'SELECT count(*) AS read, max(id::text COLLATE "C") AS last,'
+        " min(flip) FILTER (WHERE NOT matched) AS next_entry,"
+        " coalesce(array_agg(id::text) FILTER (WHERE matched), '{}') AS ids,"
+        " coalesce(array_agg(flip) FILTER (WHERE matched), '{}') AS valid_until"
+        f" FROM ({sql}) candidates"
+    ), params
+
+
+async def _matching_chunk(
+    conn: asyncpg.Connection, query: MatchQuery, after: uuid.UUID | None, size: int
+) -> _Chunk:
+    sql, params = matches_statement(query, after=after, chunk=size)
+    rows = await conn.fetch(sql, *params)
+    return _Chunk(rows, len(rows), rows[-1]["id"] if rows else None)
+
+
+async def _candidate_chunk(
+    conn: asyncpg.Connection, query: MatchQuery, after: uuid.UUID | None, size: int
+) -> _Chunk:
+    sql, params = candidates_statement(query, after=after, chunk=size)
+    row = await conn.fetchrow(sql, *params)
+    assert row is not None
+    matches = list(zip(row["ids"], row["valid_until"], strict=True))
+    return _Chunk(matches, row["read"], row["last"], row["next_entry"])
 
 
 async def _limit_time(conn: asyncpg.Connection, timeout_ms: int) -> None:
@@ -404,30 +472,34 @@ MATCH_CHUNK = 50_000
 
 async def match_users(
     conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int, batch_size: int
-) -> AsyncIterator[list[asyncpg.Record]]:
-    """The matching users' ids (text) and valid_until, in batches of `batch_size`,
-    chunk by chunk in id order, all from one snapshot."""
-    columns = _MATCH_COLUMNS.format(valid_until=_valid_until(query))
+) -> AsyncIterator[MatchBatch]:
+    """The matching users in batches of `batch_size`, chunk by chunk in id order,
+    all from one snapshot."""
+    # A condition that reads no time has no users who may enter later.
+    read_chunk = _candidate_chunk if query.next_entry and query.condition.timed else _matching_chunk
     wanted = query.limit or None
     after = None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await _limit_time(conn, timeout_ms)
         while True:
             size = MATCH_CHUNK if wanted is None else min(MATCH_CHUNK, wanted)
-            sql, params = _match_sql(query, columns, after=after, chunk=size)
-            rows = await conn.fetch(sql, *params)
-            for start in range(0, len(rows), batch_size):
-                yield rows[start : start + batch_size]
+            chunk = await read_chunk(conn, query, after, size)
+            entry = chunk.next_entry
+            for start in range(0, len(chunk.matches), batch_size):
+                yield MatchBatch(chunk.matches[start : start + batch_size], entry)
+                entry = None
+            if entry is not None:
+                yield MatchBatch([], entry)
             if wanted is not None:
-                wanted -= len(rows)
-            if len(rows) < size or wanted == 0:
+                wanted -= len(chunk.matches)
+            if chunk.read < size or wanted == 0 or chunk.last is None:
                 return
-            after = uuid.UUID(rows[-1]["id"])
+            after = uuid.UUID(chunk.last)
 
 
 async def count_users(conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int) -> int:
     # Counted over the match query itself, whose every parameter has a use (and a type).
-    sql, params = _match_sql(query, _MATCH_COLUMNS.format(valid_until=_valid_until(query)))
+    sql, params = matches_statement(query)
     sql = f"SELECT count(*) FROM ({sql}) matches"
     async with conn.transaction(readonly=True):
         await _limit_time(conn, timeout_ms)

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
@@ -131,6 +132,15 @@ class Suite:
         )
         request = segments_pb2.CreateSegmentRequest(segment=segment)
         return (await self.segments.CreateSegment(request)).segment
+
+    async def change_conditions(
+        self, segment_id: str, conditions: dict[str, Any]
+    ) -> segments_pb2.Segment:
+        request = segments_pb2.UpdateSegmentRequest(
+            segment=segments_pb2.Segment(id=segment_id, conditions=dict_to_struct(conditions)),
+            update_mask=field_mask_pb2.FieldMask(paths=["conditions"]),
+        )
+        return (await self.segments.UpdateSegment(request)).segment
 
     async def refresh(self, segment_id: str) -> segments_pb2.RefreshSegmentResponse:
         return await self.segments.RefreshSegment(

@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,14 +27,22 @@ from services.users import store
 from services.users.servicer import profile_message
 from tests.support import ScratchDatabase
 
+# A row of user_lifecycle_history: from_stage, to_stage, transitioned_at.
+Transition = tuple[str | None, str, datetime]
+
 
 @dataclass(frozen=True)
 class StoredUser:
     attributes: dict[str, Any]
     stage: str = "Acquisition"
     created_at: datetime | None = None
-    # When the user entered their stage (their one recorded transition).
-    entered_at: datetime | None = None
+    # Their stage history; None for one transition into their stage when created.
+    history: tuple[Transition, ...] | None = None
+
+    def transitions(self, now: datetime) -> tuple[Transition, ...]:
+        if self.history is not None:
+            return self.history
+        return ((None, self.stage, self.created_at or now),)
 
 
 @asynccontextmanager
@@ -71,26 +79,49 @@ async def insert_users(
         [json.dumps(user.attributes) for user in users],
         [user.created_at or now for user in users],
     )
-    await conn.execute(
-        "INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at)"
-        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])",
-        ids,
-        [None] * len(users),
-        [user.stage for user in users],
-        [user.entered_at or user.created_at or now for user in users],
-    )
+    history = [
+        (user_id, *transition)
+        for user_id, user in zip(ids, users, strict=True)
+        for transition in user.transitions(now)
+    ]
+    if history:
+        await conn.execute(
+            "INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at)"
+            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])",
+            *map(list, zip(*history, strict=True)),
+        )
     return ids
 
 
 @dataclass(frozen=True)
 class Verdicts:
+    """What an engine says of each user, every moment capped at `cap` as the
+    segments service caps them."""
+
     members: set[uuid.UUID]
-    # valid_until of each member, capped at `cap` as the segments service does.
+    # When time alone may end each member's match.
     valid_until: dict[uuid.UUID, datetime]
+    # When time alone may make each other user match.
+    next_entry: dict[uuid.UUID, datetime]
+    # The earliest of those: when the segments service refreshes next.
+    earliest_entry: datetime
 
 
 def _capped(moment: datetime | None, cap: datetime) -> datetime:
     return min(moment, cap) if moment is not None else cap
+
+
+async def _sql_matches(
+    conn: asyncpg.Connection, query: store.MatchQuery
+) -> tuple[dict[uuid.UUID, datetime | None], datetime | None]:
+    """MatchUsers as the users service runs it: each match's valid_until, and the
+    earliest entry of the others."""
+    matches: dict[uuid.UUID, datetime | None] = {}
+    entries = []
+    async for batch in store.match_users(conn, query, timeout_ms=5000, batch_size=1000):
+        matches.update((uuid.UUID(user_id), moment) for user_id, moment in batch.matches)
+        entries += [batch.next_entry] if batch.next_entry is not None else []
+    return matches, min(entries, default=None)
 
 
 async def sql_verdicts(
@@ -100,15 +131,21 @@ async def sql_verdicts(
     as_of: datetime,
     cap: datetime,
 ) -> Verdicts:
-    query = store.MatchQuery(compile_sql(condition, as_of), user_ids=tuple(ids))
-    members: set[uuid.UUID] = set()
-    valid_until: dict[uuid.UUID, datetime] = {}
-    async for batch in store.match_users(conn, query, timeout_ms=5000, batch_size=1000):
-        for row in batch:
-            user_id = uuid.UUID(row["id"])
-            members.add(user_id)
-            valid_until[user_id] = _capped(row["valid_until"], cap)
-    return Verdicts(members, valid_until)
+    compiled = compile_sql(condition, as_of)
+    query = store.MatchQuery(compiled, user_ids=tuple(ids), next_entry=True)
+    matches, earliest = await _sql_matches(conn, query)
+    next_entry = {}
+    for user_id in ids:
+        if user_id not in matches:
+            # The earliest entry of one user is that user's entry.
+            alone = replace(query, user_ids=(user_id,))
+            next_entry[user_id] = _capped((await _sql_matches(conn, alone))[1], cap)
+    return Verdicts(
+        set(matches),
+        {user_id: _capped(moment, cap) for user_id, moment in matches.items()},
+        next_entry,
+        _capped(earliest, cap),
+    )
 
 
 async def python_verdicts(
@@ -121,13 +158,17 @@ async def python_verdicts(
     evaluator = Evaluator(condition)
     members: set[uuid.UUID] = set()
     valid_until: dict[uuid.UUID, datetime] = {}
+    next_entry: dict[uuid.UUID, datetime] = {}
     for stored in await store.get_profiles(conn, ids):
         profile = profile_of(profile_message(stored))
         context = Context(as_of=as_of, user=profile)
+        flip = _capped(evaluator.valid_until(context), cap)
         if evaluator.matches(context):
             members.add(stored.user_id)
-            valid_until[stored.user_id] = _capped(evaluator.valid_until(context), cap)
-    return Verdicts(members, valid_until)
+            valid_until[stored.user_id] = flip
+        else:
+            next_entry[stored.user_id] = flip
+    return Verdicts(members, valid_until, next_entry, min(next_entry.values(), default=cap))
 
 
 def condition_of(data: dict[str, Any]) -> Condition:

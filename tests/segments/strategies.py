@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from runtime.conditions.model import OPERATORS, Kind
 from runtime.conditions.patterns import METACHARACTERS
 from runtime.stages import STAGES
-from tests.segments.engines import StoredUser
+from tests.segments.engines import StoredUser, Transition
 
 AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
 PATHS = ["a", "b", "n", "t", "o.a", "o.x.y"]
@@ -107,12 +107,30 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
-USERS = st.builds(
-    StoredUser,
-    attributes=documents(),
-    stage=st.sampled_from(STAGES),
-    created_at=MOMENTS,
-    entered_at=MOMENTS,
+@st.composite
+def users(draw: st.DrawFn) -> StoredUser:
+    """A user whose stage history has no transition at all (no time in stage), or
+    one into their stage, maybe after another stage, maybe followed by a
+    transition to the same stage (which does not restart the time in stage)."""
+    stage = draw(st.sampled_from(STAGES))
+    history: list[Transition] = []
+    if draw(st.integers(0, 4)):
+        if draw(st.booleans()):
+            history.append((None, draw(st.sampled_from(STAGES)), draw(MOMENTS)))
+        history.append((history[-1][1] if history else None, stage, draw(MOMENTS)))
+        if draw(st.booleans()):
+            history.append((stage, stage, draw(MOMENTS)))
+    return StoredUser(draw(documents()), stage, draw(MOMENTS), tuple(history))
+
+
+USERS = users()
+TIMED_USERS = st.builds(
+    lambda user, t, n: StoredUser(
+        {**user.attributes, "t": t, "n": n}, user.stage, user.created_at, user.history
+    ),
+    USERS,
+    TIMESTAMPS,
+    TIMESTAMPS,
 )
 
 
@@ -185,3 +203,39 @@ NODES: st.SearchStrategy[dict[str, Any]] = st.recursive(
     max_leaves=4,
 )
 CONDITIONS = NODES.map(lambda node: {"v": 1, **node})
+
+
+def _combinations(leaves: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.lists(inner, min_size=1, max_size=3).map(lambda items: {"all": items}),
+            st.lists(inner, min_size=1, max_size=3).map(lambda items: {"any": items}),
+            inner.map(lambda item: {"not": item}),
+        ),
+        max_leaves=5,
+    ).map(lambda node: {"v": 1, **node})
+
+
+# Conditions that time changes, mostly: windows over the timestamps TIMED_USERS
+# always have, time in stage and creation time, among a few leaves time never
+# changes. What all, any and not make of their children's flips is their subject.
+_WINDOWS = st.builds(
+    lambda path, op, value: {"attr": path, "op": op, "value": value},
+    st.sampled_from(["t", "n"]),
+    st.sampled_from(["within_last", "not_within_last"]),
+    DURATIONS,
+)
+TIME_CONDITIONS = _combinations(
+    st.integers(0, 5).flatmap(
+        lambda pick: (
+            _special("stage_age", ["gt", "gte", "lt", "lte"], DURATIONS)
+            if pick == 0
+            else _special("created_at", ["within_last", "not_within_last"], DURATIONS)
+            if pick == 1
+            else st.just({"attr": "a", "op": "exists"})
+            if pick == 2
+            else _WINDOWS
+        )
+    )
+)

@@ -28,12 +28,14 @@ from runtime.conditions import (
     parse_condition,
     resolve,
 )
+from runtime.conditions.model import AllOf, AnyOf, Condition, Not
 from runtime.conditions.parse import Scope
 from runtime.conditions.patterns import PatternError, check_pattern
 from runtime.conditions.schema import SCHEMA
 from runtime.conditions.values import parse_duration, parse_timestamp
 from runtime.errors import InvalidArgument
-from tests.segments.strategies import CONDITIONS
+from tests.segments.engines import StoredUser
+from tests.segments.strategies import CONDITIONS, TIME_CONDITIONS, TIMED_USERS
 
 AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -191,7 +193,17 @@ def test_the_sql_scope_takes_inlined_conditions_but_no_references() -> None:
     big = {"v": 1, "all": [{"attr": "a", "op": "exists"}] * 500}
     parse_condition(big, "condition", SQL)
     reference = {"v": 1, "in_segment": str(uuid.uuid4())}
-    assert "segments service" in violations(reference, SQL)["segment.conditions"]
+    assert "segments service" in violations(reference, SQL)["segment.conditions.in_segment"]
+
+
+def test_the_trigger_scope_refuses_in_segment_at_its_path() -> None:
+    nested = {
+        "v": 1,
+        "all": [{"attr": "plan", "op": "eq", "value": "pro"}, {"in_segment": str(uuid.uuid4())}],
+    }
+    found = violations(nested, TRIGGER)
+    assert list(found) == ["segment.conditions.all[1].in_segment"]
+    assert "trigger on segment.entered" in found["segment.conditions.all[1].in_segment"]
 
 
 def test_the_sql_compiler_refuses_event_and_change_leaves_clearly() -> None:
@@ -423,6 +435,55 @@ def test_stage_age_flips_exactly_when_the_threshold_passes() -> None:
         assert evaluator.matches(Context(flip - timedelta(microseconds=1), user)) is holds_before
 
 
+def _profile(user: StoredUser) -> UserProfile:
+    """The profile the users service gives of a stored user."""
+    entries = [moment for before, after, moment in user.transitions(AS_OF) if before != after]
+    created = user.created_at or AS_OF
+    return UserProfile(user.attributes, user.stage, created, max(entries, default=None))
+
+
+@settings(max_examples=300, deadline=None)
+@given(TIME_CONDITIONS, TIMED_USERS)
+def test_time_alone_changes_no_answer_before_valid_until(
+    data: dict[str, Any], user: StoredUser
+) -> None:
+    """valid_until is a lower bound of the moment the answer changes, for users who
+    match and users who do not: walked leaf flip by leaf flip (the only moments an
+    answer can change), every answer before it is the first one."""
+    condition = _condition(data)
+    evaluator = Evaluator(condition)
+    leaves = [
+        Evaluator(Condition(node, node.source_json))
+        for node in condition.nodes()
+        if not isinstance(node, AllOf | AnyOf | Not)
+    ]
+    seen = _profile(user)
+    answer = evaluator.matches(Context(AS_OF, seen))
+    bound = evaluator.valid_until(Context(AS_OF, seen))
+    moment = AS_OF
+    while True:
+        flips = [flip for leaf in leaves if (flip := leaf.valid_until(Context(moment, seen)))]
+        if not flips or (bound is not None and min(flips) >= bound):
+            break
+        moment = min(flips)
+        assert evaluator.matches(Context(moment, seen)) is answer, moment
+
+
+def test_all_waits_for_its_last_entry_and_any_for_its_first_exit() -> None:
+    soon, later = AS_OF + timedelta(days=1), AS_OF + timedelta(days=3)
+    user = profile({"a": "2025-06-02", "b": "2025-06-04"})
+    a, b = ({"attr": key, "op": "within_last", "value": "P1D"} for key in ("a", "b"))
+    for node, at, expected in (
+        ({"all": [a, b]}, AS_OF, later),
+        ({"any": [a, b]}, AS_OF, soon),
+        # Both in their window: the `any` holds until the later one leaves it.
+        ({"any": [a, b]}, later, later + timedelta(days=1, microseconds=1)),
+        ({"all": [a, {"attr": "c", "op": "exists"}]}, AS_OF, None),
+    ):
+        evaluator = Evaluator(_condition({"v": 1, **node}))
+        assert evaluator.valid_until(Context(at, user)) == expected, node
+
+
 def test_triggers_read_the_event_and_attribute_changes() -> None:
     condition = parse_condition(
         {
@@ -449,36 +510,6 @@ def test_triggers_read_the_event_and_attribute_changes() -> None:
     assert not evaluator.matches(
         Context(AS_OF, event_type="billing.paid", event_data={"amount": 1})
     )
-
-
-@pytest.mark.parametrize(
-    ("before", "after", "changed", "changed_to", "changed_from"),
-    [
-        ({"plan": "free"}, {"plan": "pro"}, True, True, True),
-        ({}, {"plan": "pro"}, True, True, False),
-        ({"plan": "pro"}, {}, True, False, False),
-        ({"plan": "pro"}, {"plan": "pro"}, False, False, False),
-        ({"plan": 3}, {"plan": 3.0}, False, False, False),
-        ({"plan": [1]}, {"plan": [1, 2]}, True, False, False),
-    ],
-)
-def test_the_documented_change_table(
-    before: dict[str, Any],
-    after: dict[str, Any],
-    changed: bool,
-    changed_to: bool,
-    changed_from: bool,
-) -> None:
-    context = Context(AS_OF, changes=AttributeChanges(before, after))
-    for op, value, expected in (
-        ("changed", None, changed),
-        ("changed_to", "pro", changed_to),
-        ("changed_from", "free", changed_from),
-    ):
-        data = {"v": 1, "attr": "plan", "op": op, **({"value": value} if value else {})}
-        evaluator = Evaluator(parse_condition(data, "c", TRIGGER))
-        assert evaluator.matches(context) is expected, (op, before, after)
-        assert evaluator.matches(Context(AS_OF)) is False
 
 
 def test_explain_shows_each_leaf_with_the_value_it_read() -> None:

@@ -87,22 +87,44 @@ async def test_a_within_last_membership_expires_exactly_when_the_window_passes(
     assert await user_segments(suite, user.id) == []
 
 
+async def next_refresh(admin: asyncpg.Connection, segment_id: str) -> datetime | None:
+    moment: datetime | None = await admin.fetchval(
+        "SELECT next_refresh_at FROM segments.segment_refreshes WHERE segment_id = $1",
+        uuid.UUID(segment_id),
+    )
+    return moment
+
+
 async def test_the_scheduler_renews_expired_memberships_and_refreshes_due_segments(
-    suite: Suite, clock: FakeClock, scheduler: None, tag: str
+    suite: Suite,
+    clock: FakeClock,
+    scheduler: None,
+    segments_admin: asyncpg.Connection,
+    tag: str,
 ) -> None:
     recent = await suite.create_user({"run": tag, "seen": stamp(datetime.now(UTC))})
     await suite.settle()
     # New segments are due at once: the scheduler fills them without RefreshSegment.
     window = await suite.create_segment(
-        tagged(tag, {"attr": "seen", "op": "within_last", "value": "P1D"})
+        tagged(tag, {"attr": "seen", "op": "within_last", "value": "PT6H"})
     )
-    settled = await suite.create_segment(tagged(tag, {"stage_age": {"op": "gt", "value": "P2D"}}))
+    settled = await suite.create_segment(tagged(tag, {"stage_age": {"op": "gt", "value": "PT12H"}}))
     await eventually(lambda: _is_member(suite, recent.id, window.id))
     assert await user_segments(suite, recent.id) == [window.id]
-    clock.advance(timedelta(days=3))
-    # The window closed (an expired membership, renewed away) and the user has been in
-    # their stage for 3 days: a non-member who qualifies by time alone enters at the
-    # segment's next scheduled refresh.
+    # The user qualifies for `settled` by time alone, 12 hours after entering their
+    # stage: its refresh found that moment and is due then, before the interval (a day).
+    enters = recent.create_time.ToDatetime(tzinfo=UTC) + timedelta(hours=12, microseconds=1)
+
+    async def due_when_the_user_enters() -> bool:
+        return await next_refresh(segments_admin, settled.id) == enters
+
+    await eventually(due_when_the_user_enters)
+    # A minute before (the clock runs on): the window closed (an expired membership,
+    # renewed away), and the user is not in `settled` yet.
+    clock.advance(enters - clock() - timedelta(minutes=1))
+    await eventually(lambda: _memberships_are(suite, recent.id, []))
+    # Then the scheduler refreshes `settled` at that moment, and the user enters.
+    clock.advance(timedelta(minutes=1))
     await eventually(lambda: _memberships_are(suite, recent.id, [settled.id]))
 
 

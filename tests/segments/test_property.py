@@ -1,7 +1,9 @@
 """Python and SQL agree: generated conditions over generated users, on a real
 PostgreSQL, through the code the services run (the users service's SQL and
-messages, the segments service's Python evaluator). Each example inserts its
-users once and evaluates several conditions, one query each."""
+messages, the segments service's Python evaluator), on who matches, when time
+alone may end each match, and when it may make each other user match (and the
+earliest of those, MatchUsers' next entry). Each example inserts its users
+once and evaluates several conditions."""
 
 from __future__ import annotations
 
@@ -22,7 +24,13 @@ from tests.segments.engines import (
     sql_verdicts,
     users_connection,
 )
-from tests.segments.strategies import AS_OF, CONDITIONS, USERS
+from tests.segments.strategies import (
+    AS_OF,
+    CONDITIONS,
+    TIME_CONDITIONS,
+    TIMED_USERS,
+    USERS,
+)
 from tests.support import ScratchDatabase
 
 pytestmark = pytest.mark.users
@@ -34,18 +42,29 @@ async def conn(segments_database: ScratchDatabase) -> AsyncIterator[asyncpg.Conn
         yield connection
 
 
+# Conditions of the whole language over users full of odd values, and conditions
+# of what time changes, combined, over users who always have timestamps.
+EXAMPLES = st.one_of(
+    st.tuples(
+        st.lists(USERS, min_size=4, max_size=24), st.lists(CONDITIONS, min_size=1, max_size=10)
+    ),
+    st.tuples(
+        st.lists(TIMED_USERS, min_size=4, max_size=12),
+        st.lists(TIME_CONDITIONS, min_size=1, max_size=5),
+    ),
+)
+
+
 @settings(
-    max_examples=200,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(
-    users=st.lists(USERS, min_size=4, max_size=24),
-    conditions=st.lists(CONDITIONS, min_size=1, max_size=10),
-)
-async def test_python_and_sql_agree_on_members_and_validity(
-    conn: asyncpg.Connection, users: list[StoredUser], conditions: list[dict[str, Any]]
+@given(EXAMPLES)
+async def test_python_and_sql_agree_on_members_validity_and_entries(
+    conn: asyncpg.Connection, example: tuple[list[StoredUser], list[dict[str, Any]]]
 ) -> None:
+    users, conditions = example
     ids = await insert_users(conn, users, AS_OF)
     for data in conditions:
         condition = condition_of(data)
@@ -53,3 +72,5 @@ async def test_python_and_sql_agree_on_members_and_validity(
         python = await python_verdicts(conn, condition, ids, AS_OF, AS_OF + CAP)
         assert python.members == sql.members, data
         assert python.valid_until == sql.valid_until, data
+        assert python.next_entry == sql.next_entry, data
+        assert python.earliest_entry == sql.earliest_entry, data

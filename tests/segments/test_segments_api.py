@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, timedelta
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from lifecycle.common.v1 import stage_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.users.v1 import users_pb2
 from runtime.structs import dict_to_struct, struct_to_dict
+from services.segments import store
 from tests.segments.conftest import Suite
 from tests.support import error_info, rpc_error, violated_fields
 
@@ -27,6 +29,14 @@ REVENUE = stage_pb2.LIFECYCLE_STAGE_REVENUE
 def tagged(tag: str, *leaves: dict[str, Any]) -> dict[str, Any]:
     """A condition over this test's users only."""
     return {"v": 1, "all": [{"attr": "run", "op": "eq", "value": tag}, *leaves]}
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A leaf under `depth - 1` nots: `depth` levels."""
+    node: dict[str, Any] = {"attr": "a", "op": "exists"}
+    for _ in range(depth - 1):
+        node = {"not": node}
+    return node
 
 
 @pytest.fixture
@@ -111,6 +121,19 @@ async def test_a_repeated_request_id_returns_the_first_segment(suite: Suite, tag
                 conditions=dict_to_struct({"v": 1, "all": [{"in_segment": str(uuid.uuid4())}]}),
             ),
             "segment.conditions.all[0]",
+        ),
+        (
+            segments_pb2.Segment(name="x", conditions=dict_to_struct({"v": 1, **nested(11)})),
+            "segment.conditions" + ".not" * 10,
+        ),
+        (
+            segments_pb2.Segment(
+                name="x",
+                conditions=dict_to_struct(
+                    {"v": 1, "all": [{"attr": "sku", "op": "regex", "value": "a" * 257}]}
+                ),
+            ),
+            "segment.conditions.all[0].value",
         ),
         (
             segments_pb2.Segment(
@@ -268,14 +291,8 @@ async def test_refresh_applies_enter_and_exit_sets(suite: Suite, tag: str) -> No
     assert await suite.members(segment.id) == {pro.id, team.id}
     again = await suite.refresh(segment.id)
     assert (again.entered_count, again.exited_count, again.member_count) == (0, 0, 2)
-    await suite.segments.UpdateSegment(
-        segments_pb2.UpdateSegmentRequest(
-            segment=segments_pb2.Segment(
-                id=segment.id,
-                conditions=dict_to_struct(tagged(tag, {"attr": "seats", "op": "gte", "value": 2})),
-            ),
-            update_mask=field_mask_pb2.FieldMask(paths=["conditions"]),
-        )
+    await suite.change_conditions(
+        segment.id, tagged(tag, {"attr": "seats", "op": "gte", "value": 2})
     )
     changed = await suite.refresh(segment.id)
     assert (changed.entered_count, changed.exited_count, changed.member_count) == (0, 1, 1)
@@ -304,15 +321,7 @@ async def test_a_refresh_of_many_users_applies_in_batches(suite: Suite, tag: str
     segment = await suite.create_segment(tagged(tag, {"attr": "n", "op": "lt", "value": 11_000}))
     first = await suite.refresh(segment.id)
     assert (first.entered_count, first.member_count) == (11_000, 11_000)
-    await suite.segments.UpdateSegment(
-        segments_pb2.UpdateSegmentRequest(
-            segment=segments_pb2.Segment(
-                id=segment.id,
-                conditions=dict_to_struct(tagged(tag, {"attr": "n", "op": "gte", "value": 500})),
-            ),
-            update_mask=field_mask_pb2.FieldMask(paths=["conditions"]),
-        )
-    )
+    await suite.change_conditions(segment.id, tagged(tag, {"attr": "n", "op": "gte", "value": 500}))
     second = await suite.refresh(segment.id)
     assert (second.entered_count, second.exited_count, second.member_count) == (1000, 500, 11_500)
 
@@ -335,15 +344,8 @@ async def test_check_membership_answers_from_the_cache_while_valid(suite: Suite,
     live = await check(outsider.id)
     assert (live.is_member, live.cached) == (False, False)
     # A changed definition makes the cache stale at once, before any refresh.
-    await suite.segments.UpdateSegment(
-        segments_pb2.UpdateSegmentRequest(
-            segment=segments_pb2.Segment(
-                id=segment.id,
-                conditions=dict_to_struct(
-                    tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
-                ),
-            )
-        )
+    await suite.change_conditions(
+        segment.id, tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
     )
     stale = await check(member.id)
     assert (stale.is_member, stale.cached) == (False, False)
@@ -354,6 +356,62 @@ async def test_check_membership_answers_from_the_cache_while_valid(suite: Suite,
     error = await rpc_error(check(str(uuid.uuid4())))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error_info(error).reason == "USER_NOT_FOUND"
+
+
+async def test_a_refresh_after_a_change_confirms_the_members_it_keeps(
+    suite: Suite, tag: str
+) -> None:
+    stays = await suite.create_user({"run": tag, "plan": "pro", "seats": 5})
+    leaves = await suite.create_user({"run": tag, "plan": "pro", "seats": 1})
+    await suite.settle()
+    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    await suite.refresh(segment.id)
+    await suite.change_conditions(
+        segment.id, tagged(tag, {"attr": "seats", "op": "gte", "value": 3})
+    )
+    refreshed = await suite.refresh(segment.id)
+    assert (refreshed.entered_count, refreshed.exited_count) == (0, 1)
+    # The member the refresh kept is answered from the cache, as confirmed by it,
+    # though its row was not rewritten.
+    checked = await suite.segments.CheckMembership(
+        segments_pb2.CheckMembershipRequest(user_id=stays.id, segment_id=segment.id)
+    )
+    assert (checked.is_member, checked.cached) == (True, True)
+    assert checked.evaluate_time == refreshed.evaluate_time
+    listed = await suite.segments.ListUserSegments(
+        segments_pb2.ListUserSegmentsRequest(user_id=stays.id)
+    )
+    assert [m.evaluate_time for m in listed.memberships] == [refreshed.evaluate_time]
+    # No negative cache: a non-member is evaluated on every check.
+    outsider = await suite.segments.CheckMembership(
+        segments_pb2.CheckMembershipRequest(user_id=leaves.id, segment_id=segment.id)
+    )
+    assert (outsider.is_member, outsider.cached) == (False, False)
+
+
+async def test_a_refresh_that_ran_across_a_change_confirms_nothing(suite: Suite, tag: str) -> None:
+    member = await suite.create_user({"run": tag, "plan": "pro"})
+    await suite.settle()
+    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    segment_id = uuid.UUID(segment.id)
+    await suite.refresh(segment.id)
+    # A refresh read the definition, then the definition changed before it finished.
+    seen = await store.changed_at(suite.segments_pool, segment_id)
+    assert seen is not None
+    await suite.change_conditions(
+        segment.id, tagged(tag, {"attr": "plan", "op": "eq", "value": "x"})
+    )
+    late = suite.clock() + timedelta(days=1)
+    await store.finish_refresh(suite.segments_pool, segment_id, late, late, seen)
+    # Neither recorded as the last refresh, nor put off: the segment stays due, and
+    # its cached members stale.
+    got = await suite.segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment.id))
+    assert got.segment.evaluate_time.ToDatetime(tzinfo=UTC) < late
+    assert segment_id in await store.due_segments(suite.segments_pool, suite.clock(), 1000)
+    checked = await suite.segments.CheckMembership(
+        segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
+    )
+    assert (checked.is_member, checked.cached) == (False, False)
 
 
 async def test_members_and_user_segments_are_listed(suite: Suite, tag: str) -> None:

@@ -122,8 +122,18 @@ def _bad(**changes: Any) -> pb.Trigger:
             "trigger.conditions.op",
         ),
         (
-            _bad(conditions=dict_to_struct({"v": 1, "in_segment": str(uuid.uuid4())})),
-            "trigger.conditions",
+            _bad(
+                conditions=dict_to_struct(
+                    {
+                        "v": 1,
+                        "all": [
+                            {"attr": "plan", "op": "eq", "value": "pro"},
+                            {"in_segment": str(uuid.uuid4())},
+                        ],
+                    }
+                )
+            ),
+            "trigger.conditions.all[1].in_segment",
         ),
         (_bad(workflow_id="not-a-uuid"), "trigger.workflow_id"),
         (_bad(workflow_id=""), "trigger.workflow_id"),

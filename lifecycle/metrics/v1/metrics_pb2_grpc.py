@@ -114,7 +114,9 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStageFunnel(self, request, context):
-        """Stage counts and conversion rates over a date range.
+        """Stage counts and conversion rates over a date range, counted from the event
+        log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
+        days whose events were archived.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,8 +130,8 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EraseUserData(self, request, context):
-        """Removes a user's identity and data from their events (part of a user's
-        erase); the events stay as anonymous counts, so the daily metrics keep them.
+        """Deletes a user's events from the log (part of a user's erase); the daily
+        metrics keep their counts (docs/metrics.md, "Erasing a user").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

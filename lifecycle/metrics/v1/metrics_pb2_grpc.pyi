@@ -51,12 +51,15 @@ class MetricsServiceStub:
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetMetricsRequest, _metrics_pb2.GetMetricsResponse]
     """Daily series of metrics."""
     GetStageFunnel: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetStageFunnelRequest, _metrics_pb2.GetStageFunnelResponse]
-    """Stage counts and conversion rates over a date range."""
+    """Stage counts and conversion rates over a date range, counted from the event
+    log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
+    days whose events were archived.
+    """
     GetStageSnapshot: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetStageSnapshotRequest, _metrics_pb2.GetStageSnapshotResponse]
     """Current population per stage."""
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.EraseUserDataRequest, _metrics_pb2.EraseUserDataResponse]
-    """Removes a user's identity and data from their events (part of a user's
-    erase); the events stay as anonymous counts, so the daily metrics keep them.
+    """Deletes a user's events from the log (part of a user's erase); the daily
+    metrics keep their counts (docs/metrics.md, "Erasing a user").
     """
 
 @_typing.type_check_only
@@ -82,12 +85,15 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     GetMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetMetricsRequest, _metrics_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """Daily series of metrics."""
     GetStageFunnel: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetStageFunnelRequest, _metrics_pb2.GetStageFunnelResponse]  # type: ignore[assignment]
-    """Stage counts and conversion rates over a date range."""
+    """Stage counts and conversion rates over a date range, counted from the event
+    log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
+    days whose events were archived.
+    """
     GetStageSnapshot: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetStageSnapshotRequest, _metrics_pb2.GetStageSnapshotResponse]  # type: ignore[assignment]
     """Current population per stage."""
     EraseUserData: _aio.UnaryUnaryMultiCallable[_metrics_pb2.EraseUserDataRequest, _metrics_pb2.EraseUserDataResponse]  # type: ignore[assignment]
-    """Removes a user's identity and data from their events (part of a user's
-    erase); the events stay as anonymous counts, so the daily metrics keep them.
+    """Deletes a user's events from the log (part of a user's erase); the daily
+    metrics keep their counts (docs/metrics.md, "Erasing a user").
     """
 
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -140,7 +146,10 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.GetStageFunnelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.GetStageFunnelResponse, _abc.Awaitable[_metrics_pb2.GetStageFunnelResponse]]:
-        """Stage counts and conversion rates over a date range."""
+        """Stage counts and conversion rates over a date range, counted from the event
+        log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
+        days whose events were archived.
+        """
 
     @_abc_1.abstractmethod
     def GetStageSnapshot(
@@ -156,8 +165,8 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.EraseUserDataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.EraseUserDataResponse, _abc.Awaitable[_metrics_pb2.EraseUserDataResponse]]:
-        """Removes a user's identity and data from their events (part of a user's
-        erase); the events stay as anonymous counts, so the daily metrics keep them.
+        """Deletes a user's events from the log (part of a user's erase); the daily
+        metrics keep their counts (docs/metrics.md, "Erasing a user").
         """
 
 def add_MetricsServiceServicer_to_server(servicer: MetricsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -608,8 +608,17 @@ class MatchUsersRequest(_message.Message):
     USER_IDS_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    INCLUDE_NEXT_ENTRY_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many users, in no particular order (all when 0)."""
+    include_next_entry: _builtins.bool
+    """Also find when the next user starts matching by time alone: the earliest
+    moment after `as_of` at which a user of the candidate set (the users
+    `lifecycle_stages` and `user_ids` allow) who does not match at `as_of` may
+    start to (a within_last window reaching their moment, a time in stage
+    passing). It reads the users who may match later beside those who match,
+    so it takes no `limit`.
+    """
     @_builtins.property
     def condition(self) -> _struct_pb2.Struct:
         """A condition of the shared condition language (version 1)."""
@@ -636,10 +645,11 @@ class MatchUsersRequest(_message.Message):
         user_ids: _abc.Iterable[_builtins.str] | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
         limit: _builtins.int = ...,
+        include_next_entry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition", "lifecycle_stages", b"lifecycle_stages", "limit", b"limit", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "condition", b"condition", "include_next_entry", b"include_next_entry", "lifecycle_stages", b"lifecycle_stages", "limit", b"limit", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -656,8 +666,8 @@ class UserMatch(_message.Message):
     user_id: _builtins.str
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
-        """The first moment after `as_of` at which time alone may change the match
-        (a within_last window or a time in stage passing); unset when it cannot.
+        """The first moment after `as_of` at which time alone may end the match (a
+        within_last window or a time in stage passing); unset when it cannot.
         """
 
     def __init__(
@@ -681,16 +691,26 @@ class MatchUsersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MATCHES_FIELD_NUMBER: _builtins.int
+    NEXT_ENTRY_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserMatch]: ...
+    @_builtins.property
+    def next_entry_time(self) -> _timestamp_pb2.Timestamp:
+        """With include_next_entry, on some messages: the earliest of them over the
+        stream is that moment, exact for one time leaf and never later than the
+        real entry otherwise. None on any message: no user can start matching by
+        time alone.
+        """
+
     def __init__(
         self,
         *,
         matches: _abc.Iterable[Global___UserMatch] | None = ...,
+        next_entry_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_entry_time", b"next_entry_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "next_entry_time", b"next_entry_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
