@@ -75,6 +75,8 @@ class ServiceClients:
     def channel(self, service: str) -> grpc.aio.Channel:
         channel = self._channels.get(service)
         if channel is None:
+            if service not in self._addresses:
+                raise LookupError(f"{service} is not among the services this one calls")
             interceptors = (
                 aio_client_interceptors(tracer_provider=self._tracer_provider)
                 if self._tracer_provider is not None

@@ -82,6 +82,10 @@ class ServiceDefinition:
     partitioned_tables: tuple[PartitionedTable, ...] = ()
     # Outbox topics this service sends, and where they go.
     destinations: dict[str, Destination] = field(default_factory=dict)
+    # The services it calls directly, in the course of its own work. With its
+    # destinations' services these are all it may call: it gets channels to
+    # these only, and the NetworkPolicies allow exactly these (deploy/k8s).
+    calls: frozenset[str] = frozenset()
     # Upkeep the service owns (retention, ...), run by `lifecycle maintenance` on a
     # connection acting as the service's role in its schema; returns lines to report.
     maintenance: Callable[[asyncpg.Connection, date], Awaitable[list[str]]] | None = None
@@ -93,6 +97,11 @@ class ServiceDefinition:
     @property
     def grpc_service(self) -> str:
         return GRPC_SERVICES[self.name]
+
+    @property
+    def callees(self) -> frozenset[str]:
+        """Every service this one calls, directly or through its outbox."""
+        return self.calls | {destination.service for destination in self.destinations.values()}
 
 
 class ServiceHost:
@@ -124,7 +133,8 @@ class ServiceHost:
         self._pool = await create_pool(
             config.database_url, self.definition.name, config.pool_max_size
         )
-        self._clients = ServiceClients(config.peers, config.call_timeout, self.tracer_provider)
+        peers = {name: config.peers[name] for name in self.definition.callees}
+        self._clients = ServiceClients(peers, config.call_timeout, self.tracer_provider)
         relay = OutboxRelay(
             self._pool,
             self._clients,

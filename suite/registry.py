@@ -20,26 +20,18 @@ DEFINITIONS: dict[str, ServiceDefinition] = {
 }
 assert tuple(DEFINITIONS) == SERVICE_NAMES
 
-# The peers each service calls directly, in the course of its own work (its
-# outbox destinations are the calls it makes through the outbox). Together
-# they are every call a service makes: deploy/k8s/generate.py allows exactly
-# these in the NetworkPolicies, and tests/deploy/test_k8s.py checks them
-# against the channels the services' code opens and docs/architecture.md.
+# The peers each service calls directly (ServiceDefinition.calls; its outbox
+# destinations are the others): deploy/k8s/generate.py allows exactly these in
+# the NetworkPolicies, and tests/deploy/test_k8s.py checks them against the
+# channels the services' code opens and docs/architecture.md.
 DIRECT_CALLS: dict[str, frozenset[str]] = {
-    "users": frozenset(),
-    "workflows": frozenset({"users"}),
-    "segments": frozenset({"users"}),
-    "triggers": frozenset({"users", "workflows"}),
-    "metrics": frozenset(),
+    name: definition.calls for name, definition in DEFINITIONS.items()
 }
-assert DIRECT_CALLS.keys() == DEFINITIONS.keys()
 
 
 def calls(service: str) -> tuple[str, ...]:
     """The services `service` calls, directly or through its outbox, in the suite's order."""
-    outbox = {destination.service for destination in DEFINITIONS[service].destinations.values()}
-    callees = DIRECT_CALLS[service] | outbox
-    return tuple(name for name in SERVICE_NAMES if name in callees)
+    return tuple(name for name in SERVICE_NAMES if name in DEFINITIONS[service].callees)
 
 
 def schema_owners(admin_url: str, env: Mapping[str, str] | None = None) -> list[SchemaOwner]:

@@ -402,3 +402,17 @@ async def test_sigterm_during_load_loses_no_acknowledged_write(
     assert {r["id"] for r in stored} >= set(acknowledged)
     logs = (process.stderr.read() if process.stderr else b"").decode()
     assert "received a stop signal" in logs and "users stopped" in logs
+
+
+async def test_a_service_gets_channels_only_to_the_services_it_calls(
+    users_host: ServiceHost,
+) -> None:
+    """The users service calls segments, workflows, triggers and metrics through
+    its outbox and nothing directly; a channel to anything else is refused, so
+    a call the architecture does not make cannot creep in unnoticed."""
+    assert users_host.context is not None
+    clients = users_host.context.clients
+    assert DEFINITIONS["users"].callees == {"segments", "workflows", "triggers", "metrics"}
+    assert clients.channel("metrics") is clients.channel("metrics")
+    with pytest.raises(LookupError, match="users is not among the services this one calls"):
+        clients.channel("users")

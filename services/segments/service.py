@@ -57,5 +57,6 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     build=build,
     destinations=destinations(RECORD_EVENTS, TRACK_EVENTS),
+    calls=frozenset({"users"}),
     maintenance=maintenance,
 )

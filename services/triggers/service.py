@@ -107,5 +107,6 @@ DEFINITION = ServiceDefinition(
     build=build_with(),
     partitioned_tables=(EXECUTIONS,),
     destinations={RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS], **ingest.DESTINATIONS},
+    calls=frozenset({"users", "workflows"}),
     maintenance=maintenance,
 )

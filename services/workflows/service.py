@@ -85,5 +85,6 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     build=build_with(SystemClock()),
     destinations={RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS]},
+    calls=frozenset({"users"}),
     maintenance=maintenance,
 )
