@@ -6,7 +6,7 @@ A partition is archived in one transaction that keeps writers out of it
 SHA-256 of the file, an order-independent fingerprint of the rows), upload,
 read back and load into a temporary table (one pass over the file, which also
 takes its SHA-256), compare count, fingerprint and checksum, and only then
-detach and drop the partition. Any failure rolls the
+take the rollups' lock and detach and drop the partition. Any failure rolls the
 transaction back: the partition stays attached with every row, and a later
 run starts over (files are overwritten, never appended to).
 """
@@ -263,12 +263,12 @@ async def _load(conn: asyncpg.Connection, source: Path, table: str, columns: lis
     with source.open("rb") as raw:
         digesting = _Digesting(raw)
         with gzip.GzipFile(fileobj=digesting, mode="rb") as rows:
+            # COPY reads to the end of the gzip stream, and gzip to the end of
+            # the file (zero padding skipped, anything else refused), so every
+            # byte of the file went through the digest.
             await conn.copy_to_table(
                 table, source=cast(BinaryIO, rows), columns=columns, format="csv", header=True
             )
-        # Bytes after the gzip stream are part of the file and of its checksum.
-        while digesting.read(1 << 20):
-            pass
     return digesting.sha256.hexdigest()
 
 
@@ -315,6 +315,7 @@ async def archive_partition(
                     f" (LIKE {EVENTS_TABLE.table}) ON COMMIT DROP"
                 )
                 await _read_back(conn, archive, manifest, Path(scratch), "archive_check")
+            await _wait_for_rollups(conn)
             await conn.execute(
                 f"ALTER TABLE {EVENTS_TABLE.table} DETACH PARTITION {quote_identifier(name)}"
             )
@@ -336,6 +337,18 @@ async def archive_partition(
     except asyncpg.LockNotAvailableError as error:
         raise ArchiveError(f"{name}: the partition is busy, left in place: {error}") from error
     return manifest
+
+
+async def _wait_for_rollups(conn: asyncpg.Connection) -> None:
+    """Takes the rollups' lock for the rest of the transaction, so that the
+    partition does not go while a rollup reads its days (a rollup checks its
+    days once it has the lock). It waits for a running rollup to end rather
+    than fail after the lock timeout: a rollup is bounded (1100 days at most),
+    and the partition meanwhile stays locked as during the export. A rollup
+    takes this lock before any table lock, so the two cannot deadlock."""
+    await conn.execute("SET LOCAL lock_timeout = 0")
+    await store.lock_rollups(conn)
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 
 
 def _midnight(day: date) -> datetime:

@@ -96,6 +96,10 @@ class EventRows:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def partitions(self) -> list[str]:
+        """The lifecycle_events partition each row belongs in."""
+        return [_month_partition(moment) for moment in self.times]
+
     def subset(self, keep: Sequence[int]) -> EventRows:
         """The rows at the given offsets (offsets into this batch, not positions)."""
         return EventRows(
@@ -226,28 +230,35 @@ def parse_events(
     return rows, refused
 
 
+def _month_partition(moment: datetime) -> str:
+    return partition_name(EVENTS_TABLE, period_start(moment.date(), "month"))
+
+
 def outside_partitions(
     rows: EventRows, partitions: set[str]
 ) -> tuple[list[int], list[RefusedEvent]]:
     """Offsets of the rows that have a partition to land in, and the others refused."""
     inside: list[int] = []
-    refused = []
-    for offset, moment in enumerate(rows.times):
-        name = partition_name(EVENTS_TABLE, period_start(moment.date(), "month"))
-        if name in partitions:
-            inside.append(offset)
-            continue
-        refused.append(
-            RefusedEvent(
-                rows.positions[offset],
-                rows.event_ids[offset],
-                "event_time",
-                f"{moment.isoformat()} is outside the stored range: partition {name} does not"
-                " exist (not created yet, or archived); see `lifecycle maintenance`",
-                malformed=False,
-            )
+    outside: list[int] = []
+    for offset, name in enumerate(rows.partitions()):
+        (inside if name in partitions else outside).append(offset)
+    return inside, refused_outside(rows, outside)
+
+
+def refused_outside(rows: EventRows, offsets: Iterable[int]) -> list[RefusedEvent]:
+    """The rows at `offsets`, refused for want of a partition."""
+    return [
+        RefusedEvent(
+            rows.positions[offset],
+            rows.event_ids[offset],
+            "event_time",
+            f"{rows.times[offset].isoformat()} is outside the stored range: partition"
+            f" {_month_partition(rows.times[offset])} does not exist (not created yet, or"
+            " archived); see `lifecycle maintenance`",
+            malformed=False,
         )
-    return inside, refused
+        for offset in offsets
+    ]
 
 
 def parse_date(value: str, field: str, violations: Violations) -> date | None:

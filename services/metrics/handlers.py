@@ -20,6 +20,7 @@ from services.metrics.domain import (
     RefusedEvent,
     day_start,
     outside_partitions,
+    refused_outside,
 )
 from services.metrics.rollup import (
     Clock,
@@ -40,6 +41,7 @@ _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 class Recorded:
     recorded: int = 0
     duplicates: int = 0
+    # Events of erased users, counted anonymously instead of stored (docs/metrics.md).
     erased_users: int = 0
     # Events outside the created partitions, refused.
     outside: list[RefusedEvent] = field(default_factory=list)
@@ -66,8 +68,14 @@ class EventLog:
     async def _insert(self, rows: EventRows, outside: list[RefusedEvent]) -> Recorded:
         async with self._context.unit_of_work() as uow:
             await store.lock_for_ingest(uow.conn)
-            kept, inserted = await store.insert_events(uow.conn, rows)
-        return Recorded(inserted, kept - inserted, len(rows) - kept, outside)
+            stored = await store.insert_events(uow.conn, rows)
+        late = len(rows) - stored.logged - len(stored.unpartitioned)
+        return Recorded(
+            stored.inserted,
+            stored.logged - stored.inserted + late - stored.counted,
+            stored.counted,
+            outside + refused_outside(rows, stored.unpartitioned),
+        )
 
     async def read(
         self, where: EventFilter, cursor: tuple[datetime, int] | None, limit: int

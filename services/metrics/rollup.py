@@ -6,9 +6,10 @@ metrics of those days (upsert on the unique key, removal of rows no longer
 produced), then carries the end-of-day population forward from the day
 before `first` through the last day ever rolled up, so that a late event
 changes every later population. One rollup runs at a time (an advisory lock
-held by its transaction); the scheduler recomputes a trailing window. Days
-whose events were archived are never recomputed: their metrics stay as rolled
-up while the events were in the log.
+held by its transaction, which archival also takes to detach a partition); the
+scheduler recomputes a trailing window. Days whose events were archived are
+never recomputed: their metrics stay as rolled up while the events were in
+the log.
 """
 
 from __future__ import annotations
@@ -81,25 +82,36 @@ class RollupResult:
 async def rollup(
     conn: asyncpg.Connection, first: date, last: date, *, wait: bool = True
 ) -> RollupResult | None:
-    """Recomputes [first, last]. Without `wait`, returns None when another rollup runs.
-    Refuses (ArchivedDays) a range whose first days were archived: recomputed from
-    a log without their events, their metrics would be erased."""
-    await require_logged(conn, first)
+    """Recomputes [first, last]. Without `wait`, returns None when another rollup runs."""
     async with conn.transaction():
-        if wait:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", store.ROLLUP_LOCK)
-        elif not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", store.ROLLUP_LOCK):
+        if not await _take_turn(conn, wait):
             return None
-        start, end = day_start(first), day_start(last + timedelta(days=1))
-        rows = (
-            count_rows(await store.count_events(conn, start, end))
-            + flow_rows(await store.moves(conn, start, end))
-            + activity_rows(await store.active_users(conn, start, end))
-        )
-        written = await store.replace_metrics(conn, first, last, EVENT_METRICS, rows)
-        through = max(last, await store.last_population_day(conn) or last)
-        written += await _carry_population(conn, first, through)
-        return RollupResult(first, through, written)
+        return await _recompute(conn, first, last)
+
+
+async def _take_turn(conn: asyncpg.Connection, wait: bool) -> bool:
+    if wait:
+        await store.lock_rollups(conn)
+        return True
+    return await store.try_lock_rollups(conn)
+
+
+async def _recompute(conn: asyncpg.Connection, first: date, last: date) -> RollupResult:
+    """Refuses (ArchivedDays) a range whose first days were archived: recomputed
+    from a log without their events, their metrics would be erased. Checked
+    under the rollups' lock, which archival takes to detach a partition, so no
+    partition goes while the rollup reads."""
+    await require_logged(conn, first)
+    start, end = day_start(first), day_start(last + timedelta(days=1))
+    rows = (
+        count_rows(await store.count_events(conn, start, end))
+        + flow_rows(await store.moves(conn, start, end))
+        + activity_rows(await store.active_users(conn, start, end))
+    )
+    written = await store.replace_metrics(conn, first, last, EVENT_METRICS, rows)
+    through = max(last, await store.last_population_day(conn) or last)
+    written += await _carry_population(conn, first, through)
+    return RollupResult(first, through, written)
 
 
 async def _carry_population(conn: asyncpg.Connection, first: date, through: date) -> int:
@@ -117,15 +129,19 @@ async def rollup_trailing(
     conn: asyncpg.Connection, today: date, late_days: int, *, wait: bool = True
 ) -> RollupResult | None:
     """Recomputes today and the `late_days` before it, and any day since the
-    last rollup (or since the first event, when there was none)."""
-    window = trailing_window(
-        today,
-        late_days,
-        await store.last_population_day(conn, today),
-        await store.first_event_day(conn),
-        await store.logged_since(conn),
-    )
-    return None if window is None else await rollup(conn, *window, wait=wait)
+    last rollup (or since the first event, when there was none). The window is
+    taken under the rollups' lock, after any archival that held it."""
+    async with conn.transaction():
+        if not await _take_turn(conn, wait):
+            return None
+        window = trailing_window(
+            today,
+            late_days,
+            await store.last_population_day(conn, today),
+            await store.first_event_day(conn),
+            await store.logged_since(conn),
+        )
+        return None if window is None else await _recompute(conn, *window)
 
 
 class RollupScheduler:

@@ -28,7 +28,8 @@ from services.metrics.domain import (
 )
 
 # Advisory lock keys ("lm" + a letter): ingest and erase exclude each other so
-# that no event of an erased user lands after the erase; one rollup at a time.
+# that no event of an erased user lands after the erase; one rollup at a time,
+# and no archival while a rollup reads the log.
 ERASE_LOCK = 0x6C6D_0065
 ROLLUP_LOCK = 0x6C6D_0072
 EVENT_COLUMNS = (
@@ -46,31 +47,100 @@ async def lock_for_erase(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASE_LOCK)
 
 
+async def lock_rollups(conn: asyncpg.Connection) -> None:
+    """Held until the transaction ends by a rollup, and by archival from the
+    detach of a partition on, so that no rollup reads a log losing days."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK)
+
+
+async def try_lock_rollups(conn: asyncpg.Connection) -> bool:
+    """lock_rollups, unless another transaction holds it (False)."""
+    taken: bool = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ROLLUP_LOCK)
+    return taken
+
+
+_DAY = "(created_at AT TIME ZONE 'UTC')::date"
+_SUBJECT = (
+    "CASE event_type "
+    + " ".join(
+        f"WHEN '{event_type}' THEN event_data->>'{key}'" for event_type, key in BREAKDOWNS.items()
+    )
+    + " END"
+)
+_MOVE_TYPES = f"('{CREATED}', '{STAGE_CHANGED}', '{ERASED}')"
+# The stage a move leaves and the stage it enters (NULL for other events).
+_FROM_STAGE = (
+    f"CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'"
+    f" WHEN '{ERASED}' THEN lifecycle_stage END"
+)
+_TO_STAGE = f"CASE WHEN event_type IN ('{CREATED}', '{STAGE_CHANGED}') THEN lifecycle_stage END"
+# erased_events of the UTC days in [$1, $2), both day starts.
+_ERASED_DAYS = (
+    "event_day >= ($1 AT TIME ZONE 'UTC')::date AND event_day < ($2 AT TIME ZONE 'UTC')::date"
+)
+# The identity of an event (its id and time, the log's unique key) as
+# erased_events keeps it: a digest, to count an erased user's event once.
+_EVENT_KEY = (
+    "sha256(convert_to(event_id::text || ' ' || extract(epoch FROM created_at)::text, 'UTF8'))"
+)
+# What erased_events keeps of an event, whoever it was about, in the order of
+# _ERASED_COLUMNS.
+_ERASED_COLUMNS = "event_key, event_day, event_type, lifecycle_stage, subject, from_stage, to_stage"
+_ERASED_FACTS = (
+    f"{_EVENT_KEY} AS event_key, {_DAY} AS event_day, event_type, lifecycle_stage,"
+    f" {_SUBJECT} AS subject, {_FROM_STAGE} AS from_stage, {_TO_STAGE} AS to_stage"
+)
+
 _INSERT_EVENTS = f"""
 WITH input AS (
-  SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                       $7::timestamptz[], $8::text[])
+  SELECT i.*, EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = i.user_id) AS erased
+  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+              $7::timestamptz[], $8::text[], $9::text[]) WITH ORDINALITY
     AS i(event_id, event_type, user_id, workflow_execution_id, lifecycle_stage, event_data,
-         created_at, producer)
-), kept AS (
-  SELECT * FROM input i
-  WHERE i.user_id IS NULL OR NOT EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = i.user_id)
+         created_at, producer, partition_name, n)
 ), inserted AS (
   INSERT INTO lifecycle_events ({EVENT_COLUMNS})
   SELECT event_id, event_type, user_id, workflow_execution_id, lifecycle_stage,
          event_data::jsonb, created_at, producer
-  FROM kept
+  FROM input WHERE NOT erased
   ON CONFLICT (event_id, created_at) DO NOTHING
   RETURNING 1
+), late AS (
+  SELECT event_id, event_type, lifecycle_stage, event_data::jsonb AS event_data, created_at,
+         to_regclass(partition_name) IS NOT NULL AS partitioned, n
+  FROM input WHERE erased
+), counted AS (
+  -- No dwell time and no first activity: what they depend on, the user's
+  -- other events, is no longer linked to the user (docs/metrics.md).
+  INSERT INTO erased_events ({_ERASED_COLUMNS}, first_activity_in_stage, first_activity_of_day)
+  SELECT {_ERASED_FACTS}, false, false FROM late WHERE partitioned
+  ON CONFLICT (event_key) DO NOTHING
+  RETURNING 1
 )
-SELECT (SELECT count(*) FROM kept) AS kept, (SELECT count(*) FROM inserted) AS inserted
+SELECT (SELECT count(*) FROM input WHERE NOT erased) AS logged,
+       (SELECT count(*) FROM inserted) AS inserted,
+       (SELECT count(*) FROM counted) AS counted,
+       ARRAY(SELECT n - 1 FROM late WHERE NOT partitioned ORDER BY n) AS unpartitioned
 """
 
 
-async def insert_events(conn: asyncpg.Connection, rows: EventRows) -> tuple[int, int]:
-    """Stores the rows not stored yet whose user was not erased: (kept, inserted)."""
+@dataclass(frozen=True)
+class Insertion:
+    """What became of a batch: rows of users not erased (or of no user) go to the
+    log, rows of erased users to erased_events (docs/metrics.md, "Erasing a user")."""
+
+    logged: int
+    inserted: int
+    # Rows of erased users counted now; the others were counted already.
+    counted: int
+    # Offsets of rows of erased users whose month has no partition, refused.
+    unpartitioned: list[int]
+
+
+async def insert_events(conn: asyncpg.Connection, rows: EventRows) -> Insertion:
+    """Stores the rows not stored yet, each where its user's erase wants it."""
     if not rows:
-        return 0, 0
+        return Insertion(0, 0, 0, [])
     record = await conn.fetchrow(
         _INSERT_EVENTS,
         rows.event_ids,
@@ -81,9 +151,12 @@ async def insert_events(conn: asyncpg.Connection, rows: EventRows) -> tuple[int,
         rows.data,
         rows.times,
         rows.producers,
+        rows.partitions(),
     )
     assert record is not None
-    return record["kept"], record["inserted"]
+    return Insertion(
+        record["logged"], record["inserted"], record["counted"], list(record["unpartitioned"])
+    )
 
 
 async def partitions_of(conn: Executor, table: str) -> list[str]:
@@ -150,26 +223,6 @@ async def list_events(
     return await conn.fetch(sql, *args)
 
 
-_DAY = "(created_at AT TIME ZONE 'UTC')::date"
-_SUBJECT = (
-    "CASE event_type "
-    + " ".join(
-        f"WHEN '{event_type}' THEN event_data->>'{key}'" for event_type, key in BREAKDOWNS.items()
-    )
-    + " END"
-)
-_MOVE_TYPES = f"('{CREATED}', '{STAGE_CHANGED}', '{ERASED}')"
-# The stage a move leaves and the stage it enters (NULL for other events).
-_FROM_STAGE = (
-    f"CASE event_type WHEN '{STAGE_CHANGED}' THEN event_data->>'from_stage'"
-    f" WHEN '{ERASED}' THEN lifecycle_stage END"
-)
-_TO_STAGE = f"CASE WHEN event_type IN ('{CREATED}', '{STAGE_CHANGED}') THEN lifecycle_stage END"
-# erased_events of the UTC days in [$1, $2), both day starts.
-_ERASED_DAYS = (
-    "event_day >= ($1 AT TIME ZONE 'UTC')::date AND event_day < ($2 AT TIME ZONE 'UTC')::date"
-)
-
 # Deletes the user's events and keeps, for each, what the rollup counts of it,
 # computed as the rollup does over the user's whole history: the dwell time
 # since the previous move, and whether the event was the user's first tracked
@@ -177,23 +230,22 @@ _ERASED_DAYS = (
 _ERASE = f"""
 WITH gone AS (
   DELETE FROM lifecycle_events WHERE user_id = $1
-  RETURNING id, event_type, lifecycle_stage, event_data, created_at
+  RETURNING id, event_id, event_type, lifecycle_stage, event_data, created_at
 ), facts AS (
-  SELECT id, created_at, event_type, lifecycle_stage, {_DAY} AS day, {_SUBJECT} AS subject,
-         {_FROM_STAGE} AS from_stage, {_TO_STAGE} AS to_stage,
+  SELECT id, created_at, {_ERASED_FACTS},
          event_type IN {_MOVE_TYPES} AS move, event_type LIKE 'tracked.%' AS tracked
   FROM gone
 ), ordered AS (
   SELECT *,
          lag(created_at) OVER (PARTITION BY move ORDER BY created_at, id) AS previous_move,
-         row_number() OVER (PARTITION BY tracked, day, lifecycle_stage ORDER BY created_at, id)
-           AS nth_in_stage,
-         row_number() OVER (PARTITION BY tracked, day ORDER BY created_at, id) AS nth_of_day
+         row_number() OVER (PARTITION BY tracked, event_day, lifecycle_stage
+                            ORDER BY created_at, id) AS nth_in_stage,
+         row_number() OVER (PARTITION BY tracked, event_day ORDER BY created_at, id) AS nth_of_day
   FROM facts
 )
-INSERT INTO erased_events (event_day, event_type, lifecycle_stage, subject, from_stage, to_stage,
-                           dwell_seconds, first_activity_in_stage, first_activity_of_day)
-SELECT day, event_type, lifecycle_stage, subject, from_stage, to_stage,
+INSERT INTO erased_events ({_ERASED_COLUMNS}, dwell_seconds, first_activity_in_stage,
+                           first_activity_of_day)
+SELECT {_ERASED_COLUMNS},
        CASE WHEN from_stage IS NOT NULL THEN extract(epoch FROM created_at - previous_move) END,
        tracked AND nth_in_stage = 1, tracked AND nth_of_day = 1
 FROM ordered

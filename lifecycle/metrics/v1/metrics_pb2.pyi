@@ -105,7 +105,10 @@ class RecordEventsResponse(_message.Message):
     recorded_count: _builtins.int
     duplicate_count: _builtins.int
     erased_user_count: _builtins.int
-    """Events dropped because their user was erased before they arrived."""
+    """Events whose user was erased before they arrived: not stored in the log
+    but counted anonymously in the daily metrics (docs/metrics.md); sent again,
+    they count as duplicates.
+    """
     def __init__(
         self,
         *,
