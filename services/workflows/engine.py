@@ -42,6 +42,10 @@ from services.workflows.expressions import (
 MAX_VARIABLES_BYTES = 65536
 # Element activations one trigger may cause: a loop with no wait state ends here.
 MAX_ACTIVATIONS = 10_000
+# Elements a token passes straight through. A none intermediate throw event is
+# refused at save time now, but versions saved before keep it in their stored
+# graph, which is run as it was saved, never parsed again.
+PASS_THROUGH = frozenset({"startEvent", "intermediateThrowEvent"})
 
 PENDING, RUNNING = "pending", "running"
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
@@ -290,8 +294,11 @@ class Interpreter:
             self._event_fired(token, node, trigger.element, {}, trigger.repeat)
         elif isinstance(trigger, MessageDelivered):
             self._event_fired(token, node, trigger.element, trigger.variables, 0)
-        elif isinstance(trigger, JobCompleted | ChildCompleted):
+        elif isinstance(trigger, JobCompleted):
             self._merge(trigger.variables)
+            self._leave(token, node)
+        elif isinstance(trigger, ChildCompleted):
+            self._merge_produced(node, trigger.variables, "the called execution's variables")
             self._leave(token, node)
         elif isinstance(trigger, ErrorThrown):
             self._merge(trigger.variables)
@@ -340,7 +347,7 @@ class Interpreter:
 
     def _activate(self, node: Node, scope: int | None, via: str | None) -> None:
         kind = node.type
-        if kind == "startEvent":
+        if kind in PASS_THROUGH:
             self._pass(node, scope)
         elif kind == "endEvent":
             self._history(node, "completed")
@@ -683,10 +690,15 @@ class Interpreter:
                 values[target] = plain(evaluate(expression, self._context(expression)))
             except ExpressionError as error:
                 raise OutputFailed(node.id, f"output {target!r} of {node.id!r}: {error}") from error
+        self._merge_produced(node, values, "the outputs")
+
+    def _merge_produced(self, node: Node, variables: dict[str, Any], what: str) -> None:
+        """Variables the workflow made, not a request (an output mapping's, a called
+        execution's): too large fails the execution at `node`, never the request."""
         try:
-            self._merge(values)
+            self._merge(variables)
         except VariablesTooLarge as error:
-            raise OutputFailed(node.id, f"the outputs of {node.id!r}: {error}") from error
+            raise OutputFailed(node.id, f"{what} of {node.id!r}: {error}") from error
 
     def _event(self, event_type: str, message: str = "") -> None:
         data = {"workflow_id": str(self.state.workflow_id), "workflow_version": self.state.version}

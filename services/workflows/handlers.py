@@ -907,11 +907,13 @@ class Executions:
     ) -> list[Published]:
         conn, now = uow.conn, self._engine.clock.now()
         users = [m.user_id for m in messages]
-        await store.lock_users(conn, users)
+        # Alone: a step of the user that subscribes meanwhile would otherwise
+        # miss a message this publish buffers, and the publish miss the step.
+        await store.lock_users_alone(conn, users)
         erased = await tombstones.erased_among(conn, users)
         live = [m for m in messages if m.user_id not in erased]
         keyed = [m for m in live if m.message_id]
-        fresh = await store.store_messages(conn, keyed, now, buffer=False) if keyed else set()
+        fresh = await store.record_message_ids(conn, keyed, now) if keyed else set()
         duplicates = {m.user_id for m in keyed if m.user_id not in fresh}
         going = [m for m in live if m.user_id not in duplicates]
         waiting = await store.subscribers(conn, [(m.user_id, m.name) for m in going])
@@ -942,7 +944,7 @@ class Executions:
                 buffered.append(m)
             results.append(Published(delivered, kept, False))
         if buffered:
-            await store.store_messages(conn, buffered, now, buffer=True)
+            await store.buffer_messages(conn, buffered, now)
         return results
 
     # ------------------------------------------------------------ jobs

@@ -325,40 +325,48 @@ def _state(row: asyncpg.Record) -> ExecutionState:
 
 # ---------------------------------------------------------------- user locks
 
-# An advisory lock per user (this key and a hash of the user id). Starts,
-# publishes and steps take their users' locks shared before they read the
-# tombstones or lock any row; an erase takes the user's lock alone, so it waits
-# for the work in flight to commit, and the work after it sees the tombstone.
+# An advisory lock per user (this key and a hash of the user id), taken before
+# the tombstones are read or any row is locked, several users in key order.
+# Starts and steps take it shared. A publish takes it alone, so a step that
+# subscribes and a publish that would buffer see each other's commit; an erase
+# takes it alone, so it waits for the work in flight to commit, and the work
+# after it sees the tombstone. A transaction holding it alone may take it shared
+# again (a publish's step): PostgreSQL grants a transaction what it holds.
 USER_LOCK = 0x6C77_0075
+SHARED, ALONE = "pg_advisory_xact_lock_shared", "pg_advisory_xact_lock"
 
 
-def _lock_users(users: str) -> str:
-    """Shared locks of the users the query `users` gives, in key order: two
-    transactions never wait on each other across an erase queued between them."""
+def _lock_users(users: str, lock: str) -> str:
+    """Locks of the users the query `users` gives, in key order: two transactions
+    never wait on each other across an erase or a publish queued between them."""
     return (
-        f"SELECT count(pg_advisory_xact_lock_shared({USER_LOCK}, k)) FROM"
+        f"SELECT count({lock}({USER_LOCK}, k)) FROM"
         f" (SELECT DISTINCT hashtext(u::text) AS k FROM ({users}) AS x(u) ORDER BY k) s"
     )
 
 
 async def lock_users(conn: asyncpg.Connection, user_ids: Iterable[uuid.UUID]) -> None:
-    await conn.execute(_lock_users("SELECT unnest($1::uuid[])"), list(set(user_ids)))
+    """A start's or a step's: shared."""
+    await conn.execute(_lock_users("SELECT unnest($1::uuid[])", SHARED), list(set(user_ids)))
 
 
-async def lock_user_for_erase(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", USER_LOCK, user_id
-    )
+async def lock_users_alone(conn: asyncpg.Connection, user_ids: Iterable[uuid.UUID]) -> None:
+    """A publish's or an erase's: exclusive."""
+    await conn.execute(_lock_users("SELECT unnest($1::uuid[])", ALONE), list(set(user_ids)))
 
 
 async def _lock_users_of(
     conn: asyncpg.Connection, ids: list[uuid.UUID], *, skip_locked: bool
 ) -> list[uuid.UUID]:
     """Takes the locks of the executions' users; returns the executions to lock.
-    Skipping: without waiting, and leaving out the executions of a user being erased."""
+    Skipping: without waiting, and leaving out the executions of a user being erased
+    or published to (their step is tried again later)."""
     if not skip_locked:
         await conn.execute(
-            _lock_users("SELECT user_id FROM workflow_executions WHERE id = ANY($1::uuid[])"), ids
+            _lock_users(
+                "SELECT user_id FROM workflow_executions WHERE id = ANY($1::uuid[])", SHARED
+            ),
+            ids,
         )
         return ids
     # In the select list, so the lock is tried for these executions' users only.
@@ -626,33 +634,54 @@ class NewMessage:
     ttl: timedelta
 
 
-async def store_messages(
-    conn: asyncpg.Connection, messages: Sequence[NewMessage], now: datetime, *, buffer: bool
-) -> set[uuid.UUID]:
-    """Messages of distinct users. Not buffering: records only their message_ids,
-    as rows no one can receive (expired as they are published, no variables), and
-    returns the users whose message_id was new. Buffering: keeps the messages
-    for their time to live, a message_id recorded in this transaction included."""
-    keep = (
-        "DO UPDATE SET variables = excluded.variables, expires_at = excluded.expires_at"
-        if buffer
-        else "DO NOTHING"
-    )
-    rows = await conn.fetch(
-        "INSERT INTO messages (name, user_id, message_id, variables, published_at, expires_at)"
-        " SELECT r.name, r.user_id, r.message_id, r.variables, $5::timestamptz,"
-        " $5::timestamptz + r.ttl"
-        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $6::interval[])"
-        f" AS r(name, user_id, message_id, variables, ttl) ON CONFLICT (message_id) {keep}"
-        " RETURNING user_id",
+_INSERT_MESSAGES = (
+    "INSERT INTO messages (name, user_id, message_id, variables, published_at, expires_at)"
+)
+
+
+def _message_keys(messages: Sequence[NewMessage]) -> list[list[Any]]:
+    """The names, users and message_ids of `messages`: the first three parameters."""
+    return [
         [m.name for m in messages],
         [m.user_id for m in messages],
         [m.message_id for m in messages],
-        [m.variables if buffer else {} for m in messages],
+    ]
+
+
+async def record_message_ids(
+    conn: asyncpg.Connection, messages: Sequence[NewMessage], now: datetime
+) -> set[uuid.UUID]:
+    """Remembers the message_ids of messages of distinct users, for deduplication;
+    returns the users whose message_id was new. The rows hold no variables and
+    expired before any clock reading ('-infinity'), so no step receives one,
+    whatever time it read."""
+    rows = await conn.fetch(
+        f"{_INSERT_MESSAGES} SELECT r.name, r.user_id, r.message_id, '{{}}'::jsonb,"
+        " $4::timestamptz, '-infinity'::timestamptz"
+        " FROM unnest($1::text[], $2::uuid[], $3::text[]) AS r(name, user_id, message_id)"
+        " ON CONFLICT (message_id) DO NOTHING RETURNING user_id",
+        *_message_keys(messages),
         now,
-        [m.ttl if buffer else timedelta(0) for m in messages],
     )
     return {row["user_id"] for row in rows}
+
+
+async def buffer_messages(
+    conn: asyncpg.Connection, messages: Sequence[NewMessage], now: datetime
+) -> None:
+    """Keeps messages for their time to live; the row of a message_id this
+    transaction recorded becomes the buffered message."""
+    await conn.execute(
+        f"{_INSERT_MESSAGES} SELECT r.name, r.user_id, r.message_id, r.variables,"
+        " $5::timestamptz, $5::timestamptz + r.ttl"
+        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $6::interval[])"
+        " AS r(name, user_id, message_id, variables, ttl) ON CONFLICT (message_id)"
+        " DO UPDATE SET variables = excluded.variables, expires_at = excluded.expires_at",
+        *_message_keys(messages),
+        [m.variables for m in messages],
+        now,
+        [m.ttl for m in messages],
+    )
 
 
 async def subscribers(
@@ -677,7 +706,7 @@ async def subscribers(
 async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     """Keeps the tombstone and deletes what is held of the user, after the
     user's starts, publishes and steps in flight committed."""
-    await lock_user_for_erase(conn, user_id)
+    await lock_users_alone(conn, [user_id])
     await tombstones.bury(conn, user_id)
     await conn.execute("DELETE FROM messages WHERE user_id = $1", user_id)
     result = await conn.execute("DELETE FROM workflow_executions WHERE user_id = $1", user_id)
@@ -696,12 +725,17 @@ class DueTimer:
     repeat: int | None
 
 
-async def claim_due_timers(conn: asyncpg.Connection, now: datetime, limit: int) -> list[DueTimer]:
+async def claim_due_timers(
+    conn: asyncpg.Connection, now: datetime, limit: int, execution_id: uuid.UUID | None = None
+) -> list[DueTimer]:
+    """Due timers (of one execution, if given) that no other transaction holds."""
     rows = await conn.fetch(
         "SELECT execution_id, token, element_id, due_at, repeat FROM timers"
-        " WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        " WHERE due_at <= $1 AND ($3::uuid IS NULL OR execution_id = $3)"
+        " ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         now,
         limit,
+        execution_id,
     )
     return [DueTimer(*row) for row in rows]
 

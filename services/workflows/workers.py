@@ -6,6 +6,11 @@ however many replicas run, and one that came due while no replica ran fires
 at the next start. BuiltinJobWorker does the built-in service tasks that call
 the users service, with the job machinery external workers use: a lease,
 retries with exponential backoff, an incident when retries run out.
+
+Neither stops on one bad execution (a bug, a stored graph it cannot run): a
+batch that fails is done again one execution at a time, and the execution that
+fails alone is logged and set aside (its timers postponed, its job given an
+incident) while the worker goes on with the others.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import grpc
@@ -31,15 +38,22 @@ from runtime.telemetry import joined
 from services.workflows import store
 from services.workflows.bpmn import SET_STAGE, UPDATE_ATTRIBUTES
 from services.workflows.engine import JobCompleted, TimerFired, Trigger
-from services.workflows.handlers import Engine, Notes, record_failure
+from services.workflows.handlers import Advance, Engine, Notes, record_failure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Idempotency keys of the users calls a job makes: one per job (execution, token).
 REQUEST_NAMESPACE = uuid.UUID("8d3c1f55-3c3e-4d0f-9a51-6f1d2f7b9e21")
 PROFILE_RETRY = timedelta(seconds=5)
 BUSY_PAUSE_SECONDS = 0.05
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The connection failed, not the work: never put down to one execution.
+CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+# The timers of an execution whose step failed alone are tried again after this.
+SET_ASIDE = timedelta(minutes=1)
+# A built-in job's outcome: None when done, else the error and whether a retry may help.
+Outcome = tuple[str | None, bool]
 
 
 async def _pause(wake: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
@@ -48,6 +62,28 @@ async def _pause(wake: asyncio.Event, stopping: asyncio.Event, seconds: float) -
     for task in waits:
         task.cancel()
     wake.clear()
+
+
+async def _contained(
+    uow: UnitOfWork,
+    execution_id: uuid.UUID,
+    step: Callable[[], Awaitable[T]],
+    set_aside: Callable[[Exception], Awaitable[None]],
+) -> T | None:
+    """One execution's step in a savepoint. An error that is not the database's
+    undoes the step (its outbox messages too) and is logged with the execution;
+    `set_aside` then records what becomes of the work, and None is returned."""
+    published = len(uow.messages)
+    try:
+        async with uow.conn.transaction():
+            return await step()
+    except (*CONNECTION_ERRORS, asyncpg.TransactionRollbackError):
+        raise
+    except Exception as error:
+        log.exception("the step of execution %s failed; it is set aside", execution_id)
+        del uow.messages[published:]
+        await set_aside(error)
+        return None
 
 
 class TimerWorker:
@@ -92,28 +128,56 @@ class TimerWorker:
     async def fire_due(self) -> tuple[int, int]:
         """One round: (timers claimed, timers fired)."""
         engine = self._engine
+        claimed: list[store.DueTimer] = []
+        try:
+            return await engine.transaction(partial(self._fire, claimed, None))
+        except CONNECTION_ERRORS:
+            raise
+        except Exception:
+            log.exception("a round of %d timers failed; each execution fires alone", len(claimed))
+        rounds = [
+            await engine.transaction(partial(self._fire, [], execution_id))
+            for execution_id in dict.fromkeys(timer.execution_id for timer in claimed)
+        ]
+        return sum(r[0] for r in rounds), sum(r[1] for r in rounds)
 
-        async def work(uow: UnitOfWork, notes: Notes) -> tuple[int, int]:
-            now = engine.clock.now()
-            timers = await store.claim_due_timers(uow.conn, now, self._batch)
-            if not timers:
-                return 0, 0
-            triggers: dict[uuid.UUID, list[Trigger]] = defaultdict(list)
-            for timer in timers:
-                triggers[timer.execution_id].append(
-                    TimerFired(timer.token, timer.element_id, timer.repeat)
-                )
-            advanced = await engine.advance(
+    async def _fire(
+        self,
+        claimed: list[store.DueTimer],
+        alone: uuid.UUID | None,
+        uow: UnitOfWork,
+        notes: Notes,
+    ) -> tuple[int, int]:
+        """Fires the due timers (of one execution, `alone`, in a savepoint); the
+        timers it claimed go into `claimed`."""
+        engine = self._engine
+        now = engine.clock.now()
+        claimed[:] = timers = await store.claim_due_timers(uow.conn, now, self._batch, alone)
+        if not timers:
+            return 0, 0
+        triggers: dict[uuid.UUID, list[Trigger]] = defaultdict(list)
+        for timer in timers:
+            triggers[timer.execution_id].append(
+                TimerFired(timer.token, timer.element_id, timer.repeat)
+            )
+
+        def step() -> Awaitable[Advance]:
+            return engine.advance(
                 uow, notes, triggers, skip_locked=True, skip_unreadable_profiles=True
             )
-            # Skipped with their state loaded: the user's profile could not be read.
-            unreadable = {i for i in advanced.skipped if i in advanced.states}
-            postponed = [t for t in timers if t.execution_id in unreadable]
-            if postponed:
-                await store.postpone_timers(uow.conn, postponed, now + PROFILE_RETRY)
-            return len(timers), sum(1 for t in timers if t.execution_id in advanced.runs)
 
-        return await engine.transaction(work)
+        async def postpone(_: Exception) -> None:
+            await store.postpone_timers(uow.conn, timers, now + SET_ASIDE)
+
+        advanced = await step() if alone is None else await _contained(uow, alone, step, postpone)
+        if advanced is None:
+            return len(timers), 0
+        # Skipped with their state loaded: the user's profile could not be read.
+        unreadable = {i for i in advanced.skipped if i in advanced.states}
+        postponed = [t for t in timers if t.execution_id in unreadable]
+        if postponed:
+            await store.postpone_timers(uow.conn, postponed, now + PROFILE_RETRY)
+        return len(timers), sum(1 for t in timers if t.execution_id in advanced.runs)
 
 
 class BuiltinJobWorker:
@@ -163,30 +227,53 @@ class BuiltinJobWorker:
         if not jobs:
             return 0
         outcomes = await asyncio.gather(*(self._call(job) for job in jobs))
-
-        async def finish(uow: UnitOfWork, notes: Notes) -> None:
-            now = engine.clock.now()
-            # Before the rows of the jobs are locked, as every step does (store.lock_users).
-            await store.lock_users(uow.conn, [job.user_id for job in jobs])
-            completed: dict[uuid.UUID, list[Trigger]] = defaultdict(list)
-            for job, (error, retryable) in zip(jobs, outcomes, strict=True):
-                if error is None:
-                    completed[job.execution_id].append(JobCompleted(job.token, {}))
-                    continue
-                current = await store.get_job(uow.conn, job.execution_id, job.token, lock=True)
-                if current is None or current.state != "activated":
-                    continue
-                retries = current.retries - 1 if retryable else 0
-                await record_failure(
-                    uow.conn, current, retries=retries, message=error, retry_backoff=None, now=now
-                )
-            if completed:
-                await engine.advance(uow, notes, completed)
-
-        await engine.transaction(finish)
+        done = list(zip(jobs, outcomes, strict=True))
+        try:
+            await engine.transaction(partial(self._finish, done))
+        except CONNECTION_ERRORS:
+            raise
+        except Exception:
+            log.exception("finishing %d built-in jobs failed; each is finished alone", len(done))
+            for one in done:
+                await engine.transaction(partial(self._finish_alone, one))
         return len(jobs)
 
-    async def _call(self, job: store.JobRecord) -> tuple[str | None, bool]:
+    async def _finish(
+        self, done: list[tuple[store.JobRecord, Outcome]], uow: UnitOfWork, notes: Notes
+    ) -> None:
+        engine = self._engine
+        now = engine.clock.now()
+        # Before the rows of the jobs are locked, as every step does (store.lock_users).
+        await store.lock_users(uow.conn, [job.user_id for job, _ in done])
+        completed: dict[uuid.UUID, list[Trigger]] = defaultdict(list)
+        for job, (error, retryable) in done:
+            if error is None:
+                completed[job.execution_id].append(JobCompleted(job.token, {}))
+                continue
+            current = await store.get_job(uow.conn, job.execution_id, job.token, lock=True)
+            if current is None or current.state != "activated":
+                continue
+            retries = current.retries - 1 if retryable else 0
+            await record_failure(
+                uow.conn, current, retries=retries, message=error, retry_backoff=None, now=now
+            )
+        if completed:
+            await engine.advance(uow, notes, completed)
+
+    async def _finish_alone(
+        self, one: tuple[store.JobRecord, Outcome], uow: UnitOfWork, notes: Notes
+    ) -> None:
+        """A job whose finish fails gets an incident; ResolveIncident tries it again."""
+        job = one[0]
+
+        async def incident(error: Exception) -> None:
+            message = f"the engine could not finish the job: {type(error).__name__}: {error}"
+            now = self._engine.clock.now()
+            await store.fail_job(uow.conn, job.execution_id, job.token, message, now)
+
+        await _contained(uow, job.execution_id, partial(self._finish, [one], uow, notes), incident)
+
+    async def _call(self, job: store.JobRecord) -> Outcome:
         """(None, _) when done; else (the error, whether a retry may help)."""
         stub = users_pb2_grpc.UserServiceStub(self._engine.context.clients.channel("users"))
         timeout = self._engine.context.clients.timeout()
@@ -200,6 +287,11 @@ class BuiltinJobWorker:
             return _outcome(error)
         except Unavailable as error:
             return str(error), True
+        except Exception as error:
+            # A job the engine cannot even ask for (a stored graph it cannot
+            # run, a bug): an incident on it, not the end of the worker.
+            log.exception("the built-in job of execution %s failed", job.execution_id)
+            return f"the engine could not do the job: {type(error).__name__}: {error}", False
         return None, False
 
     @staticmethod

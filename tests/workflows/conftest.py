@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2
@@ -19,6 +21,8 @@ from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
+from services.workflows import store
+from services.workflows.bpmn import parse
 from services.workflows.clock import ManualClock
 from services.workflows.service import DEFINITION, build_with
 from tests.support import (
@@ -79,6 +83,29 @@ async def deploy(stub: Stub, bpmn: str, name: str = "test workflow") -> pb.Workf
     """Creates and activates a workflow."""
     created = await stub.CreateWorkflow(
         pb.CreateWorkflowRequest(workflow=pb.Workflow(name=name, bpmn_xml=bpmn))
+    )
+    activated = await stub.ActivateWorkflow(
+        pb.ActivateWorkflowRequest(workflow_id=created.workflow.id)
+    )
+    return activated.workflow
+
+
+async def deploy_stored(
+    stub: Stub, admin: asyncpg.Connection, bpmn: str, element: str, **changes: Any
+) -> pb.Workflow:
+    """Creates and activates a workflow whose stored graph has `changes` in one
+    element, as a version saved by an older engine (or damaged since) holds it:
+    executions run the stored graph, never the XML again."""
+    created = await stub.CreateWorkflow(
+        pb.CreateWorkflowRequest(workflow=pb.Workflow(name="stored graph", bpmn_xml=bpmn))
+    )
+    graph = parse(bpmn, 1 << 20).to_json()
+    (node,) = [node for node in graph["nodes"] if node["id"] == element]
+    node.update(changes)
+    await admin.execute(
+        "UPDATE workflows.workflow_versions SET definition = $1::jsonb WHERE workflow_id = $2",
+        json.dumps(graph),
+        uuid.UUID(created.workflow.id),
     )
     activated = await stub.ActivateWorkflow(
         pb.ActivateWorkflowRequest(workflow_id=created.workflow.id)
@@ -205,3 +232,40 @@ async def events_of(host: ServiceHost, execution_id: str) -> list[metrics_pb2.Li
         for event in metrics_pb2.RecordEventsRequest.FromString(row["payload"]).events
         if event.workflow_execution_id == execution_id
     ]
+
+
+async def until_waiting_for_user(
+    admin: asyncpg.Connection, user: str | uuid.UUID, waiters: int = 1
+) -> list[tuple[int, datetime]]:
+    """Until `waiters` transactions wait for the user's advisory lock (store.USER_LOCK);
+    each one's backend and transaction start, in the order they began to wait."""
+    found: list[tuple[int, datetime]] = []
+
+    async def waiting() -> bool:
+        rows = await admin.fetch(
+            "SELECT a.pid, a.xact_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND NOT l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND l.classid::bigint = $1 AND l.objsubid = 2"
+            " AND l.objid::bigint = hashtext($2::uuid::text)::bigint & 4294967295"
+            " ORDER BY l.waitstart",
+            store.USER_LOCK,
+            str(user),
+        )
+        found[:] = [(row["pid"], row["xact_start"]) for row in rows]
+        return len(found) >= waiters
+
+    await eventually(waiting)
+    return found
+
+
+async def until_ended(admin: asyncpg.Connection, waiter: tuple[int, datetime]) -> None:
+    """Until the transaction `until_waiting_for_user` found has ended."""
+
+    async def ended() -> bool:
+        started = await admin.fetchval(
+            "SELECT xact_start FROM pg_stat_activity WHERE pid = $1", waiter[0]
+        )
+        return bool(started != waiter[1])
+
+    await eventually(ended)

@@ -1,9 +1,12 @@
 """Elements in the forms test_elements.py leaves out: literal timer dates, on a
-catch event and on the start event, and a called execution that fails."""
+catch event and on the start event, a called execution that fails, and an
+element saved by an older version of the engine."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+
+import asyncpg
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.structs import dict_to_struct, struct_to_dict
@@ -13,6 +16,7 @@ from tests.workflows.conftest import (
     Stub,
     advance,
     deploy,
+    deploy_stored,
     execution,
     jobs,
     path,
@@ -85,3 +89,21 @@ async def test_a_called_execution_that_fails_is_an_incident_that_resolve_calls_a
     assert done.status == COMPLETED and path(done) == ["start", "call", "end"]
     assert struct_to_dict(done.variables) == {"n": 2, "doubled": 4}
     assert [i.resolved for i in done.incidents] == [True]
+
+
+async def test_a_none_throw_event_saved_before_it_was_refused_is_passed_through(
+    wf: Stub, admin: asyncpg.Connection
+) -> None:
+    # Such versions were accepted once: their stored graph holds the element.
+    workflow = await deploy_stored(
+        wf,
+        admin,
+        linear(start(), catch("throw", duration="PT1H"), end()),
+        "throw",
+        type="intermediateThrowEvent",
+        event=None,
+        timer=None,
+    )
+    done = await start_execution(wf, workflow)
+    assert done.status == COMPLETED, done
+    assert path(done) == ["start", "throw", "end"]

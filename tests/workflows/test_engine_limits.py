@@ -1,6 +1,7 @@
 """What user input can make deep or large stays bounded: such an execution
-fails with a message, a document nested deeper than the limit is refused, and
-one at the limit runs."""
+fails with a message (whichever step makes it too large: a request's, a
+timer's), a document nested deeper than the limit is refused, and one at the
+limit runs."""
 
 from __future__ import annotations
 
@@ -12,22 +13,33 @@ import pytest
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.structs import struct_to_dict
 from services.workflows.bpmn import MAX_NESTING, BpmnError, parse
+from services.workflows.clock import ManualClock
 from services.workflows.engine import MAX_VARIABLES_BYTES
 from services.workflows.expressions import MAX_VALUE_DEPTH
 from tests.support import rpc_error, violated_fields
 from tests.workflows.bpmn_docs import (
+    call,
     catch,
     chain,
     definitions,
     end,
     flow,
     linear,
+    parallel,
     start,
     subprocess,
     with_output,
     xor,
 )
-from tests.workflows.conftest import Stub, deploy, execution, path, publish
+from tests.workflows.conftest import (
+    Stub,
+    advance,
+    deploy,
+    execution,
+    path,
+    publish,
+    until_status,
+)
 from tests.workflows.conftest import start as start_execution
 
 
@@ -116,3 +128,41 @@ async def test_a_message_that_would_make_the_variables_too_large_is_refused(wf: 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(error) == ["variables"]
     assert list((await execution(wf, running.id)).current_node_ids) == ["wait"]
+
+
+async def test_a_called_execution_whose_variables_overflow_its_caller_fails_the_caller(
+    wf: Stub, clock: ManualClock
+) -> None:
+    child = await deploy(wf, linear(start(), catch("wait", duration="PT1H"), end()), name="child")
+    grown = f"grown_{uuid.uuid4().hex[:8]}"
+    caller = definitions(
+        start(),
+        parallel("fork"),
+        call("call", child.id),
+        catch("grow", message=grown),
+        parallel("join"),
+        end(),
+        *chain("start", "fork", "call", "join", "end"),
+        flow("g1", "fork", "grow"),
+        flow("g2", "grow", "join"),
+    )
+    half = "x" * (MAX_VARIABLES_BYTES // 2)
+    running = await start_execution(wf, await deploy(wf, caller), seed=half)
+    # The caller lets go of what it gave the child and takes as much again.
+    sent = await publish(wf, grown, running.user_id, seed="", more=half)
+    assert sent.delivered_count == 1
+    later = await start_execution(
+        wf, await deploy(wf, linear(start(), catch("later", duration="PT2H"), end()))
+    )
+
+    # The timer worker completes the child, whose variables the caller cannot take.
+    await advance(clock, hours=1, seconds=1)
+    failed = await until_status(wf, running.id, pb.EXECUTION_STATUS_FAILED)
+    assert failed.error_message.startswith("the called execution's variables of 'call':")
+    assert f"would exceed {MAX_VARIABLES_BYTES} bytes" in failed.error_message
+    children = await wf.ListExecutions(
+        pb.ListExecutionsRequest(workflow_id=child.id, user_id=running.user_id)
+    )
+    assert [c.status for c in children.executions] == [pb.EXECUTION_STATUS_COMPLETED]
+    await advance(clock, hours=1)
+    await until_status(wf, later.id, pb.EXECUTION_STATUS_COMPLETED)

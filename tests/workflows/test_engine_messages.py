@@ -1,16 +1,31 @@
 """PublishMessage: delivered to every execution of the user that waits for it;
 buffered for its time to live only when none received it; deduplicated by
-message_id."""
+message_id; serialized with the steps of its user."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.database import connection
+from runtime.server import ServiceHost
 from runtime.structs import struct_to_dict
+from services.workflows import store
 from services.workflows.clock import ManualClock
+from services.workflows.service import maintenance
 from tests.workflows.bpmn_docs import catch, end, linear, receive, start
-from tests.workflows.conftest import Stub, advance, deploy, execution, publish
+from tests.workflows.conftest import (
+    Stub,
+    advance,
+    deploy,
+    execution,
+    publish,
+    until_waiting_for_user,
+)
 from tests.workflows.conftest import start as start_execution
 
 COMPLETED = pb.EXECUTION_STATUS_COMPLETED
@@ -90,3 +105,78 @@ async def test_a_message_reaches_every_execution_of_the_user_that_waits_for_it(w
         assert done.status == COMPLETED
         assert struct_to_dict(done.variables) == {"seen": True}
     assert await waiting_at(wf, elsewhere.id) == ["caught"]
+
+
+async def test_a_message_id_kept_for_deduplication_is_never_received_and_expires_a_day_on(
+    wf_host: ServiceHost,
+) -> None:
+    assert wf_host.context is not None
+    user, name = uuid.uuid4(), fresh_name()
+    # Before any execution of the test clock ended: retention removes no execution.
+    published = datetime(2029, 6, 1, 12, tzinfo=UTC)
+    message = store.NewMessage(name, user, f"kept-{uuid.uuid4()}", {"secret": 1}, timedelta(0))
+    wanted = [(uuid.uuid4(), user, name)]
+    async with connection(wf_host.context.pool) as conn:
+        rolled_back = conn.transaction()
+        await rolled_back.start()
+        try:
+            assert await store.record_message_ids(conn, [message], published) == {user}
+            assert await store.record_message_ids(conn, [message], published) == set()
+            # A step whose clock was read before the publish, or after it.
+            for now in (published - timedelta(seconds=1), published, published + timedelta(days=1)):
+                assert await store.buffered_messages(conn, wanted, now) == {}
+
+            async def kept() -> bool:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM messages WHERE message_id = $1", message.message_id
+                )
+                return bool(count)
+
+            await maintenance(conn, date(2029, 6, 2))
+            assert await kept()
+            await maintenance(conn, date(2029, 6, 3))
+            assert not await kept()
+        finally:
+            await rolled_back.rollback()
+
+
+async def test_a_publish_waits_for_a_step_of_its_user_then_steps_under_its_lock(
+    wf: Stub, wf_host: ServiceHost, admin: asyncpg.Connection
+) -> None:
+    signal = fresh_name()
+    await deploy(wf, linear(start(message=signal), catch("idle", message="never"), end()))
+    waiting = await deploy(wf, linear(start(), catch("wait", message=signal), end()))
+    running = await start_execution(wf, waiting)
+    user = uuid.UUID(running.user_id)
+    assert wf_host.context is not None
+    async with connection(wf_host.context.pool) as stepper:
+        step = stepper.transaction()
+        await step.start()
+        await store.lock_executions(stepper, [uuid.UUID(running.id)])
+        sent = asyncio.ensure_future(publish(wf, signal, running.user_id, ttl_seconds=60))
+        await until_waiting_for_user(admin, user)
+        # Queued behind the publish: the publish, holding the lock alone, takes
+        # it shared again to step the execution it delivers to, past the erase.
+        erased = asyncio.ensure_future(wf.EraseUserData(pb.EraseUserDataRequest(user_id=str(user))))
+        await until_waiting_for_user(admin, user, waiters=2)
+        await step.commit()
+    reply = await sent
+    assert (reply.delivered_count, reply.buffered) == (2, False)
+    assert (await erased).erased_count == 2
+
+
+async def test_a_step_waits_for_a_publish_of_its_user(
+    wf: Stub, wf_host: ServiceHost, admin: asyncpg.Connection
+) -> None:
+    workflow = await deploy(wf, linear(start(), catch("wait", message="never"), end()))
+    running = await start_execution(wf, workflow)
+    assert wf_host.context is not None
+    async with connection(wf_host.context.pool) as publisher:
+        publishing = publisher.transaction()
+        await publishing.start()
+        await store.lock_users_alone(publisher, [uuid.UUID(running.user_id)])
+        cancel = pb.CancelExecutionRequest(execution_id=running.id)
+        cancelled = asyncio.ensure_future(wf.CancelExecution(cancel))
+        await until_waiting_for_user(admin, running.user_id)
+        await publishing.commit()
+    assert (await cancelled).execution.status == pb.EXECUTION_STATUS_CANCELLED
