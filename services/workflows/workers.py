@@ -105,18 +105,23 @@ class TimerWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                claimed, fired = await self.fire_due()
+                pause = await self._round()
             except DATABASE_ERRORS as error:
                 log.warning("timer worker could not reach the database: %s", error)
-                await _pause(self._wake, stopping, self._poll)
-                continue
-            if claimed >= self._batch and fired:
-                continue
-            if claimed and not fired:
-                # Every due timer's execution is locked by another step for now.
-                await _pause(self._wake, stopping, BUSY_PAUSE_SECONDS)
-                continue
-            await _pause(self._wake, stopping, await self._seconds_to_next())
+                pause = self._poll
+            if pause is not None:
+                await _pause(self._wake, stopping, pause)
+
+    async def _round(self) -> float | None:
+        """Fires what is due; the seconds to wait before the next round, or None
+        to go on at once. The database may fail anywhere in it, the wait included."""
+        claimed, fired = await self.fire_due()
+        if claimed >= self._batch and fired:
+            return None
+        if claimed and not fired:
+            # Every due timer's execution is locked by another step for now.
+            return BUSY_PAUSE_SECONDS
+        return await self._seconds_to_next()
 
     async def _seconds_to_next(self) -> float:
         due = await store.next_due(self._engine.context.pool)
