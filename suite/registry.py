@@ -20,10 +20,11 @@ DEFINITIONS: dict[str, ServiceDefinition] = {
 }
 assert tuple(DEFINITIONS) == SERVICE_NAMES
 
-# The peers each service calls directly (ServiceDefinition.calls; its outbox
-# destinations are the others): deploy/k8s/generate.py allows exactly these in
-# the NetworkPolicies, and tests/deploy/test_k8s.py checks them against the
-# channels the services' code opens and docs/architecture.md.
+# The peers each service calls directly (ServiceDefinition.calls), which
+# tests/deploy/test_k8s.py checks against the channels the services' code opens.
+# With the outbox destinations they are `calls` below: what
+# deploy/k8s/generate.py allows in the NetworkPolicies, and what the test checks
+# against docs/architecture.md.
 DIRECT_CALLS: dict[str, frozenset[str]] = {
     name: definition.calls for name, definition in DEFINITIONS.items()
 }

@@ -94,9 +94,11 @@ class Limits:
 
 
 # What an author may write, and what a condition may become once the segments
-# it references (in_segment) are inlined.
+# it references (in_segment) are inlined: no deeper than a request to the users
+# service carries it (protobuf decoders refuse more than 100 nested messages; a
+# Struct nests five for each level of all and any, eight for a stage list).
 AUTHORED = Limits()
-EXPANDED = Limits(max_nodes=1000, max_depth=40)
+EXPANDED = Limits(max_nodes=1000, max_depth=19)
 
 
 @dataclass(frozen=True)

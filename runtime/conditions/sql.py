@@ -12,14 +12,20 @@ Equality, `in` and the array operators are containment (`@>`), which the GIN
 index on users.attributes serves; an `in` is an OR of containments, which the
 planner turns into a BitmapOr of index scans. Other leaves are filters.
 
-Each node that time alone may change also compiles to its next flip: the
-earliest moment after `as_of` at which its answer may change, 'infinity' when
-never. A leaf's is exact; `all` and `any` combine their children's by what each
-answer needs (an `all` that fails enters no earlier than the latest entry of
-its failing children, and never if one of them never enters; it leaves at its
-first child's exit; `any` the other way round), so the root's flip is a lower
-bound of the moment its answer changes, for users who match (they leave) and
-users who do not (they enter).
+Each node that time alone may change also compiles to its next flip: how long
+after `as_of` its answer may change, as an interval signed by the answer
+(positive while it holds, negative while it fails; NEVER, farther than any two
+timestamps are apart, when time alone never changes it). A leaf's is exact;
+`all` and `any` combine their children's by what each answer needs (an `all`
+that fails enters no earlier than the latest entry of its failing children,
+and never if one of them never enters; it leaves at its first child's exit;
+`any` the other way round), so the root's flip is a lower bound of the moment
+its answer changes, for users who match (they leave) and users who do not
+(they enter). The sign makes that rule an order: an `all` is the LEAST of its
+children's flips (a failing child's, negative, wins, the latest entry
+foremost; else the first exit), an `any` the GREATEST, a `not` the negation.
+So each node's SQL is written once in its parent's: the SQL grows with the
+condition's size, whatever its depth, and stays plain expressions.
 """
 
 from __future__ import annotations
@@ -60,8 +66,9 @@ STAGE_ENTRY_JOIN = (
 )
 
 
-_NEVER = "'infinity'::timestamptz"
-_PAST = "'-infinity'::timestamptz"
+_NEVER = "interval '1000000000 days'"
+_FAILS_FOR_EVER = "interval '-1000000000 days'"
+_MICROSECOND = "interval '1 microsecond'"
 
 
 @dataclass
@@ -73,22 +80,38 @@ class SqlCondition:
 
     where: str
     timed: str | None
-    # For a user of `where`: the next instant time alone may change whether they
-    # match (see the module); NULL if never. None when the condition reads no time.
-    valid_until: str | None
+    # For a user of `where`: how long until time alone may change whether they
+    # match, signed by the answer (see the module). None when the condition reads
+    # no time; `exit_at` and `entry_at` turn it into a moment.
+    flip: str | None
     params: list[Any]
     # What the query joins to `users u` (FROM users u <joins> WHERE <where>).
     joins: list[str]
+    # The parameter of the moment the condition is evaluated at; "" without `flip`.
+    as_of: str = ""
 
     @property
     def matches(self) -> str:
         return self.where if self.timed is None else f"{self.where} AND {self.timed}"
 
+    def exit_at(self, flip: str) -> str:
+        """When time alone may end the match of a user who matches, from their
+        `flip` (an expression or column); NULL if never."""
+        return f"(({self.as_of} AT TIME ZONE 'UTC') + NULLIF({flip}, {_NEVER})) AT TIME ZONE 'UTC'"
+
+    def entry_at(self, flip: str) -> str:
+        """When time alone may make a user who does not match start to, from their
+        `flip`; NULL if never."""
+        return (
+            f"(({self.as_of} AT TIME ZONE 'UTC') - NULLIF({flip}, {_FAILS_FOR_EVER}))"
+            " AT TIME ZONE 'UTC'"
+        )
+
 
 @dataclass(frozen=True)
 class _Compiled:
     test: str
-    # The node's next flip ('infinity': never); None for a node time never changes.
+    # The node's next flip, signed by its answer; None for a node time never changes.
     flip: str | None = None
 
 
@@ -122,8 +145,7 @@ class _Compiler:
         if isinstance(node, AnyOf):
             return _any_of([self.node(child) for child in node.children])
         if isinstance(node, Not):
-            child = self.node(node.child)
-            return _Compiled(f"(NOT {child.test})", child.flip)
+            return _negation(self.node(node.child))
         if isinstance(node, SegmentRef):
             return self.segment(node)
         if isinstance(node, AttributeLeaf):
@@ -154,7 +176,7 @@ class _Compiler:
         if node.source != "user" or node.op.change:
             self.refuse(node, "event and change leaves are evaluated per event, not in SQL")
         clause = self.positive(node)
-        return _Compiled(f"(NOT {clause.test})" if node.op.negated else clause.test, clause.flip)
+        return _negation(clause) if node.op.negated else clause
 
     def positive(self, node: AttributeLeaf) -> _Compiled:
         op, value, keys = node.op.positive, node.value, node.keys
@@ -239,13 +261,16 @@ class _Compiler:
 
     def window(self, moment: str, duration: timedelta) -> _Compiled:
         """`moment` within [as_of - duration, as_of]: it enters the window when
-        it is in the future, leaves it `duration` after it."""
+        it is in the future, leaves it `duration` and a microsecond after it."""
         now = self.now()
         since = self.param(self.as_of - duration, "timestamptz")
+        # Ahead of the window, it fails until it comes; in it, holds until it
+        # leaves; before it (or absent), fails for ever. Differences of timestamps
+        # are intervals of days and time that no time zone changes.
         flip = (
-            f"CASE WHEN {moment} > {now} THEN {moment}"
-            f" WHEN {moment} >= {since} THEN {moment} + {self.micros(duration + MICROSECOND)}"
-            f" ELSE {_NEVER} END"
+            f"CASE WHEN {moment} > {now} THEN {now} - {moment}"
+            f" WHEN {moment} >= {since} THEN {moment} - {since} + {_MICROSECOND}"
+            f" ELSE {_FAILS_FOR_EVER} END"
         )
         # A range, not BETWEEN, which would evaluate the moment twice.
         return _Compiled(f"coalesce(tstzrange({since}, {now}, '[]') @> {moment}, false)", flip)
@@ -255,15 +280,21 @@ class _Compiler:
             self.joins.append(STAGE_ENTRY_JOIN)
         now = self.now()
         threshold = f"({STAGE_ENTERED_AT} + {self.micros(node.duration)})"
-        # Without a recorded entry the threshold is NULL: never true, never flips.
-        if node.op in ("gt", "lte"):
+        symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[node.op]
+        # The threshold passes `until` from now; without a recorded entry it is
+        # NULL: never true, never flips.
+        strict = node.op in ("gt", "lte")
+        before = f"{now} {'<=' if strict else '<'} {threshold}"
+        until = f"{threshold} - {now}" + (f" + {_MICROSECOND}" if strict else "")
+        if node.op in ("gt", "gte"):
+            # Fails until the threshold passes, then holds for ever.
             flip = (
-                f"CASE WHEN {now} <= {threshold} THEN {threshold} + interval '1 microsecond'"
-                f" ELSE {_NEVER} END"
+                f"CASE WHEN {before} THEN {_negated(until)}"
+                f" WHEN {threshold} IS NOT NULL THEN {_NEVER} ELSE {_FAILS_FOR_EVER} END"
             )
         else:
-            flip = f"CASE WHEN {now} < {threshold} THEN {threshold} ELSE {_NEVER} END"
-        symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[node.op]
+            # Holds until it passes, then fails for ever.
+            flip = f"CASE WHEN {before} THEN {until} ELSE {_FAILS_FOR_EVER} END"
         return _Compiled(f"coalesce({now} {symbol} {threshold}, false)", flip)
 
     def created_at(self, node: CreatedAtLeaf) -> _Compiled:
@@ -272,15 +303,20 @@ class _Compiler:
         else:
             symbol = "<" if node.op.name == "before" else ">"
             clause = _Compiled(f"({CREATED_AT} {symbol} {self.param(node.moment, 'timestamptz')})")
-        return _Compiled(f"(NOT {clause.test})" if node.op.negated else clause.test, clause.flip)
+        return _negation(clause) if node.op.negated else clause
 
 
 def _joined(operator: str, tests: list[str], empty: str) -> str:
     return "(" + operator.join(tests) + ")" if tests else empty
 
 
-def _extreme(function: str, moments: list[str]) -> str:
-    return moments[0] if len(moments) == 1 else f"{function}({', '.join(moments)})"
+def _negated(flip: str) -> str:
+    return f"(-({flip}))"
+
+
+def _negation(child: _Compiled) -> _Compiled:
+    flip = None if child.flip is None else _negated(child.flip)
+    return _Compiled(f"(NOT {child.test})", flip)
 
 
 def _all_of(children: list[_Compiled]) -> _Compiled:
@@ -295,24 +331,22 @@ def _combination(children: list[_Compiled], *, conjunction: bool) -> _Compiled:
     """An `all` (conjunction) or `any` of the children. While its children agree
     (an `all` holding, an `any` failing), its flip is their earliest; while some
     decide it alone (the failing children of an `all`, the holding ones of an
-    `any`), it is the latest of theirs, and never if one of them never flips."""
+    `any`), it is the latest of theirs, and never if one of them never flips:
+    the LEAST (`all`) or GREATEST (`any`) of their signed flips, the children
+    time never changes counting as one that never flips."""
     operator = " AND " if conjunction else " OR "
     test = _joined(operator, [child.test for child in children], str(conjunction).lower())
-    timed = [child for child in children if child.flip is not None]
-    if not timed:
+    flips = [child.flip for child in children if child.flip is not None]
+    if not flips:
         return _Compiled(test)
     if len(children) == 1:
         return children[0]
-    deciding = "NOT " if conjunction else ""
-    lasts = [f"CASE WHEN {deciding}{c.test} THEN {c.flip} ELSE {_PAST} END" for c in timed]
     fixed = [child.test for child in children if child.flip is None]
     if fixed:
-        lasts.append(
-            f"CASE WHEN {deciding}{_joined(operator, fixed, '')} THEN {_NEVER} ELSE {_PAST} END"
+        flips.append(
+            f"CASE WHEN {_joined(operator, fixed, '')} THEN {_NEVER} ELSE {_FAILS_FOR_EVER} END"
         )
-    firsts = _extreme("LEAST", [child.flip for child in timed if child.flip is not None])
-    flip = f"CASE WHEN {deciding}{test} THEN {_extreme('GREATEST', lasts)} ELSE {firsts} END"
-    return _Compiled(test, flip)
+    return _Compiled(test, f"{'LEAST' if conjunction else 'GREATEST'}({', '.join(flips)})")
 
 
 def compile_sql(
@@ -329,8 +363,9 @@ def compile_sql(
     if not timed:
         return SqlCondition(where, None, None, compiler.params, compiler.joins)
     time_part = _all_of(timed)
-    valid_until = f"NULLIF({time_part.flip}, {_NEVER})"
-    return SqlCondition(where, time_part.test, valid_until, compiler.params, compiler.joins)
+    return SqlCondition(
+        where, time_part.test, time_part.flip, compiler.params, compiler.joins, compiler.now()
+    )
 
 
 def _json_text(value: Any) -> str:

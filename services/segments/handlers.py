@@ -350,8 +350,10 @@ class Memberships:
         as_of = self._clock()
         cap = as_of + self._settings.membership_ttl
         # The next full refresh: at the interval, or when a user may enter by time
-        # alone (a window reaching their moment, a time in stage passing), if sooner.
+        # alone (a window reaching their moment, a time in stage passing), if sooner,
+        # but not sooner than the gap (which the interval bounds).
         next_refresh = as_of + self._settings.refresh_interval
+        soonest = min(next_refresh, as_of + self._settings.min_refresh_gap)
         await store.prepare_matches(conn)
         matches = self._users.match(
             compiled.condition.expanded_json(), segment.stages, as_of, next_entry=True
@@ -360,7 +362,7 @@ class Memberships:
         async for batch in matches:
             pending += [(user_id, min(v, cap) if v else cap) for user_id, v in batch.users]
             if batch.next_entry is not None:
-                next_refresh = min(next_refresh, batch.next_entry)
+                next_refresh = min(next_refresh, max(batch.next_entry, soonest))
             if len(pending) >= COPY_BATCH:
                 await store.add_matches(conn, pending)
                 pending = []

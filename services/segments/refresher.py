@@ -2,7 +2,8 @@
 
 Each round it refreshes the segments that are due (new, changed, not
 refreshed for LIFECYCLE_SEGMENTS_REFRESH_SECONDS, or at the moment a user may
-enter by time alone, which their last refresh found) and re-evaluates the
+enter by time alone, which their last refresh found, but no sooner than
+LIFECYCLE_SEGMENTS_MIN_REFRESH_SECONDS after it) and re-evaluates the
 memberships whose validity ran out (a within_last window closing, a time in
 stage passing, the TTL). Replicas share the work: a segment being refreshed
 elsewhere is skipped.

@@ -10,6 +10,7 @@ from datetime import timedelta
 from runtime.config import ConfigError
 
 REFRESH_VARIABLE = "LIFECYCLE_SEGMENTS_REFRESH_SECONDS"
+MIN_REFRESH_VARIABLE = "LIFECYCLE_SEGMENTS_MIN_REFRESH_SECONDS"
 TTL_VARIABLE = "LIFECYCLE_SEGMENTS_MEMBERSHIP_TTL_SECONDS"
 SCHEDULER_VARIABLE = "LIFECYCLE_SEGMENTS_SCHEDULER_SECONDS"
 MATCH_TIMEOUT_VARIABLE = "LIFECYCLE_SEGMENTS_MATCH_TIMEOUT_SECONDS"
@@ -20,6 +21,11 @@ class SegmentSettings:
     # How often the scheduler recomputes each segment in full; sooner when a user
     # may enter by time alone (say, a time in stage passing): at that moment.
     refresh_interval: timedelta = timedelta(minutes=5)
+    # But never sooner than this after the last: entry moments spread over time
+    # (a last-seen date leaving a window) would be seconds apart, and each would
+    # cost a full refresh. A user who enters by time alone enters at most this
+    # late; exits stay exact (valid_until).
+    min_refresh_gap: timedelta = timedelta(seconds=30)
     # The longest a cached membership is trusted when time alone cannot change it;
     # changes of users reach the cache at once (ReevaluateUsers), so this is a
     # safety net, not the freshness.
@@ -45,23 +51,24 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, zero_allowed:
     return value
 
 
+def _duration(
+    env: Mapping[str, str], name: str, default: timedelta, *, zero_allowed: bool
+) -> timedelta:
+    seconds = _seconds(env, name, default.total_seconds(), zero_allowed=zero_allowed)
+    return timedelta(seconds=seconds)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> SegmentSettings:
     env = os.environ if env is None else env
     defaults = SegmentSettings()
     return SegmentSettings(
-        refresh_interval=timedelta(
-            seconds=_seconds(
-                env,
-                REFRESH_VARIABLE,
-                defaults.refresh_interval.total_seconds(),
-                zero_allowed=False,
-            )
+        refresh_interval=_duration(
+            env, REFRESH_VARIABLE, defaults.refresh_interval, zero_allowed=False
         ),
-        membership_ttl=timedelta(
-            seconds=_seconds(
-                env, TTL_VARIABLE, defaults.membership_ttl.total_seconds(), zero_allowed=False
-            )
+        min_refresh_gap=_duration(
+            env, MIN_REFRESH_VARIABLE, defaults.min_refresh_gap, zero_allowed=True
         ),
+        membership_ttl=_duration(env, TTL_VARIABLE, defaults.membership_ttl, zero_allowed=False),
         scheduler_interval=_seconds(
             env, SCHEDULER_VARIABLE, defaults.scheduler_interval, zero_allowed=True
         ),

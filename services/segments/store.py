@@ -142,14 +142,14 @@ async def referencing(conn: Executor, segment_id: uuid.UUID) -> list[uuid.UUID]:
     return [row["id"] for row in rows]
 
 
-async def mark_changed(
-    conn: asyncpg.Connection, segment_ids: Sequence[uuid.UUID], now: datetime
-) -> None:
+async def mark_changed(conn: Executor, segment_ids: Sequence[uuid.UUID], now: datetime) -> None:
     """Their definitions changed: memberships evaluated before `now` are stale, and
-    the scheduler refreshes them at once."""
+    the scheduler refreshes them at once. So are those of the last full refresh,
+    whatever `now`: it may have read the old definition after `now` was taken."""
     await conn.execute(
-        "UPDATE segment_refreshes SET changed_at = $2, next_refresh_at = $2"
-        " WHERE segment_id = ANY($1::uuid[])",
+        "UPDATE segment_refreshes"
+        " SET changed_at = greatest($2, evaluated_at + interval '1 microsecond'),"
+        " next_refresh_at = $2 WHERE segment_id = ANY($1::uuid[])",
         list(segment_ids),
         now,
     )
@@ -172,11 +172,15 @@ async def finish_refresh(
 ) -> int:
     """Records a full refresh of the definition as it was at `changed_at`; returns
     the member count. If the definition changed meanwhile, the refresh confirmed
-    nothing: the segment stays due and its memberships stale."""
+    nothing: the segment stays due and its memberships stale, those it wrote
+    (evaluated at `evaluated_at`, under the old definition) included, however
+    early the change's own moment was taken."""
     count = await conn.fetchval(
         "UPDATE segment_refreshes SET"
         " evaluated_at = CASE WHEN changed_at = $4 THEN $2 ELSE evaluated_at END,"
         " next_refresh_at = CASE WHEN changed_at = $4 THEN $3 ELSE next_refresh_at END,"
+        " changed_at = CASE WHEN changed_at = $4 THEN changed_at"
+        "   ELSE greatest(changed_at, $2 + interval '1 microsecond') END,"
         " member_count = (SELECT count(*) FROM user_segment_memberships WHERE segment_id = $1)"
         " WHERE segment_id = $1 RETURNING member_count",
         segment_id,
@@ -385,7 +389,7 @@ async def add_matches(
 
 
 @dataclass(frozen=True)
-class MatchBatch:
+class AppliedBatch:
     # How many matches the batch had, and the last, where the next batch starts.
     size: int
     last: uuid.UUID | None
@@ -400,7 +404,7 @@ async def apply_matches(
     size: int,
     evaluated_at: datetime,
     renew_before: datetime,
-) -> MatchBatch:
+) -> AppliedBatch:
     """Writes the next `size` matches after `after`: inserts the new members, and
     renews a cached one whose validity must shrink or is about to run out."""
     row = await conn.fetchrow(
@@ -435,7 +439,7 @@ async def apply_matches(
         renew_before,
     )
     assert row is not None
-    return MatchBatch(row["size"], row["last"], list(row["entered"]))
+    return AppliedBatch(row["size"], row["last"], list(row["entered"]))
 
 
 async def remove_unmatched(

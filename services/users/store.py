@@ -411,32 +411,35 @@ def _match_sql(
     return f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}{order}", params
 
 
-def _valid_until(query: MatchQuery) -> str:
-    return query.condition.valid_until or "NULL::timestamptz"
-
-
 def matches_statement(query: MatchQuery, **chunk: Any) -> tuple[str, list[Any]]:
     """The statement of the matching users, their ids as text and valid_until
     (with `after` and `chunk`, the next ones in id order), and its parameters."""
-    columns = f"u.id::text AS id, {_valid_until(query)} AS valid_until"
-    return _match_sql(query, columns, query.condition.matches, **chunk)
+    condition = query.condition
+    valid_until = (
+        "NULL::timestamptz" if condition.flip is None else condition.exit_at(condition.flip)
+    )
+    columns = f"u.id::text AS id, {valid_until} AS valid_until"
+    return _match_sql(query, columns, condition.matches, **chunk)
 
 
 def candidates_statement(
     query: MatchQuery, *, after: uuid.UUID | None, chunk: int
 ) -> tuple[str, list[Any]]:
-    """The statement that reads the next `chunk` users who match now or may later
-    (they pass the condition's part time never changes) once, into one row: how
-    many and the last, the matches with their valid_until, and the earliest flip
-    of the others, which is when one of them may enter."""
+    """For a condition that reads time: the statement that reads the next `chunk`
+    users who match now or may later (they pass the condition's part time never
+    changes) once, into one row: how many and the last, the matches with their
+    valid_until, and the earliest flip of the others, which is when one of them
+    may enter."""
     condition = query.condition
-    columns = f"u.id, {condition.timed} AS matched, {_valid_until(query)} AS flip"
+    columns = f"u.id, {condition.timed} AS matched, {condition.flip} AS flip"
     sql, params = _match_sql(query, columns, condition.where, after=after, chunk=chunk)
+    # The flips of those who do not match are negative: the greatest is the nearest.
     return (
         'SELECT count(*) AS read, max(id::text COLLATE "C") AS last,'
-        " min(flip) FILTER (WHERE NOT matched) AS next_entry,"
+        f" {condition.entry_at('max(flip) FILTER (WHERE NOT matched)')} AS next_entry,"
         " coalesce(array_agg(id::text) FILTER (WHERE matched), '{}') AS ids,"
-        " coalesce(array_agg(flip) FILTER (WHERE matched), '{}') AS valid_until"
+        f" coalesce(array_agg({condition.exit_at('flip')}) FILTER (WHERE matched), '{{}}')"
+        " AS valid_until"
         f" FROM ({sql}) candidates"
     ), params
 
@@ -498,9 +501,8 @@ async def match_users(
 
 
 async def count_users(conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int) -> int:
-    # Counted over the match query itself, whose every parameter has a use (and a type).
-    sql, params = matches_statement(query)
-    sql = f"SELECT count(*) FROM ({sql}) matches"
+    # Every parameter of a condition is in its test, where PostgreSQL learns its type.
+    sql, params = _match_sql(query, "count(*)", query.condition.matches)
     async with conn.transaction(readonly=True):
         await _limit_time(conn, timeout_ms)
         return int(await conn.fetchval(sql, *params))

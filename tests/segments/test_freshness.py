@@ -112,7 +112,8 @@ async def test_the_scheduler_renews_expired_memberships_and_refreshes_due_segmen
     await eventually(lambda: _is_member(suite, recent.id, window.id))
     assert await user_segments(suite, recent.id) == [window.id]
     # The user qualifies for `settled` by time alone, 12 hours after entering their
-    # stage: its refresh found that moment and is due then, before the interval (a day).
+    # stage: its refresh found that moment and is due then, before the interval (a
+    # day), as it is beyond the gap (LIFECYCLE_SEGMENTS_MIN_REFRESH_SECONDS).
     enters = recent.create_time.ToDatetime(tzinfo=UTC) + timedelta(hours=12, microseconds=1)
 
     async def due_when_the_user_enters() -> bool:
@@ -126,6 +127,56 @@ async def test_the_scheduler_renews_expired_memberships_and_refreshes_due_segmen
     # Then the scheduler refreshes `settled` at that moment, and the user enters.
     clock.advance(timedelta(minutes=1))
     await eventually(lambda: _memberships_are(suite, recent.id, [settled.id]))
+
+
+async def last_refresh(admin: asyncpg.Connection, segment_id: str) -> tuple[datetime, datetime]:
+    """When the segment was last refreshed in full, and when it is due next."""
+    row = await admin.fetchrow(
+        "SELECT evaluated_at, next_refresh_at FROM segments.segment_refreshes"
+        " WHERE segment_id = $1",
+        uuid.UUID(segment_id),
+    )
+    assert row is not None
+    return row["evaluated_at"], row["next_refresh_at"]
+
+
+async def test_an_entry_sooner_than_the_gap_waits_for_it(
+    suite: Suite,
+    clock: FakeClock,
+    segments_env: dict[str, str],
+    segments_admin: asyncpg.Connection,
+    tag: str,
+) -> None:
+    gap = timedelta(minutes=10)
+    settings = SegmentSettings(
+        scheduler_interval=0.05, refresh_interval=timedelta(days=1), min_refresh_gap=gap
+    )
+    soon = clock() + timedelta(seconds=1)
+    user = await suite.create_user({"run": tag, "seen": stamp(soon)})
+    await suite.settle()
+    async with serve_segments(segments_env, clock, settings, port=free_port()):
+        segment = await suite.create_segment(
+            tagged(tag, {"attr": "seen", "op": "within_last", "value": "P1D"})
+        )
+
+        async def refreshed(segment_id: str) -> bool:
+            return (await last_refresh(segments_admin, segment_id))[0] is not None
+
+        # The scheduler fills the new segment: the user enters in a second, but the
+        # next refresh waits for the gap.
+        await eventually(lambda: refreshed(segment.id))
+        as_of, due = await last_refresh(segments_admin, segment.id)
+        assert due == as_of + gap
+        # Past the user's moment, the scheduler refreshes a segment created then, not this one.
+        clock.advance(soon - clock() + timedelta(seconds=1))
+        later = await suite.create_segment(tagged(tag))
+        await eventually(lambda: refreshed(later.id))
+        assert await last_refresh(segments_admin, segment.id) == (as_of, due)
+        assert await user_segments(suite, user.id) == [later.id]
+        # At the gap's end it does, and the user enters.
+        clock.advance(due - clock())
+        both = sorted([segment.id, later.id])
+        await eventually(lambda: _memberships_are(suite, user.id, both))
 
 
 async def _is_member(suite: Suite, user_id: str, segment_id: str) -> bool:

@@ -8,11 +8,12 @@ once and evaluates several conditions."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.segments.engines import (
@@ -55,12 +56,40 @@ EXAMPLES = st.one_of(
 )
 
 
+# An `all` under a `not` under an `any` (in SQL, a LEAST of flips negated in a
+# GREATEST). The `all` holds (t and n are in their windows until n leaves in 12 hours), so
+# the `not` fails; so does the creation window until the user is created, a
+# second after AS_OF: the `any` fails, and its next entry is that second.
+_NESTED = (
+    [
+        StoredUser(
+            {"t": "2025-05-31T23:00:00Z", "n": "2025-05-31T12:00:00Z"},
+            created_at=AS_OF + timedelta(seconds=1),
+        )
+    ],
+    [
+        {
+            "v": 1,
+            "any": [
+                {
+                    "not": {
+                        "all": [{"attr": key, "op": "within_last", "value": "P1D"} for key in "tn"]
+                    }
+                },
+                {"created_at": {"op": "within_last", "value": "P1D"}},
+            ],
+        }
+    ],
+)
+
+
 @settings(
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(EXAMPLES)
+@example(_NESTED)
 async def test_python_and_sql_agree_on_members_validity_and_entries(
     conn: asyncpg.Connection, example: tuple[list[StoredUser], list[dict[str, Any]]]
 ) -> None:

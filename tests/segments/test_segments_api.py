@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -412,6 +413,56 @@ async def test_a_refresh_that_ran_across_a_change_confirms_nothing(suite: Suite,
         segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
     )
     assert (checked.is_member, checked.cached) == (False, False)
+
+
+async def test_members_a_refresh_wrote_across_a_change_are_stale(
+    suite: Suite, segments_admin: asyncpg.Connection, tag: str
+) -> None:
+    member = await suite.create_user({"run": tag, "plan": "pro"})
+    await suite.settle()
+    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    segment_id = uuid.UUID(segment.id)
+    # A refresh reads the definition; the definition changes (its moment taken
+    # before the refresh takes its own); the refresh writes the member the old
+    # definition found, then finishes.
+    seen = await store.changed_at(suite.segments_pool, segment_id)
+    assert seen is not None
+    await suite.change_conditions(
+        segment.id, tagged(tag, {"attr": "plan", "op": "eq", "value": "x"})
+    )
+    as_of = suite.clock() + timedelta(seconds=1)
+    await segments_admin.execute("SET search_path = segments")
+    await store.prepare_matches(segments_admin)
+    await store.add_matches(segments_admin, [(member.id, as_of + timedelta(hours=1))])
+    async with segments_admin.transaction():
+        applied = await store.apply_matches(
+            segments_admin, segment_id, after=None, size=10, evaluated_at=as_of, renew_before=as_of
+        )
+    assert applied.entered == [uuid.UUID(member.id)]
+    await store.finish_refresh(segments_admin, segment_id, as_of, as_of, seen)
+    # Written after the change's moment, under the old definition: not trusted.
+    checked = await suite.segments.CheckMembership(
+        segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
+    )
+    assert (checked.is_member, checked.cached) == (False, False)
+
+
+async def test_a_change_whose_moment_precedes_the_last_refresh_makes_its_members_stale(
+    suite: Suite, tag: str
+) -> None:
+    member = await suite.create_user({"run": tag, "plan": "pro"})
+    await suite.settle()
+    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    segment_id = uuid.UUID(segment.id)
+    # The change takes its moment, a refresh runs from start to end with the old
+    # definition, then the change writes its moment.
+    moment = suite.clock()
+    await suite.refresh(segment.id)
+    await store.mark_changed(suite.segments_pool, [segment_id], moment)
+    checked = await suite.segments.CheckMembership(
+        segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
+    )
+    assert (checked.is_member, checked.cached) == (True, False)
 
 
 async def test_members_and_user_segments_are_listed(suite: Suite, tag: str) -> None:
