@@ -7,7 +7,7 @@ reads as it was meant (3, not 3.0).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -63,6 +63,16 @@ def set_timestamp(stamp: timestamp_pb2.Timestamp, moment: datetime) -> None:
     delta = moment - _EPOCH
     stamp.seconds = delta.days * 86400 + delta.seconds
     stamp.nanos = delta.microseconds * 1000
+
+
+def unix_micros(moment: datetime) -> int:
+    """An aware datetime as microseconds since the Unix epoch."""
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_unix_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:

@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config
 from runtime.migrations import RUNTIME_MIGRATIONS, load_migrations
 from runtime.server import ServiceHost
+from runtime.structs import from_unix_micros
 from suite.registry import DEFINITIONS
 
 T = TypeVar("T")
@@ -37,6 +39,11 @@ def migration_count() -> int:
     schema, and each service's own."""
     runtime = len(load_migrations(RUNTIME_MIGRATIONS, "runtime"))
     return sum(runtime + len(load_migrations(d.migrations, d.name)) for d in DEFINITIONS.values())
+
+
+def valid_until_of(micros: int) -> datetime | None:
+    """A MatchUsers valid_until: microseconds since the Unix epoch; 0 is none."""
+    return from_unix_micros(micros) if micros else None
 
 
 def free_port() -> int:

@@ -3,8 +3,8 @@
 The clause reads `u.attributes`, `u.current_lifecycle_stage`, `u.created_at`
 of `users u` and the lateral subqueries it lists in `joins`: the moment a
 user entered their stage, and each timestamp attribute a time window reads,
-parsed once per user by `condition_timestamp` (users migration 0002) for both
-the test and the moment it flips. Every value is a bind parameter, attribute
+read and parsed once per user by `condition_timestamp` (users migrations 0002
+and 0003) for both the test and the moment it flips. Every value is a bind parameter, attribute
 paths included (as text[]). Every leaf is two-valued (never NULL), so `not` is
 SQL's NOT.
 
@@ -209,21 +209,23 @@ class _Compiler:
 
     def moment(self, keys: tuple[str, ...], window: timedelta) -> str:
         """A timestamp attribute a window reads, parsed once per user in a lateral
-        subquery (OFFSET 0 keeps the planner from copying the parse into each place
-        that reads it), and only when it may matter: text whose date is two days
-        before the window's start or earlier is, if a timestamp at all, before the
-        window, offsets (at most 14:59) included, and can never enter it; NULL says
-        the same for it. Parsing is what a window costs; most texts skip it."""
+        subquery, and only when it may matter: text whose date is two days before
+        the window's start or earlier is, if a timestamp at all, before the window,
+        offsets (at most 14:59) included, and can never enter it; NULL says the
+        same for it. Parsing is what a window costs; most texts skip it. Each
+        OFFSET 0 keeps the planner from copying an expression into each place that
+        reads it: the parse into the test and the flip, the attribute's lookup into
+        the inlined parse, which reads its text a dozen times."""
         oldest = (self.as_of - window - timedelta(days=1)).astimezone(UTC).date().isoformat()
         alias = self.moments.get((*keys, oldest))
         if alias is None:
             alias = f"moment_{len(self.moments)}"
             self.moments[(*keys, oldest)] = alias
-            text = f"({ATTRIBUTES} #>> {self.param(list(keys), 'text[]')})"
             self.joins.append(
-                f'CROSS JOIN LATERAL (SELECT CASE WHEN {text} COLLATE "C" >='
-                f" {self.param(oldest, 'text')} THEN condition_timestamp({text}) END"
-                f" AS at OFFSET 0) {alias}"
+                f'CROSS JOIN LATERAL (SELECT CASE WHEN v.text COLLATE "C" >='
+                f" {self.param(oldest, 'text')} THEN condition_timestamp(v.text) END AS at"
+                f" FROM (SELECT {ATTRIBUTES} #>> {self.param(list(keys), 'text[]')} AS text"
+                f" OFFSET 0) v OFFSET 0) {alias}"
             )
         return f"{alias}.at"
 
@@ -272,8 +274,8 @@ class _Compiler:
             f" WHEN {moment} >= {since} THEN {moment} - {since} + {_MICROSECOND}"
             f" ELSE {_FAILS_FOR_EVER} END"
         )
-        # A range, not BETWEEN, which would evaluate the moment twice.
-        return _Compiled(f"coalesce(tstzrange({since}, {now}, '[]') @> {moment}, false)", flip)
+        # The moment is a column (a lateral's or the user's), cheap to read twice.
+        return _Compiled(f"coalesce({moment} >= {since} AND {moment} <= {now}, false)", flip)
 
     def stage_age(self, node: StageAgeLeaf) -> _Compiled:
         if STAGE_ENTRY_JOIN not in self.joins:

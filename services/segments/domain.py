@@ -4,8 +4,9 @@ segments, and the events a membership change produces. No I/O here."""
 
 from __future__ import annotations
 
+import bisect
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -153,3 +154,51 @@ def merge_changes(changes: Iterable[UserChange]) -> list[UserChange]:
         known = merged.get(change.user_id)
         merged[change.user_id] = change if known is None else known.merge(change)
     return list(merged.values())
+
+
+@dataclass(frozen=True)
+class MatchRange:
+    """Matches of a full refresh and the range of users they cover: every user
+    after `after` (from the first when None) up to `through` (to the last when
+    None) who matches is in `user_ids`. Ids are canonical UUID text, in order
+    (UUIDs and their text sort alike)."""
+
+    user_ids: Sequence[str]
+    # When time alone may end each match, in microseconds since the Unix epoch; 0: never.
+    valid_until: Sequence[int]
+    after: str | None
+    through: str | None
+
+    def within(self, after: str | None, through: str | None) -> MatchRange:
+        """The matches of the part (after, through] of the range."""
+        start = 0 if after is None else bisect.bisect_right(self.user_ids, after)
+        end = len(self.user_ids) if through is None else bisect.bisect_right(self.user_ids, through)
+        return MatchRange(self.user_ids[start:end], self.valid_until[start:end], after, through)
+
+
+@dataclass(frozen=True)
+class RangeChanges:
+    # Memberships to write (new, or renewed), with their valid_until in microseconds.
+    written: list[tuple[str, int]]
+    exited: list[str]
+
+
+def compare_range(
+    matches: MatchRange, cached: Iterable[tuple[str, int | None]], cap: int, renew_before: int
+) -> RangeChanges:
+    """What a refresh changes over one range, from the matches and the cached
+    members of the range (valid_until in microseconds, None if unbounded): the
+    new members; the cached ones whose validity must shrink or runs out before
+    `renew_before`, renewed; both capped at `cap`; and the members that no longer
+    match."""
+    known = dict(cached)
+    written = []
+    for user_id, micros in zip(matches.user_ids, matches.valid_until, strict=True):
+        valid_until = min(micros, cap) if micros else cap
+        if user_id not in known:
+            written.append((user_id, valid_until))
+            continue
+        before = known.pop(user_id)
+        if before is None or before > valid_until or before <= renew_before:
+            written.append((user_id, valid_until))
+    return RangeChanges(written, list(known))

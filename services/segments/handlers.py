@@ -45,7 +45,7 @@ from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.idempotency import RequestKey
 from runtime.lifecycle_events import EventBatch
 from runtime.server import ServiceContext
-from runtime.structs import dict_to_struct
+from runtime.structs import dict_to_struct, from_unix_micros, unix_micros
 from services.segments import store
 from services.segments.domain import (
     ENTERED,
@@ -54,20 +54,23 @@ from services.segments.domain import (
     PRODUCER,
     Clock,
     CompiledSegment,
+    MatchRange,
     Membership,
+    RangeChanges,
     Segment,
     SegmentFields,
     UserChange,
     Verdict,
+    compare_range,
     merge_changes,
 )
 from services.segments.settings import SegmentSettings
 from services.segments.users_client import UsersClient
 
-# Rows per transaction when a refresh applies its enter and exit sets.
-APPLY_BATCH = 5000
-# Matches per COPY into the refresh's temporary table (each COPY has a fixed cost).
-COPY_BATCH = 50_000
+# Cached members a refresh reads beyond a batch of matches at a time: about the
+# most it deletes per transaction (its matches come in batches of the users
+# service's size).
+EXIT_BATCH = 5000
 # Users per transaction when changed or expired users are re-evaluated.
 REEVALUATE_BATCH = 1000
 
@@ -274,9 +277,17 @@ class SegmentDirectory:
         sample = [
             uuid.UUID(user_id)
             async for batch in self._users.match(expanded, stages, as_of, limit=sample_size)
-            for user_id, _ in batch.users
+            for user_id in batch.user_ids
         ]
         return Preview(total, sample)
+
+
+@dataclass
+class _Changes:
+    """How many users a refresh has made enter and exit so far."""
+
+    entered: int = 0
+    exited: int = 0
 
 
 @dataclass(frozen=True)
@@ -348,54 +359,76 @@ class Memberships:
     ) -> RefreshOutcome:
         segment = compiled.segment
         as_of = self._clock()
-        cap = as_of + self._settings.membership_ttl
         # The next full refresh: at the interval, or when a user may enter by time
         # alone (a window reaching their moment, a time in stage passing), if sooner,
         # but not sooner than the gap (which the interval bounds).
         next_refresh = as_of + self._settings.refresh_interval
         soonest = min(next_refresh, as_of + self._settings.min_refresh_gap)
-        await store.prepare_matches(conn)
         matches = self._users.match(
             compiled.condition.expanded_json(), segment.stages, as_of, next_entry=True
         )
-        pending: list[tuple[str, datetime]] = []
+        # The matches come in user order: each batch covers the users after the
+        # previous one's last up to its own last, and a last range runs to the end.
+        changes = _Changes()
+        after: str | None = None
         async for batch in matches:
-            pending += [(user_id, min(v, cap) if v else cap) for user_id, v in batch.users]
             if batch.next_entry is not None:
                 next_refresh = min(next_refresh, max(batch.next_entry, soonest))
-            if len(pending) >= COPY_BATCH:
-                await store.add_matches(conn, pending)
-                pending = []
-        await store.add_matches(conn, pending)
-        renew_before = as_of + self._settings.refresh_interval
-        entered = exited = 0
-        after: uuid.UUID | None = None
-        while True:
-            async with self._transaction(conn) as uow:
-                applied = await store.apply_matches(
-                    conn,
-                    segment.id,
-                    after=after,
-                    size=APPLY_BATCH,
-                    evaluated_at=as_of,
-                    renew_before=renew_before,
-                )
-                self._publish(uow, segment.id, as_of, ENTERED, applied.entered)
-            entered += len(applied.entered)
-            if applied.size < APPLY_BATCH:
-                break
-            after = applied.last
-        after = None
-        while True:
-            async with self._transaction(conn) as uow:
-                gone = await store.remove_unmatched(conn, segment.id, after, APPLY_BATCH)
-                self._publish(uow, segment.id, as_of, EXITED, gone)
-            exited += len(gone)
-            if len(gone) < APPLY_BATCH:
-                break
-            after = gone[-1]
+            if batch.user_ids:
+                through = batch.user_ids[-1]
+                batch_range = MatchRange(batch.user_ids, batch.valid_until, after, through)
+                await self._apply(conn, segment.id, as_of, batch_range, changes)
+                after = through
+        await self._apply(conn, segment.id, as_of, MatchRange([], [], after, None), changes)
         members = await store.finish_refresh(conn, segment.id, as_of, next_refresh, changed_at)
-        return RefreshOutcome(entered, exited, members, as_of)
+        return RefreshOutcome(changes.entered, changes.exited, members, as_of)
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        segment_id: uuid.UUID,
+        as_of: datetime,
+        matches: MatchRange,
+        changes: _Changes,
+    ) -> None:
+        """Compares one range of a refresh with the cached members, a part of it at
+        a time so that each transaction deletes at most about EXIT_BATCH of them."""
+        cap = unix_micros(as_of + self._settings.membership_ttl)
+        renew_before = unix_micros(as_of + self._settings.refresh_interval)
+        after = matches.after
+        while True:
+            limit = len(matches.user_ids) + EXIT_BATCH
+            cached = await store.cached_members(conn, segment_id, after, matches.through, limit)
+            through = cached[-1][0] if len(cached) == limit else matches.through
+            part = compare_range(matches.within(after, through), cached, cap, renew_before)
+            if part.written or part.exited:
+                await self._write_range(conn, segment_id, as_of, part, changes)
+            if through == matches.through:
+                return
+            after = through
+
+    async def _write_range(
+        self,
+        conn: asyncpg.Connection,
+        segment_id: uuid.UUID,
+        as_of: datetime,
+        part: RangeChanges,
+        changes: _Changes,
+    ) -> None:
+        async with self._transaction(conn) as uow:
+            entered = await store.upsert_members(
+                conn,
+                [(uuid.UUID(user_id), segment_id) for user_id, _ in part.written],
+                [from_unix_micros(micros) for _, micros in part.written],
+                as_of,
+            )
+            exited = await store.delete_members(
+                conn, [(uuid.UUID(user_id), segment_id) for user_id in part.exited]
+            )
+            self._publish(uow, segment_id, as_of, ENTERED, [user for user, _ in entered])
+            self._publish(uow, segment_id, as_of, EXITED, [user for user, _ in exited])
+        changes.entered += len(entered)
+        changes.exited += len(exited)
 
     @staticmethod
     def _publish(

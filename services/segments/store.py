@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -368,98 +369,27 @@ async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     return int(result.split()[-1])
 
 
-# A full refresh: the new members arrive in a temporary table of the session,
-# then are compared with the cached ones in user order, one batch per transaction.
-
-MATCHES = "segment_matches"
-
-
-async def prepare_matches(conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {MATCHES}"
-        " (user_id UUID PRIMARY KEY, valid_until TIMESTAMPTZ NOT NULL)"
-    )
-    await conn.execute(f"TRUNCATE {MATCHES}")
-
-
-async def add_matches(
-    conn: asyncpg.Connection, records: Sequence[tuple[str | uuid.UUID, datetime]]
-) -> None:
-    await conn.copy_records_to_table(MATCHES, records=records, columns=["user_id", "valid_until"])
-
-
-@dataclass(frozen=True)
-class AppliedBatch:
-    # How many matches the batch had, and the last, where the next batch starts.
-    size: int
-    last: uuid.UUID | None
-    entered: list[uuid.UUID]
-
-
-async def apply_matches(
+async def cached_members(
     conn: asyncpg.Connection,
     segment_id: uuid.UUID,
-    *,
-    after: uuid.UUID | None,
-    size: int,
-    evaluated_at: datetime,
-    renew_before: datetime,
-) -> AppliedBatch:
-    """Writes the next `size` matches after `after`: inserts the new members, and
-    renews a cached one whose validity must shrink or is about to run out."""
-    row = await conn.fetchrow(
-        f"""
-        WITH batch AS (
-          SELECT user_id, valid_until FROM {MATCHES}
-          WHERE $2::uuid IS NULL OR user_id > $2 ORDER BY user_id LIMIT $3
-        ), entered AS (
-          INSERT INTO user_segment_memberships (user_id, segment_id, evaluated_at, valid_until)
-          SELECT b.user_id, $1, $4, b.valid_until FROM batch b
-          WHERE NOT EXISTS (
-              SELECT 1 FROM user_segment_memberships m
-              WHERE m.segment_id = $1 AND m.user_id = b.user_id)
-            AND NOT EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = b.user_id)
-          ON CONFLICT (user_id, segment_id) DO NOTHING
-          RETURNING user_id
-        ), renewed AS (
-          -- Sees the rows as they were before this statement: never the new ones.
-          UPDATE user_segment_memberships m SET evaluated_at = $4, valid_until = b.valid_until
-          FROM batch b
-          WHERE m.segment_id = $1 AND m.user_id = b.user_id
-            AND (m.valid_until > b.valid_until OR m.valid_until <= $5 OR m.valid_until IS NULL)
-        )
-        SELECT (SELECT count(*) FROM batch) AS size,
-               (SELECT user_id FROM batch ORDER BY user_id DESC LIMIT 1) AS last,
-               array(SELECT user_id FROM entered) AS entered
-        """,
-        segment_id,
-        after,
-        size,
-        evaluated_at,
-        renew_before,
-    )
-    assert row is not None
-    return AppliedBatch(row["size"], row["last"], list(row["entered"]))
-
-
-async def remove_unmatched(
-    conn: asyncpg.Connection, segment_id: uuid.UUID, after: uuid.UUID | None, size: int
-) -> list[uuid.UUID]:
-    """Deletes up to `size` cached members after `after` that are no longer matches."""
+    after: str | None,
+    through: str | None,
+    limit: int,
+) -> list[tuple[str, int | None]]:
+    """The first `limit` cached members after `after` up to `through` (either end
+    open when None), in user order: their ids as text, and valid_until in
+    microseconds since the Unix epoch (None if unbounded)."""
+    params: list[Any] = [segment_id, limit]
+    bounds = ""
+    for operator, bound in ((">", after), ("<=", through)):
+        if bound is not None:
+            params.append(bound)
+            bounds += f" AND user_id {operator} ${len(params)}::uuid"
     rows = await conn.fetch(
-        f"""
-        WITH gone AS (
-          SELECT m.user_id FROM user_segment_memberships m
-          WHERE m.segment_id = $1 AND ($3::uuid IS NULL OR m.user_id > $3)
-            AND NOT EXISTS (SELECT 1 FROM {MATCHES} x WHERE x.user_id = m.user_id)
-          ORDER BY m.user_id LIMIT $2
-        )
-        DELETE FROM user_segment_memberships m USING gone
-        WHERE m.segment_id = $1 AND m.user_id = gone.user_id
-        RETURNING m.user_id
-        """,
-        segment_id,
-        size,
-        after,
+        "SELECT user_id::text AS user_id,"
+        " (extract(epoch FROM valid_until) * 1000000)::bigint AS valid_until"
+        f" FROM user_segment_memberships WHERE segment_id = $1{bounds}"
+        " ORDER BY user_id LIMIT $2",
+        *params,
     )
-    return [row["user_id"] for row in rows]
+    return [(row["user_id"], row["valid_until"]) for row in rows]

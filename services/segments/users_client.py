@@ -57,9 +57,11 @@ def profile_of(message: users_pb2.UserProfile) -> UserProfile:
 
 @dataclass(frozen=True)
 class UserMatches:
-    # Each matching user's id (as text: what a refresh copies) and when time alone
-    # may end their match.
-    users: list[tuple[str, datetime | None]]
+    # The matching users' ids in ascending order over a stream, as text, and for
+    # each, when time alone may end their match, in microseconds since the Unix
+    # epoch (0: never): as the users service sends them, for SQL to read.
+    user_ids: list[str]
+    valid_until: list[int]
     # When a user who does not match may start to by time alone, if asked and any:
     # the earliest over a stream's messages.
     next_entry: datetime | None
@@ -105,13 +107,8 @@ class UsersClient:
         try:
             async for response in stream:
                 yield UserMatches(
-                    [
-                        (
-                            match.user_id,
-                            _moment(match.valid_until) if match.HasField("valid_until") else None,
-                        )
-                        for match in response.matches
-                    ],
+                    list(response.user_ids),
+                    list(response.valid_until_micros),
                     _moment(response.next_entry_time)
                     if response.HasField("next_entry_time")
                     else None,

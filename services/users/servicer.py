@@ -316,11 +316,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             request, violations, user_ids, request.limit, request.include_next_entry
         )
         async for batch in self._matcher.match(query):
-            response = users_pb2.MatchUsersResponse()
-            for user_id, valid_until in batch.matches:
-                match = response.matches.add(user_id=user_id)
-                if valid_until is not None:
-                    set_timestamp(match.valid_until, valid_until)
+            response = users_pb2.MatchUsersResponse(
+                user_ids=batch.user_ids, valid_until_micros=batch.valid_until
+            )
             if batch.next_entry is not None:
                 set_timestamp(response.next_entry_time, batch.next_entry)
             yield response

@@ -4,7 +4,7 @@ inside the caller's transaction where one is open."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -367,8 +367,10 @@ class Profile:
 
 @dataclass(frozen=True)
 class MatchBatch:
-    # (user id as text, valid_until) of each match: records or tuples.
-    matches: Sequence[Iterable[Any]]
+    # The matching users in ascending id order (as text), and for each, when time
+    # alone may end its match, in microseconds since the Unix epoch (0: never).
+    user_ids: list[str]
+    valid_until: list[int]
     # With next_entry, on the first batch of a chunk of users: the earliest moment
     # one of the chunk's users who do not match starts to by time alone; None if never.
     next_entry: datetime | None = None
@@ -376,11 +378,12 @@ class MatchBatch:
 
 @dataclass(frozen=True)
 class _Chunk:
-    matches: Sequence[Iterable[Any]]
+    user_ids: list[str]
+    valid_until: list[int]
     # How many users the chunk read (matches and, with next_entry, the others), and the last.
     read: int
     last: str | None
-    next_entry: datetime | None = None
+    next_entry: datetime | None
 
 
 def _match_sql(
@@ -411,55 +414,54 @@ def _match_sql(
     return f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}{order}", params
 
 
-def matches_statement(query: MatchQuery, **chunk: Any) -> tuple[str, list[Any]]:
-    """The statement of the matching users, their ids as text and valid_until
-    (with `after` and `chunk`, the next ones in id order), and its parameters."""
-    condition = query.condition
-    valid_until = (
-        "NULL::timestamptz" if condition.flip is None else condition.exit_at(condition.flip)
-    )
-    columns = f"u.id::text AS id, {valid_until} AS valid_until"
-    return _match_sql(query, columns, condition.matches, **chunk)
-
-
-def candidates_statement(
-    query: MatchQuery, *, after: uuid.UUID | None, chunk: int
+def chunk_statement(
+    query: MatchQuery, *, candidates: bool, after: uuid.UUID | None, chunk: int
 ) -> tuple[str, list[Any]]:
-    """For a condition that reads time: the statement that reads the next `chunk`
-    users who match now or may later (they pass the condition's part time never
-    changes) once, into one row: how many and the last, the matches with their
-    valid_until, and the earliest flip of the others, which is when one of them
-    may enter."""
+    """The statement that reads the next `chunk` users after `after` in id order
+    into one row: how many and the last, and the matches in id order with their
+    valid_until. With `candidates` (a condition that reads time), it reads the
+    users who match now or may later (they pass the part of the condition time
+    never changes), and also gives the earliest flip of those who do not match,
+    which is when one of them may enter."""
     condition = query.condition
-    columns = f"u.id, {condition.timed} AS matched, {condition.flip} AS flip"
-    sql, params = _match_sql(query, columns, condition.where, after=after, chunk=chunk)
+    flip = condition.flip or "NULL::interval"
+    matched, rows = (
+        (condition.timed or "true", condition.where) if candidates else ("true", condition.matches)
+    )
+    columns = f"u.id, {matched} AS matched, {flip} AS flip"
+    sql, params = _match_sql(query, columns, rows, after=after, chunk=chunk)
     # The flips of those who do not match are negative: the greatest is the nearest.
+    next_entry = (
+        condition.entry_at("max(flip) FILTER (WHERE NOT matched)")
+        if candidates
+        else "NULL::timestamptz"
+    )
+    micros = (
+        "0"
+        if condition.flip is None
+        else f"coalesce((extract(epoch FROM {condition.exit_at('flip')}) * 1000000)::bigint, 0)"
+    )
     return (
         'SELECT count(*) AS read, max(id::text COLLATE "C") AS last,'
-        f" {condition.entry_at('max(flip) FILTER (WHERE NOT matched)')} AS next_entry,"
-        " coalesce(array_agg(id::text) FILTER (WHERE matched), '{}') AS ids,"
-        f" coalesce(array_agg({condition.exit_at('flip')}) FILTER (WHERE matched), '{{}}')"
+        f" {next_entry} AS next_entry,"
+        " coalesce(array_agg(id::text ORDER BY id) FILTER (WHERE matched), '{}') AS ids,"
+        f" coalesce(array_agg({micros} ORDER BY id) FILTER (WHERE matched), '{{}}')"
         " AS valid_until"
-        f" FROM ({sql}) candidates"
+        f" FROM ({sql}) chunk"
     ), params
 
 
-async def _matching_chunk(
-    conn: asyncpg.Connection, query: MatchQuery, after: uuid.UUID | None, size: int
+async def _read_chunk(
+    conn: asyncpg.Connection,
+    query: MatchQuery,
+    candidates: bool,
+    after: uuid.UUID | None,
+    size: int,
 ) -> _Chunk:
-    sql, params = matches_statement(query, after=after, chunk=size)
-    rows = await conn.fetch(sql, *params)
-    return _Chunk(rows, len(rows), rows[-1]["id"] if rows else None)
-
-
-async def _candidate_chunk(
-    conn: asyncpg.Connection, query: MatchQuery, after: uuid.UUID | None, size: int
-) -> _Chunk:
-    sql, params = candidates_statement(query, after=after, chunk=size)
+    sql, params = chunk_statement(query, candidates=candidates, after=after, chunk=size)
     row = await conn.fetchrow(sql, *params)
     assert row is not None
-    matches = list(zip(row["ids"], row["valid_until"], strict=True))
-    return _Chunk(matches, row["read"], row["last"], row["next_entry"])
+    return _Chunk(row["ids"], row["valid_until"], row["read"], row["last"], row["next_entry"])
 
 
 async def _limit_time(conn: asyncpg.Connection, timeout_ms: int) -> None:
@@ -479,22 +481,23 @@ async def match_users(
     """The matching users in batches of `batch_size`, chunk by chunk in id order,
     all from one snapshot."""
     # A condition that reads no time has no users who may enter later.
-    read_chunk = _candidate_chunk if query.next_entry and query.condition.timed else _matching_chunk
+    candidates = query.next_entry and query.condition.timed is not None
     wanted = query.limit or None
     after = None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await _limit_time(conn, timeout_ms)
         while True:
             size = MATCH_CHUNK if wanted is None else min(MATCH_CHUNK, wanted)
-            chunk = await read_chunk(conn, query, after, size)
+            chunk = await _read_chunk(conn, query, candidates, after, size)
             entry = chunk.next_entry
-            for start in range(0, len(chunk.matches), batch_size):
-                yield MatchBatch(chunk.matches[start : start + batch_size], entry)
+            for start in range(0, len(chunk.user_ids), batch_size):
+                end = start + batch_size
+                yield MatchBatch(chunk.user_ids[start:end], chunk.valid_until[start:end], entry)
                 entry = None
             if entry is not None:
-                yield MatchBatch([], entry)
+                yield MatchBatch([], [], entry)
             if wanted is not None:
-                wanted -= len(chunk.matches)
+                wanted -= len(chunk.user_ids)
             if chunk.read < size or wanted == 0 or chunk.last is None:
                 return
             after = uuid.UUID(chunk.last)

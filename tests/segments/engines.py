@@ -25,7 +25,7 @@ from runtime.conditions import (
 from services.segments.users_client import profile_of
 from services.users import store
 from services.users.servicer import profile_message
-from tests.support import ScratchDatabase
+from tests.support import ScratchDatabase, valid_until_of
 
 # A row of user_lifecycle_history: from_stage, to_stage, transitioned_at.
 Transition = tuple[str | None, str, datetime]
@@ -119,7 +119,10 @@ async def _sql_matches(
     matches: dict[uuid.UUID, datetime | None] = {}
     entries = []
     async for batch in store.match_users(conn, query, timeout_ms=5000, batch_size=1000):
-        matches.update((uuid.UUID(user_id), moment) for user_id, moment in batch.matches)
+        matches.update(
+            (uuid.UUID(user_id), valid_until_of(micros))
+            for user_id, micros in zip(batch.user_ids, batch.valid_until, strict=True)
+        )
         entries += [batch.next_entry] if batch.next_entry is not None else []
     return matches, min(entries, default=None)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,7 +18,8 @@ from lifecycle.common.v1 import stage_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.users.v1 import users_pb2
 from runtime.structs import dict_to_struct, struct_to_dict
-from services.segments import store
+from services.segments import handlers, store
+from services.users.handlers import UserMatcher
 from tests.segments.conftest import Suite
 from tests.support import error_info, rpc_error, violated_fields
 
@@ -43,6 +44,16 @@ def nested(depth: int) -> dict[str, Any]:
 @pytest.fixture
 def tag() -> str:
     return uuid.uuid4().hex
+
+
+async def pro_member_and_segment(
+    suite: Suite, tag: str
+) -> tuple[users_pb2.User, segments_pb2.Segment]:
+    """A user on the pro plan, and a segment of the run's pro users."""
+    member = await suite.create_user({"run": tag, "plan": "pro"})
+    await suite.settle()
+    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    return member, segment
 
 
 async def test_create_get_and_update_a_segment(suite: Suite, tag: str) -> None:
@@ -327,6 +338,81 @@ async def test_a_refresh_of_many_users_applies_in_batches(suite: Suite, tag: str
     assert (second.entered_count, second.exited_count, second.member_count) == (1000, 500, 11_500)
 
 
+async def test_a_refresh_diffs_each_batch_with_the_members_of_its_range(
+    suite: Suite, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 3 matches and 2 exits per transaction: entries and exits fall in
+    # every range, before the first match and after the last, and ranges exit
+    # more members than one transaction deletes.
+    monkeypatch.setattr(UserMatcher, "BATCH_SIZE", 3)
+    monkeypatch.setattr(handlers, "EXIT_BATCH", 2)
+    users = {(await suite.create_user({"run": tag, "n": n})).id: n for n in range(40)}
+    await suite.settle()
+
+    segment = await suite.create_segment(tagged(tag, {"attr": "n", "op": "lt", "value": 20}))
+    first = await suite.refresh(segment.id)
+    assert (first.entered_count, first.exited_count, first.member_count) == (20, 0, 20)
+    for low, high in [(10, 30), (0, 40), (35, 38), (40, 41)]:
+        before = await suite.members(segment.id)
+        window = [
+            {"attr": "n", "op": "gte", "value": low},
+            {"attr": "n", "op": "lt", "value": high},
+        ]
+        await suite.change_conditions(segment.id, tagged(tag, *window))
+        refreshed = await suite.refresh(segment.id)
+        expected = {user_id for user_id, n in users.items() if low <= n < high}
+        assert await suite.members(segment.id) == expected
+        counts = (refreshed.entered_count, refreshed.exited_count, refreshed.member_count)
+        assert counts == (len(expected - before), len(before - expected), len(expected))
+
+
+async def test_a_refresh_renews_the_members_whose_validity_runs_out_before_the_next(
+    suite: Suite, tag: str
+) -> None:
+    member, segment = await pro_member_and_segment(suite, tag)
+    await suite.refresh(segment.id)
+
+    async def valid_until() -> datetime:
+        listed = await suite.segments.ListSegmentMembers(
+            segments_pb2.ListSegmentMembersRequest(segment_id=segment.id)
+        )
+        assert [m.user_id for m in listed.memberships] == [member.id]
+        return listed.memberships[0].valid_until.ToDatetime(tzinfo=UTC)
+
+    # The TTL (an hour) caps a membership time alone never ends.
+    first = await valid_until()
+    suite.clock.advance(timedelta(minutes=30))
+    await suite.refresh(segment.id)
+    assert await valid_until() == first
+    # Within the refresh interval (5 minutes) of running out: renewed.
+    suite.clock.advance(timedelta(minutes=26))
+    renewed = await suite.refresh(segment.id)
+    assert await valid_until() == renewed.evaluate_time.ToDatetime(tzinfo=UTC) + timedelta(hours=1)
+
+
+async def test_a_refresh_shrinks_a_validity_that_time_now_ends_sooner(
+    suite: Suite, tag: str
+) -> None:
+    seen = (suite.clock() - timedelta(hours=23, minutes=30)).replace(microsecond=0)
+    member = await suite.create_user({"run": tag, "seen": seen.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    await suite.settle()
+    segment = await suite.create_segment(tagged(tag, {"attr": "seen", "op": "exists"}))
+    first = await suite.refresh(segment.id)
+    await suite.change_conditions(
+        segment.id, tagged(tag, {"attr": "seen", "op": "within_last", "value": "P1D"})
+    )
+    await suite.refresh(segment.id)
+    listed = await suite.segments.ListSegmentMembers(
+        segments_pb2.ListSegmentMembersRequest(segment_id=segment.id)
+    )
+    [membership] = listed.memberships
+    assert membership.user_id == member.id
+    # Capped at the TTL before; now when the window passes the moment.
+    leaves = seen + timedelta(days=1, microseconds=1)
+    assert first.evaluate_time.ToDatetime(tzinfo=UTC) + timedelta(hours=1) > leaves
+    assert membership.valid_until.ToDatetime(tzinfo=UTC) == leaves
+
+
 async def test_check_membership_answers_from_the_cache_while_valid(suite: Suite, tag: str) -> None:
     member = await suite.create_user({"run": tag, "plan": "pro"})
     outsider = await suite.create_user({"run": tag, "plan": "free"})
@@ -391,9 +477,7 @@ async def test_a_refresh_after_a_change_confirms_the_members_it_keeps(
 
 
 async def test_a_refresh_that_ran_across_a_change_confirms_nothing(suite: Suite, tag: str) -> None:
-    member = await suite.create_user({"run": tag, "plan": "pro"})
-    await suite.settle()
-    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    member, segment = await pro_member_and_segment(suite, tag)
     segment_id = uuid.UUID(segment.id)
     await suite.refresh(segment.id)
     # A refresh read the definition, then the definition changed before it finished.
@@ -418,9 +502,7 @@ async def test_a_refresh_that_ran_across_a_change_confirms_nothing(suite: Suite,
 async def test_members_a_refresh_wrote_across_a_change_are_stale(
     suite: Suite, segments_admin: asyncpg.Connection, tag: str
 ) -> None:
-    member = await suite.create_user({"run": tag, "plan": "pro"})
-    await suite.settle()
-    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    member, segment = await pro_member_and_segment(suite, tag)
     segment_id = uuid.UUID(segment.id)
     # A refresh reads the definition; the definition changes (its moment taken
     # before the refresh takes its own); the refresh writes the member the old
@@ -432,13 +514,13 @@ async def test_members_a_refresh_wrote_across_a_change_are_stale(
     )
     as_of = suite.clock() + timedelta(seconds=1)
     await segments_admin.execute("SET search_path = segments")
-    await store.prepare_matches(segments_admin)
-    await store.add_matches(segments_admin, [(member.id, as_of + timedelta(hours=1))])
-    async with segments_admin.transaction():
-        applied = await store.apply_matches(
-            segments_admin, segment_id, after=None, size=10, evaluated_at=as_of, renew_before=as_of
-        )
-    assert applied.entered == [uuid.UUID(member.id)]
+    entered = await store.upsert_members(
+        segments_admin,
+        [(uuid.UUID(member.id), segment_id)],
+        [as_of + timedelta(hours=1)],
+        as_of,
+    )
+    assert entered == [(uuid.UUID(member.id), segment_id)]
     await store.finish_refresh(segments_admin, segment_id, as_of, as_of, seen)
     # Written after the change's moment, under the old definition: not trusted.
     checked = await suite.segments.CheckMembership(
@@ -450,9 +532,7 @@ async def test_members_a_refresh_wrote_across_a_change_are_stale(
 async def test_a_change_whose_moment_precedes_the_last_refresh_makes_its_members_stale(
     suite: Suite, tag: str
 ) -> None:
-    member = await suite.create_user({"run": tag, "plan": "pro"})
-    await suite.settle()
-    segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
+    member, segment = await pro_member_and_segment(suite, tag)
     segment_id = uuid.UUID(segment.id)
     # The change takes its moment, a refresh runs from start to end with the old
     # definition, then the change writes its moment.

@@ -610,7 +610,7 @@ class MatchUsersRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     INCLUDE_NEXT_ENTRY_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
-    """At most this many users, in no particular order (all when 0)."""
+    """At most this many users, the first in id order (all when 0)."""
     include_next_entry: _builtins.bool
     """Also find when the next user starts matching by time alone: the earliest
     moment after `as_of` at which a user of the candidate set (the users
@@ -656,44 +656,31 @@ class MatchUsersRequest(_message.Message):
 Global___MatchUsersRequest: _TypeAlias = MatchUsersRequest  # noqa: Y015
 
 @_typing.final
-class UserMatch(_message.Message):
-    """A user matching a condition."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    VALID_UNTIL_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    @_builtins.property
-    def valid_until(self) -> _timestamp_pb2.Timestamp:
-        """The first moment after `as_of` at which time alone may end the match (a
-        within_last window or a time in stage passing); unset when it cannot.
-        """
-
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        valid_until: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "valid_until", b"valid_until"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UserMatch: _TypeAlias = UserMatch  # noqa: Y015
-
-@_typing.final
 class MatchUsersResponse(_message.Message):
-    """One batch of matches; the stream ends after the last one."""
+    """One batch of matches; the stream ends after the last one. Over the stream,
+    the users come in ascending id order (as UUIDs compare), each once, so that
+    a reader can compare them with a sorted copy one id range at a time. In
+    columns, not a message per user: a refresh streams every match, and a
+    message per match cost more than the SQL that finds them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MATCHES_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_MICROS_FIELD_NUMBER: _builtins.int
     NEXT_ENTRY_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserMatch]: ...
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The matching users' UUIDs."""
+
+    @_builtins.property
+    def valid_until_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """For the user at the same index of `user_ids`: the first moment after
+        `as_of` at which time alone may end the match (a within_last window or a
+        time in stage passing), in microseconds since the Unix epoch; 0 when it
+        cannot.
+        """
+
     @_builtins.property
     def next_entry_time(self) -> _timestamp_pb2.Timestamp:
         """With include_next_entry, on some messages: the earliest of them over the
@@ -705,12 +692,13 @@ class MatchUsersResponse(_message.Message):
     def __init__(
         self,
         *,
-        matches: _abc.Iterable[Global___UserMatch] | None = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        valid_until_micros: _abc.Iterable[_builtins.int] | None = ...,
         next_entry_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_entry_time", b"next_entry_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "next_entry_time", b"next_entry_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_entry_time", b"next_entry_time", "user_ids", b"user_ids", "valid_until_micros", b"valid_until_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
