@@ -181,6 +181,9 @@ class RangeChanges:
     # Memberships to write (new, or renewed), with their valid_until in microseconds.
     written: list[tuple[str, int]]
     exited: list[str]
+    # The range they are in (as in MatchRange).
+    after: str | None
+    through: str | None
 
 
 def compare_range(
@@ -201,4 +204,4 @@ def compare_range(
         before = known.pop(user_id)
         if before is None or before > valid_until or before <= renew_before:
             written.append((user_id, valid_until))
-    return RangeChanges(written, list(known))
+    return RangeChanges(written, list(known), matches.after, matches.through)

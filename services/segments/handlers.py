@@ -422,11 +422,11 @@ class Memberships:
                 [from_unix_micros(micros) for _, micros in part.written],
                 as_of,
             )
-            exited = await store.delete_members(
-                conn, [(uuid.UUID(user_id), segment_id) for user_id in part.exited]
+            exited = await store.delete_range_members(
+                conn, segment_id, part.exited, part.after, part.through
             )
             self._publish(uow, segment_id, as_of, ENTERED, [user for user, _ in entered])
-            self._publish(uow, segment_id, as_of, EXITED, [user for user, _ in exited])
+            self._publish(uow, segment_id, as_of, EXITED, exited)
         changes.entered += len(entered)
         changes.exited += len(exited)
 

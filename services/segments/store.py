@@ -369,6 +369,31 @@ async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
     return int(result.split()[-1])
 
 
+def _range(params: list[Any], after: str | None, through: str | None) -> str:
+    """The conditions of a range of users (either end open when None), its bounds
+    appended to `params`: explicit, so that the (segment_id, user_id) index serves."""
+    bounds = ""
+    for operator, bound in ((">", after), ("<=", through)):
+        if bound is not None:
+            params.append(bound)
+            bounds += f" AND user_id {operator} ${len(params)}::uuid"
+    return bounds
+
+
+def cached_members_statement(
+    segment_id: uuid.UUID, after: str | None, through: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The statement of `cached_members` and its parameters."""
+    params: list[Any] = [segment_id, limit]
+    return (
+        # Not named user_id: ORDER BY would sort the text, not walk the index.
+        "SELECT user_id::text AS id,"
+        " (extract(epoch FROM valid_until) * 1000000)::bigint AS valid_until"
+        f" FROM user_segment_memberships WHERE segment_id = $1{_range(params, after, through)}"
+        " ORDER BY user_id LIMIT $2"
+    ), params
+
+
 async def cached_members(
     conn: asyncpg.Connection,
     segment_id: uuid.UUID,
@@ -376,20 +401,26 @@ async def cached_members(
     through: str | None,
     limit: int,
 ) -> list[tuple[str, int | None]]:
-    """The first `limit` cached members after `after` up to `through` (either end
-    open when None), in user order: their ids as text, and valid_until in
-    microseconds since the Unix epoch (None if unbounded)."""
-    params: list[Any] = [segment_id, limit]
-    bounds = ""
-    for operator, bound in ((">", after), ("<=", through)):
-        if bound is not None:
-            params.append(bound)
-            bounds += f" AND user_id {operator} ${len(params)}::uuid"
+    """The first `limit` cached members after `after` up to `through`, in user
+    order: their ids as text, and valid_until in microseconds since the Unix
+    epoch (None if unbounded)."""
+    sql, params = cached_members_statement(segment_id, after, through, limit)
+    rows = await conn.fetch(sql, *params)
+    return [(row["id"], row["valid_until"]) for row in rows]
+
+
+async def delete_range_members(
+    conn: asyncpg.Connection,
+    segment_id: uuid.UUID,
+    user_ids: Sequence[str],
+    after: str | None,
+    through: str | None,
+) -> list[uuid.UUID]:
+    """Removes these members of the range; returns those that were."""
+    params: list[Any] = [segment_id, user_ids]
     rows = await conn.fetch(
-        "SELECT user_id::text AS user_id,"
-        " (extract(epoch FROM valid_until) * 1000000)::bigint AS valid_until"
-        f" FROM user_segment_memberships WHERE segment_id = $1{bounds}"
-        " ORDER BY user_id LIMIT $2",
+        "DELETE FROM user_segment_memberships WHERE segment_id = $1"
+        f" AND user_id = ANY($2::uuid[]){_range(params, after, through)} RETURNING user_id",
         *params,
     )
-    return [(row["user_id"], row["valid_until"]) for row in rows]
+    return [row["user_id"] for row in rows]

@@ -4,6 +4,7 @@ reads, explanations, references between segments, and every bad input."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
@@ -411,6 +412,30 @@ async def test_a_refresh_shrinks_a_validity_that_time_now_ends_sooner(
     leaves = seen + timedelta(days=1, microseconds=1)
     assert first.evaluate_time.ToDatetime(tzinfo=UTC) + timedelta(hours=1) > leaves
     assert membership.valid_until.ToDatetime(tzinfo=UTC) == leaves
+
+
+@pytest.mark.parametrize(
+    ("after", "through"),
+    [
+        (None, None),
+        ("00000000-0000-4000-8000-000000000000", None),
+        (None, "ffffffff-0000-4000-8000-000000000000"),
+    ],
+)
+async def test_a_refresh_reads_a_range_of_members_along_the_index(
+    segments_admin: asyncpg.Connection, after: str | None, through: str | None
+) -> None:
+    # In user order without a sort: a range of many members is read a part at a
+    # time, each part costing its own size, not the range's. (A bitmap scan and a
+    # sort is what the planner picks for the few rows here.)
+    await segments_admin.execute("SET search_path = segments; SET enable_bitmapscan = off")
+    sql, params = store.cached_members_statement(uuid.uuid4(), after, through, 5000)
+    explain = f"EXPLAIN (FORMAT JSON) {sql}"
+    [explained] = json.loads(await segments_admin.fetchval(explain, *params))
+    limit = explained["Plan"]
+    assert limit["Node Type"] == "Limit"
+    [scan] = limit["Plans"]
+    assert (scan["Node Type"], scan["Index Name"]) == ("Index Scan", "idx_memberships_segment_user")
 
 
 async def test_check_membership_answers_from_the_cache_while_valid(suite: Suite, tag: str) -> None:
