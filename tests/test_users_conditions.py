@@ -19,6 +19,7 @@ from lifecycle.common.v1 import stage_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.structs import dict_to_struct, set_timestamp
+from services.users import store
 from services.users.handlers import REEVALUATE_USERS
 from tests.support import (
     ScratchDatabase,
@@ -172,6 +173,37 @@ async def test_match_users_tells_when_the_next_user_enters_by_time_alone(users: 
     request = match_request(leaves(window("seen")))
     set_timestamp(request.as_of, as_of)
     assert await next_entry(users, request) is None
+
+
+async def test_a_match_with_next_entry_reads_in_chunks_of_those_who_may_match(
+    users: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of 3: most users are dropped before the sort (their moment has
+    # passed the window for good, or they have none), and the chunks of those
+    # kept still cover every user in id order.
+    monkeypatch.setattr(store, "MATCH_CHUNK", 3)
+    tag = uuid.uuid4().hex
+    as_of = datetime(2025, 6, 1, tzinfo=UTC)
+    days = {"in": [-1, -2, -3, -4, -5], "ahead": [9, 3, 12], "gone": [-30, -40, -50, -60]}
+    found: dict[str, list[str]] = {kind: [] for kind in days}
+    for kind, offsets in days.items():
+        for offset in offsets:
+            seen = (as_of + timedelta(days=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            found[kind].append((await create(users, {"run": tag, "seen": seen})).id)
+    for _ in range(4):
+        await create(users, {"run": tag})
+    condition = {
+        "v": 1,
+        "all": [
+            {"attr": "run", "op": "eq", "value": tag},
+            {"attr": "seen", "op": "within_last", "value": "P7D"},
+        ],
+    }
+    request = match_request(condition, include_next_entry=True)
+    set_timestamp(request.as_of, as_of)
+    ids = [user_id async for response in users.MatchUsers(request) for user_id in response.user_ids]
+    assert ids == sorted(found["in"], key=uuid.UUID)
+    assert await next_entry(users, request) == as_of + timedelta(days=3)
 
 
 async def test_the_next_entry_of_a_time_in_stage_is_when_its_threshold_passes(

@@ -31,7 +31,7 @@ condition's size, whatever its depth, and stays plain expressions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -74,9 +74,11 @@ _MICROSECOND = "interval '1 microsecond'"
 @dataclass
 class SqlCondition:
     """The condition split in two: `where`, the part time never changes (the
-    root's children that read no time: "true" if none), which every user who
-    matches now or may match later satisfies, and `timed`, the rest, which holds
-    for the users of `where` who match now (None when the condition reads no time)."""
+    root's children that read no time: "true" if none) and the cheap tests the
+    others need for ever once they fail (a window's moment not behind it: its
+    start only moves on), which every user who matches now or may match later
+    satisfies, and `timed`, the rest, which holds for the users of `where` who
+    match now (None when the condition reads no time)."""
 
     where: str
     timed: str | None
@@ -99,6 +101,11 @@ class SqlCondition:
         `flip` (an expression or column); NULL if never."""
         return f"(({self.as_of} AT TIME ZONE 'UTC') + NULLIF({flip}, {_NEVER})) AT TIME ZONE 'UTC'"
 
+    def may_match(self, matched: str, flip: str) -> str:
+        """Whether a user of `where` matches now or may later by time alone, from
+        their `matched` and `flip` (expressions or columns)."""
+        return f"({matched} OR {flip} > {_FAILS_FOR_EVER})"
+
     def entry_at(self, flip: str) -> str:
         """When time alone may make a user who does not match start to, from their
         `flip`; NULL if never."""
@@ -113,6 +120,10 @@ class _Compiled:
     test: str
     # The node's next flip, signed by its answer; None for a node time never changes.
     flip: str | None = None
+    # A cheap test, over the users table alone, that every user for whom the node
+    # holds now or will later passes (a window's moment not yet behind it for
+    # good); None if none is known.
+    necessary: str | None = None
 
 
 @dataclass
@@ -122,7 +133,8 @@ class _Compiler:
     first: int
     params: list[Any] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
-    moments: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # Each moment a window reads: its lateral's alias and the test of its text.
+    moments: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
     _as_of_param: str = ""
 
     def param(self, value: Any, cast: str) -> str:
@@ -181,7 +193,9 @@ class _Compiler:
     def positive(self, node: AttributeLeaf) -> _Compiled:
         op, value, keys = node.op.positive, node.value, node.keys
         if op == "within_last":
-            return self.window(self.moment(keys, value), value)
+            # Its text, not the parsed moment: a test the scan runs before the parse.
+            moment, not_passed = self.moment(keys, value)
+            return replace(self.window(moment, value), necessary=not_passed)
         return _Compiled(self.static(op, node))
 
     def static(self, op: str, node: AttributeLeaf) -> str:
@@ -207,7 +221,7 @@ class _Compiler:
         limit = self.param(value, "timestamptz")
         return f"coalesce({moment} {'<' if op == 'before' else '>'} {limit}, false)"
 
-    def moment(self, keys: tuple[str, ...], window: timedelta) -> str:
+    def moment(self, keys: tuple[str, ...], window: timedelta) -> tuple[str, str]:
         """A timestamp attribute a window reads, parsed once per user in a lateral
         subquery, and only when it may matter: text whose date is two days before
         the window's start or earlier is, if a timestamp at all, before the window,
@@ -215,19 +229,22 @@ class _Compiler:
         same for it. Parsing is what a window costs; most texts skip it. Each
         OFFSET 0 keeps the planner from copying an expression into each place that
         reads it: the parse into the test and the flip, the attribute's lookup into
-        the inlined parse, which reads its text a dozen times."""
+        the inlined parse, which reads its text a dozen times. Also the test of its
+        text alone that a moment in or ahead of the window passes."""
         oldest = (self.as_of - window - timedelta(days=1)).astimezone(UTC).date().isoformat()
-        alias = self.moments.get((*keys, oldest))
-        if alias is None:
+        known = self.moments.get((*keys, oldest))
+        if known is None:
             alias = f"moment_{len(self.moments)}"
-            self.moments[(*keys, oldest)] = alias
+            oldest_param, path = self.param(oldest, "text"), self.param(list(keys), "text[]")
+            known = (alias, f'(({ATTRIBUTES} #>> {path}) COLLATE "C" >= {oldest_param})')
+            self.moments[(*keys, oldest)] = known
             self.joins.append(
-                f'CROSS JOIN LATERAL (SELECT CASE WHEN v.text COLLATE "C" >='
-                f" {self.param(oldest, 'text')} THEN condition_timestamp(v.text) END AS at"
-                f" FROM (SELECT {ATTRIBUTES} #>> {self.param(list(keys), 'text[]')} AS text"
-                f" OFFSET 0) v OFFSET 0) {alias}"
+                f'CROSS JOIN LATERAL (SELECT CASE WHEN v.text COLLATE "C" >= {oldest_param}'
+                " THEN condition_timestamp(v.text) END AS at"
+                f" FROM (SELECT {ATTRIBUTES} #>> {path} AS text OFFSET 0) v OFFSET 0) {alias}"
             )
-        return f"{alias}.at"
+        alias, not_passed = known
+        return f"{alias}.at", not_passed
 
     def contains(self, keys: tuple[str, ...], leaf_json: str) -> str:
         document = leaf_json
@@ -275,7 +292,9 @@ class _Compiler:
             f" ELSE {_FAILS_FOR_EVER} END"
         )
         # The moment is a column (a lateral's or the user's), cheap to read twice.
-        return _Compiled(f"coalesce({moment} >= {since} AND {moment} <= {now}, false)", flip)
+        test = f"coalesce({moment} >= {since} AND {moment} <= {now}, false)"
+        # The window's start only moves on: a moment behind it stays behind it.
+        return _Compiled(test, flip, f"({moment} >= {since})")
 
     def stage_age(self, node: StageAgeLeaf) -> _Compiled:
         if STAGE_ENTRY_JOIN not in self.joins:
@@ -344,11 +363,15 @@ def _combination(children: list[_Compiled], *, conjunction: bool) -> _Compiled:
     if len(children) == 1:
         return children[0]
     fixed = [child.test for child in children if child.flip is None]
+    # What every child of an `all` needs, it needs; an `any` may hold without any.
+    known = [child.necessary for child in children if child.necessary] if conjunction else []
+    necessary = _joined(" AND ", known, "") or None
     if fixed:
         flips.append(
             f"CASE WHEN {_joined(operator, fixed, '')} THEN {_NEVER} ELSE {_FAILS_FOR_EVER} END"
         )
-    return _Compiled(test, f"{'LEAST' if conjunction else 'GREATEST'}({', '.join(flips)})")
+    flip = f"{'LEAST' if conjunction else 'GREATEST'}({', '.join(flips)})"
+    return _Compiled(test, flip, necessary)
 
 
 def compile_sql(
@@ -360,13 +383,21 @@ def compile_sql(
     children = [
         compiler.node(child) for child in (root.children if isinstance(root, AllOf) else [root])
     ]
-    where = _joined(" AND ", [c.test for c in children if c.flip is None], "true")
+    fixed = [child.test for child in children if child.flip is None]
     timed = [child for child in children if child.flip is not None]
     if not timed:
-        return SqlCondition(where, None, None, compiler.params, compiler.joins)
+        return SqlCondition(
+            _joined(" AND ", fixed, "true"), None, None, compiler.params, compiler.joins
+        )
     time_part = _all_of(timed)
+    necessary = [time_part.necessary] if time_part.necessary else []
     return SqlCondition(
-        where, time_part.test, time_part.flip, compiler.params, compiler.joins, compiler.now()
+        _joined(" AND ", fixed + necessary, "true"),
+        time_part.test,
+        time_part.flip,
+        compiler.params,
+        compiler.joins,
+        compiler.now(),
     )
 
 

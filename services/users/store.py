@@ -393,9 +393,10 @@ def _match_sql(
     *,
     after: uuid.UUID | None = None,
     chunk: int = 0,
+    keep: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The query of the users `rows` selects; with `chunk`, the next ones after
-    `after` in id order."""
+    `after` in id order; with `keep`, only those whose `columns` it holds for."""
     params = list(query.condition.params)
 
     def bind(value: Any, cast: str) -> str:
@@ -410,8 +411,13 @@ def _match_sql(
     if after is not None:
         where.append(f"u.id > {bind(after, 'uuid')}")
     join = " ".join(query.condition.joins)
+    sql = f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}"
+    if keep is not None:
+        # Before the sort, which then orders only those; OFFSET 0 keeps the
+        # columns computed once.
+        sql = f"SELECT * FROM ({sql} OFFSET 0) u WHERE {keep}"
     order = f" ORDER BY u.id LIMIT {bind(chunk, 'int')}" if chunk else ""
-    return f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}{order}", params
+    return sql + order, params
 
 
 def chunk_statement(
@@ -420,16 +426,17 @@ def chunk_statement(
     """The statement that reads the next `chunk` users after `after` in id order
     into one row: how many and the last, and the matches in id order with their
     valid_until. With `candidates` (a condition that reads time), it reads the
-    users who match now or may later (they pass the part of the condition time
-    never changes), and also gives the earliest flip of those who do not match,
-    which is when one of them may enter."""
+    users who match now or may later by time alone (of those who pass the part
+    of the condition time never changes), and also gives the earliest flip of
+    those who do not match, which is when one of them may enter."""
     condition = query.condition
     flip = condition.flip or "NULL::interval"
     matched, rows = (
         (condition.timed or "true", condition.where) if candidates else ("true", condition.matches)
     )
     columns = f"u.id, {matched} AS matched, {flip} AS flip"
-    sql, params = _match_sql(query, columns, rows, after=after, chunk=chunk)
+    keep = condition.may_match("matched", "flip") if candidates else None
+    sql, params = _match_sql(query, columns, rows, after=after, chunk=chunk, keep=keep)
     # The flips of those who do not match are negative: the greatest is the nearest.
     next_entry = (
         condition.entry_at("max(flip) FILTER (WHERE NOT matched)")
