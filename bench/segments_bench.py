@@ -3,7 +3,7 @@
     python -m bench.segments_bench [--users 1000000] [--calls 20000] [--concurrency 32]
 
 - RefreshSegment of a 4-leaf condition, end to end (segments -> users
-  MatchUsers -> the diff with the cached members -> writes), against the same
+  MatchUserIds -> the diff with the cached members -> writes), against the same
   condition as a hand-written SQL count on the same data (the limit). Target:
   within 2x. The first refresh (every member enters, with its events) is shown
   beside it.
@@ -134,7 +134,7 @@ async def load_users(database_url: str, count: int) -> float:
 
 # Rounds of the steady refresh and of its limit, taken in turns: on this
 # noisy machine a limit timed apart from its figure moved the ratio by 0.4.
-ROUNDS = 7
+ROUNDS = 11
 
 
 async def interleaved_medians(runs: dict[str, Callable[[], Awaitable[Any]]]) -> dict[str, float]:

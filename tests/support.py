@@ -42,7 +42,7 @@ def migration_count() -> int:
 
 
 def valid_until_of(micros: int) -> datetime | None:
-    """A MatchUsers valid_until: microseconds since the Unix epoch; 0 is none."""
+    """A MatchUserIds valid_until: microseconds since the Unix epoch; 0 is none."""
     return from_unix_micros(micros) if micros else None
 
 

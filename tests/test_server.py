@@ -154,9 +154,9 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
         assert call("ListUsers", {"page_size": 1})["users"]
         called.add("ListUsers")
         condition = {"v": 1, "attr": "seats", "op": "gte", "value": 4}
-        matched = call("MatchUsers", {"condition": condition, "user_ids": [user_id]})
-        assert matched["matches"] == [{"user_id": user_id}]
-        called.add("MatchUsers")
+        matched = call("MatchUserIds", {"condition": condition, "user_ids": [user_id]})
+        assert (matched["user_ids"], matched["valid_until_micros"]) == ([user_id], ["0"])
+        called.add("MatchUserIds")
         assert int(call("CountUsers", {"condition": condition})["count"]) >= 1  # type: ignore[call-overload]
         called.add("CountUsers")
         profiles = call("BatchGetUserProfiles", {"user_ids": [user_id]})["profiles"]

@@ -1,5 +1,5 @@
 """What the users service does for segments, over real gRPC and PostgreSQL:
-MatchUsers, CountUsers and BatchGetUserProfiles, their bad input, the
+MatchUserIds, CountUsers and BatchGetUserProfiles, their bad input, the
 statement timeout, and the ReevaluateUsers messages every change of a user
 leaves in its outbox for the segments service."""
 
@@ -50,13 +50,13 @@ async def create(users: Stub, attributes: dict[str, Any], stage: int = 0) -> use
     return (await users.CreateUser(users_pb2.CreateUserRequest(user=user))).user
 
 
-def match_request(condition: dict[str, Any], **fields: Any) -> users_pb2.MatchUsersRequest:
-    return users_pb2.MatchUsersRequest(condition=dict_to_struct(condition), **fields)
+def match_request(condition: dict[str, Any], **fields: Any) -> users_pb2.MatchUserIdsRequest:
+    return users_pb2.MatchUserIdsRequest(condition=dict_to_struct(condition), **fields)
 
 
-async def matched(users: Stub, request: users_pb2.MatchUsersRequest) -> dict[str, Any]:
+async def matched(users: Stub, request: users_pb2.MatchUserIdsRequest) -> dict[str, Any]:
     found = {}
-    async for response in users.MatchUsers(request):
+    async for response in users.MatchUserIds(request):
         for user_id, micros in zip(response.user_ids, response.valid_until_micros, strict=True):
             found[user_id] = valid_until_of(micros)
     return found
@@ -95,7 +95,7 @@ async def test_match_users_streams_large_results_in_batches_in_id_order(users: S
     assert (await users.ImportUsers(stream())).created_count == 6000
     batches = [
         list(response.user_ids)
-        async for response in users.MatchUsers(
+        async for response in users.MatchUserIds(
             match_request({"v": 1, "attr": "bulk", "op": "eq", "value": tag})
         )
     ]
@@ -124,11 +124,11 @@ async def test_valid_until_is_when_a_window_closes_as_of_the_given_moment(users:
     assert await matched(users, request) == {}
 
 
-async def next_entry(users: Stub, request: users_pb2.MatchUsersRequest) -> datetime | None:
+async def next_entry(users: Stub, request: users_pb2.MatchUserIdsRequest) -> datetime | None:
     """The earliest next_entry_time over the stream's messages."""
     moments = [
         response.next_entry_time.ToDatetime(tzinfo=UTC)
-        async for response in users.MatchUsers(request)
+        async for response in users.MatchUserIds(request)
         if response.HasField("next_entry_time")
     ]
     return min(moments, default=None)
@@ -201,7 +201,9 @@ async def test_a_match_with_next_entry_reads_in_chunks_of_those_who_may_match(
     }
     request = match_request(condition, include_next_entry=True)
     set_timestamp(request.as_of, as_of)
-    ids = [user_id async for response in users.MatchUsers(request) for user_id in response.user_ids]
+    ids = [
+        user_id async for response in users.MatchUserIds(request) for user_id in response.user_ids
+    ]
     assert ids == sorted(found["in"], key=uuid.UUID)
     assert await next_entry(users, request) == as_of + timedelta(days=3)
 
@@ -273,7 +275,7 @@ async def test_match_users_refuses_bad_requests(
             **request_fields,
             "condition": dict_to_struct(request_fields["condition"]),
         }
-    request = users_pb2.MatchUsersRequest(**request_fields)
+    request = users_pb2.MatchUserIdsRequest(**request_fields)
     error = await rpc_error(matched(users, request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in fields_of(error)

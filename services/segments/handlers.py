@@ -1,5 +1,5 @@
 """The segments service's use cases. Definitions live here; the users they
-select live in the users service, which runs conditions as SQL (MatchUsers)
+select live in the users service, which runs conditions as SQL (MatchUserIds)
 or hands profiles to the Python evaluator (BatchGetUserProfiles).
 
 Memberships are a cache with three writers, serialised per segment by

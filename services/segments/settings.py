@@ -33,7 +33,7 @@ class SegmentSettings:
     # How often the scheduler looks for due segments and expired memberships;
     # zero turns it off (RefreshSegment then keeps segments fresh).
     scheduler_interval: float = 5.0
-    # Deadline of one MatchUsers stream (a refresh of every user).
+    # Deadline of one MatchUserIds stream (a refresh of every user).
     match_timeout: float = 120.0
 
 

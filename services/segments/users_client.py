@@ -1,5 +1,5 @@
 """What the segments service asks the users service, which owns the users and
-runs conditions as SQL where they are (MatchUsers, CountUsers) and gives the
+runs conditions as SQL where they are (MatchUserIds, CountUsers) and gives the
 Python evaluator its input (BatchGetUserProfiles)."""
 
 from __future__ import annotations
@@ -97,13 +97,13 @@ class UsersClient:
         next_entry: bool = False,
     ) -> AsyncIterator[UserMatches]:
         """The matching users in batches; with `next_entry`, when the next user may enter."""
-        request = users_pb2.MatchUsersRequest(
+        request = users_pb2.MatchUserIdsRequest(
             user_ids=[str(user_id) for user_id in user_ids],
             limit=limit,
             include_next_entry=next_entry,
             **self._filter(condition, stages, as_of),
         )
-        stream = self._stub().MatchUsers(request, timeout=timeout_for_call(self._match_timeout))
+        stream = self._stub().MatchUserIds(request, timeout=timeout_for_call(self._match_timeout))
         try:
             async for response in stream:
                 yield UserMatches(

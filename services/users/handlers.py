@@ -344,7 +344,7 @@ class UserMatcher:
     """Conditions of the shared language, run as SQL over the users (for the
     segments service, which may not read this schema)."""
 
-    # Rows per MatchUsers message: large enough to amortise a message, small
+    # Rows per MatchUserIds message: large enough to amortise a message, small
     # enough to keep a stream's memory flat.
     BATCH_SIZE = 5000
 

@@ -20,7 +20,7 @@ CONDITION_TIMEOUT = "LIFECYCLE_USERS_CONDITION_TIMEOUT_SECONDS"
 
 
 def condition_timeout() -> float:
-    """How long a condition's SQL may run (MatchUsers, CountUsers) before it is cancelled."""
+    """How long a condition's SQL may run (MatchUserIds, CountUsers) before it is cancelled."""
     raw = os.environ.get(CONDITION_TIMEOUT) or "60"
     try:
         seconds = float(raw)

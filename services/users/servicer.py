@@ -104,13 +104,13 @@ def _user_ids(
 
 
 def _match_query(
-    request: users_pb2.MatchUsersRequest | users_pb2.CountUsersRequest,
+    request: users_pb2.MatchUserIdsRequest | users_pb2.CountUsersRequest,
     violations: Violations,
     user_ids: Sequence[uuid.UUID] = (),
     limit: int = 0,
     next_entry: bool = False,
 ) -> MatchQuery:
-    """The query a MatchUsers or CountUsers request asks for; INVALID_ARGUMENT names
+    """The query a MatchUserIds or CountUsers request asks for; INVALID_ARGUMENT names
     the bad part of the condition (e.g. condition.all[0].op)."""
     stages = parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
     condition = None
@@ -303,9 +303,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         response.errors.extend(errors)
         return response
 
-    async def MatchUsers(
-        self, request: users_pb2.MatchUsersRequest, context: Context
-    ) -> AsyncIterator[users_pb2.MatchUsersResponse]:
+    async def MatchUserIds(
+        self, request: users_pb2.MatchUserIdsRequest, context: Context
+    ) -> AsyncIterator[users_pb2.MatchUserIdsResponse]:
         violations = Violations()
         user_ids = _user_ids(request.user_ids, "user_ids", MAX_MATCH_USER_IDS, violations)
         if request.limit < 0:
@@ -316,7 +316,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             request, violations, user_ids, request.limit, request.include_next_entry
         )
         async for batch in self._matcher.match(query):
-            response = users_pb2.MatchUsersResponse(
+            response = users_pb2.MatchUserIdsResponse(
                 user_ids=batch.user_ids, valid_until_micros=batch.valid_until
             )
             if batch.next_entry is not None:

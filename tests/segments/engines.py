@@ -54,7 +54,7 @@ async def users_connection(database: ScratchDatabase) -> AsyncIterator[asyncpg.C
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-    # The isolation MatchUsers runs in, so that its own transaction nests in this one.
+    # The isolation MatchUserIds runs in, so that its own transaction nests in this one.
     transaction = conn.transaction(isolation="repeatable_read")
     await transaction.start()
     try:
@@ -114,7 +114,7 @@ def _capped(moment: datetime | None, cap: datetime) -> datetime:
 async def _sql_matches(
     conn: asyncpg.Connection, query: store.MatchQuery
 ) -> tuple[dict[uuid.UUID, datetime | None], datetime | None]:
-    """MatchUsers as the users service runs it: each match's valid_until, and the
+    """MatchUserIds as the users service runs it: each match's valid_until, and the
     earliest entry of the others."""
     matches: dict[uuid.UUID, datetime | None] = {}
     entries = []

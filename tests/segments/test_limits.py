@@ -2,7 +2,7 @@
 for each segment, and, with the segments it references inlined, the limits of
 what runs (1,000 nodes, depth 19). Their SQL stays small, they fit in a
 request, and the users service answers them for the segments service
-(MatchUsers, CountUsers)."""
+(MatchUserIds, CountUsers)."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def test_a_condition_at_the_limits_fits_in_a_request_and_its_sql_stays_small() -
     assert size(inlined) == (EXPANDED.max_nodes, EXPANDED.max_depth)
     # Protobuf decoders refuse more than 100 nested messages: a Struct nests five
     # for each level of all and any, eight for a stage list.
-    request = users_pb2.MatchUsersRequest(condition=dict_to_struct(inlined.expanded_json()))
-    assert users_pb2.MatchUsersRequest.FromString(request.SerializeToString()) == request
+    request = users_pb2.MatchUserIdsRequest(condition=dict_to_struct(inlined.expanded_json()))
+    assert users_pb2.MatchUserIdsRequest.FromString(request.SerializeToString()) == request
     compiled = compile_sql(inlined, datetime.now(UTC))
     assert compiled.flip is not None
     text = [compiled.where, compiled.timed or "", compiled.flip, *compiled.joins]

@@ -2,7 +2,7 @@
 PostgreSQL, through the code the services run (the users service's SQL and
 messages, the segments service's Python evaluator), on who matches, when time
 alone may end each match, and when it may make each other user match (and the
-earliest of those, MatchUsers' next entry). Each example inserts its users
+earliest of those, MatchUserIds' next entry). Each example inserts its users
 once and evaluates several conditions."""
 
 from __future__ import annotations

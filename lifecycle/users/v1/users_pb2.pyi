@@ -600,7 +600,7 @@ class ImportUsersResponse(_message.Message):
 Global___ImportUsersResponse: _TypeAlias = ImportUsersResponse  # noqa: Y015
 
 @_typing.final
-class MatchUsersRequest(_message.Message):
+class MatchUserIdsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONDITION_FIELD_NUMBER: _builtins.int
@@ -653,10 +653,10 @@ class MatchUsersRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MatchUsersRequest: _TypeAlias = MatchUsersRequest  # noqa: Y015
+Global___MatchUserIdsRequest: _TypeAlias = MatchUserIdsRequest  # noqa: Y015
 
 @_typing.final
-class MatchUsersResponse(_message.Message):
+class MatchUserIdsResponse(_message.Message):
     """One batch of matches; the stream ends after the last one. Over the stream,
     the users come in ascending id order (as UUIDs compare), each once, so that
     a reader can compare them with a sorted copy one id range at a time. In
@@ -702,7 +702,7 @@ class MatchUsersResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MatchUsersResponse: _TypeAlias = MatchUsersResponse  # noqa: Y015
+Global___MatchUserIdsResponse: _TypeAlias = MatchUserIdsResponse  # noqa: Y015
 
 @_typing.final
 class CountUsersRequest(_message.Message):

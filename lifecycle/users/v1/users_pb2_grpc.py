@@ -79,10 +79,10 @@ class UserServiceStub:
                 request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersResponse.FromString,
                 _registered_method=True)
-        self.MatchUsers = channel.unary_stream(
-                '/lifecycle.users.v1.UserService/MatchUsers',
-                request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersRequest.SerializeToString,
-                response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersResponse.FromString,
+        self.MatchUserIds = channel.unary_stream(
+                '/lifecycle.users.v1.UserService/MatchUserIds',
+                request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUserIdsRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUserIdsResponse.FromString,
                 _registered_method=True)
         self.CountUsers = channel.unary_unary(
                 '/lifecycle.users.v1.UserService/CountUsers',
@@ -166,10 +166,13 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def MatchUsers(self, request, context):
+    def MatchUserIds(self, request, context):
         """Streams the users matching a condition of the shared condition language
         (docs/conditions.md), evaluated as SQL where the users are. The segments
-        service calls it; in_segment, event and change leaves are refused.
+        service calls it; in_segment, event and change leaves are refused. (It
+        replaced MatchUsers, which sent a message per user: under a new name, a
+        client and a server of different releases fail with UNIMPLEMENTED instead
+        of reading each other's matches as none.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,10 +235,10 @@ def add_UserServiceServicer_to_server(servicer, server):
                     request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersRequest.FromString,
                     response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.ImportUsersResponse.SerializeToString,
             ),
-            'MatchUsers': grpc.unary_stream_rpc_method_handler(
-                    servicer.MatchUsers,
-                    request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersRequest.FromString,
-                    response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersResponse.SerializeToString,
+            'MatchUserIds': grpc.unary_stream_rpc_method_handler(
+                    servicer.MatchUserIds,
+                    request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUserIdsRequest.FromString,
+                    response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUserIdsResponse.SerializeToString,
             ),
             'CountUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.CountUsers,
@@ -480,7 +483,7 @@ class UserService:
             _registered_method=True)
 
     @staticmethod
-    def MatchUsers(request,
+    def MatchUserIds(request,
             target,
             options=(),
             channel_credentials=None,
@@ -493,9 +496,9 @@ class UserService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/lifecycle.users.v1.UserService/MatchUsers',
-            lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersRequest.SerializeToString,
-            lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUsersResponse.FromString,
+            '/lifecycle.users.v1.UserService/MatchUserIds',
+            lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUserIdsRequest.SerializeToString,
+            lifecycle_dot_users_dot_v1_dot_users__pb2.MatchUserIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

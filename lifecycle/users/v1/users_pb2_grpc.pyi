@@ -64,10 +64,13 @@ class UserServiceStub:
     rows are numbered across the whole stream, and a bad row is reported by
     that number without failing the others.
     """
-    MatchUsers: _grpc.UnaryStreamMultiCallable[_users_pb2.MatchUsersRequest, _users_pb2.MatchUsersResponse]
+    MatchUserIds: _grpc.UnaryStreamMultiCallable[_users_pb2.MatchUserIdsRequest, _users_pb2.MatchUserIdsResponse]
     """Streams the users matching a condition of the shared condition language
     (docs/conditions.md), evaluated as SQL where the users are. The segments
-    service calls it; in_segment, event and change leaves are refused.
+    service calls it; in_segment, event and change leaves are refused. (It
+    replaced MatchUsers, which sent a message per user: under a new name, a
+    client and a server of different releases fail with UNIMPLEMENTED instead
+    of reading each other's matches as none.)
     """
     CountUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.CountUsersRequest, _users_pb2.CountUsersResponse]
     """Counts the users matching a condition."""
@@ -110,10 +113,13 @@ class UserServiceAsyncStub(UserServiceStub):
     rows are numbered across the whole stream, and a bad row is reported by
     that number without failing the others.
     """
-    MatchUsers: _aio.UnaryStreamMultiCallable[_users_pb2.MatchUsersRequest, _users_pb2.MatchUsersResponse]  # type: ignore[assignment]
+    MatchUserIds: _aio.UnaryStreamMultiCallable[_users_pb2.MatchUserIdsRequest, _users_pb2.MatchUserIdsResponse]  # type: ignore[assignment]
     """Streams the users matching a condition of the shared condition language
     (docs/conditions.md), evaluated as SQL where the users are. The segments
-    service calls it; in_segment, event and change leaves are refused.
+    service calls it; in_segment, event and change leaves are refused. (It
+    replaced MatchUsers, which sent a message per user: under a new name, a
+    client and a server of different releases fail with UNIMPLEMENTED instead
+    of reading each other's matches as none.)
     """
     CountUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.CountUsersRequest, _users_pb2.CountUsersResponse]  # type: ignore[assignment]
     """Counts the users matching a condition."""
@@ -203,14 +209,17 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def MatchUsers(
+    def MatchUserIds(
         self,
-        request: _users_pb2.MatchUsersRequest,
+        request: _users_pb2.MatchUserIdsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_users_pb2.MatchUsersResponse], _abc.AsyncIterator[_users_pb2.MatchUsersResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_users_pb2.MatchUserIdsResponse], _abc.AsyncIterator[_users_pb2.MatchUserIdsResponse]]:
         """Streams the users matching a condition of the shared condition language
         (docs/conditions.md), evaluated as SQL where the users are. The segments
-        service calls it; in_segment, event and change leaves are refused.
+        service calls it; in_segment, event and change leaves are refused. (It
+        replaced MatchUsers, which sent a message per user: under a new name, a
+        client and a server of different releases fail with UNIMPLEMENTED instead
+        of reading each other's matches as none.)
         """
 
     @_abc_1.abstractmethod
