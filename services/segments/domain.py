@@ -5,6 +5,7 @@ segments, and the events a membership change produces. No I/O here."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -168,6 +169,15 @@ class MatchRange:
     valid_until: Sequence[int]
     after: str | None
     through: str | None
+
+    def __post_init__(self) -> None:
+        # A refresh deletes the members of a range that are not in it: matches out
+        # of order would delete members.
+        ids = [self.after, *self.user_ids] if self.after is not None else self.user_ids
+        if any(left >= right for left, right in itertools.pairwise(ids)):
+            raise ValueError("matches must come in ascending user order, each once")
+        if self.through is not None and ids and ids[-1] > self.through:
+            raise ValueError("matches must not pass the end of their range")
 
     def within(self, after: str | None, through: str | None) -> MatchRange:
         """The matches of the part (after, through] of the range."""
