@@ -12,6 +12,13 @@ one written last:
 - CheckMembership on a cache miss.
 Every change of membership is a segment.entered / segment.exited event in the
 same transaction (metrics and triggers, through the outbox).
+
+A definition change (UpdateSegment) locks its segment's row for update and
+writes its moment before it commits. The re-evaluations and CheckMembership
+share-lock the rows of the segments they evaluate, and of those these
+reference, before they read the definitions, so that none writes an answer
+of an old definition after a change's moment; a full refresh, which holds its
+lock for long, instead finds the change when it finishes (store.finish_refresh).
 """
 
 from __future__ import annotations
@@ -483,6 +490,13 @@ class Memberships:
     ) -> tuple[int, int]:
         """Evaluates each user against their segments and writes the outcome, holding
         the segments' write locks from before the users are read."""
+        current = await self._lock_definitions(
+            uow.conn, {s.segment.id for ss in wanted.values() for s in ss}
+        )
+        wanted = {
+            user_id: [current[s.segment.id] for s in segments if s.segment.id in current]
+            for user_id, segments in wanted.items()
+        }
         wanted = {user_id: segments for user_id, segments in wanted.items() if segments}
         if not wanted:
             return 0, 0
@@ -505,6 +519,30 @@ class Memberships:
             for segment in segments
         }
         return await self._write(uow, verdicts, as_of)
+
+    async def _lock_definitions(
+        self, conn: asyncpg.Connection, segment_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, CompiledSegment]:
+        """The segments (those that still exist) compiled from definitions that stay
+        as they are until the transaction ends: the rows of the segments and of
+        those they reference are share-locked, which a definition change waits for
+        (it locks its row for update), and the catalog is read after. Otherwise an
+        answer from the old definition, written after the change's moment, would
+        pass for fresh."""
+        wanted = set(segment_ids)
+        locked: set[uuid.UUID] = set()
+        while True:
+            await self._catalog.load(conn)
+            current = {
+                segment_id: self._catalog.compile(segment_id)
+                for segment_id in wanted
+                if segment_id in self._catalog.definitions()
+            }
+            needed = set(current).union(*(c.condition.segment_ids() for c in current.values()))
+            if needed <= locked:
+                return current
+            await store.lock_segments(conn, needed - locked)
+            locked |= needed
 
     async def _write(
         self,
@@ -535,8 +573,9 @@ class Memberships:
             membership = cached.membership
             return CheckOutcome(True, membership.evaluated_at, membership.valid_until, True)
         async with self._context.unit_of_work() as uow:
-            await self._catalog.load(uow.conn)
-            compiled = self._catalog.compile(segment_id)
+            compiled = (await self._lock_definitions(uow.conn, [segment_id])).get(segment_id)
+            if compiled is None:
+                raise segment_not_found(segment_id)
             # A refresh in progress will write this user too: answer without caching.
             locked = await store.lock_for_writes(uow.conn, [segment_id], wait=False)
             profile = await self._profile(uow.conn, user_id)

@@ -4,9 +4,11 @@ reads, explanations, references between segments, and every bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,6 +57,14 @@ async def pro_member_and_segment(
     await suite.settle()
     segment = await suite.create_segment(tagged(tag, {"attr": "plan", "op": "eq", "value": "pro"}))
     return member, segment
+
+
+async def membership_answer(suite: Suite, user_id: str, segment_id: str) -> tuple[bool, bool]:
+    """CheckMembership's answer: whether a member, and whether from the cache."""
+    checked = await suite.segments.CheckMembership(
+        segments_pb2.CheckMembershipRequest(user_id=user_id, segment_id=segment_id)
+    )
+    return checked.is_member, checked.cached
 
 
 async def test_create_get_and_update_a_segment(suite: Suite, tag: str) -> None:
@@ -518,10 +528,7 @@ async def test_a_refresh_that_ran_across_a_change_confirms_nothing(suite: Suite,
     got = await suite.segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment.id))
     assert got.segment.evaluate_time.ToDatetime(tzinfo=UTC) < late
     assert segment_id in await store.due_segments(suite.segments_pool, suite.clock(), 1000)
-    checked = await suite.segments.CheckMembership(
-        segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
-    )
-    assert (checked.is_member, checked.cached) == (False, False)
+    assert await membership_answer(suite, member.id, segment.id) == (False, False)
 
 
 async def test_members_a_refresh_wrote_across_a_change_are_stale(
@@ -548,10 +555,68 @@ async def test_members_a_refresh_wrote_across_a_change_are_stale(
     assert entered == [(uuid.UUID(member.id), segment_id)]
     await store.finish_refresh(segments_admin, segment_id, as_of, as_of, seen)
     # Written after the change's moment, under the old definition: not trusted.
-    checked = await suite.segments.CheckMembership(
-        segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
+    assert await membership_answer(suite, member.id, segment.id) == (False, False)
+
+
+@asynccontextmanager
+async def change_in_flight(
+    conn: asyncpg.Connection, segment_id: uuid.UUID, conditions: dict[str, Any], moment: datetime
+) -> AsyncIterator[None]:
+    """An UpdateSegment in flight: its row locked, the definition changed and the
+    change's moment written, committed when the block ends."""
+    await conn.execute("SET search_path = segments")
+    async with conn.transaction():
+        assert await store.lock_segments(conn, [segment_id], exclusive=True)
+        await conn.execute(
+            "UPDATE user_segments SET conditions = $2::jsonb WHERE id = $1",
+            segment_id,
+            json.dumps(conditions),
+        )
+        await store.mark_changed(conn, [segment_id], moment)
+        yield
+
+
+async def still_running(call: Awaitable[Any]) -> asyncio.Future[Any]:
+    """The call, started; it must still be waiting half a second later."""
+    running = asyncio.ensure_future(call)
+    await asyncio.sleep(0.5)
+    # Had it read the definition now, it would have written an answer of the old
+    # one after the change's moment: as fresh.
+    assert not running.done()
+    return running
+
+
+async def test_a_reevaluation_waits_for_a_definition_change_in_flight_and_reads_it(
+    suite: Suite, segments_admin: asyncpg.Connection, tag: str
+) -> None:
+    member, segment = await pro_member_and_segment(suite, tag)
+    await suite.refresh(segment.id)
+    free = tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
+    async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock()):
+        reevaluation = await still_running(
+            suite.segments.ReevaluateUsers(
+                segments_pb2.ReevaluateUsersRequest(user_ids=[member.id])
+            )
+        )
+    assert (await reevaluation).exited_count == 1
+    assert await membership_answer(suite, member.id, segment.id) == (False, False)
+
+
+async def test_a_check_waits_for_a_definition_change_in_flight_and_reads_it(
+    suite: Suite, segments_admin: asyncpg.Connection, tag: str
+) -> None:
+    user, segment = await pro_member_and_segment(suite, tag)
+    # Not cached: the check evaluates the user.
+    await segments_admin.execute(
+        "DELETE FROM segments.user_segment_memberships WHERE segment_id = $1",
+        uuid.UUID(segment.id),
     )
-    assert (checked.is_member, checked.cached) == (False, False)
+    free = tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
+    request = segments_pb2.CheckMembershipRequest(user_id=user.id, segment_id=segment.id)
+    async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock()):
+        check = await still_running(suite.segments.CheckMembership(request))
+    assert (await check).is_member is False
+    assert not await suite.members(segment.id)
 
 
 async def test_a_change_whose_moment_precedes_the_last_refresh_makes_its_members_stale(
@@ -564,10 +629,7 @@ async def test_a_change_whose_moment_precedes_the_last_refresh_makes_its_members
     moment = suite.clock()
     await suite.refresh(segment.id)
     await store.mark_changed(suite.segments_pool, [segment_id], moment)
-    checked = await suite.segments.CheckMembership(
-        segments_pb2.CheckMembershipRequest(user_id=member.id, segment_id=segment.id)
-    )
-    assert (checked.is_member, checked.cached) == (True, False)
+    assert await membership_answer(suite, member.id, segment.id) == (True, False)
 
 
 async def test_members_and_user_segments_are_listed(suite: Suite, tag: str) -> None:
