@@ -13,12 +13,13 @@ one written last:
 Every change of membership is a segment.entered / segment.exited event in the
 same transaction (metrics and triggers, through the outbox).
 
-A definition change (UpdateSegment) locks its segment's row for update and
-writes its moment before it commits. The re-evaluations and CheckMembership
-share-lock the rows of the segments they evaluate, and of those these
-reference, before they read the definitions, so that none writes an answer
-of an old definition after a change's moment; a full refresh, which holds its
-lock for long, instead finds the change when it finishes (store.finish_refresh).
+A definition change (UpdateSegment, DeleteSegment) holds its segment's
+definition lock (store.lock_definitions) alone and writes its moment before it
+commits. The re-evaluations and CheckMembership share the definition locks of
+the segments they evaluate, and of those these reference, before they read
+the definitions, so that none writes an answer of an old definition after a
+change's moment; a full refresh, which holds its write lock for long, instead
+finds the change when it finishes (store.finish_refresh).
 """
 
 from __future__ import annotations
@@ -153,6 +154,14 @@ class Catalog:
         return [self.compile(segment_id) for segment_id in self._segments]
 
 
+async def _lock_for_change(conn: asyncpg.Connection, segment_id: uuid.UUID) -> None:
+    """Locks a segment that is about to change or go: its row, and its definition
+    lock, which the answers that will be cached share while they read it."""
+    if not await store.lock_segments(conn, [segment_id], exclusive=True):
+        raise segment_not_found(segment_id)
+    await store.lock_definitions(conn, [segment_id], exclusive=True)
+
+
 def resolved(
     condition: Condition,
     definitions: Mapping[uuid.UUID, SegmentDefinition],
@@ -234,8 +243,7 @@ class SegmentDirectory:
 
     async def update(self, segment_id: uuid.UUID, fields: SegmentFields) -> Segment:
         async with self._context.unit_of_work() as uow:
-            if not await store.lock_segments(uow.conn, [segment_id], exclusive=True):
-                raise segment_not_found(segment_id)
+            await _lock_for_change(uow.conn, segment_id)
             if fields.condition is not None:
                 await self._check_references(uow.conn, fields.condition, segment_id)
             segment = await store.update_segment(uow.conn, segment_id, fields)
@@ -261,8 +269,7 @@ class SegmentDirectory:
 
     async def delete(self, segment_id: uuid.UUID) -> None:
         async with self._context.unit_of_work() as uow:
-            if not await store.lock_segments(uow.conn, [segment_id], exclusive=True):
-                raise segment_not_found(segment_id)
+            await _lock_for_change(uow.conn, segment_id)
             users_of = await store.referencing(uow.conn, segment_id)
             if users_of:
                 raise FailedPrecondition(
@@ -524,11 +531,10 @@ class Memberships:
         self, conn: asyncpg.Connection, segment_ids: Iterable[uuid.UUID]
     ) -> dict[uuid.UUID, CompiledSegment]:
         """The segments (those that still exist) compiled from definitions that stay
-        as they are until the transaction ends: the rows of the segments and of
-        those they reference are share-locked, which a definition change waits for
-        (it locks its row for update), and the catalog is read after. Otherwise an
-        answer from the old definition, written after the change's moment, would
-        pass for fresh."""
+        as they are until the transaction ends: the definition locks of the
+        segments and of those they reference are shared, which a change waits
+        for, and the catalog is read after. Otherwise an answer from the old
+        definition, written after the change's moment, would pass for fresh."""
         wanted = set(segment_ids)
         locked: set[uuid.UUID] = set()
         while True:
@@ -541,7 +547,7 @@ class Memberships:
             needed = set(current).union(*(c.condition.segment_ids() for c in current.values()))
             if needed <= locked:
                 return current
-            await store.lock_segments(conn, needed - locked)
+            await store.lock_definitions(conn, needed - locked)
             locked |= needed
 
     async def _write(

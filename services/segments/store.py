@@ -19,6 +19,9 @@ from services.segments.domain import Membership, Segment, SegmentFields
 # The first key of the advisory locks that serialise the membership writes of a
 # segment (the second is the hash of its id): "SEGM" in ASCII.
 LOCK_CLASS = 0x5345474D
+# And of those that hold a segment's definition while it is changed or read for
+# an answer that will be cached: "SEGD".
+DEFINITION_LOCK_CLASS = 0x53454744
 
 _SEGMENT = """
 SELECT s.id, s.name, coalesce(s.description, '') AS description, s.conditions,
@@ -245,6 +248,20 @@ async def lock_for_writes(
             LOCK_CLASS,
             ordered,
         )
+    )
+
+
+async def lock_definitions(
+    conn: asyncpg.Connection, segment_ids: Iterable[uuid.UUID], *, exclusive: bool = False
+) -> None:
+    """Transaction locks on the segments' definitions: a change holds its own
+    alone, an answer that will be cached shares those it reads. In memory, unlike
+    row locks, which would write the segment's row on every cache miss."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(
+        f"SELECT {function}($1, hashtext(s::text)) FROM unnest($2::uuid[]) s",
+        DEFINITION_LOCK_CLASS,
+        sorted(segment_ids),
     )
 
 

@@ -562,11 +562,12 @@ async def test_members_a_refresh_wrote_across_a_change_are_stale(
 async def change_in_flight(
     conn: asyncpg.Connection, segment_id: uuid.UUID, conditions: dict[str, Any], moment: datetime
 ) -> AsyncIterator[None]:
-    """An UpdateSegment in flight: its row locked, the definition changed and the
+    """An UpdateSegment in flight: its locks taken, the definition changed and the
     change's moment written, committed when the block ends."""
     await conn.execute("SET search_path = segments")
     async with conn.transaction():
         assert await store.lock_segments(conn, [segment_id], exclusive=True)
+        await store.lock_definitions(conn, [segment_id], exclusive=True)
         await conn.execute(
             "UPDATE user_segments SET conditions = $2::jsonb WHERE id = $1",
             segment_id,
@@ -617,6 +618,29 @@ async def test_a_check_waits_for_a_definition_change_in_flight_and_reads_it(
         check = await still_running(suite.segments.CheckMembership(request))
     assert (await check).is_member is False
     assert not await suite.members(segment.id)
+
+
+async def test_a_change_waits_for_an_answer_being_read_from_its_definition(
+    suite: Suite, segments_admin: asyncpg.Connection, tag: str
+) -> None:
+    _, segment = await pro_member_and_segment(suite, tag)
+    segment_id = uuid.UUID(segment.id)
+    await segments_admin.execute("SET search_path = segments")
+    change = tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
+    delete = segments_pb2.DeleteSegmentRequest(segment_id=segment.id)
+    for call in (
+        lambda: suite.change_conditions(segment.id, change),
+        lambda: suite.segments.DeleteSegment(delete),
+    ):
+        async with segments_admin.transaction():
+            # What a re-evaluation or a check holds while it reads and writes.
+            await store.lock_definitions(segments_admin, [segment_id])
+            running = await still_running(call())
+        await running
+    error = await rpc_error(
+        suite.segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment.id))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_change_whose_moment_precedes_the_last_refresh_makes_its_members_stale(
