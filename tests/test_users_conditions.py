@@ -19,8 +19,7 @@ from lifecycle.common.v1 import stage_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.structs import dict_to_struct, set_timestamp
-from services.users import store
-from services.users.handlers import REEVALUATE_USERS
+from services.users.handlers import REEVALUATE_USERS, UserMatcher
 from tests.support import (
     ScratchDatabase,
     error_info,
@@ -175,13 +174,14 @@ async def test_match_users_tells_when_the_next_user_enters_by_time_alone(users: 
     assert await next_entry(users, request) is None
 
 
-async def test_a_match_with_next_entry_reads_in_chunks_of_those_who_may_match(
+async def test_a_match_with_next_entry_streams_those_who_may_match_in_batches(
     users: Stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks of 3: most users are dropped before the sort (their moment has
-    # passed the window for good, or they have none), and the chunks of those
-    # kept still cover every user in id order.
-    monkeypatch.setattr(store, "MATCH_CHUNK", 3)
+    # Batches of 3: most users are dropped before the sort (their moment has
+    # passed the window for good, or they have none); the batches of those kept
+    # hold the matches in id order, and the users who may enter give the next
+    # entry, whichever batch they are in.
+    monkeypatch.setattr(UserMatcher, "BATCH_SIZE", 3)
     tag = uuid.uuid4().hex
     as_of = datetime(2025, 6, 1, tzinfo=UTC)
     days = {"in": [-1, -2, -3, -4, -5], "ahead": [9, 3, 12], "gone": [-30, -40, -50, -60]}

@@ -13,6 +13,7 @@ import asyncpg
 
 from runtime.conditions import STAGE_ENTRY_JOIN, SqlCondition
 from runtime.database import Executor
+from runtime.structs import from_unix_micros
 from services.users.domain import StageChange, Transition, User, UserChange, UserFilter
 
 IMPORT_METADATA = {"source": "import"}
@@ -371,32 +372,16 @@ class MatchBatch:
     # alone may end its match, in microseconds since the Unix epoch (0: never).
     user_ids: list[str]
     valid_until: list[int]
-    # With next_entry, on the first batch of a chunk of users: the earliest moment
-    # one of the chunk's users who do not match starts to by time alone; None if never.
+    # With next_entry: the earliest moment one of the batch's users who do not
+    # match starts to by time alone; None if none.
     next_entry: datetime | None = None
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    user_ids: list[str]
-    valid_until: list[int]
-    # How many users the chunk read (matches and, with next_entry, the others), and the last.
-    read: int
-    last: str | None
-    next_entry: datetime | None
-
-
 def _match_sql(
-    query: MatchQuery,
-    columns: str,
-    rows: str,
-    *,
-    after: uuid.UUID | None = None,
-    chunk: int = 0,
-    keep: str | None = None,
+    query: MatchQuery, columns: str, rows: str, *, keep: str | None = None
 ) -> tuple[str, list[Any]]:
-    """The query of the users `rows` selects; with `chunk`, the next ones after
-    `after` in id order; with `keep`, only those whose `columns` it holds for."""
+    """The query of the users `rows` selects; with `keep`, only those whose
+    `columns` it holds for."""
     params = list(query.condition.params)
 
     def bind(value: Any, cast: str) -> str:
@@ -408,27 +393,24 @@ def _match_sql(
         where.append(f"u.current_lifecycle_stage = ANY({bind(list(query.stages), 'text[]')})")
     if query.user_ids:
         where.append(f"u.id = ANY({bind(list(query.user_ids), 'uuid[]')})")
-    if after is not None:
-        where.append(f"u.id > {bind(after, 'uuid')}")
     join = " ".join(query.condition.joins)
     sql = f"SELECT {columns} FROM users u {join} WHERE {' AND '.join(where)}"
     if keep is not None:
-        # Before the sort, which then orders only those; OFFSET 0 keeps the
-        # columns computed once.
+        # OFFSET 0 keeps the columns computed once.
         sql = f"SELECT * FROM ({sql} OFFSET 0) u WHERE {keep}"
-    order = f" ORDER BY u.id LIMIT {bind(chunk, 'int')}" if chunk else ""
-    return sql + order, params
+    return sql, params
 
 
-def chunk_statement(
-    query: MatchQuery, *, candidates: bool, after: uuid.UUID | None, chunk: int
-) -> tuple[str, list[Any]]:
-    """The statement that reads the next `chunk` users after `after` in id order
-    into one row: how many and the last, and the matches in id order with their
-    valid_until. With `candidates` (a condition that reads time), it reads the
-    users who match now or may later by time alone (of those who pass the part
-    of the condition time never changes), and also gives the earliest flip of
-    those who do not match, which is when one of them may enter."""
+def _micros(moment: str) -> str:
+    return f"(extract(epoch FROM {moment}) * 1000000)::bigint"
+
+
+def match_statement(query: MatchQuery, *, candidates: bool) -> tuple[str, list[Any]]:
+    """The statement of the matching users in id order, a row each: the id as
+    text, true, and when the match may end (microseconds since the Unix epoch;
+    0: never). With `candidates` (a condition that reads time), also the users
+    who may start to match by time alone (of those who pass the part of the
+    condition time never changes): false, and when they may."""
     condition = query.condition
     flip = condition.flip or "NULL::interval"
     matched, rows = (
@@ -436,85 +418,62 @@ def chunk_statement(
     )
     columns = f"u.id, {matched} AS matched, {flip} AS flip"
     keep = condition.may_match("matched", "flip") if candidates else None
-    sql, params = _match_sql(query, columns, rows, after=after, chunk=chunk, keep=keep)
-    # The flips of those who do not match are negative: the greatest is the nearest.
-    next_entry = (
-        condition.entry_at("max(flip) FILTER (WHERE NOT matched)")
-        if candidates
-        else "NULL::timestamptz"
-    )
-    micros = (
-        "0"
-        if condition.flip is None
-        else f"coalesce((extract(epoch FROM {condition.exit_at('flip')}) * 1000000)::bigint, 0)"
-    )
+    sql, params = _match_sql(query, columns, rows, keep=keep)
+    if condition.flip is None:
+        moment = "0"
+    else:
+        # The flips of those who do not match are negative, their entry is ahead.
+        exit_at = f"coalesce({_micros(condition.exit_at('flip'))}, 0)"
+        moment = f"CASE WHEN matched THEN {exit_at} ELSE {_micros(condition.entry_at('flip'))} END"
+    limit = ""
+    if query.limit:
+        params.append(query.limit)
+        limit = f" LIMIT ${len(params)}::int"
     return (
-        'SELECT count(*) AS read, max(id::text COLLATE "C") AS last,'
-        f" {next_entry} AS next_entry,"
-        " coalesce(array_agg(id::text ORDER BY id) FILTER (WHERE matched), '{}') AS ids,"
-        f" coalesce(array_agg({micros} ORDER BY id) FILTER (WHERE matched), '{{}}')"
-        " AS valid_until"
-        f" FROM ({sql}) chunk"
-    ), params
+        f"SELECT id::text AS id, matched, {moment} AS micros FROM ({sql}) m ORDER BY m.id{limit}",
+        params,
+    )
 
 
-async def _read_chunk(
-    conn: asyncpg.Connection,
-    query: MatchQuery,
-    candidates: bool,
-    after: uuid.UUID | None,
-    size: int,
-) -> _Chunk:
-    sql, params = chunk_statement(query, candidates=candidates, after=after, chunk=size)
-    row = await conn.fetchrow(sql, *params)
-    assert row is not None
-    return _Chunk(row["ids"], row["valid_until"], row["read"], row["last"], row["next_entry"])
-
-
-async def _limit_time(conn: asyncpg.Connection, timeout_ms: int) -> None:
+async def _bound(conn: asyncpg.Connection, timeout_ms: int) -> None:
     """Bounds every statement of the transaction: a costly condition (a regex on
-    long texts, say) fails instead of holding the database."""
-    await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(timeout_ms))
-
-
-# Users per statement of a match. Chunks, not a cursor: PostgreSQL never runs a
-# cursor's query in parallel, and it may run each chunk's.
-MATCH_CHUNK = 50_000
+    long texts, say) fails instead of holding the database. And plans its cursor
+    for all its rows (by default, for the first tenth: an index scan in id order
+    over every user)."""
+    await conn.execute(
+        "SELECT set_config('statement_timeout', $1, true),"
+        " set_config('cursor_tuple_fraction', '1', true)",
+        str(timeout_ms),
+    )
 
 
 async def match_users(
     conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int, batch_size: int
 ) -> AsyncIterator[MatchBatch]:
-    """The matching users in batches of `batch_size`, chunk by chunk in id order,
-    all from one snapshot."""
+    """The matching users in batches of at most `batch_size`, in id order, from
+    one scan and one snapshot: a cursor, so that the users service holds one
+    batch at a time however many match."""
     # A condition that reads no time has no users who may enter later.
     candidates = query.next_entry and query.condition.timed is not None
-    wanted = query.limit or None
-    after = None
+    sql, params = match_statement(query, candidates=candidates)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await _limit_time(conn, timeout_ms)
-        while True:
-            size = MATCH_CHUNK if wanted is None else min(MATCH_CHUNK, wanted)
-            chunk = await _read_chunk(conn, query, candidates, after, size)
-            entry = chunk.next_entry
-            for start in range(0, len(chunk.user_ids), batch_size):
-                end = start + batch_size
-                yield MatchBatch(chunk.user_ids[start:end], chunk.valid_until[start:end], entry)
-                entry = None
-            if entry is not None:
-                yield MatchBatch([], [], entry)
-            if wanted is not None:
-                wanted -= len(chunk.user_ids)
-            if chunk.read < size or wanted == 0 or chunk.last is None:
-                return
-            after = uuid.UUID(chunk.last)
+        await _bound(conn, timeout_ms)
+        cursor = await conn.cursor(sql, *params)
+        while rows := await cursor.fetch(batch_size):
+            matches = [row for row in rows if row["matched"]]
+            entries = [row["micros"] for row in rows if not row["matched"]]
+            yield MatchBatch(
+                [row["id"] for row in matches],
+                [row["micros"] for row in matches],
+                from_unix_micros(min(entries)) if entries else None,
+            )
 
 
 async def count_users(conn: asyncpg.Connection, query: MatchQuery, timeout_ms: int) -> int:
     # Every parameter of a condition is in its test, where PostgreSQL learns its type.
     sql, params = _match_sql(query, "count(*)", query.condition.matches)
     async with conn.transaction(readonly=True):
-        await _limit_time(conn, timeout_ms)
+        await _bound(conn, timeout_ms)
         return int(await conn.fetchval(sql, *params))
 
 

@@ -70,8 +70,8 @@ def _query(data: dict[str, Any]) -> store.MatchQuery:
     return store.MatchQuery(compile_sql(condition_of({"v": 1, **data}), AS_OF), next_entry=True)
 
 
-def _chunk(query: store.MatchQuery, *, candidates: bool = False) -> tuple[str, list[Any]]:
-    return store.chunk_statement(query, candidates=candidates, after=None, chunk=store.MATCH_CHUNK)
+def _statement(query: store.MatchQuery, *, candidates: bool = False) -> tuple[str, list[Any]]:
+    return store.match_statement(query, candidates=candidates)
 
 
 EQ = {"attr": "plan", "op": "eq", "value": "enterprise"}
@@ -83,13 +83,13 @@ WINDOW = {"attr": "seen", "op": "within_last", "value": "P7D"}
 async def test_eq_is_a_bitmap_index_scan_of_the_gin_index(
     conn: asyncpg.Connection, data: dict[str, Any]
 ) -> None:
-    assert _index_scans(await _plan(conn, _chunk(_query(data)))) == [INDEX]
+    assert _index_scans(await _plan(conn, _statement(_query(data)))) == [INDEX]
 
 
 async def test_in_is_a_bitmap_or_of_gin_index_scans(conn: asyncpg.Connection) -> None:
     plan = await _plan(
         conn,
-        _chunk(_query(IN)),
+        _statement(_query(IN)),
     )
     [either] = [node for node in _nodes(plan) if node["Node Type"] == "BitmapOr"]
     assert _index_scans(either) == [INDEX, INDEX]
@@ -99,5 +99,5 @@ async def test_the_scan_for_later_entries_uses_the_index_for_what_time_never_cha
     conn: asyncpg.Connection,
 ) -> None:
     query = _query({"all": [EQ, WINDOW]})
-    plan = await _plan(conn, _chunk(query, candidates=True))
+    plan = await _plan(conn, _statement(query, candidates=True))
     assert _index_scans(plan) == [INDEX]
