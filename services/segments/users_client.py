@@ -92,13 +92,11 @@ class UsersClient:
         stages: Sequence[str],
         as_of: datetime,
         *,
-        user_ids: Sequence[uuid.UUID] = (),
         limit: int = 0,
         next_entry: bool = False,
     ) -> AsyncIterator[UserMatches]:
         """The matching users in batches; with `next_entry`, when the next user may enter."""
         request = users_pb2.MatchUserIdsRequest(
-            user_ids=[str(user_id) for user_id in user_ids],
             limit=limit,
             include_next_entry=next_entry,
             **self._filter(condition, stages, as_of),
