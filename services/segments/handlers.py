@@ -497,9 +497,7 @@ class Memberships:
     ) -> tuple[int, int]:
         """Evaluates each user against their segments and writes the outcome, holding
         the segments' write locks from before the users are read."""
-        current = await self._lock_definitions(
-            uow.conn, {s.segment.id for ss in wanted.values() for s in ss}
-        )
+        current = await self._lock_definitions(uow.conn, [s for ss in wanted.values() for s in ss])
         wanted = {
             user_id: [current[s.segment.id] for s in segments if s.segment.id in current]
             for user_id, segments in wanted.items()
@@ -528,27 +526,27 @@ class Memberships:
         return await self._write(uow, verdicts, as_of)
 
     async def _lock_definitions(
-        self, conn: asyncpg.Connection, segment_ids: Iterable[uuid.UUID]
+        self, conn: asyncpg.Connection, segments: Iterable[CompiledSegment]
     ) -> dict[uuid.UUID, CompiledSegment]:
-        """The segments (those that still exist) compiled from definitions that stay
-        as they are until the transaction ends: the definition locks of the
-        segments and of those they reference are shared, which a change waits
+        """The segments (those that still exist) compiled again from definitions
+        that stay as they are until the transaction ends: the definition locks of
+        the segments and of those they reference are shared, which a change waits
         for, and the catalog is read after. Otherwise an answer from the old
         definition, written after the change's moment, would pass for fresh."""
-        wanted = set(segment_ids)
+        compiled = {segment.segment.id: segment for segment in segments}
+        wanted = set(compiled)
         locked: set[uuid.UUID] = set()
         while True:
-            await self._catalog.load(conn)
-            current = {
-                segment_id: self._catalog.compile(segment_id)
-                for segment_id in wanted
-                if segment_id in self._catalog.definitions()
-            }
-            needed = set(current).union(*(c.condition.segment_ids() for c in current.values()))
+            needed = wanted.union(*(c.condition.segment_ids() for c in compiled.values()))
             if needed <= locked:
-                return current
+                return compiled
             await store.lock_definitions(conn, needed - locked)
             locked |= needed
+            await self._catalog.load(conn)
+            known = self._catalog.definitions()
+            compiled = {sid: self._catalog.compile(sid) for sid in wanted if sid in known}
+            # A segment that is gone no longer needs its lock.
+            wanted = set(compiled)
 
     async def _write(
         self,
@@ -579,7 +577,9 @@ class Memberships:
             membership = cached.membership
             return CheckOutcome(True, membership.evaluated_at, membership.valid_until, True)
         async with self._context.unit_of_work() as uow:
-            compiled = (await self._lock_definitions(uow.conn, [segment_id])).get(segment_id)
+            await self._catalog.load(uow.conn)
+            read = self._catalog.compile(segment_id)
+            compiled = (await self._lock_definitions(uow.conn, [read])).get(segment_id)
             if compiled is None:
                 raise segment_not_found(segment_id)
             # A refresh in progress will write this user too: answer without caching.
