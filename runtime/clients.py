@@ -2,8 +2,9 @@
 
 One long-lived channel per target, created inside the running event loop.
 Every call gets a deadline (the configured one, cut to what the incoming call
-has left); UNAVAILABLE is retried by gRPC itself through the service config;
-`round_robin` spreads calls over every address a headless Service resolves to.
+has left); UNAVAILABLE is retried by gRPC itself through the service config,
+within a retry budget; `round_robin` spreads calls over every address a
+headless Service resolves to.
 """
 
 from __future__ import annotations
@@ -26,13 +27,23 @@ GRPC_SERVICES = {
     "metrics": "lifecycle.metrics.v1.MetricsService",
 }
 
+# What is retried is an UNAVAILABLE from the transport (a replica gone, a
+# connection refused, a replica that is stopping): the next attempt goes to
+# another replica. A service whose database or peer is down answers with a
+# pushback that stops retries (runtime.errors.Unavailable).
 _RETRY_POLICY = {
-    "maxAttempts": 5,
+    "maxAttempts": 3,
     "initialBackoff": "0.1s",
     "maxBackoff": "2s",
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+
+# The retry budget of a channel (gRFC A6 throttling): each failed attempt takes a
+# token, each success gives back a tenth, and retries stop while half or fewer of
+# the tokens are left. An outage costs about five retries, then each call makes
+# one attempt, so callers do not multiply the load on what is recovering.
+RETRY_BUDGET = {"maxTokens": 10, "tokenRatio": 0.1}
 
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.enable_retries", 1),
@@ -54,6 +65,7 @@ def service_config(service: str) -> str:
             "methodConfig": [
                 {"name": [{"service": GRPC_SERVICES[service]}], "retryPolicy": _RETRY_POLICY}
             ],
+            "retryThrottling": RETRY_BUDGET,
         }
     )
 

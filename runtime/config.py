@@ -21,6 +21,7 @@ DEFAULT_PORTS = {
     "metrics": 50055,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PAGE_TOKEN_SECRET = "LIFECYCLE_PAGE_TOKEN_SECRET"  # noqa: S105 (the variable's name)
 
 T = TypeVar("T")
 
@@ -45,6 +46,12 @@ class _Reader:
         except ValueError:
             self.problems.append(f"{name}={raw!r} is not {expected}")
             return default
+
+    def required(self, name: str, meaning: str) -> str:
+        value = self.env.get(name, "")
+        if not value:
+            self.problems.append(f"{name} is not set: {meaning}")
+        return value
 
     def check(self) -> None:
         if self.problems:
@@ -121,6 +128,20 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What one service process holds open for its callers, at most."""
+
+    # A connection that has not finished the HTTP/2 handshake by then is closed.
+    handshake_timeout: float
+    # A connection with no call for this long is closed (its client reconnects on its next call).
+    max_idle: float
+    # Calls at once on one connection; a client queues the others.
+    streams_per_connection: int
+    # Calls at once in the process; past it, RESOURCE_EXHAUSTED.
+    concurrent_calls: int
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Everything one service process needs to run."""
 
@@ -140,6 +161,8 @@ class ServiceConfig:
     outbox_poll_interval: float
     outbox_max_refusals: int
     outbox_max_backoff: float
+    db_connect_timeout: float
+    limits: ConnectionLimits
 
 
 def admin_database_url(env: Mapping[str, str] | None = None) -> str | None:
@@ -158,6 +181,23 @@ def peer_addresses(env: Mapping[str, str]) -> dict[str, str]:
         name: env.get(_service_env(name, "ADDRESS")) or f"{host}:{DEFAULT_PORTS[name]}"
         for name in SERVICE_NAMES
     }
+
+
+def _connection_limits(reader: _Reader) -> ConnectionLimits:
+    return ConnectionLimits(
+        handshake_timeout=reader.get(
+            "LIFECYCLE_HANDSHAKE_TIMEOUT_SECONDS", 10.0, _positive_float, "a positive number"
+        ),
+        max_idle=reader.get(
+            "LIFECYCLE_MAX_CONNECTION_IDLE_SECONDS", 60.0, _positive_float, "a positive number"
+        ),
+        streams_per_connection=reader.get(
+            "LIFECYCLE_MAX_STREAMS_PER_CONNECTION", 100, _positive_int, "a positive integer"
+        ),
+        concurrent_calls=reader.get(
+            "LIFECYCLE_MAX_CONCURRENT_CALLS", 1000, _positive_int, "a positive integer"
+        ),
+    )
 
 
 def load_service_config(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -202,8 +242,10 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
             sampler=env.get("OTEL_TRACES_SAMPLER") or None,
         ),
         peers=peer_addresses(env),
-        page_token_secret=env.get(
-            "LIFECYCLE_PAGE_TOKEN_SECRET", "lifecycle-ops-development-secret"
+        page_token_secret=reader.required(
+            PAGE_TOKEN_SECRET,
+            "the key of the page tokens, the same for every replica of the service"
+            " (`lifecycle up` keeps one in its data folder)",
         ),
         outbox_poll_interval=reader.get(
             "LIFECYCLE_OUTBOX_POLL_SECONDS", 1.0, _positive_float, "a positive number"
@@ -214,6 +256,10 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
         outbox_max_backoff=reader.get(
             "LIFECYCLE_OUTBOX_MAX_BACKOFF_SECONDS", 60.0, _positive_float, "a positive number"
         ),
+        db_connect_timeout=reader.get(
+            "LIFECYCLE_DB_CONNECT_TIMEOUT_SECONDS", 3.0, _positive_float, "a positive number"
+        ),
+        limits=_connection_limits(reader),
     )
     reader.check()
     return config

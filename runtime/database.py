@@ -34,12 +34,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back a transaction left open."""
 
 
-async def create_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
-    """A pool that connects lazily, so a service starts (NOT_SERVING) while its database is down."""
+async def create_pool(url: str, schema: str, max_size: int, connect_timeout: float) -> asyncpg.Pool:
+    """A pool that connects lazily, so a service starts (NOT_SERVING) while its database is down.
+    A database that does not answer fails a call's connection after `connect_timeout`
+    (asyncpg waits a minute), so that the call fails with UNAVAILABLE, not its deadline."""
     pool = await asyncpg.create_pool(
         url,
         min_size=0,
         max_size=max_size,
+        timeout=connect_timeout,
         init=_init_connection,
         reset=_keep_session,
         server_settings={"search_path": schema, "application_name": f"lifecycle-{schema}"},

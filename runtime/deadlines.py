@@ -23,9 +23,10 @@ def deadline_scope(time_remaining: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def timeout_for_call(default: float) -> float:
-    """Seconds to give an outgoing call: the default, cut to what the incoming call has left."""
+def timeout_for_call(default: float, margin: float = MARGIN_SECONDS) -> float:
+    """Seconds to give an outgoing call (or a wait): the default, cut to what the
+    incoming call has left less `margin`."""
     deadline = _deadline.get()
     if deadline is None:
         return default
-    return max(0.0, min(default, deadline - time.monotonic() - MARGIN_SECONDS))
+    return max(0.0, min(default, deadline - time.monotonic() - margin))

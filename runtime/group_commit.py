@@ -3,8 +3,10 @@ and the next free lane writes them together, set-based, in one go.
 
 Under load a batch costs one database round trip (and one commit) for many
 calls; a lone call is written at once. Each call still gets its own answer:
-the write function returns a result or an exception per item, and only an
-exception it raises itself fails the whole batch. A batch runs in the context
+the write function returns a result or an exception per item; when it raises
+for what an item may have caused, the batch is written in halves down to the
+item at fault (runtime.isolation), and only an exception that is no item's
+fault fails the whole batch. A batch runs in the context
 of its first call, in a span of that call's trace linked to the other calls'
 spans (the OpenTelemetry way to show one piece of work done for many).
 """
@@ -20,11 +22,13 @@ from typing import Generic, TypeVar
 
 from opentelemetry import trace
 
+from runtime.isolation import write_apart
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 # Writes a batch: one result or exception per item, in order.
-BatchWriter = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+BatchWriter = Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 @dataclass
@@ -106,7 +110,10 @@ class GroupCommit(Generic[T, R]):
             with self._tracer.start_as_current_span(
                 self._name, links=links, attributes={"batch.size": len(batch)}
             ):
-                results = await self._write([waiting.item for waiting in batch])
+                parts = await write_apart([waiting.item for waiting in batch], self._write)
+            results: list[R | BaseException] = []
+            for part in parts:
+                results += [part.error] if part.error is not None else part.result or []
         except asyncio.CancelledError:
             for waiting in batch:
                 waiting.done.cancel()

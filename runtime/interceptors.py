@@ -2,27 +2,32 @@
 
 It traces each call (health and reflection aside), runs it inside the
 incoming call's deadline scope, and turns exceptions into statuses: a request
-that does not parse into INVALID_ARGUMENT, a ServiceError into its code and
-details, a lost database into UNAVAILABLE, a serialization conflict into
-ABORTED, and anything else into INTERNAL, logged with the trace id and told to
-the caller without internals.
+that does not parse or holds a value no service can use (runtime.wire_checks)
+into INVALID_ARGUMENT, a ServiceError into its code and details, a value the
+database refused into INVALID_ARGUMENT, a lost database into UNAVAILABLE, a
+serialization conflict into ABORTED, and anything else into INTERNAL, logged
+with the trace id and told to the caller without internals. Every status fits
+in runtime.errors.MAX_STATUS_BYTES.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import asyncpg
 import grpc
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
+from runtime import wire_checks
+from runtime.admission import Admission
 from runtime.deadlines import deadline_scope
 from runtime.errors import (
     Aborted,
@@ -32,6 +37,8 @@ from runtime.errors import (
     internal_status,
     to_status,
 )
+from runtime.isolation import CONFLICTS, content_error, database_lost
+from runtime.structs import JsonValueError
 from runtime.telemetry import current_trace_ids, traced
 
 log = logging.getLogger(__name__)
@@ -40,38 +47,21 @@ log = logging.getLogger(__name__)
 Handler = Any
 Context = Any
 
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-)
-_CONFLICT = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
-
-
-def _database_lost(error: Exception) -> bool:
-    """asyncpg raises InterfaceError both for a closed connection or pool and for
-    a mistake in our own code (say, a wrong number of query arguments); only the
-    first is the database going away, the second must surface as INTERNAL."""
-    if isinstance(error, _UNAVAILABLE):
-        return True
-    return isinstance(error, asyncpg.InterfaceError) and (
-        "is closed" in str(error) or "is closing" in str(error)
-    )
-
 
 def _as_service_error(error: Exception) -> ServiceError | None:
     if isinstance(error, ServiceError):
         return error
     if isinstance(error, DecodeError):
         return InvalidArgument.field("request", "is not a valid message of this method's type")
-    if isinstance(error, _CONFLICT):
+    if isinstance(error, JsonValueError):
+        return InvalidArgument.field(error.path or "request", error.description)
+    if isinstance(error, CONFLICTS):
         return Aborted("the change conflicted with a concurrent one; retry", reason="CONFLICT")
-    if _database_lost(error):
+    if database_lost(error):
         return Unavailable(
             "the service's database is unreachable; retry", reason="DATABASE_UNAVAILABLE"
         )
-    return None
+    return content_error(error, "request")
 
 
 # The codes a server's span counts as its own failures (OpenTelemetry's rule for servers).
@@ -92,9 +82,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     deadline's scope, and gives every failure its status. One interceptor, not
     one per concern, because each layer costs every call."""
 
-    def __init__(self, domain: str, tracer_provider: TracerProvider) -> None:
+    def __init__(
+        self,
+        domain: str,
+        tracer_provider: TracerProvider,
+        batch_items: frozenset[str] = frozenset(),
+        admission: Admission | None = None,
+    ) -> None:
         self._domain = domain
         self._tracer = tracer_provider.get_tracer(__name__)
+        self._batch_items = batch_items
+        self._admission = admission or Admission()
 
     async def intercept_service(
         self,
@@ -113,7 +111,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _serving(self, method: str, context: Context) -> AsyncIterator[None]:
         with self._span(method, context) as span, deadline_scope(context.time_remaining()):
             try:
-                yield
+                with self._admission.call(method):
+                    yield
             except (grpc.aio.AbortError, grpc.RpcError):
                 raise
             except Exception as error:
@@ -149,7 +148,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _unary(self, handler: Handler, method: str) -> Handler:
         inner = handler.unary_unary or handler.stream_unary
-        parse = _parser(handler)
+        parse = _parser(handler, self._batch_items)
 
         async def guarded(request: Any, context: Context) -> Any:
             async with self._serving(method, context):
@@ -169,7 +168,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _streaming(self, handler: Handler, method: str) -> Handler:
         inner = handler.unary_stream or handler.stream_stream
-        parse = _parser(handler)
+        parse = _parser(handler, self._batch_items)
 
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             async with self._serving(method, context):
@@ -188,21 +187,36 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
 
-def _parser(handler: Handler) -> Callable[[Any], Any]:
-    """Parses requests inside the call rather than in grpc, where a request that
-    does not parse (corrupt, or nested past protobuf's depth limit) ends as
-    UNKNOWN with an error log; here it is the caller's INVALID_ARGUMENT."""
+def _parser(handler: Handler, batch_items: frozenset[str]) -> Callable[[Any], Any]:
+    """Parses and checks requests inside the call rather than in grpc, where a
+    request that does not parse (corrupt, or nested past protobuf's depth limit)
+    ends as UNKNOWN with an error log; here it is the caller's INVALID_ARGUMENT,
+    as is a value no service can use (runtime.wire_checks)."""
     deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
     if deserialize is None:
         return lambda request: request
+
+    def checked(raw: bytes) -> Any:
+        request = deserialize(raw)
+        found = wire_checks.violations(request, _item_fields(request.DESCRIPTOR, batch_items))
+        if found:
+            raise InvalidArgument(found)
+        return request
+
     if not handler.request_streaming:
-        return deserialize
+        return checked
 
     async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         async for request in requests:
-            yield deserialize(request)
+            yield checked(request)
 
     return parsed
+
+
+@functools.cache
+def _item_fields(descriptor: Descriptor, batch_items: frozenset[str]) -> frozenset[str]:
+    """The fields of a request type that hold a batch's items, checked by its servicer."""
+    return frozenset(f.name for f in descriptor.fields if f.full_name in batch_items)
 
 
 @contextlib.contextmanager

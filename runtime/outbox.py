@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -50,6 +50,9 @@ class Destination:
     # bytes of several payloads then parse as one request holding all of them.
     mergeable: bool = False
     max_batch: int = 1000
+    # For a callee that answers a merged call with the items it refused (each
+    # payload one item) instead of an error status: their positions, with why.
+    refused_items: Callable[[bytes], dict[int, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -227,20 +230,26 @@ class OutboxRelay:
         back the others (receivers are idempotent: what the first call stored is
         not stored twice)."""
         destination = self._destinations[topic]
-        # Payloads are serialized requests already; the answer is not needed.
+        # Payloads are serialized requests already; the answer is read only for
+        # the items it refused.
         call = self._clients.channel(destination.service).unary_unary(
             destination.method, request_serializer=None, response_deserializer=None
         )
         try:
             with self._delivery_span(topic, batch):
-                await call(b"".join(row.payload for row in batch), timeout=self._clients.timeout())
+                answer = await call(
+                    b"".join(row.payload for row in batch), timeout=self._clients.timeout()
+                )
         except grpc.aio.AioRpcError as error:
             refused = error.code() in _REFUSALS
             if len(batch) > 1 and refused:
                 alone = await asyncio.gather(*(self._deliver(topic, [row]) for row in batch))
                 return [outcome for outcomes in alone for outcome in outcomes]
             return [_Outcome(batch, f"{error.code().name}: {error.details()}", refused)]
-        return [_Outcome(batch)]
+        if destination.refused_items is None:
+            return [_Outcome(batch)]
+        refusals = destination.refused_items(answer)
+        return [_Outcome([row], refusals.get(n, ""), n in refusals) for n, row in enumerate(batch)]
 
     def _delivery_span(self, topic: str, batch: list[OutboxRow]) -> AbstractContextManager[Span]:
         """A span in the trace of the batch's first message, linked to the others'."""

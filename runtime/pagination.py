@@ -48,8 +48,16 @@ class PageTokens:
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
     def cursor(self, token: str, query: Sequence[Any], parse: Callable[[list[Any]], C]) -> C | None:
-        """The keyset cursor a request's page_token holds, parsed; None on the first page."""
-        return parse(self.decode(token, query)) if token else None
+        """The keyset cursor a request's page_token holds, parsed; None on the first page.
+        A token that is ours but does not hold what this list's cursor is made of
+        (one forged with a leaked secret, or from an older release) is refused."""
+        if not token:
+            return None
+        cursor = self.decode(token, query)
+        try:
+            return parse(cursor)
+        except (ValueError, TypeError, LookupError, OverflowError) as error:
+            raise InvalidArgument.field("page_token", "is malformed") from error
 
     def page(
         self,
@@ -86,11 +94,21 @@ def time_and_id(at: datetime, identifier: object) -> list[Any]:
 
 
 def parse_time_and_id(values: list[Any]) -> tuple[datetime, uuid.UUID]:
-    return datetime.fromisoformat(values[0]), uuid.UUID(values[1])
+    return _moment(values[0]), uuid.UUID(values[1])
 
 
 def parse_time_and_number(values: list[Any]) -> tuple[datetime, int]:
-    return datetime.fromisoformat(values[0]), int(values[1])
+    number = int(values[1])
+    if not -(2**63) <= number < 2**63:
+        raise ValueError("the number of a cursor is a bigint")
+    return _moment(values[0]), number
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("the time of a cursor has a zone")
+    return moment
 
 
 def _bind(query: Sequence[Any]) -> bytes:

@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
+from runtime.admission import Admission
 from runtime.clients import GRPC_SERVICES, ServiceClients
-from runtime.config import ServiceConfig
+from runtime.config import ConnectionLimits, ServiceConfig
 from runtime.database import UnitOfWork, create_pool, unit_of_work
 from runtime.interceptors import ServiceInterceptor
 from runtime.outbox import Destination, OutboxRelay
@@ -89,10 +90,18 @@ class ServiceDefinition:
     # Upkeep the service owns (retention, ...), run by `lifecycle maintenance` on a
     # connection acting as the service's role in its schema; returns lines to report.
     maintenance: Callable[[asyncpg.Connection, date], Awaitable[list[str]]] | None = None
+    # Calls to other services that wait elsewhere than in the outbox, for `lifecycle
+    # outbox`: a query in the service's schema giving rows like the outbox's
+    # (kind, topic, messages, oldest, last_error).
+    waiting: str | None = None
     # Adds the service's own `lifecycle` subcommands to the CLI's subparsers; each
     # parser sets `run`, an async function (conn, args) that the CLI calls on a
     # connection acting as the service's role in its schema.
     commands: Callable[[Any], None] | None = None
+    # The repeated fields (full names) that hold a batch RPC's items, each
+    # answered alone: the servicer checks them (runtime.wire_checks), not the
+    # interceptor, so that one bad item does not refuse the whole request.
+    batch_items: frozenset[str] = frozenset()
 
     @property
     def grpc_service(self) -> str:
@@ -119,6 +128,7 @@ class ServiceHost:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._admission = Admission()
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: asyncpg.Pool | None = None
         self._clients: ServiceClients | None = None
@@ -131,7 +141,10 @@ class ServiceHost:
         config = self.config
         instrument_database(self.tracer_provider)
         self._pool = await create_pool(
-            config.database_url, self.definition.name, config.pool_max_size
+            config.database_url,
+            self.definition.name,
+            config.pool_max_size,
+            config.db_connect_timeout,
         )
         peers = {name: config.peers[name] for name in self.definition.callees}
         self._clients = ServiceClients(peers, config.call_timeout, self.tracer_provider)
@@ -171,7 +184,12 @@ class ServiceHost:
         config = self.config
         server = grpc.aio.server(
             interceptors=[
-                ServiceInterceptor(f"lifecycle.{self.definition.name}", self.tracer_provider)
+                ServiceInterceptor(
+                    f"lifecycle.{self.definition.name}",
+                    self.tracer_provider,
+                    self.definition.batch_items,
+                    self._admission,
+                )
             ],
             options=[
                 # Clients reconnect now and then, so round_robin sees new replicas.
@@ -180,7 +198,10 @@ class ServiceHost:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
                 ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                *_connection_bounds(config.limits),
             ],
+            # Past it a call is answered RESOURCE_EXHAUSTED at once rather than queued.
+            maximum_concurrent_rpcs=config.limits.concurrent_calls,
         )
         if components.register is not None:
             components.register(server)
@@ -212,7 +233,7 @@ class ServiceHost:
             if self.config.drain_delay > 0:
                 await asyncio.sleep(self.config.drain_delay)
             if self._server is not None:
-                await self._server.stop(self.config.shutdown_grace)
+                await self._stop_serving()
             await self._finish_workers()
             if self._clients is not None:
                 await self._clients.close()
@@ -222,6 +243,15 @@ class ServiceHost:
         finally:
             self._stopped.set()
             log.info("%s stopped", self.definition.name)
+
+    async def _stop_serving(self) -> None:
+        """New calls are refused with UNAVAILABLE while the calls taken finish
+        (runtime.admission); the server stops once they have, within the grace."""
+        assert self._server is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_grace
+        await self._admission.close(self.config.shutdown_grace)
+        await self._server.stop(max(0.0, deadline - loop.time()))
 
     async def _finish_workers(self) -> None:
         if not self._tasks:
@@ -240,6 +270,19 @@ class ServiceHost:
         await stop_requested.wait()
         log.info("%s received a stop signal", self.definition.name)
         await self.stop()
+
+
+def _connection_bounds(limits: ConnectionLimits) -> list[tuple[str, int]]:
+    """gRPC core's server arguments for the limits (grpc/impl/channel_arg_names.h)."""
+    return [
+        ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.max_idle * 1000)),
+        ("grpc.max_concurrent_streams", limits.streams_per_connection),
+        # Count streams as HTTP/2 does, which clients follow by queueing: gRPC's
+        # default also counts streams the client has seen end but the server has
+        # not freed yet, and refuses the client's next ones (UNAVAILABLE).
+        ("grpc.http.overload_protection", 0),
+    ]
 
 
 class _ReadinessWatch:

@@ -4,7 +4,7 @@ lifecycle up                 the whole suite, each service in its own process
 lifecycle serve <service>    one service (what a container runs)
 lifecycle migrate            apply every service's migrations
 lifecycle maintenance        create partitions ahead, expire idempotency keys, retention
-lifecycle outbox [retry]     what waits in each service's outbox; send dead letters again
+lifecycle outbox [retry]     every call waiting for another service; send dead letters again
 lifecycle demo               a demo product: users, workflows, segments, triggers, weeks of events
 lifecycle archive ...        archive old lifecycle events; list or restore archives (metrics)
 lifecycle rollup ...         recompute daily metrics (metrics)
@@ -34,7 +34,7 @@ from runtime.errors import OperationFailed
 from runtime.migrations import acting_as, migrate
 from runtime.outbox import retry_dead_letters
 from runtime.partitions import ensure_partitions
-from runtime.server import ServiceHost
+from runtime.server import ServiceDefinition, ServiceHost
 from runtime.telemetry import configure_logging, create_tracer_provider
 from suite.database import create_database_if_missing, recreate_database, suite_database
 from suite.demo.run import DemoSettings, run_demo, suite_is_up
@@ -72,31 +72,43 @@ async def _maintenance(admin_url: str) -> None:
 
 async def _outbox(admin_url: str, args: argparse.Namespace) -> None:
     conn = await asyncpg.connect(admin_url)
+    waiting = 0
     try:
-        for owner in schema_owners(admin_url):
+        for definition, owner in zip(DEFINITIONS.values(), schema_owners(admin_url), strict=True):
             if args.service and owner.schema != args.service:
                 continue
             async with acting_as(conn, owner):
                 if args.action == "retry":
                     moved = await retry_dead_letters(conn, args.topic)
                     print(f"{owner.schema}: {moved} dead letters sent again")
-                for row in await conn.fetch(_OUTBOX_REPORT):
-                    print(
-                        f"{owner.schema}: {row['kind']} {row['topic']}: {row['messages']}"
-                        f" messages, oldest {row['oldest']}, {row['last_error'] or ''}"
-                    )
+                for row in await conn.fetch(_waiting_report(definition)):
+                    waiting += 1
+                    print(f"{owner.schema}: {_waiting_line(row)}")
     finally:
         await conn.close()
+    if not waiting:
+        print("nothing waiting")
 
 
-_OUTBOX_REPORT = """
+# Every outbox holds these; a service adds what else it keeps waiting (`waiting`).
+_OUTBOX_WAITING = """
 SELECT 'pending' AS kind, topic, count(*) AS messages, min(created_at) AS oldest,
        max(last_error) AS last_error FROM outbox GROUP BY topic
 UNION ALL
 SELECT 'dead', topic, count(*), min(created_at), max(last_error)
 FROM outbox_dead_letters GROUP BY topic
-ORDER BY 1, 2
 """
+
+
+def _waiting_report(definition: ServiceDefinition) -> str:
+    queries = [_OUTBOX_WAITING, *([definition.waiting] if definition.waiting else [])]
+    return " UNION ALL ".join(f"({query})" for query in queries) + " ORDER BY 1, 2"
+
+
+def _waiting_line(row: asyncpg.Record) -> str:
+    oldest = f", oldest {row['oldest']}" if row["oldest"] else ""
+    error = f", {row['last_error']}" if row["last_error"] else ""
+    return f"{row['kind']} {row['topic']}: {row['messages']} messages{oldest}{error}"
 
 
 async def _service_command(admin_url: str, args: argparse.Namespace) -> None:

@@ -3,7 +3,16 @@
 The children run in their own sessions, so Ctrl-C reaches only the
 supervisor, which then stops them in order: SIGTERM, a grace period, SIGKILL
 for stragglers. On Linux the children also die with the supervisor if it is
-killed outright (PR_SET_PDEATHSIG). When one child dies, the suite stops.
+killed outright (PR_SET_PDEATHSIG).
+
+A service that exits on its own once the suite is up is started again, as a
+process manager would: after 1 s, doubling up to 30 s while it keeps failing,
+and after 1 s again once it had stayed up a minute. It is never given up on:
+what keeps a service from starting (another process on its port, say) may
+go away, so it is tried every 30 s, its log saying why, and the rest of the
+suite keeps serving; only Ctrl-C or SIGTERM stops the suite. A service that
+fails while the suite starts stops the start instead. (A service whose
+database is down does not exit: it runs, NOT_SERVING, until it is back.)
 """
 
 from __future__ import annotations
@@ -13,18 +22,28 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime.config import load_service_config
+from runtime.config import PAGE_TOKEN_SECRET, load_service_config
+from suite.database import data_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READY_TIMEOUT_SECONDS = 60.0
+FIRST_RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+# A service up this long has recovered: its next restart waits the first delay again.
+STABLE_SECONDS = 60.0
+PAGE_TOKEN_SECRET_FILE = "page-token-secret"  # noqa: S105 (a file name)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,26 +64,55 @@ async def serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def _wait_ready(address: str, process: asyncio.subprocess.Process) -> None:
-    """Until the service's readiness check answers SERVING; fails if the process exits."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT_SECONDS
+async def _ready(address: str, process: asyncio.subprocess.Process) -> bool:
+    """Waits until the service's readiness check answers SERVING (True) or its
+    process exits (False)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(
-                    f"the service at {address} exited with code {process.returncode}"
-                )
+        while process.returncode is None:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if loop.time() > deadline:
-                raise RuntimeError(
-                    f"the service at {address} was not ready within {READY_TIMEOUT_SECONDS:.0f}s"
-                )
+                    return True
             await asyncio.sleep(0.2)
+    return False
+
+
+async def _wait_ready(address: str, process: asyncio.subprocess.Process) -> None:
+    """Until the service's readiness check answers SERVING; fails if the process
+    exits or is not ready in time."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            if await _ready(address, process):
+                return
+    except TimeoutError:
+        raise RuntimeError(
+            f"the service at {address} was not ready within {READY_TIMEOUT_SECONDS:.0f}s"
+        ) from None
+    raise RuntimeError(f"the service at {address} exited with code {process.returncode}")
+
+
+class _Stopped(Exception):
+    """The suite was asked to stop."""
+
+
+async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T:
+    """The result of `work`; _Stopped, with `work` cancelled, if `stop` comes first.
+    (Racing rather than cancelling the supervisor's tasks leaves a service being
+    started alone, so that the stop finds its process.)"""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        raise _Stopped
+    return task.result()
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before the restart that follows `failures` exits in a row (1 or more)."""
+    return min(MAX_RESTART_DELAY_SECONDS, FIRST_RESTART_DELAY_SECONDS * 2.0 ** (failures - 1))
 
 
 class Supervisor:
@@ -75,21 +123,37 @@ class Supervisor:
         self._grace = load_service_config(self._services[0], self._env).shutdown_grace
 
     async def run(self) -> int:
+        """Runs the suite, restarting what exits, until Ctrl-C or SIGTERM."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with self.running():
             self._print_addresses()
-            exited = asyncio.create_task(self._first_exit())
-            stopping = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait((exited, stopping), return_when=asyncio.FIRST_COMPLETED)
-            failed = exited in done
-            for task in (exited, stopping):
-                task.cancel()
-            if failed:
-                log.error("a service exited on its own; stopping the suite")
-            return 1 if failed else 0
+            await asyncio.gather(*(self._keep_running(name, stop) for name in self._services))
+        return 0
+
+    async def _keep_running(self, name: str, stop: asyncio.Event) -> None:
+        """Starts the service again each time it exits, with backoff, until `stop`."""
+        loop = asyncio.get_running_loop()
+        restarts = failures = 0
+        with contextlib.suppress(_Stopped):
+            while True:
+                process = self._processes[name]
+                started = loop.time()
+                await _unless(stop, process.wait())
+                failures = 1 if loop.time() - started >= STABLE_SECONDS else failures + 1
+                restarts += 1
+                delay = restart_delay(failures)
+                print(
+                    f"{name} exited with code {process.returncode};"
+                    f" restarting in {delay:g}s (restart {restarts})",
+                    flush=True,
+                )
+                await _unless(stop, asyncio.sleep(delay))
+                process = await self._start(name)
+                if await _unless(stop, _ready(self._address(name), process)):
+                    print(f"{name} is back", flush=True)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -102,22 +166,27 @@ class Supervisor:
 
     async def _start_all(self) -> None:
         for name in self._services:
-            self._processes[name] = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "suite.cli",
-                "serve",
-                name,
-                env=self._env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            await self._start(name)
         await asyncio.gather(
             *(
                 _wait_ready(self._address(name), process)
                 for name, process in self._processes.items()
             )
         )
+
+    async def _start(self, name: str) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "suite.cli",
+            "serve",
+            name,
+            env=self._env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._processes[name] = process
+        return process
 
     def _address(self, name: str) -> str:
         config = load_service_config(name, self._env)
@@ -132,12 +201,6 @@ class Supervisor:
             "Press Ctrl-C to stop.",
             sep="\n",
             flush=True,
-        )
-
-    async def _first_exit(self) -> None:
-        await asyncio.wait(
-            [asyncio.create_task(p.wait()) for p in self._processes.values()],
-            return_when=asyncio.FIRST_COMPLETED,
         )
 
     async def _stop_all(self) -> None:
@@ -160,4 +223,22 @@ class Supervisor:
 
 
 def child_environment(admin_url: str) -> dict[str, str]:
-    return {**os.environ, "LIFECYCLE_DATABASE_URL": admin_url}
+    """The environment of the services `lifecycle up` starts. It runs them here,
+    for this machine's user: without LIFECYCLE_PAGE_TOKEN_SECRET they share the
+    key kept in the data folder, made the first time, so that page tokens
+    outlive a restart."""
+    secret = os.environ.get(PAGE_TOKEN_SECRET) or kept_secret(data_dir() / PAGE_TOKEN_SECRET_FILE)
+    return {**os.environ, "LIFECYCLE_DATABASE_URL": admin_url, PAGE_TOKEN_SECRET: secret}
+
+
+def kept_secret(path: Path) -> str:
+    """The secret in `path`, made (readable by its owner only) if there is none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret)
+    return secret

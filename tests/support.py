@@ -61,6 +61,7 @@ def service_env(database: ScratchDatabase, ports: dict[str, int], **extra: str) 
         "LIFECYCLE_OUTBOX_POLL_SECONDS": "0.2",
         "LIFECYCLE_OUTBOX_MAX_BACKOFF_SECONDS": "1",
         "LIFECYCLE_CALL_TIMEOUT_SECONDS": "2",
+        "LIFECYCLE_PAGE_TOKEN_SECRET": "tests-page-tokens",
     }
     for name in SERVICE_NAMES:
         port = ports.get(name, 1)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from runtime.config import SERVICE_NAMES, with_database
+from suite.launcher import PAGE_TOKEN_SECRET_FILE, kept_secret, serving
 from tests.conftest import create_database, drop_database
 from tests.support import ScratchDatabase, free_port, migration_count
 
@@ -60,10 +61,12 @@ def read_until_up(process: subprocess.Popen[str]) -> list[str]:
     raise AssertionError("the suite did not come up:\n" + "\n".join(lines))
 
 
-def interrupt_and_check_nothing_is_left(process: subprocess.Popen[str], services: int) -> None:
+def interrupt_and_check_nothing_is_left(
+    process: subprocess.Popen[str], services: int, sig: signal.Signals = signal.SIGINT
+) -> None:
     children = psutil.Process(process.pid).children(recursive=True)
     assert len(children) >= services
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     assert process.wait(timeout=30) == 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"orphans left behind: {alive}"
@@ -220,3 +223,133 @@ def test_outbox_command_lists_pending_messages_and_sends_dead_letters_again(
     assert retried.returncode == 0, retried.stderr
     assert "users: 1 dead letters sent again" in retried.stdout
     assert "users: pending metrics.record_events: 1 messages" in retried.stdout
+
+
+def read_until(process: subprocess.Popen[str], text: str, seconds: float = 60) -> None:
+    """Reads the suite's output until a line holds `text`; fails if it exits first."""
+    assert process.stdout is not None
+    lines = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if text in line:
+            return
+    raise AssertionError(f"the suite never said {text!r}:\n" + "\n".join(lines))
+
+
+def service_processes(process: subprocess.Popen[str]) -> dict[str, psutil.Process]:
+    children = psutil.Process(process.pid).children()
+    return {p.cmdline()[-1]: p for p in children if "serve" in p.cmdline()}
+
+
+def test_up_restarts_a_service_that_dies_and_sigterm_stops_the_suite(
+    scratch_url: str, tmp_path: Path
+) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url, LIFECYCLE_DATA_DIR=str(tmp_path))
+    process = lifecycle("up", "users", "metrics", env=env)
+    try:
+        read_until_up(process)
+        first = service_processes(process)
+        metrics = first["metrics"]
+        first["users"].kill()
+        read_until(process, "users exited with code -9; restarting in 1s (restart 1)")
+        read_until(process, "users is back")
+        again = service_processes(process)
+        assert again["users"].pid != first["users"].pid
+        address = f"127.0.0.1:{env['LIFECYCLE_USERS_PORT']}"
+        assert asyncio.run(serving(address))
+        # Dying again at once, it waits longer; the other service runs on untouched.
+        again["users"].kill()
+        read_until(process, "users exited with code -9; restarting in 2s (restart 2)")
+        read_until(process, "users is back")
+        assert asyncio.run(serving(address))
+        assert metrics.is_running() and service_processes(process)["metrics"].pid == metrics.pid
+        interrupt_and_check_nothing_is_left(process, 2, signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_up_keeps_a_page_token_secret_in_its_data_folder_for_its_services(
+    scratch_url: str, tmp_path: Path
+) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url, LIFECYCLE_DATA_DIR=str(tmp_path))
+    process = lifecycle("up", "users", env=env)
+    try:
+        read_until_up(process)
+        kept = tmp_path / PAGE_TOKEN_SECRET_FILE
+        assert kept.stat().st_mode & 0o777 == 0o600
+        users = service_processes(process)["users"]
+        assert users.environ()["LIFECYCLE_PAGE_TOKEN_SECRET"] == kept.read_text()
+        assert len(kept.read_text()) >= 32
+        interrupt_and_check_nothing_is_left(process, 1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert kept_secret(kept) == kept.read_text(), "the next run uses the same key"
+
+
+def test_serve_refuses_to_start_without_a_page_token_secret() -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL="postgresql://localhost/x")
+    result = subprocess.run(
+        [sys.executable, "-m", "suite.cli", "serve", "users"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "LIFECYCLE_PAGE_TOKEN_SECRET is not set" in result.stderr
+
+
+def run_lifecycle(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "suite.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_outbox_and_archive_list_say_when_nothing_waits_or_was_archived(scratch_url: str) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url)
+    run_lifecycle("migrate", env=env)
+    assert run_lifecycle("outbox", env=env).stdout == "nothing waiting\n"
+    assert run_lifecycle("archive", "list", env=env).stdout == "no archives\n"
+
+
+def test_outbox_shows_the_workflow_starts_that_wait_for_the_workflows_service(
+    scratch_url: str,
+) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url)
+    run_lifecycle("migrate", env=env)
+
+    async def fire_twice() -> None:
+        conn = await asyncpg.connect(scratch_url)
+        try:
+            trigger = await conn.fetchval(
+                "INSERT INTO triggers.triggers (name, event_type, conditions)"
+                " VALUES ('signup', 'signup', '{}') RETURNING id"
+            )
+            await conn.execute(
+                "INSERT INTO triggers.pending_starts"
+                " (trigger_execution_id, executed_at, trigger_id, user_id, event_type, request,"
+                "  attempts, last_error)"
+                " SELECT gen_random_uuid(), now(), $1, gen_random_uuid(), 'signup', '', 3,"
+                "  'UNAVAILABLE: the workflows service is down' FROM generate_series(1, 2)",
+                trigger,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(fire_twice())
+    listed = run_lifecycle("outbox", "--service", "triggers", env=env).stdout
+    [line] = listed.splitlines()
+    assert line.startswith("triggers: pending workflows.start_execution: 2 messages, oldest ")
+    assert line.endswith(", UNAVAILABLE: the workflows service is down")

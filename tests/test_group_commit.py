@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,18 +14,23 @@ TRACER = TracerProvider().get_tracer(__name__)
 
 
 class Recorder:
-    """A batch writer that holds each batch until released and answers per item."""
+    """A batch writer that holds each batch until released and answers per item;
+    it fails whole a batch holding a poisoned item (what a value the database
+    refuses does to a transaction)."""
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.release = asyncio.Event()
         self.fail_all = False
+        self.poisoned: set[int] = set()
 
-    async def write(self, items: list[int]) -> list[int | BaseException]:
-        self.batches.append(items)
+    async def write(self, items: Sequence[int]) -> list[int | BaseException]:
+        self.batches.append(list(items))
         await self.release.wait()
         if self.fail_all:
-            raise RuntimeError("the database went away")
+            raise ConnectionResetError("the database went away")
+        if self.poisoned & set(items):
+            raise ValueError("a poisoned item")
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
 
@@ -59,15 +65,31 @@ async def test_batches_respect_the_weight_limit_and_the_lanes() -> None:
     assert sorted(i for batch in recorder.batches for i in batch) == [0, 2, 4, 6, 8, 10, 12]
 
 
-async def test_an_error_of_the_writer_fails_every_call_of_its_batch() -> None:
+async def test_an_error_that_is_no_items_fault_fails_every_call_of_its_batch() -> None:
     recorder = Recorder()
     recorder.fail_all = True
     group = commit(recorder)
-    futures = [group.submit(i) for i in (2, 4)]
+    futures = [group.submit(i) for i in (2, 4, 6)]
     recorder.release.set()
     for future in futures:
-        with pytest.raises(RuntimeError, match="went away"):
+        with pytest.raises(ConnectionResetError, match="went away"):
             await future
+    assert recorder.batches == [[2], [4, 6]], "each batch tried once, not in parts"
+
+
+async def test_a_batch_failing_for_one_item_is_written_in_halves_down_to_it() -> None:
+    recorder = Recorder()
+    recorder.poisoned = {6}
+    recorder.release.set()
+    group = commit(recorder)
+    first = group.submit(0)
+    await asyncio.sleep(0)
+    results = await asyncio.gather(
+        *(group.submit(i) for i in (2, 4, 6, 8, 10)), first, return_exceptions=True
+    )
+    assert results[:2] == [20, 40]
+    assert isinstance(results[2], ValueError) and "poisoned" in str(results[2])
+    assert results[3:] == [80, 100, 0]
 
 
 async def test_a_cancelled_batch_cancels_its_calls_and_a_cancelled_call_spares_the_batch() -> None:

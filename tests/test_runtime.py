@@ -17,7 +17,11 @@ from runtime.pagination import MAX_PAGE_SIZE, PageTokens, page_size
 
 def test_service_config_defaults_work_locally() -> None:
     config = load_service_config(
-        "users", {"LIFECYCLE_DATABASE_URL": "postgresql://admin@db:5432/lifecycle"}
+        "users",
+        {
+            "LIFECYCLE_DATABASE_URL": "postgresql://admin@db:5432/lifecycle",
+            "LIFECYCLE_PAGE_TOKEN_SECRET": "key",
+        },
     )
     assert config.port == 50051
     assert config.database_url == "postgresql://lifecycle_users@db:5432/lifecycle"
@@ -32,6 +36,7 @@ def test_a_service_url_overrides_the_common_one() -> None:
         {
             "LIFECYCLE_DATABASE_URL": "postgresql://admin@db/lifecycle",
             "LIFECYCLE_METRICS_DATABASE_URL": "postgresql://m:secret@other/lifecycle",
+            "LIFECYCLE_PAGE_TOKEN_SECRET": "key",
             "LIFECYCLE_USERS_ADDRESS": "dns:///users-headless:50051",
             "OTEL_SERVICE_NAME": "metrics",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
@@ -61,6 +66,8 @@ def test_every_bad_value_is_named_in_one_error() -> None:
         assert name in message
     with pytest.raises(ConfigError, match="LIFECYCLE_DATABASE_URL"):
         load_service_config("users", {})
+    with pytest.raises(ConfigError, match="LIFECYCLE_PAGE_TOKEN_SECRET is not set"):
+        load_service_config("users", {"LIFECYCLE_DATABASE_URL": "postgresql://x/y"})
     with pytest.raises(ConfigError, match="unknown service"):
         load_service_config("billing", {})
 

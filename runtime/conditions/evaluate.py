@@ -8,7 +8,7 @@ test in tests/segments checks that on generated conditions and documents.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -31,6 +31,7 @@ from runtime.conditions.patterns import compile_pattern, fold
 from runtime.conditions.values import (
     MICROSECOND,
     MISSING,
+    Number,
     format_duration,
     format_timestamp,
     json_equal,
@@ -70,6 +71,12 @@ class Context:
     event_type: str | None = None
     event_data: Mapping[str, Any] | None = None
     changes: AttributeChanges | None = None
+    # The scalars of each long list the leaves tested (has, has_any, has_all), by
+    # the list's id: read once per evaluation, however many leaves test the list.
+    # The list is kept with them, so its id stays its own while this context lives.
+    lists: dict[int, tuple[list[Any], _Scalars]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,8 @@ def _attribute(node: AttributeLeaf) -> _Program:
     if node.op.kind is Kind.DURATION:
         duration: timedelta = value
         return _leaf(read, _within(duration), negated, _window_flip(duration))
+    if op in _LIST_TESTS:
+        return _leaf(read, _LIST_TESTS[op](value), negated)
     holds = _VALUE_TESTS[op](value, ci)
     return _leaf(read, lambda actual, _: holds(actual), negated)
 
@@ -346,19 +355,97 @@ def _compare(test: Callable[[Any, Any], bool]) -> Callable[[Any, bool], Callable
     return build
 
 
-def _has(expected: Any, ci: bool) -> Callable[[Any], bool]:
-    equal = _equals(expected)
-    return lambda value: type(value) is list and any(map(equal, value))
+# Lists up to this long are scanned; longer ones are read into sets once per
+# evaluation (attributes and event data may hold lists of many thousands, and a
+# condition a hundred leaves, a thousand with its segments inlined).
+_SHORT_LIST = 16
 
 
-def _has_any(expected: Any, ci: bool) -> Callable[[Any], bool]:
-    member = _member_of(expected)
-    return lambda value: type(value) is list and any(map(member, value))
+@dataclass(frozen=True)
+class _Scalars:
+    """Scalars by kind, as JSON compares them (True == 1 in Python, not in JSON)."""
+
+    texts: frozenset[str]
+    flags: frozenset[bool]
+    numbers: frozenset[Number]
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> _Scalars:
+        return cls(
+            frozenset(v for v in values if type(v) is str),
+            frozenset(v for v in values if type(v) is bool),
+            frozenset(n for n in map(number, values) if n is not None),
+        )
+
+    def covers(self, other: _Scalars) -> bool:
+        return (
+            other.texts <= self.texts
+            and other.flags <= self.flags
+            and other.numbers <= self.numbers
+        )
+
+    def meets(self, other: _Scalars) -> bool:
+        return not (
+            self.texts.isdisjoint(other.texts)
+            and self.flags.isdisjoint(other.flags)
+            and self.numbers.isdisjoint(other.numbers)
+        )
 
 
-def _has_all(expected: Any, ci: bool) -> Callable[[Any], bool]:
-    tests = [_equals(one) for one in expected]
-    return lambda value: type(value) is list and all(any(map(t, value)) for t in tests)
+def _scalars(value: list[Any], context: Context) -> _Scalars:
+    known = context.lists.get(id(value))
+    if known is None:
+        known = (value, _Scalars.of(value))
+        context.lists[id(value)] = known
+    return known[1]
+
+
+ListTest = Callable[[Any, Context], bool]
+
+
+def _has(expected: Any) -> ListTest:
+    equal, wanted = _equals(expected), _Scalars.of([expected])
+
+    def test(value: Any, context: Context) -> bool:
+        if type(value) is not list:
+            return False
+        if len(value) <= _SHORT_LIST:
+            return any(map(equal, value))
+        return _scalars(value, context).covers(wanted)
+
+    return test
+
+
+def _has_any(expected: Any) -> ListTest:
+    member, wanted = _member_of(expected), _Scalars.of(expected)
+
+    def test(value: Any, context: Context) -> bool:
+        if type(value) is not list:
+            return False
+        if len(value) <= _SHORT_LIST:
+            return any(map(member, value))
+        return _scalars(value, context).meets(wanted)
+
+    return test
+
+
+def _has_all(expected: Any) -> ListTest:
+    wanted = _Scalars.of(expected)
+
+    def test(value: Any, context: Context) -> bool:
+        if type(value) is not list:
+            return False
+        present = _Scalars.of(value) if len(value) <= _SHORT_LIST else _scalars(value, context)
+        return present.covers(wanted)
+
+    return test
+
+
+_LIST_TESTS: dict[str, Callable[[Any], ListTest]] = {
+    "has": _has,
+    "has_any": _has_any,
+    "has_all": _has_all,
+}
 
 
 def _moment(test: Callable[[datetime, datetime], bool]) -> Callable[..., Callable[[Any], bool]]:
@@ -389,9 +476,6 @@ _VALUE_TESTS: dict[str, Callable[[Any, bool], Callable[[Any], bool]]] = {
     "starts_with": _text(str.startswith),
     "ends_with": _text(str.endswith),
     "regex": _regex,
-    "has": _has,
-    "has_any": _has_any,
-    "has_all": _has_all,
     "before": _moment(lambda moment, limit: moment < limit),
     "after": _moment(lambda moment, limit: moment > limit),
 }

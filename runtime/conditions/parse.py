@@ -98,9 +98,19 @@ class _Parser:
         self.scope = scope
         self.violations = violations
         self.nodes = 0
+        # Each list of allowed values, by where it was said.
+        self.listed: dict[tuple[str, ...], str] = {}
 
     def add(self, location: str, message: str) -> None:
         self.violations.add(_join(self.field, location) if location else self.field, message)
+
+    def one_of(self, location: str, allowed: tuple[str, ...]) -> None:
+        """A value outside `allowed`; the list is said once, at its first violation."""
+        first = self.listed.setdefault(allowed, _join(self.field, location))
+        if first == _join(self.field, location):
+            self.add(location, f"must be one of {', '.join(allowed)}")
+        else:
+            self.add(location, f"must be one of the values listed for {first}")
 
     def condition(self, data: Any) -> Condition | None:
         if not isinstance(data, dict):
@@ -185,7 +195,7 @@ class _Parser:
     def operator_name(self, spec: dict[str, Any], at: str, allowed: tuple[str, ...]) -> str | None:
         op = spec.get("op")
         if op not in allowed:
-            self.add(_join(at, "op"), f"must be one of {', '.join(allowed)}")
+            self.one_of(_join(at, "op"), allowed)
             return None
         return str(op)
 
@@ -285,7 +295,7 @@ class _Parser:
         operator = OPERATORS.get(data.get("op"))  # type: ignore[arg-type]
         at = _join(location, "op")
         if operator is None:
-            self.add(at, f"must be one of {', '.join(OPERATORS)}")
+            self.one_of(at, tuple(OPERATORS))
             return None
         if operator.change and not self.scope.events:
             self.add(at, f"{operator.name} compares an attribute change: triggers only")

@@ -45,12 +45,15 @@ def add_commands(commands: Any) -> None:
 async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
     archive = open_archive(load_settings())
     if args.action == "list":
-        for row in await conn.fetch(
+        archived = await conn.fetch(
             "SELECT partition_name, data_location, manifest::text FROM archived_partitions"
             " ORDER BY partition_name"
-        ):
+        )
+        for row in archived:
             rows = json.loads(row["manifest"])["rows"]
             print(f"{row['partition_name']}\t{rows} rows\t{row['data_location']}")
+        if not archived:
+            print("no archives")
     elif args.action == "restore":
         if not args.partition or not args.into:
             raise ValueError("archive restore needs a partition and --into TABLE")

@@ -13,11 +13,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
 from lifecycle.metrics.v1 import metrics_pb2
+from runtime import wire_checks
 from runtime.errors import Violations
 from runtime.lifecycle_events import is_known_event_type
 from runtime.partitions import PartitionedTable, partition_name, period_start
 from runtime.stages import STAGES, stage_name
-from runtime.structs import JsonObject, compact_json, struct_to_dict
+from runtime.structs import JsonObject, compact_json, json_object
 
 EVENTS_TABLE = PartitionedTable("lifecycle_events", "month", ahead=3)
 METRICS_TABLE = PartitionedTable("metrics_daily", "year", ahead=3, timestamped=False)
@@ -132,7 +133,8 @@ class RefusedEvent:
 
     @property
     def field_path(self) -> str:
-        return f"events[{self.position}].{self.field}"
+        event = f"events[{self.position}]"
+        return f"{event}.{self.field}" if self.field else event
 
 
 def _uuid_text(value: str) -> str | None:
@@ -145,24 +147,10 @@ def _uuid_text(value: str) -> str | None:
         return None
 
 
-def _event_time(event: metrics_pb2.LifecycleEvent) -> datetime | None:
-    if not event.HasField("event_time"):
-        return None
-    stamp = event.event_time
-    try:
-        return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
-    except OverflowError:
-        return None
-
-
 def _event_problem(event: metrics_pb2.LifecycleEvent, data: JsonObject) -> tuple[str, str] | None:
     """The first thing wrong with an event (field, description), or None."""
     event_type = event.event_type
-    if (
-        not is_known_event_type(event_type)
-        or len(event_type) > MAX_EVENT_TYPE_LENGTH
-        or "\x00" in event_type
-    ):
+    if not is_known_event_type(event_type) or len(event_type) > MAX_EVENT_TYPE_LENGTH:
         return "event_type", f"{event_type!r} is not a lifecycle event type"
     if event.user_id and _uuid_text(event.user_id) is None:
         return "user_id", "must be a UUID"
@@ -178,7 +166,7 @@ def _event_problem(event: metrics_pb2.LifecycleEvent, data: JsonObject) -> tuple
     if event_type == STAGE_CHANGED and not (isinstance(left, str) and left in _STAGE_NAMES):
         return "data.from_stage", "must name the stage the user left"
     producer = event.producer
-    if not producer or len(producer) > MAX_PRODUCER_LENGTH or "\x00" in producer:
+    if not producer or len(producer) > MAX_PRODUCER_LENGTH:
         return "producer", f"is required, at most {MAX_PRODUCER_LENGTH} characters"
     return None
 
@@ -186,9 +174,6 @@ def _event_problem(event: metrics_pb2.LifecycleEvent, data: JsonObject) -> tuple
 def _data_problem(data_json: str) -> tuple[str, str] | None:
     if len(data_json.encode()) > MAX_EVENT_DATA_BYTES:
         return "data", f"must be at most {MAX_EVENT_DATA_BYTES} bytes as JSON"
-    # PostgreSQL cannot store the NUL character in jsonb.
-    if "\\u0000" in data_json:
-        return "data", "must not contain the NUL character"
     return None
 
 
@@ -204,18 +189,22 @@ def parse_events(
             shown = event.event_id[:40]
             refused.append(RefusedEvent(position, shown, "event_id", "must be a UUID"))
             continue
-        moment = _event_time(event)
-        if moment is None:
-            refused.append(
-                RefusedEvent(position, event_id, "event_time", "is required, within years 1-9999")
-            )
+        violations = Violations()
+        data = json_object(event.data, "data", violations)
+        if not wire_checks.item_clean(event, violations) or data is None:
+            first = violations.items[0]
+            refused.append(RefusedEvent(position, event_id, first.field, first.description))
             continue
-        data = struct_to_dict(event.data)
+        if not event.HasField("event_time"):
+            refused.append(RefusedEvent(position, event_id, "event_time", "is required"))
+            continue
         data_json = compact_json(data)
         problem = _event_problem(event, data) or _data_problem(data_json)
         if problem is not None:
             refused.append(RefusedEvent(position, event_id, *problem))
             continue
+        stamp = event.event_time
+        moment = _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
         rows.positions.append(position)
         rows.event_ids.append(event_id)
         rows.event_types.append(event.event_type)
@@ -243,6 +232,11 @@ def outside_partitions(
     for offset, name in enumerate(rows.partitions()):
         (inside if name in partitions else outside).append(offset)
     return inside, refused_outside(rows, outside)
+
+
+def refused_rows(rows: EventRows, offsets: Iterable[int], why: str) -> list[RefusedEvent]:
+    """The rows at `offsets`, refused as a whole for `why`."""
+    return [RefusedEvent(rows.positions[o], rows.event_ids[o], "", why) for o in offsets]
 
 
 def refused_outside(rows: EventRows, offsets: Iterable[int]) -> list[RefusedEvent]:

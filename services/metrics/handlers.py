@@ -10,7 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from runtime.database import connection
-from runtime.errors import InvalidArgument
+from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.isolation import item_fault, refusal_text, write_apart
 from runtime.server import ServiceContext
 from runtime.stages import STAGES
 from services.metrics import store
@@ -21,6 +22,7 @@ from services.metrics.domain import (
     day_start,
     outside_partitions,
     refused_outside,
+    refused_rows,
 )
 from services.metrics.rollup import (
     Clock,
@@ -43,8 +45,15 @@ class Recorded:
     duplicates: int = 0
     # Events of erased users, counted anonymously instead of stored (docs/metrics.md).
     erased_users: int = 0
-    # Events outside the created partitions, refused.
-    outside: list[RefusedEvent] = field(default_factory=list)
+    # Events refused: outside the created partitions, or holding a value the
+    # database refused.
+    refused: list[RefusedEvent] = field(default_factory=list)
+
+    def add(self, other: Recorded) -> None:
+        self.recorded += other.recorded
+        self.duplicates += other.duplicates
+        self.erased_users += other.erased_users
+        self.refused += other.refused
 
 
 class EventLog:
@@ -54,18 +63,30 @@ class EventLog:
         self._context = context
 
     async def record(self, rows: EventRows) -> Recorded:
-        """Stores the rows that have a partition; the others come back refused."""
+        """Stores the rows that have a partition and that the database takes; the
+        others come back refused, each alone (runtime.isolation)."""
         if not rows:
             return Recorded()
         try:
-            return await self._insert(rows, [])
-        except asyncpg.CheckViolationError:
+            return await self._insert(rows)
+        except Exception as error:
             # The only CHECK a row of the parent can fail: no partition for it.
-            partitions = set(await store.partitions_of(self._context.pool, EVENTS_TABLE.table))
-            inside, outside = outside_partitions(rows, partitions)
-            return await self._insert(rows.subset(inside), outside)
+            if not item_fault(error):
+                raise
+        partitions = set(await store.partitions_of(self._context.pool, EVENTS_TABLE.table))
+        inside, outside = outside_partitions(rows, partitions)
+        kept = rows.subset(inside)
+        recorded = Recorded(refused=outside)
+        parts = await write_apart(range(len(kept)), lambda some: self._insert(kept.subset(some)))
+        for part in parts:
+            if part.result is not None:
+                recorded.add(part.result)
+            else:
+                assert part.error is not None
+                recorded.refused += refused_rows(kept, part.items, refusal_text(part.error))
+        return recorded
 
-    async def _insert(self, rows: EventRows, outside: list[RefusedEvent]) -> Recorded:
+    async def _insert(self, rows: EventRows) -> Recorded:
         async with self._context.unit_of_work() as uow:
             await store.lock_for_ingest(uow.conn)
             stored = await store.insert_events(uow.conn, rows)
@@ -74,7 +95,7 @@ class EventLog:
             stored.inserted,
             stored.logged - stored.inserted + late - stored.counted,
             stored.counted,
-            outside + refused_outside(rows, stored.unpartitioned),
+            refused_outside(rows, stored.unpartitioned),
         )
 
     async def read(
@@ -112,8 +133,19 @@ class Reports:
     async def run_rollup(self, days: tuple[date, date] | None) -> RollupResult | None:
         if days is None:
             return await self._scheduler.run_once(wait=True)
+        first, last = days
         async with connection(self._context.pool) as conn:
-            return await rollup(conn, *days)
+            try:
+                return await rollup(conn, first, last)
+            except asyncpg.CheckViolationError as error:
+                # The only CHECK a daily metric can fail: no yearly partition for its day.
+                raise FailedPrecondition(
+                    f"the daily metrics of {first} to {last} have no partition to be written"
+                    " to: partitions are made ahead by `lifecycle migrate` and"
+                    " `lifecycle maintenance` for the years the suite runs in",
+                    reason="NO_PARTITION",
+                    metadata={"start_date": first.isoformat(), "end_date": last.isoformat()},
+                ) from error
 
     async def metrics(self, query: MetricQuery) -> list[asyncpg.Record]:
         points = await store.metric_points(self._context.pool, query, MAX_POINTS + 1)

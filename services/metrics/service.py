@@ -46,6 +46,7 @@ def builder(clock: Clock, settings: MetricsSettings | None = None) -> ServiceDef
         partitioned_tables=(EVENTS_TABLE, METRICS_TABLE),
         maintenance=maintenance,
         commands=add_commands,
+        batch_items=frozenset({"lifecycle.metrics.v1.RecordEventsRequest.events"}),
     )
 
 

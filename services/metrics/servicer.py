@@ -14,7 +14,7 @@ from runtime.lifecycle_events import is_known_event_type
 from runtime.pagination import PageTokens, page_size, parse_time_and_number, time_and_id
 from runtime.parsing import optional_time, parse_uuid
 from runtime.stages import stage_name, stage_value
-from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
+from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from services.metrics.domain import (
     ALL_STAGES,
     METRIC_NAMES,
@@ -100,7 +100,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     ) -> metrics_pb2.RecordEventsResponse:
         rows, malformed = parse_events(request.events)
         recorded = await self._events.record(rows)
-        refused = malformed + recorded.outside
+        refused = malformed + recorded.refused
         if refused:
             raise _refusal(refused, recorded)
         return metrics_pb2.RecordEventsResponse(
@@ -183,13 +183,14 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             if name not in METRIC_NAMES:
                 violations.add(f"metric_names[{position}]", f"{name!r} is not a metric")
         stages = _stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
+        dimensions = json_object(request.dimensions, "dimensions", violations)
         violations.check()
-        assert days is not None
+        assert days is not None and dimensions is not None
         query = MetricQuery(
             *days,
             names=tuple(sorted(set(request.metric_names))),
             stages=stages,
-            dimensions=compact_json(struct_to_dict(request.dimensions)),
+            dimensions=compact_json(dimensions),
         )
         response = metrics_pb2.GetMetricsResponse()
         series = None

@@ -16,7 +16,7 @@ from runtime.idempotency import request_key
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_stages, parse_uuid
 from runtime.stages import stage_value
-from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict, timestamp
+from runtime.structs import dict_to_struct, json_object, set_timestamp, timestamp
 from services.segments.domain import (
     Membership,
     Segment,
@@ -80,7 +80,9 @@ def _condition(
     if not message.HasField(name):
         violations.add(field, "is required")
         return {}, None
-    data = struct_to_dict(getattr(message, name))
+    data = json_object(getattr(message, name), field, violations)
+    if data is None:
+        return {}, None
     try:
         return data, parse_condition(data, field, SEGMENT)
     except InvalidArgument as error:

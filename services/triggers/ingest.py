@@ -32,8 +32,10 @@ from runtime import tombstones
 from runtime.clients import GRPC_SERVICES
 from runtime.database import UnitOfWork
 from runtime.group_commit import GroupCommit
+from runtime.isolation import Part, refusal_text, refused_value, write_apart
 from runtime.lifecycle_events import TRACKED_PREFIX, EventBatch, new_event_id
 from runtime.outbox import Destination
+from runtime.pacing import Pacer
 from runtime.server import ServiceContext
 from services.triggers import store
 from services.triggers.cache import TriggerCache
@@ -48,6 +50,17 @@ from services.triggers.domain import (
 )
 from services.triggers.peers import Users
 
+
+def _refused_messages(answer: bytes) -> dict[int, str]:
+    """The messages a PublishMessages answer says were not published."""
+    results = workflows_pb2.PublishMessagesResponse.FromString(answer).results
+    return {
+        position: f"{result.error.reason}: {result.error.field}: {result.error.message}"
+        for position, result in enumerate(results)
+        if result.HasField("error")
+    }
+
+
 PUBLISH_MESSAGES = "workflows.publish_messages"
 DESTINATIONS = {
     # Each payload is a one-message PublishMessagesRequest; the relay sends many
@@ -57,11 +70,13 @@ DESTINATIONS = {
         f"/{GRPC_SERVICES['workflows']}/PublishMessages",
         mergeable=True,
         max_batch=500,
+        refused_items=_refused_messages,
     ),
 }
 # Events per transaction.
 BATCH_EVENTS = 1000
 INVALID_EVENT = "INVALID_EVENT"
+INTERNAL_ERROR = "INTERNAL"
 USER_NOT_FOUND = "USER_NOT_FOUND"
 USER_ERASED = "USER_ERASED"
 
@@ -73,6 +88,8 @@ class Refusal:
     field: str
     message: str
     reason: str
+    # The error an event the store could not take failed with.
+    cause: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +204,8 @@ class IngestPipeline:
         self._on_starts = on_starts
 
     async def ingest(self, events: Sequence[Event]) -> list[Outcome]:
-        """An outcome per event, in order."""
+        """An outcome per event, in order. An event the store cannot take (the
+        database refuses a value of it) is refused alone (runtime.isolation)."""
         outcomes: list[Outcome | None] = [None] * len(events)
         await self._resolve_users(events, outcomes)
         first: dict[str, int] = {}
@@ -199,26 +217,26 @@ class IngestPipeline:
                 outcomes[position] = Outcome(event.user_id, duplicate=True)
             else:
                 ready.append(event)
-        now = self._clock()
-        async with self._context.unit_of_work() as uow:
-            triggers = await self._cache.at(await store.lock_for_ingest(uow.conn))
-            batch = self._evaluate(ready, triggers, now)
-            recorded = await store.record(uow.conn, batch.events, batch.evaluations, now)
-            accepted = [event for event in ready if event.message_id in recorded.accepted]
-            self._publish(uow, accepted, batch.variables)
-        if recorded.starts:
+        parts = await write_apart(ready, self._store) if ready else []
+        if any(part.result is not None and part.result.starts for part in parts):
             self._on_starts()
-        for event in ready:
-            position = first[event.message_id]
-            if event.message_id in recorded.accepted:
-                outcomes[position] = Outcome(event.user_id)
-            elif event.user_id in recorded.erased:
-                outcomes[position] = Outcome(refusal=_erased())
-            else:
-                outcomes[position] = Outcome(event.user_id, duplicate=True)
+        for part in parts:
+            for event in part.items:
+                outcomes[first[event.message_id]] = _outcome(event, part)
         done = [outcome for outcome in outcomes if outcome is not None]
         assert len(done) == len(events), "an event was left without an outcome"
         return done
+
+    async def _store(self, events: Sequence[Event]) -> store.Recorded:
+        """Evaluates and stores events in one transaction."""
+        now = self._clock()
+        async with self._context.unit_of_work() as uow:
+            triggers = await self._cache.at(await store.lock_for_ingest(uow.conn))
+            batch = await self._evaluate(events, triggers, now)
+            recorded = await store.record(uow.conn, batch.events, batch.evaluations, now)
+            accepted = [event for event in events if event.message_id in recorded.accepted]
+            self._publish(uow, accepted, batch.variables)
+        return recorded
 
     async def _resolve_users(self, events: Sequence[Event], outcomes: list[Outcome | None]) -> None:
         """Sets each event's user id and profile; refuses events of unknown or
@@ -252,11 +270,14 @@ class IngestPipeline:
                     )
                 )
 
-    def _evaluate(self, events: Iterable[Event], triggers: TriggerSet, now: datetime) -> _Evaluated:
+    async def _evaluate(
+        self, events: Iterable[Event], triggers: TriggerSet, now: datetime
+    ) -> _Evaluated:
         """Every matching trigger against every event. A limited re-entry policy is
         claimed (in the statement) by the first firing of a user in the batch; the
-        later ones in the batch are over the limit already."""
-        batch = _Evaluated()
+        later ones in the batch are over the limit already. A batch of many
+        triggers takes a second: it lets the event loop in as it goes."""
+        batch, pacer = _Evaluated(), Pacer()
         claimed: set[tuple[uuid.UUID, uuid.UUID]] = set()
         for event in events:
             user_id = event.user_id
@@ -265,6 +286,7 @@ class IngestPipeline:
             variable = _event_variable(event)
             batch.variables[event.message_id] = variable
             matching = triggers.matching(event.event_type)
+            await pacer.done(1 + len(matching))
             if not matching:
                 continue
             context = context_of(event, now)
@@ -312,6 +334,23 @@ def _erased() -> Refusal:
     return Refusal("user_id", "the user was erased", USER_ERASED)
 
 
+def _outcome(event: Event, part: Part[Event, store.Recorded]) -> Outcome:
+    recorded = part.result
+    if recorded is None:
+        return Outcome(refusal=_unstorable(part.error))
+    if event.message_id in recorded.accepted:
+        return Outcome(event.user_id)
+    if event.user_id in recorded.erased:
+        return Outcome(refusal=_erased())
+    return Outcome(event.user_id, duplicate=True)
+
+
+def _unstorable(error: Exception | None) -> Refusal:
+    assert error is not None
+    reason = INVALID_EVENT if refused_value(error) is not None else INTERNAL_ERROR
+    return Refusal("event", refusal_text(error), reason, error)
+
+
 class Ingestor:
     """Runs the pipeline on at most `lanes` batches at a time; calls that arrive
     meanwhile are queued and batched together (up to BATCH_EVENTS events).
@@ -340,7 +379,7 @@ class Ingestor:
         results = await asyncio.gather(*(self._batches.submit(chunk) for chunk in chunks))
         return [outcome for result in results for outcome in result]
 
-    async def _write(self, calls: list[list[Event]]) -> list[list[Outcome]]:
+    async def _write(self, calls: Sequence[list[Event]]) -> list[list[Outcome]]:
         outcomes = await self._pipeline.ingest([event for events in calls for event in events])
         answers, start = [], 0
         for events in calls:

@@ -109,4 +109,6 @@ DEFINITION = ServiceDefinition(
     destinations={RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS], **ingest.DESTINATIONS},
     calls=frozenset({"users", "workflows"}),
     maintenance=maintenance,
+    waiting=store.WAITING_STARTS,
+    batch_items=frozenset({"lifecycle.triggers.v1.TrackEventsRequest.events"}),
 )

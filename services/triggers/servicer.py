@@ -10,6 +10,7 @@ import grpc
 
 from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.triggers.v1 import triggers_pb2_grpc
+from runtime import wire_checks
 from runtime.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -20,7 +21,7 @@ from runtime.errors import (
 from runtime.idempotency import request_key
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_uuid
-from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
+from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from runtime.telemetry import current_traceparent
 from services.triggers.domain import (
     EVERY_TIME,
@@ -96,7 +97,9 @@ def execution_message(execution: TriggerExecution) -> pb.TriggerExecution:
 
 
 def _conditions(given: pb.Trigger, violations: Violations) -> dict[str, Any]:
-    conditions = struct_to_dict(given.conditions)
+    conditions = json_object(given.conditions, "trigger.conditions", violations)
+    if conditions is None:
+        return {}
     try:
         parse_trigger_condition(conditions, "trigger.conditions")
     except InvalidArgument as error:
@@ -161,7 +164,7 @@ def parse_event(
     else:
         violations.add("user_id", "user_id or email is required")
     check_event_type(given.event_type, "event_type", violations)
-    data = struct_to_dict(given.data)
+    data = json_object(given.data, "data", violations) or {}
     data_json = compact_json(data)
     if len(data_json.encode()) > MAX_DATA_BYTES:
         violations.add("data", f"must be at most {MAX_DATA_BYTES} bytes as JSON")
@@ -196,6 +199,10 @@ def parse_event(
 def _raise(refusal: Refusal) -> NoReturn:
     if refusal.reason == USER_ERASED:
         raise FailedPrecondition(refusal.message, reason=USER_ERASED)
+    if refusal.reason == INVALID_EVENT:
+        raise InvalidArgument.field(f"event.{refusal.field}", refusal.message)
+    if refusal.cause is not None:
+        raise refusal.cause
     raise NotFound(refusal.message, reason=refusal.reason, metadata={"field": refusal.field})
 
 
@@ -331,8 +338,10 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         valid = []
         for index, given in enumerate(request.events):
             violations = Violations()
-            event = parse_event(given, index, now, traceparent, violations)
-            if violations.items:
+            event = None
+            if wire_checks.item_clean(given, violations):
+                event = parse_event(given, index, now, traceparent, violations)
+            if event is None or violations.items:
                 first = violations.items[0]
                 response.errors.add(
                     index=index,

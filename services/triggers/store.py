@@ -290,6 +290,13 @@ class PendingStart:
     attempts: int
 
 
+# The starts as `lifecycle outbox` shows them: calls waiting for the workflows service.
+WAITING_STARTS = """
+SELECT 'pending' AS kind, 'workflows.start_execution' AS topic, count(*) AS messages,
+       min(executed_at) AS oldest, max(last_error) AS last_error
+FROM pending_starts HAVING count(*) > 0
+"""
+
 _CLAIM_STARTS = """
 WITH due AS (
   SELECT trigger_execution_id FROM pending_starts WHERE available_at <= now()

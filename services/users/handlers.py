@@ -25,6 +25,7 @@ from runtime.errors import (
     ResourceExhausted,
 )
 from runtime.idempotency import RequestKey
+from runtime.isolation import refusal_text, write_apart
 from runtime.lifecycle_events import EventBatch, erase_messages
 from runtime.server import ServiceContext
 from runtime.structs import dict_to_struct
@@ -134,8 +135,14 @@ class ImportSummary:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
-    # Indexes of rows that could not be written, with the reason.
-    failed: list[tuple[int, str]] = field(default_factory=list)
+    # Rows that could not be written: index, the field at fault, why.
+    failed: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def add(self, other: ImportSummary) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.failed += other.failed
 
 
 class UserDirectory:
@@ -288,7 +295,21 @@ class UserDirectory:
         return transitions
 
     async def import_users(self, rows: Sequence[ImportRow]) -> ImportSummary:
-        """Upserts valid rows by email in one transaction, set-based."""
+        """Upserts valid rows by email, set-based; a row the database refuses fails
+        alone (runtime.isolation) and the others are written."""
+        summary = ImportSummary()
+        for part in await write_apart(rows, self._import_part):
+            if part.result is not None:
+                summary.add(part.result)
+            else:
+                assert part.error is not None
+                summary.failed += [
+                    (row.index, "row", refusal_text(part.error)) for row in part.items
+                ]
+        return summary
+
+    async def _import_part(self, rows: Sequence[ImportRow]) -> ImportSummary:
+        """Upserts rows in one transaction."""
         summary = ImportSummary()
         async with self._context.unit_of_work() as uow:
             merged = await store.import_existing(uow.conn, rows)
@@ -303,7 +324,7 @@ class UserDirectory:
                 merged += late
                 done |= {user.index for user in late}
             summary.failed += [
-                (row.index, "the email was written concurrently; retry the row")
+                (row.index, "email", "the email was written concurrently; retry the row")
                 for row in raced
                 if row.index not in done
             ]

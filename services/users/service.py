@@ -55,4 +55,5 @@ DEFINITION = ServiceDefinition(
             max_batch=5,
         ),
     },
+    batch_items=frozenset({"lifecycle.users.v1.ImportUsersRequest.users"}),
 )

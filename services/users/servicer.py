@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from runtime import wire_checks
 from runtime.conditions import SQL, compile_sql, parse_condition
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
@@ -25,7 +26,7 @@ from runtime.pagination import (
 )
 from runtime.parsing import optional_time, parse_stage, parse_stages, parse_uuid
 from runtime.stages import stage_value
-from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict, timestamp
+from runtime.structs import dict_to_struct, json_object, set_timestamp, timestamp
 from services.users.domain import (
     DEFAULT_STAGE,
     StageChange,
@@ -78,7 +79,7 @@ def transition_message(transition: Transition) -> users_pb2.StageTransition:
 
 def _attributes(struct: struct_pb2.Struct, field: str, violations: Violations) -> str:
     """The attributes of a request as the JSON text to store."""
-    return encode_attributes(struct_to_dict(struct), field, violations)
+    return encode_attributes(json_object(struct, field, violations) or {}, field, violations)
 
 
 def profile_message(profile: Profile) -> users_pb2.UserProfile:
@@ -118,7 +119,9 @@ def _match_query(
         violations.add("condition", "is required")
     else:
         try:
-            condition = parse_condition(struct_to_dict(request.condition), "condition", SQL)
+            given = json_object(request.condition, "condition", violations)
+            if given is not None:
+                condition = parse_condition(given, "condition", SQL)
         except InvalidArgument as error:
             violations.items += error.violations
     violations.check()
@@ -249,12 +252,13 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             request.workflow_execution_id, "workflow_execution_id", violations, required=False
         )
         key = request_key(request, "TransitionStage", violations)
+        metadata = json_object(request.metadata, "metadata", violations)
         violations.check()
-        assert user_id is not None and to_stage is not None
+        assert user_id is not None and to_stage is not None and metadata is not None
         change = StageChange(
             to_stage=to_stage,
             workflow_execution_id=execution_id,
-            metadata=struct_to_dict(request.metadata),
+            metadata=metadata,
             allow_same_stage=request.allow_same_stage,
         )
         user, transition = await self._directory.transition_stage(user_id, change, key)
@@ -349,6 +353,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         for offset, item in enumerate(chunk):
             index = first_index + offset
             violations = Violations()
+            if not wire_checks.item_clean(item, violations):
+                _add_error(response, index, item.email, *_first(violations))
+                continue
             email = normalize_email(item.email, "email", violations)
             stage = None
             if item.lifecycle_stage:
@@ -358,16 +365,16 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             if earlier != index:
                 violations.add("email", f"repeats the email of row {earlier} of this batch")
             if violations.items:
-                _add_error(
-                    response,
-                    index,
-                    item.email,
-                    violations.items[0].field,
-                    violations.items[0].description,
-                )
+                _add_error(response, index, item.email, *_first(violations))
                 continue
             rows.append(ImportRow(index, email, stage, attributes))
         return rows
+
+
+def _first(violations: Violations) -> tuple[str, str]:
+    """The field and description an import error reports of a row's violations."""
+    first = violations.items[0]
+    return first.field, first.description
 
 
 def _add_error(
@@ -425,5 +432,5 @@ def _add_summary(
     response.created_count += summary.created
     response.updated_count += summary.updated
     response.unchanged_count += summary.unchanged
-    for index, message in summary.failed:
-        _add_error(response, index, chunk[index - first_index].email, "email", message)
+    for index, field, message in summary.failed:
+        _add_error(response, index, chunk[index - first_index].email, field, message)

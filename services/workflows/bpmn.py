@@ -26,6 +26,7 @@ from services.workflows.expressions import (
     Expression,
     ExpressionError,
     compile_expression,
+    load_expression,
     parse_cycle,
     parse_date,
     parse_duration,
@@ -615,7 +616,7 @@ class Graph:
 
 def compile_graph(definition: Definition) -> Graph:
     conditions = {
-        flow.id: compile_expression(flow.condition)
+        flow.id: load_expression(flow.condition)
         for flow in definition.flows.values()
         if flow.condition
     }
@@ -624,16 +625,16 @@ def compile_graph(definition: Definition) -> Graph:
     for node in definition.nodes.values():
         if node.timer is not None:
             expression = (
-                compile_expression(node.timer.value) if node.timer.value.startswith("=") else None
+                load_expression(node.timer.value) if node.timer.value.startswith("=") else None
             )
             literal = None if expression else node.timer.value
             timers[node.id] = CompiledTimer(node.timer.kind, literal, expression)
         if node.task is not None and node.task.type in (UPDATE_ATTRIBUTES, EMIT_EVENT):
             for key in ("attributes", "data"):
                 if key in node.task.headers:
-                    headers[(node.id, key)] = compile_expression(node.task.headers[key])
+                    headers[(node.id, key)] = load_expression(node.task.headers[key])
     outputs = {
-        node.id: [(target, compile_expression(source)) for target, source in node.outputs]
+        node.id: [(target, load_expression(source)) for target, source in node.outputs]
         for node in definition.nodes.values()
         if node.outputs
     }

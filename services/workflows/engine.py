@@ -26,10 +26,14 @@ from services.workflows.bpmn import (
     Node,
 )
 from services.workflows.expressions import (
+    BYTES_PER_STEP,
     Cycle,
     Duration,
     Expression,
     ExpressionError,
+    Scope,
+    StepTooLong,
+    WorkBudget,
     evaluate,
     evaluate_bool,
     evaluate_map,
@@ -42,6 +46,10 @@ from services.workflows.expressions import (
 MAX_VARIABLES_BYTES = 65536
 # Element activations one trigger may cause: a loop with no wait state ends here.
 MAX_ACTIVATIONS = 10_000
+# What activating an element, and merging variables besides their size, cost of
+# the step's work budget (expressions.WorkBudget), in cel_cost steps.
+ACTIVATION_STEPS = 200
+MERGE_STEPS = 300
 # Elements a token passes straight through. A none intermediate throw event is
 # refused at save time now, but versions saved before keep it in their stored
 # graph, which is run as it was saved, never parsed again.
@@ -262,6 +270,9 @@ class Interpreter:
         self._queue: deque[tuple[str, int | None, str | None]] = deque()
         self._pending: dict[int | None, int] = {}
         self._activations = 0
+        self.work = WorkBudget()
+        # What expressions read, until the variables change.
+        self._scope: Scope | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -286,6 +297,8 @@ class Interpreter:
             self._finish(FAILED, str(error))
             # It failed there, whatever branches the failure ended after it.
             state.last_element = error.element
+        except StepTooLong as error:
+            self._finish(FAILED, str(error))
 
     def _dispatch(self, trigger: Trigger, token: Token) -> None:
         node = self.graph.nodes[token.element]
@@ -336,6 +349,7 @@ class Interpreter:
             if scope is not None and scope not in self.state.tokens:
                 continue  # its sub-process was interrupted meanwhile
             self._activations += 1
+            self.work.spend(ACTIVATION_STEPS)
             if self._activations > MAX_ACTIVATIONS:
                 self._finish(
                     FAILED,
@@ -662,20 +676,25 @@ class Interpreter:
         if not variables:
             return
         merged = {**self.state.variables, **variables}
-        if len(compact_json(merged).encode()) > MAX_VARIABLES_BYTES:
+        size = len(compact_json(merged).encode())
+        self.work.spend(MERGE_STEPS + size // BYTES_PER_STEP)
+        if size > MAX_VARIABLES_BYTES:
             raise VariablesTooLarge(
                 f"the execution's variables would exceed {MAX_VARIABLES_BYTES} bytes"
             )
         self.state.variables = merged
+        self._scope = None
 
-    def _context(self, expression: Expression) -> dict[str, Any]:
-        variables = self.state.variables
-        context = {**variables, "vars": variables, "now": self.now}
-        if expression.uses_user:
-            if self.profile is None:
-                raise ExpressionError("the user's profile could not be read (erased?)")
-            context["user"] = self.profile
-        return context
+    def _context(self, expression: Expression) -> Scope:
+        if expression.uses_user and self.profile is None:
+            raise ExpressionError("the user's profile could not be read (erased?)")
+        if self._scope is None:
+            variables = self.state.variables
+            values = {**variables, "vars": variables, "now": self.now}
+            if self.profile is not None:
+                values["user"] = self.profile
+            self._scope = Scope(values, self.work)
+        return self._scope
 
     def _history(self, node: Node, state: str) -> None:
         if state == "completed" and node.id in self.graph.outputs:

@@ -1,6 +1,13 @@
-"""CEL expressions and ISO-8601 timer values: compiled once when a workflow is
-saved, evaluated at run time. No Python eval anywhere: CEL is side-effect free,
-and its parser runs in Rust behind a size limit that keeps its recursion bounded."""
+"""CEL expressions and ISO-8601 timer values: compiled and checked once when a
+workflow is saved, evaluated at run time. No Python eval anywhere: CEL is
+side-effect free, and its parser runs in Rust behind a size limit that keeps
+its recursion bounded.
+
+The CEL library cannot be interrupted and holds the GIL while it evaluates, so
+an expression is kept from holding the event loop twice: when it is saved,
+what it names and what it would cost on small data are checked (cel_rules),
+and before each evaluation its cost over the actual values is estimated
+(cel_cost): one over the budget is refused, an ExpressionError, not run."""
 
 from __future__ import annotations
 
@@ -13,6 +20,11 @@ from typing import Any
 
 import cel
 
+from runtime.structs import compact_json
+from services.workflows import cel_rules
+from services.workflows.cel_cost import STEP_BUDGET, estimate
+from services.workflows.cel_syntax import MAX_SYNTAX_DEPTH, CelSyntaxError, Expr, depth, parse
+
 # Well under the nesting at which the CEL library's evaluator exhausts its stack.
 MAX_EXPRESSION_CHARS = 4096
 # Lists and maps nested in a variable's value, whether a request or an
@@ -20,8 +32,18 @@ MAX_EXPRESSION_CHARS = 4096
 # turn of a loop): well inside the 32 levels protobuf decodes in the messages
 # that carry variables back out.
 MAX_VALUE_DEPTH = 24
+# The work one step of an execution may do, in cel_cost steps: about 100 ms
+# (bench/RESULTS.md, expressions). A loop of elements that evaluate nothing
+# ends at the engine's MAX_ACTIVATIONS first.
+STEP_WORK_BUDGET = 3_000_000
+# What an evaluation costs besides its estimate (reading its names, estimating).
+EVALUATION_STEPS = 150
+# What converting the variables for the CEL library costs besides their size.
+CONVERSION_STEPS = 500
+# Bytes of variables (as JSON) the CEL library converts per step.
+BYTES_PER_STEP = 1
 # Names an expression sees besides the execution's variables; variables may not use them.
-RESERVED_NAMES = frozenset({"vars", "user", "now"})
+RESERVED_NAMES = cel_rules.RESERVED_NAMES
 
 
 class ExpressionError(Exception):
@@ -32,7 +54,15 @@ class ExpressionError(Exception):
 class Expression:
     source: str
     program: cel.Program
-    uses_user: bool
+    # None for a tree too deep to analyse, which only a version saved before
+    # the limit can have: its evaluations are refused.
+    tree: Expr | None
+    # The names it reads: only these are converted for the CEL library.
+    names: frozenset[str]
+
+    @property
+    def uses_user(self) -> bool:
+        return "user" in self.names
 
 
 def strip_marker(text: str) -> str:
@@ -42,6 +72,20 @@ def strip_marker(text: str) -> str:
 
 
 def compile_expression(text: str) -> Expression:
+    """An expression being saved: valid CEL that calls only the functions
+    expressions may call and stays within the limits of docs/workflows.md."""
+    expression = load_expression(text)
+    if expression.tree is None:
+        raise ExpressionError(f"nests operators and calls more than {MAX_SYNTAX_DEPTH} levels deep")
+    problem = cel_rules.problem(expression.tree)
+    if problem is not None:
+        raise ExpressionError(problem)
+    return expression
+
+
+def load_expression(text: str) -> Expression:
+    """An expression of a stored workflow, compiled again without the checks made
+    when it was saved (a version runs as it was saved, whatever the rules now)."""
     source = strip_marker(text)
     if not source:
         raise ExpressionError("is empty")
@@ -51,29 +95,118 @@ def compile_expression(text: str) -> Expression:
         program = cel.compile(source)
     except (ValueError, RuntimeError) as error:
         raise ExpressionError(f"is not valid CEL: {_first_line(error)}") from error
-    return Expression(source, program, "user" in program.variables())
+    try:
+        tree = parse(source)
+    except CelSyntaxError as error:
+        raise ExpressionError(f"is not supported: {error}") from error
+    analysable = tree if depth(tree) <= MAX_SYNTAX_DEPTH else None
+    return Expression(source, program, analysable, frozenset(program.variables()))
 
 
 def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0][:300]
 
 
-def evaluate(expression: Expression, context: Mapping[str, Any]) -> Any:
+class StepTooLong(Exception):
+    """A step of an execution spent its work budget without reaching a wait state."""
+
+
+class WorkBudget:
+    """What one step of an execution may spend, in the steps of cel_cost (a few
+    tens of nanoseconds each): every evaluation's estimate, converting the
+    variables for the CEL library, every element activated. Each evaluation is
+    bounded alone (STEP_BUDGET); this bounds a loop with no wait state whose
+    thousands of turns each do a little."""
+
+    def __init__(self, steps: int = STEP_WORK_BUDGET) -> None:
+        self.limit = steps
+        self.left = steps
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise StepTooLong(
+                f"the step did more than its budget of {self.limit:,} steps of work"
+                " without reaching a wait state (a loop with no wait state?)"
+            )
+
+
+class Scope:
+    """What an execution's expressions read during a step: the values, for the
+    cost estimate and the error sentences, and the names an expression reads
+    converted for the CEL library once until the values change (converting
+    64 KiB of variables takes about a millisecond; evaluating converted ones,
+    microseconds; converting only what is read keeps a lone condition cheap)."""
+
+    def __init__(self, values: Mapping[str, Any], work: WorkBudget) -> None:
+        self.values = values
+        self.work = work
+        self._converted: dict[frozenset[str], cel.Context] = {}
+        self._read_once: set[frozenset[str]] = set()
+
+    def read(self, names: frozenset[str]) -> dict[str, Any]:
+        return {name: self.values[name] for name in names if name in self.values}
+
+    def converted(self, names: frozenset[str]) -> cel.Context | dict[str, Any]:
+        """The names read, for the library: as they are the first time (it converts
+        them on each call, cheaper than keeping them for one call), then kept
+        converted, for a step that reads them again."""
+        context = self._converted.get(names)
+        if context is not None:
+            return context
+        read = self.read(names)
+        size = sum(map(_json_size, read.values()))
+        self.work.spend(CONVERSION_STEPS + size // BYTES_PER_STEP)
+        if names not in self._read_once:
+            self._read_once.add(names)
+            return read
+        context = self._converted[names] = cel.Context(variables=read)
+        return context
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of a value as JSON, about; a timestamp or a profile's fields count as a few."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, dict | list):
+        return 8
     try:
-        return expression.program.execute(dict(context))
+        return len(compact_json(value))
+    except (TypeError, ValueError):
+        return len(str(value))
+
+
+def evaluate(expression: Expression, scope: Scope) -> Any:
+    """The expression's value; ExpressionError, as a sentence, when it fails or
+    would take more than STEP_BUDGET steps."""
+    names = scope.read(expression.names)
+    tree = expression.tree
+    if tree is None:
+        raise ExpressionError(f"{expression.source!r} was not evaluated: it nests too deep")
+    steps = estimate(tree, names)
+    if steps > STEP_BUDGET:
+        raise ExpressionError(
+            f"{expression.source!r} was not evaluated: it would take about {steps:,} steps,"
+            f" over the budget of {STEP_BUDGET:,}"
+        )
+    scope.work.spend(EVALUATION_STEPS + steps)
+    converted = scope.converted(expression.names)
+    try:
+        return expression.program.execute(converted)
     except Exception as error:  # the CEL library raises many types for bad data
-        raise ExpressionError(f"{expression.source!r} failed: {_first_line(error)}") from error
+        sentence = cel_rules.failure(tree, expression.source, names, error)
+        raise ExpressionError(f"{expression.source!r} failed: {sentence}") from error
 
 
-def evaluate_bool(expression: Expression, context: Mapping[str, Any]) -> bool:
-    value = evaluate(expression, context)
+def evaluate_bool(expression: Expression, scope: Scope) -> bool:
+    value = evaluate(expression, scope)
     if not isinstance(value, bool):
-        raise ExpressionError(f"{expression.source!r} gave {type(value).__name__}, not a bool")
+        raise ExpressionError(f"{expression.source!r} gave {cel_rules.kind_of(value)}, not a bool")
     return value
 
 
-def evaluate_map(expression: Expression, context: Mapping[str, Any]) -> dict[str, Any]:
-    value = evaluate(expression, context)
+def evaluate_map(expression: Expression, scope: Scope) -> dict[str, Any]:
+    value = evaluate(expression, scope)
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ExpressionError(f"{expression.source!r} must give a map with string keys")
     return {key: plain(item) for key, item in value.items()}

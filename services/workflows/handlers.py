@@ -40,6 +40,7 @@ from runtime.errors import (
 )
 from runtime.group_commit import GroupCommit
 from runtime.idempotency import RequestKey
+from runtime.isolation import write_apart
 from runtime.lifecycle_events import EventBatch
 from runtime.server import ServiceContext
 from runtime.stages import stage_name
@@ -708,6 +709,9 @@ class Published:
     delivered: int
     buffered: bool
     duplicate: bool
+    # Set when the message could not be published: the database refused a value
+    # of it, or it failed on an internal error (runtime.isolation).
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -753,7 +757,7 @@ class Executions:
         assert isinstance(outcome, uuid.UUID)
         return Started(await self.get(outcome), existing=True)
 
-    async def _start_together(self, requests: list[StartRequest]) -> list[Outcome | Exception]:
+    async def _start_together(self, requests: Sequence[StartRequest]) -> list[Outcome | Exception]:
         if len(requests) == 1:
             return [await self._start_alone_now(requests[0])]
         try:
@@ -762,7 +766,8 @@ class Executions:
             )
         except (asyncpg.PostgresError, ServiceError) as error:
             # One start spoiled the batch (a request_id taken meanwhile, a user
-            # service that did not answer): each start finds its own answer alone.
+            # service that did not answer, a value the database refused): each
+            # start finds its own answer alone.
             log.info("a batch of %d starts runs alone: %s", len(requests), error)
             return [ALONE] * len(requests)
 
@@ -772,7 +777,7 @@ class Executions:
         )
 
     async def _start_batch(
-        self, requests: list[StartRequest], uow: UnitOfWork, notes: Notes
+        self, requests: Sequence[StartRequest], uow: UnitOfWork, notes: Notes
     ) -> list[Outcome | Exception]:
         engine = self._engine
         now = engine.clock.now()
@@ -896,11 +901,18 @@ class Executions:
             waves[rank].append(position)
         results: dict[int, Published] = {}
         for wave in waves:
-            published = await self._engine.transaction(
-                partial(self._publish_wave, [messages[n] for n in wave])
-            )
-            results.update(zip(wave, published, strict=True))
+            parts = await write_apart(wave, partial(self._publish_positions, messages))
+            for part in parts:
+                published = part.result or [Published(0, False, False, part.error)]
+                results.update(zip(part.items, published, strict=True))
         return [results[n] for n in range(len(messages))]
+
+    async def _publish_positions(
+        self, messages: Sequence[store.NewMessage], positions: Sequence[int]
+    ) -> list[Published]:
+        return await self._engine.transaction(
+            partial(self._publish_wave, [messages[n] for n in positions])
+        )
 
     async def _publish_wave(
         self, messages: list[store.NewMessage], uow: UnitOfWork, notes: Notes

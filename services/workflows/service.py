@@ -87,4 +87,6 @@ DEFINITION = ServiceDefinition(
     destinations={RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS]},
     calls=frozenset({"users"}),
     maintenance=maintenance,
+    waiting=store.WAITING_USERS_CALLS,
+    batch_items=frozenset({"lifecycle.workflows.v1.PublishMessagesRequest.messages"}),
 )

@@ -13,12 +13,15 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
+from runtime import wire_checks
+from runtime.deadlines import timeout_for_call
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
+from runtime.isolation import content_error, refusal_text, refused_value
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_stages, parse_uuid
 from runtime.stages import stage_value
-from runtime.structs import compact_json, dict_to_struct, struct_to_dict, timestamp
+from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from services.workflows.bpmn import BUILTIN_PREFIX, BpmnError
 from services.workflows.engine import MAX_VARIABLES_BYTES
 from services.workflows.expressions import MAX_VALUE_DEPTH, RESERVED_NAMES, too_deep
@@ -59,8 +62,13 @@ MAX_TTL = timedelta(days=365)
 MAX_MESSAGES = 1000
 MAX_JOBS = 1000
 DEFAULT_JOB_TIMEOUT = timedelta(minutes=5)
+MAX_JOB_TIMEOUT = timedelta(days=30)
+MAX_RETRY_BACKOFF = timedelta(days=30)
 MAX_REQUEST_TIMEOUT = timedelta(minutes=10)
+INVALID_MESSAGE = "INVALID_MESSAGE"
+INTERNAL_ERROR = "INTERNAL"
 JOB_POLL_SECONDS = 0.5
+LONG_POLL_MARGIN_SECONDS = 0.5
 
 
 def workflow_message(workflow: WorkflowRecord) -> pb.Workflow:
@@ -113,7 +121,9 @@ def execution_message(view: ExecutionView) -> pb.Execution:
 
 
 def variables_of(struct: struct_pb2.Struct, field: str, violations: Violations) -> dict[str, Any]:
-    data = struct_to_dict(struct)
+    data = json_object(struct, field, violations)
+    if data is None:
+        return {}
     reserved = sorted(RESERVED_NAMES & data.keys())
     if reserved:
         violations.add(field, f"{', '.join(reserved)} are reserved names (see docs/workflows.md)")
@@ -124,11 +134,21 @@ def variables_of(struct: struct_pb2.Struct, field: str, violations: Violations) 
     return data
 
 
-def _duration(value: duration_pb2.Duration, field: str, violations: Violations) -> timedelta:
+def _duration(
+    value: duration_pb2.Duration, field: str, violations: Violations, maximum: timedelta
+) -> timedelta:
     delta = value.ToTimedelta()
     if delta < timedelta(0):
         violations.add(field, "must not be negative")
+    elif delta > maximum:
+        violations.add(field, f"must be at most {_spoken(maximum)}")
     return delta
+
+
+def _spoken(delta: timedelta) -> str:
+    if delta.days:
+        return f"{delta.days} days"
+    return f"{delta.seconds // 60} minutes"
 
 
 def _name(value: str, field: str, violations: Violations, *, required: bool = True) -> str:
@@ -159,20 +179,34 @@ def _message(
     user_id = parse_uuid(request.correlation_key, f"{prefix}correlation_key", violations)
     variables = variables_of(request.variables, f"{prefix}variables", violations)
     message_id = _name(request.message_id, f"{prefix}message_id", violations, required=False)
-    ttl = _duration(request.time_to_live, f"{prefix}time_to_live", violations)
-    if ttl > MAX_TTL:
-        violations.add(f"{prefix}time_to_live", f"must be at most {MAX_TTL.days} days")
+    ttl = _duration(request.time_to_live, f"{prefix}time_to_live", violations, MAX_TTL)
     if user_id is None:
         return None
     return NewMessage(name, user_id, message_id or None, variables, ttl)
 
 
 def _published(published: Published) -> pb.PublishMessageResponse:
+    if published.error is not None:
+        reason = INVALID_MESSAGE if refused_value(published.error) else INTERNAL_ERROR
+        error = pb.MessageError(
+            field="message", message=refusal_text(published.error), reason=reason
+        )
+        return pb.PublishMessageResponse(error=error)
     return pb.PublishMessageResponse(
         delivered_count=published.delivered,
         buffered=published.buffered,
         duplicate=published.duplicate,
     )
+
+
+def _invalid_message(violations: Violations) -> pb.PublishMessageResponse:
+    first = violations.items[0]
+    error = pb.MessageError(
+        field=first.field,
+        message="; ".join(v.description for v in violations.items),
+        reason=INVALID_MESSAGE,
+    )
+    return pb.PublishMessageResponse(error=error)
 
 
 class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
@@ -375,21 +409,31 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         violations.check()
         assert message is not None
         (published,) = await self._executions.publish([message])
+        if published.error is not None:
+            raise content_error(published.error, "message") or published.error
         return _published(published)
 
     async def PublishMessages(
         self, request: pb.PublishMessagesRequest, context: Context
     ) -> pb.PublishMessagesResponse:
-        violations = Violations()
         if not 0 < len(request.messages) <= MAX_MESSAGES:
-            violations.add("messages", f"must hold 1 to {MAX_MESSAGES} messages")
-        messages = [
-            _message(given, f"messages[{n}].", violations)
-            for n, given in enumerate(request.messages)
-        ]
-        violations.check()
-        published = await self._executions.publish([m for m in messages if m is not None])
-        return pb.PublishMessagesResponse(results=[_published(p) for p in published])
+            raise InvalidArgument.field("messages", f"must hold 1 to {MAX_MESSAGES} messages")
+        results: list[pb.PublishMessageResponse | None] = []
+        valid = []
+        for given in request.messages:
+            violations = Violations()
+            message = None
+            if wire_checks.item_clean(given, violations):
+                message = _message(given, "", violations)
+            if message is None or violations.items:
+                results.append(_invalid_message(violations))
+            else:
+                results.append(None)
+                valid.append(message)
+        published = iter(await self._executions.publish(valid))
+        return pb.PublishMessagesResponse(
+            results=[result or _published(next(published)) for result in results]
+        )
 
     # ------------------------------------------------------------ jobs
 
@@ -402,14 +446,18 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
             violations.add("job_type", f"{BUILTIN_PREFIX}* types are done by the engine itself")
         if not 0 < request.max_jobs_to_activate <= MAX_JOBS:
             violations.add("max_jobs_to_activate", f"must be from 1 to {MAX_JOBS}")
-        lease = _duration(request.timeout, "timeout", violations) or DEFAULT_JOB_TIMEOUT
-        wait = _duration(request.request_timeout, "request_timeout", violations)
-        if wait > MAX_REQUEST_TIMEOUT:
-            violations.add("request_timeout", "must be at most 10 minutes")
+        lease = (
+            _duration(request.timeout, "timeout", violations, MAX_JOB_TIMEOUT)
+            or DEFAULT_JOB_TIMEOUT
+        )
+        wait = _duration(
+            request.request_timeout, "request_timeout", violations, MAX_REQUEST_TIMEOUT
+        )
         violations.check()
         fetch = set(request.fetch_variables)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait.total_seconds()
+        # The long poll ends before the caller's deadline, so that it gets an answer.
+        deadline = loop.time() + timeout_for_call(wait.total_seconds(), LONG_POLL_MARGIN_SECONDS)
         left = request.max_jobs_to_activate
         while left > 0:
             jobs = await self._executions.activate_jobs(job_type, request.worker, left, lease)
@@ -454,7 +502,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         violations = Violations()
         if request.retries < 0:
             violations.add("retries", "must not be negative")
-        backoff = _duration(request.retry_backoff, "retry_backoff", violations)
+        backoff = _duration(request.retry_backoff, "retry_backoff", violations, MAX_RETRY_BACKOFF)
         violations.check()
         await self._executions.fail_job(
             request.job_key, request.retries, request.error_message, backoff or None

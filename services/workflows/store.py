@@ -16,6 +16,7 @@ import asyncpg
 from runtime import tombstones
 from runtime.database import Executor
 from runtime.telemetry import current_traceparent
+from services.workflows.bpmn import SET_STAGE, UPDATE_ATTRIBUTES
 from services.workflows.engine import ExecutionState, Token
 
 MAX_NODE_ID = 255
@@ -783,6 +784,17 @@ class JobRecord:
 def _job(row: asyncpg.Record) -> JobRecord:
     return JobRecord(**{name: row[name] for name in _JOB_FIELDS}, variables=row["variables"] or {})
 
+
+# The built-in tasks' calls to the users service as `lifecycle outbox` shows them:
+# waiting (retried with backoff), or out of retries (an incident each, which
+# ResolveIncident retries). A job keeps no creation time, hence no oldest.
+WAITING_USERS_CALLS = f"""
+SELECT CASE state WHEN 'failed' THEN 'incident' ELSE 'pending' END AS kind,
+       job_type AS topic, count(*) AS messages, NULL::timestamptz AS oldest,
+       max(error_message) AS last_error
+FROM jobs WHERE job_type IN ('{SET_STAGE}', '{UPDATE_ATTRIBUTES}')
+GROUP BY 1, 2
+"""
 
 _JOB_FIELDS = (
     "execution_id",

@@ -43,8 +43,11 @@ CUSTOM_RESOURCES = {"PostgresCluster"}
 DATABASE_PORT = 5432
 OTLP_PORT = 4317
 HTTPS_PORT = 443
+# The keys of the page tokens, one Secret per service, made by whoever installs
+# (docs/operations.md, "Secrets"): never in git, in either overlay.
+PAGE_TOKEN_SECRETS = {f"{s}-secrets" for s in SERVICE_NAMES}
 # Secrets production provisions itself (docs/operations.md, "Secrets").
-PROVISIONED_SECRETS = {f"{s}-secrets" for s in SERVICE_NAMES} | {"lifecycle-db-pgbackrest-s3"}
+PROVISIONED_SECRETS = PAGE_TOKEN_SECRETS | {"lifecycle-db-pgbackrest-s3"}
 # Secrets a workload reads when they exist (docs/operations.md, "Secrets").
 OPTIONAL_SECRETS = {"lifecycle-metrics-archive-s3"}
 # Connections the pools leave for migrations, maintenance, replication and backups.
@@ -349,7 +352,7 @@ def referenced_secrets(manifests: tuple[Manifest, ...], *, optional: bool = Fals
 def test_every_secret_exists_or_is_provisioned() -> None:
     dev, prod = rendered("dev"), rendered("prod")
     dev_missing = referenced_secrets(dev) - set(of_kind(dev, "Secret")) - operator_secrets(dev)
-    assert dev_missing == set()
+    assert dev_missing == PAGE_TOKEN_SECRETS
     prod_missing = referenced_secrets(prod) - set(of_kind(prod, "Secret"))
     assert prod_missing - operator_secrets(prod) == PROVISIONED_SECRETS
     for manifests in (dev, prod):
@@ -357,6 +360,26 @@ def test_every_secret_exists_or_is_provisioned() -> None:
     operations = (REPO / "docs" / "operations.md").read_text()
     for name in ("<service>-secrets", "lifecycle-db-pgbackrest-s3", *OPTIONAL_SECRETS):
         assert f"`{name}`" in operations, f"docs/operations.md does not say how to make {name}"
+
+
+def test_the_page_token_key_comes_from_a_secret_that_is_not_committed() -> None:
+    committed = [
+        path.relative_to(REPO)
+        for path in K8S.rglob("*.yaml")
+        if "LIFECYCLE_PAGE_TOKEN_SECRET:" in path.read_text()
+    ]
+    assert committed == [], "a page-token key is committed"
+    for overlay in OVERLAYS:
+        manifests = rendered(overlay)
+        deployments = of_kind(manifests, "Deployment")
+        for name in SERVICE_NAMES:
+            container = service_container(deployments[name])
+            [key] = [e for e in container["env"] if e["name"] == "LIFECYCLE_PAGE_TOKEN_SECRET"]
+            assert key["valueFrom"]["secretKeyRef"] == {
+                "name": f"{name}-secrets",
+                "key": "LIFECYCLE_PAGE_TOKEN_SECRET",
+            }
+            assert f"{name}-secrets" not in of_kind(manifests, "Secret")
 
 
 def test_each_service_has_a_database_role_of_its_own(manifests: tuple[Manifest, ...]) -> None:

@@ -127,7 +127,7 @@ def _bad_events(user: uuid.UUID) -> list[tuple[str, metrics_pb2.LifecycleEvent]]
         ("producer", event("tracked.x", at, user_id=user, producer="")),
         ("event_time", missing_time),
         ("data", event("tracked.x", at, user_id=user, data={"blob": "x" * 70_000})),
-        ("data", event("tracked.x", at, user_id=user, data={"nul": "a\x00b"})),
+        ("data.nul", event("tracked.x", at, user_id=user, data={"nul": "a\x00b"})),
         ("event_type", event("tracked.a\x00b", at, user_id=user)),
         ("producer", event("tracked.x", at, user_id=user, producer="a\x00b")),
         (

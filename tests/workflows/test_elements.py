@@ -344,13 +344,17 @@ async def test_publish_messages_answers_each_as_if_published_alone(wf: Stub) -> 
     assert (await execution(wf, once.id)).status == COMPLETED
     assert path(await execution(wf, both.id)) == ["start", "first", "second", "end"]
 
-    error = await rpc_error(
-        wf.PublishMessages(
-            pb.PublishMessagesRequest(messages=[message("go", waiting), message("go", "nope")])
-        )
+    # A malformed message is answered alone; the others are published.
+    fresh = str(uuid.uuid4())
+    again = await start_execution(wf, workflow, fresh)
+    reply = await wf.PublishMessages(
+        pb.PublishMessagesRequest(messages=[message("go", "nope"), message("go", fresh)])
     )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error) == ["messages[1].correlation_key"]
+    refused, delivered = reply.results
+    assert (refused.error.field, refused.error.reason) == ("correlation_key", "INVALID_MESSAGE")
+    assert refused.delivered_count == 0
+    assert (delivered.delivered_count, delivered.HasField("error")) == (1, False)
+    assert (await execution(wf, again.id)).status == COMPLETED
     error = await rpc_error(wf.PublishMessages(pb.PublishMessagesRequest()))
     assert violated_fields(error) == ["messages"]
 

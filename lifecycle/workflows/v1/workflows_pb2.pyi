@@ -859,26 +859,66 @@ class PublishMessageResponse(_message.Message):
     DELIVERED_COUNT_FIELD_NUMBER: _builtins.int
     BUFFERED_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     delivered_count: _builtins.int
     """Executions the message was delivered to now."""
     buffered: _builtins.bool
     """True when it waits in the buffer for a future subscriber."""
     duplicate: _builtins.bool
     """True when `message_id` was seen before."""
+    @_builtins.property
+    def error(self) -> Global___MessageError:
+        """PublishMessages only: set when this message was not published (the call
+        itself succeeds, and the others were published as if sent alone).
+        PublishMessage answers the same problem with an error status instead.
+        """
+
     def __init__(
         self,
         *,
         delivered_count: _builtins.int = ...,
         buffered: _builtins.bool = ...,
         duplicate: _builtins.bool = ...,
+        error: Global___MessageError | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered", b"buffered", "delivered_count", b"delivered_count", "duplicate", b"duplicate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered", b"buffered", "delivered_count", b"delivered_count", "duplicate", b"duplicate", "error", b"error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishMessageResponse: _TypeAlias = PublishMessageResponse  # noqa: Y015
+
+@_typing.final
+class MessageError(_message.Message):
+    """Why one message of a PublishMessages call was not published."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The field of the message at fault, e.g. "correlation_key", or "message"
+    when the database refused a value of it.
+    """
+    message: _builtins.str
+    reason: _builtins.str
+    """Why, in UPPER_SNAKE: INVALID_MESSAGE, or INTERNAL (retry later)."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageError: _TypeAlias = MessageError  # noqa: Y015
 
 @_typing.final
 class PublishMessagesRequest(_message.Message):
@@ -886,7 +926,9 @@ class PublishMessagesRequest(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishMessageRequest]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishMessageRequest]:
+        """1 to 1000 messages."""
+
     def __init__(
         self,
         *,

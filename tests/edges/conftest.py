@@ -1,0 +1,105 @@
+"""The five services on a database of their own, for tests that act as a
+hostile client would: malformed values, failing items in batches, oversized
+errors, generated requests."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import grpc
+import pytest
+
+from lifecycle.metrics.v1 import metrics_pb2_grpc
+from lifecycle.segments.v1 import segments_pb2_grpc
+from lifecycle.triggers.v1 import triggers_pb2_grpc
+from lifecycle.users.v1 import users_pb2_grpc
+from lifecycle.workflows.v1 import workflows_pb2_grpc
+from runtime.migrations import migrate
+from suite.registry import DEFINITIONS, schema_owners
+from tests.conftest import create_database, drop_database
+from tests.support import ScratchDatabase, free_port, running, service_env
+
+if TYPE_CHECKING:
+    from lifecycle.metrics.v1.metrics_pb2_grpc import MetricsServiceAsyncStub
+    from lifecycle.segments.v1.segments_pb2_grpc import SegmentServiceAsyncStub
+    from lifecycle.triggers.v1.triggers_pb2_grpc import TriggerServiceAsyncStub
+    from lifecycle.users.v1.users_pb2_grpc import UserServiceAsyncStub
+    from lifecycle.workflows.v1.workflows_pb2_grpc import WorkflowServiceAsyncStub
+else:
+    UserServiceAsyncStub = WorkflowServiceAsyncStub = SegmentServiceAsyncStub = Any
+    TriggerServiceAsyncStub = MetricsServiceAsyncStub = Any
+
+PAGE_TOKEN_SECRET = "edges-page-token-secret"
+
+
+@dataclass
+class Edges:
+    env: dict[str, str]
+    admin_url: str
+    channels: dict[str, grpc.aio.Channel]
+    users: UserServiceAsyncStub
+    workflows: WorkflowServiceAsyncStub
+    segments: SegmentServiceAsyncStub
+    triggers: TriggerServiceAsyncStub
+    metrics: MetricsServiceAsyncStub
+
+
+@pytest.fixture(scope="package")
+async def edges_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
+    database = await create_database(server_url, f"lifecycle_edges_{secrets.token_hex(4)}")
+    try:
+        await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
+        yield database
+    finally:
+        await drop_database(server_url, database)
+
+
+@pytest.fixture(scope="package")
+async def edges(edges_database: ScratchDatabase) -> AsyncIterator[Edges]:
+    env = service_env(
+        edges_database,
+        {name: free_port() for name in DEFINITIONS},
+        LIFECYCLE_PAGE_TOKEN_SECRET=PAGE_TOKEN_SECRET,
+        LIFECYCLE_METRICS_ROLLUP_INTERVAL_SECONDS="0",
+        LIFECYCLE_SEGMENTS_SCHEDULER_SECONDS="0",
+        LIFECYCLE_WORKFLOWS_POLL_SECONDS="0.2",
+        LIFECYCLE_LOG_LEVEL="ERROR",
+    )
+    async with (
+        running("users", env),
+        running("workflows", env),
+        running("segments", env),
+        running("triggers", env),
+        running("metrics", env),
+    ):
+        channels = {
+            name: grpc.aio.insecure_channel(env[f"LIFECYCLE_{name.upper()}_ADDRESS"])
+            for name in DEFINITIONS
+        }
+        try:
+            yield Edges(
+                env,
+                edges_database.admin_url,
+                channels,
+                users_pb2_grpc.UserServiceStub(channels["users"]),
+                workflows_pb2_grpc.WorkflowServiceStub(channels["workflows"]),
+                segments_pb2_grpc.SegmentServiceStub(channels["segments"]),
+                triggers_pb2_grpc.TriggerServiceStub(channels["triggers"]),
+                metrics_pb2_grpc.MetricsServiceStub(channels["metrics"]),
+            )
+        finally:
+            for channel in channels.values():
+                await channel.close(None)
+
+
+@pytest.fixture
+async def edges_admin(edges_database: ScratchDatabase) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(edges_database.admin_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
