@@ -243,13 +243,14 @@ async def executions_of(
 
 
 async def settled(
-    triggers: TriggerServiceAsyncStub, trigger_id: str, count: int
+    triggers: TriggerServiceAsyncStub, trigger_id: str, count: int, user_id: str = ""
 ) -> list[pb.TriggerExecution]:
-    """The trigger's `count` executions, once every firing got its answer."""
+    """The trigger's `count` executions (of one user, for a trigger on an event
+    type that other tests' services also send), once every firing got its answer."""
     found: list[pb.TriggerExecution] = []
 
     async def done() -> bool:
-        found[:] = await executions_of(triggers, trigger_id=trigger_id)
+        found[:] = await executions_of(triggers, trigger_id=trigger_id, user_id=user_id)
         return len(found) == count and all(
             e.workflow_execution_id or e.skip_reason or not e.condition_met for e in found
         )
