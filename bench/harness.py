@@ -96,10 +96,13 @@ async def scratch_database(url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+# The services of one benchmark run share a page token key, as replicas do.
+_PAGE_TOKEN_SECRET = secrets.token_hex(16)
+
+
 def start_process(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, *args], env={**os.environ, **env}, stderr=subprocess.DEVNULL
-    )
+    keyed = {"LIFECYCLE_PAGE_TOKEN_SECRET": _PAGE_TOKEN_SECRET, **os.environ, **env}
+    return subprocess.Popen([sys.executable, *args], env=keyed, stderr=subprocess.DEVNULL)
 
 
 async def wait_serving(address: str) -> None:

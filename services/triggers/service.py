@@ -40,7 +40,11 @@ def build_with(
 
     async def build(context: ServiceContext) -> ServiceComponents:
         chosen = settings or load_settings()
-        starter = Starter(context, poll_interval=context.config.outbox_poll_interval)
+        starter = Starter(
+            context,
+            poll_interval=context.config.outbox_poll_interval,
+            max_backoff_seconds=context.config.outbox_max_backoff,
+        )
         pipeline = IngestPipeline(
             context,
             TriggerCache(context.pool),

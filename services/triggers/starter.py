@@ -6,7 +6,9 @@ id (`trigger_executions.workflow_execution_id`), or refuses for a reason the
 firing records (`skip_reason`: the workflow is not active, was deleted, the
 user runs it already, was erased). A start is claimed under a lease with
 FOR UPDATE SKIP LOCKED, so replicas share the work and a crashed one's starts
-come back; while the workflows service is down it is retried with backoff.
+come back; while the workflows service is down each start is retried with
+backoff, and the starter itself rests, backing off, rather than trying on
+every ingest that wakes it.
 Its request_id is the trigger execution's id, so a retry after a lost answer
 returns the execution the first attempt started: never two. The call runs in
 the trace of the event that caused it, and the settled firing is recorded as
@@ -16,6 +18,7 @@ a `trigger.fired` lifecycle event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -50,6 +53,10 @@ _REFUSALS = frozenset(
 )
 
 
+class Unreachable(str):
+    """Why a start failed, when the workflows service could not be reached."""
+
+
 def _refusal(error: grpc.aio.AioRpcError) -> str:
     """The reason the workflows service gave (its ErrorInfo), with its message."""
     reason = error.code().name
@@ -79,6 +86,10 @@ class Starter:
         self._lease = lease_seconds
         self._max_backoff = max_backoff_seconds
         self._wake = asyncio.Event()
+        # Rounds in a row that found the workflows service unreachable: while
+        # it is, the starter rests, backing off, instead of trying on every
+        # ingest that wakes it (each round a claim and a reschedule).
+        self._down_rounds = 0
 
     def wake(self) -> None:
         """Asks for a round now (called when an ingest committed starts)."""
@@ -93,20 +104,32 @@ class Starter:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("the starter could not reach the database: %s", error)
                 claimed = 0
-            if claimed >= self._batch_size:
-                continue
-            waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())]
-            await asyncio.wait(
-                waits, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in waits:
-                task.cancel()
+            if self._down_rounds:
+                await self._rest(stopping)
+            elif claimed < self._batch_size:
+                await self._idle(stopping)
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        """Until a wake-up, the stop, or the next poll."""
+        waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())]
+        await asyncio.wait(waits, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+
+    async def _rest(self, stopping: asyncio.Event) -> None:
+        """Until the backoff of the workflows service's outage ends, or the stop."""
+        pause = min(self._max_backoff, 0.5 * 2 ** (self._down_rounds - 1))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), pause * random.uniform(0.8, 1.2))
 
     async def start_once(self) -> int:
         """One round: claim due starts, send them, record the answers. Returns the
         starts claimed."""
         starts = await store.claim_starts(self._context.pool, self._batch_size, self._lease)
         answers = await asyncio.gather(*(self._start(start) for start in starts))
+        if answers:
+            unreachable = any(isinstance(answer, Unreachable) for answer in answers)
+            self._down_rounds = self._down_rounds + 1 if unreachable else 0
         settled = [answer for answer in answers if isinstance(answer, Settled)]
         if settled:
             async with self._context.unit_of_work() as uow:
@@ -134,7 +157,8 @@ class Starter:
         except grpc.aio.AioRpcError as error:
             if error.code() in _REFUSALS:
                 return Settled(start, skip_reason=_refusal(error))
-            return f"{error.code().name}: {error.details()}"
+            why = f"{error.code().name}: {error.details()}"
+            return Unreachable(why) if error.code() == grpc.StatusCode.UNAVAILABLE else why
         return Settled(start, workflow_execution_id=uuid.UUID(reply.execution.id))
 
     async def _retry_later(self, failed: Sequence[tuple[PendingStart, str]]) -> None:

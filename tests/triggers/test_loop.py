@@ -82,6 +82,43 @@ async def _import_users(suite: Suite, admin: asyncpg.Connection, count: int) -> 
     return [row["id"] for row in rows]
 
 
+async def test_the_starter_rests_while_the_workflows_service_is_down(
+    suite: Suite, admin: asyncpg.Connection
+) -> None:
+    """A start that found the workflows service down makes the starter rest,
+    backing off, rather than try again on every ingest that wakes it."""
+    workflow = await deploy(suite.workflows, INSTANT)
+    kind = unique_type("rest")
+    trigger = await create_trigger(suite.triggers, kind, workflow)
+    first, second = await _import_users(suite, admin, 2)
+
+    async def start_of(user: str) -> asyncpg.Record:
+        row = await admin.fetchrow(
+            "SELECT attempts, last_error FROM triggers.pending_starts"
+            " WHERE trigger_id = $1 AND user_id = $2",
+            uuid.UUID(trigger.id),
+            uuid.UUID(user),
+        )
+        assert row is not None
+        return row
+
+    await suite.stop_workflows()
+    try:
+        await track(suite.triggers, event(first, kind))
+
+        async def first_failed() -> bool:
+            return (await start_of(first))["last_error"] is not None
+
+        await eventually(first_failed)
+        await track(suite.triggers, event(second, kind))
+        await asyncio.sleep(0.15)
+        assert (await start_of(second))["attempts"] == 0, "the starter tried again at once"
+    finally:
+        await suite.start_workflows()
+    found = await settled(suite.triggers, trigger.id, 2)
+    assert all(e.workflow_execution_id for e in found)
+
+
 async def test_a_workflows_outage_during_a_burst_loses_and_repeats_no_start(
     suite: Suite, admin: asyncpg.Connection
 ) -> None:
