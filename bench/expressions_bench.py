@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from services.workflows.expressions import (
     load_expression,
 )
 from tests.workflows.bpmn_docs import definitions, end, flow, start, xor
-from tests.workflows.drivers import NOW, our_graph
+from tests.workflows.drivers import NOW, new_execution, our_graph
 from tests.workflows.test_expression_rules import HOSTILE
 from tests.workflows.test_expression_safety import TURNS
 
@@ -202,19 +201,7 @@ def no_wait_loops() -> None:
 
 
 def _run_step(bpmn: str, variables: dict[str, Any]) -> tuple[ExecutionState, float]:
-    state = ExecutionState(
-        uuid.UUID(int=1),
-        uuid.UUID(int=2),
-        "1.0.0",
-        uuid.UUID(int=3),
-        "pending",
-        variables,
-        1,
-        {},
-        None,
-        NOW,
-        new=True,
-    )
+    state = new_execution(variables)
     run = Interpreter(our_graph(bpmn), state, NOW)
     started = time.perf_counter()
     run.run(Start())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import grpc
@@ -53,27 +54,30 @@ async def drop_database(server_url: str, database: ScratchDatabase) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-async def database(server_url: str) -> AsyncIterator[ScratchDatabase]:
-    """A database of its own for this test run, migrated, dropped with its roles at the end."""
-    database = await create_database(server_url, f"lifecycle_test_{secrets.token_hex(4)}")
+@asynccontextmanager
+async def migrated_database(server_url: str, prefix: str) -> AsyncIterator[ScratchDatabase]:
+    """A database of its own, migrated, dropped with its roles at the end."""
+    database = await create_database(server_url, f"{prefix}_{secrets.token_hex(4)}")
     try:
         await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
         yield database
     finally:
         await drop_database(server_url, database)
+
+
+@pytest.fixture(scope="session")
+async def database(server_url: str) -> AsyncIterator[ScratchDatabase]:
+    """A database of its own for this test run."""
+    async with migrated_database(server_url, "lifecycle_test") as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
 async def own_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
-    """A migrated database for one test module alone, dropped with its roles:
-    for tests that must see a table holding only their own rows."""
-    database = await create_database(server_url, f"lifecycle_module_{secrets.token_hex(4)}")
-    try:
-        await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
+    """A database for one test module alone: for tests that must see a table
+    holding only their own rows."""
+    async with migrated_database(server_url, "lifecycle_module") as database:
         yield database
-    finally:
-        await drop_database(server_url, database)
 
 
 @pytest.fixture(scope="session")

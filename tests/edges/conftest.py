@@ -4,7 +4,6 @@ errors, generated requests."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,9 +17,8 @@ from lifecycle.segments.v1 import segments_pb2_grpc
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2_grpc
-from runtime.migrations import migrate
-from suite.registry import DEFINITIONS, schema_owners
-from tests.conftest import create_database, drop_database
+from suite.registry import DEFINITIONS
+from tests.conftest import migrated_database
 from tests.support import ScratchDatabase, free_port, running, service_env
 
 if TYPE_CHECKING:
@@ -50,12 +48,8 @@ class Edges:
 
 @pytest.fixture(scope="package")
 async def edges_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
-    database = await create_database(server_url, f"lifecycle_edges_{secrets.token_hex(4)}")
-    try:
-        await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
+    async with migrated_database(server_url, "lifecycle_edges") as database:
         yield database
-    finally:
-        await drop_database(server_url, database)
 
 
 @pytest.fixture(scope="package")

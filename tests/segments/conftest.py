@@ -6,7 +6,6 @@ the tests move, and a triggers service, which receives segment events."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -22,13 +21,11 @@ from google.protobuf import field_mask_pb2
 
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
-from runtime.migrations import migrate
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
 from services.segments.service import DEFINITION, build
 from services.segments.settings import SegmentSettings
-from suite.registry import schema_owners
-from tests.conftest import create_database, drop_database
+from tests.conftest import migrated_database
 from tests.support import (
     TRACER_PROVIDER,
     ScratchDatabase,
@@ -54,12 +51,8 @@ class FakeClock:
 
 @pytest.fixture(scope="session")
 async def segments_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
-    database = await create_database(server_url, f"lifecycle_segments_{secrets.token_hex(4)}")
-    try:
-        await migrate(database.admin_url, schema_owners(database.admin_url, env={}))
+    async with migrated_database(server_url, "lifecycle_segments") as database:
         yield database
-    finally:
-        await drop_database(server_url, database)
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,9 @@ def our_graph(bpmn: str) -> Graph:
     return compile_graph(parse(bpmn, 1 << 20))
 
 
-def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
-    state = ExecutionState(
+def new_execution(variables: dict[str, Any]) -> ExecutionState:
+    """A pending execution of a version, as StartExecution makes one."""
+    return ExecutionState(
         uuid.UUID(int=1),
         uuid.UUID(int=2),
         "1.0.0",
@@ -53,6 +54,10 @@ def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
         NOW,
         new=True,
     )
+
+
+def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
+    state = new_execution(variables)
     run = Interpreter(graph, state, NOW)
     run.run(Start())
     while state.status == RUNNING:
