@@ -48,17 +48,7 @@ def suite_environment(**extra: str) -> dict[str, str]:
 
 def read_until_up(process: subprocess.Popen[str]) -> list[str]:
     """Lines printed until the suite says it is up; fails if it exits first."""
-    assert process.stdout is not None
-    lines = []
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip())
-        if line.startswith("Press Ctrl-C"):
-            return lines
-    raise AssertionError("the suite did not come up:\n" + "\n".join(lines))
+    return read_until(process, "Press Ctrl-C", STARTUP_SECONDS)
 
 
 def interrupt_and_check_nothing_is_left(
@@ -225,8 +215,8 @@ def test_outbox_command_lists_pending_messages_and_sends_dead_letters_again(
     assert "users: pending metrics.record_events: 1 messages" in retried.stdout
 
 
-def read_until(process: subprocess.Popen[str], text: str, seconds: float = 60) -> None:
-    """Reads the suite's output until a line holds `text`; fails if it exits first."""
+def read_until(process: subprocess.Popen[str], text: str, seconds: float = 60) -> list[str]:
+    """The suite's output up to the line that holds `text`; fails if it exits first."""
     assert process.stdout is not None
     lines = []
     deadline = time.monotonic() + seconds
@@ -236,7 +226,7 @@ def read_until(process: subprocess.Popen[str], text: str, seconds: float = 60) -
             break
         lines.append(line.rstrip())
         if text in line:
-            return
+            return lines
     raise AssertionError(f"the suite never said {text!r}:\n" + "\n".join(lines))
 
 
