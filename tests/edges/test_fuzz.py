@@ -37,7 +37,7 @@ from runtime.structs import dict_to_struct
 from tests.edges.conftest import Edges
 from tests.edges.requests import BPMN_DOCUMENTS, KNOWN_IDS, requests
 
-EXAMPLES = int(os.environ.get("LIFECYCLE_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("LIFECYCLE_FUZZ_EXAMPLES", "40"))
 DEADLINE_SECONDS = 10.0
 # A call's answer may come this much after its deadline (the client's own
 # timer and scheduling), and no later.
