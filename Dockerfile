@@ -32,9 +32,13 @@ ENV PATH=/opt/lifecycle/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     LIFECYCLE_HOST=0.0.0.0
 # The interpreter needs no installer at run time; the venv was built without one.
+# The certificates' folder belongs to the user, so that a volume mounted there
+# (compose.yaml's `tls`) starts out theirs and `lifecycle tls init` can write it.
 RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin lifecycle
+        --shell /usr/sbin/nologin lifecycle \
+    && mkdir -p /var/run/lifecycle/tls && chown 10001:10001 /var/run/lifecycle/tls \
+    && chmod 0700 /var/run/lifecycle/tls
 COPY --from=build /opt/lifecycle /opt/lifecycle
 USER 10001:10001
 EXPOSE 50051 50052 50053 50054 50055

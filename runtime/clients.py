@@ -9,6 +9,7 @@ headless Service resolves to.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,10 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.trace import TracerProvider
 
+from runtime.auth import CallingService
+from runtime.config import TlsConfig
 from runtime.deadlines import timeout_for_call
+from runtime.tls import CLIENT_CHECK_SECONDS, TlsFiles, channel_with
 
 GRPC_SERVICES = {
     "users": "lifecycle.users.v1.UserService",
@@ -44,6 +48,11 @@ _RETRY_POLICY = {
 # the tokens are left. An outage costs about five retries, then each call makes
 # one attempt, so callers do not multiply the load on what is recovering.
 RETRY_BUDGET = {"maxTokens": 10, "tokenRatio": 0.1}
+
+# A channel made with certificates since renewed takes no new calls and closes
+# once its calls have ended, or after this long: more than any call's deadline
+# (the longest, a segment's MatchUserIds stream, has 120 s by default).
+RETIRE_GRACE_SECONDS = 600.0
 
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.enable_retries", 1),
@@ -78,24 +87,37 @@ class ServiceClients:
         addresses: Mapping[str, str],
         default_timeout: float,
         tracer_provider: TracerProvider | None = None,
+        identity: CallingService | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self._addresses = dict(addresses)
         self._default_timeout = default_timeout
         self._tracer_provider = tracer_provider
+        # Who the calls come from (runtime.auth.CallingService).
+        self._identity = identity
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Channels are made with the files as read last; read again every few seconds.
+        self._tls = None if tls is None else TlsFiles(tls, CLIENT_CHECK_SECONDS)
+        self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     def channel(self, service: str) -> grpc.aio.Channel:
+        if self._tls is not None and self._tls.refresh() is not None:
+            self._retire_channels()
         channel = self._channels.get(service)
         if channel is None:
             if service not in self._addresses:
                 raise LookupError(f"{service} is not among the services this one calls")
-            interceptors = (
-                aio_client_interceptors(tracer_provider=self._tracer_provider)
-                if self._tracer_provider is not None
-                else ()
-            )
-            channel = grpc.aio.insecure_channel(
+            interceptors = [
+                *(
+                    aio_client_interceptors(tracer_provider=self._tracer_provider)
+                    if self._tracer_provider is not None
+                    else ()
+                ),
+                *((self._identity,) if self._identity is not None else ()),
+            ]
+            channel = channel_with(
                 self._addresses[service],
+                None if self._tls is None else self._tls.material,
                 options=(*CHANNEL_OPTIONS, ("grpc.service_config", service_config(service))),
                 interceptors=interceptors,
             )
@@ -105,7 +127,22 @@ class ServiceClients:
     def timeout(self) -> float:
         return timeout_for_call(self._default_timeout)
 
-    async def close(self) -> None:
+    def _retire_channels(self) -> None:
+        """New calls go over new channels, with the renewed certificates (a
+        channel's credentials are fixed); the calls under way finish on the old."""
         channels, self._channels = self._channels, {}
+        loop = asyncio.get_running_loop()
         for channel in channels.values():
+            self._retired[channel] = loop.create_task(self._close_after_calls(channel))
+
+    async def _close_after_calls(self, channel: grpc.aio.Channel) -> None:
+        await channel.close(RETIRE_GRACE_SECONDS)
+        self._retired.pop(channel, None)
+
+    async def close(self) -> None:
+        channels = [*self._channels.values(), *self._retired]
+        for task in self._retired.values():
+            task.cancel()
+        self._channels, self._retired = {}, {}
+        for channel in channels:
             await channel.close(None)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from runtime.auth import AuthConfig
 
 SERVICE_NAMES = ("users", "workflows", "segments", "triggers", "metrics")
 DEFAULT_PORTS = {
@@ -91,7 +94,7 @@ def _database_url(raw: str) -> str:
     return raw
 
 
-def _service_env(service: str, suffix: str) -> str:
+def service_env_name(service: str, suffix: str) -> str:
     return f"LIFECYCLE_{service.upper()}_{suffix}"
 
 
@@ -142,6 +145,22 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Where a process finds its certificate, key and the CA bundle it trusts
+    (runtime.tls reads them, and again when they change)."""
+
+    # PEM certificate chain and its private key: the server certificate, also
+    # presented as the client certificate on calls to other services.
+    cert_file: Path | None
+    key_file: Path | None
+    # PEM CA bundle that verifies servers and, under mutual TLS, clients;
+    # None trusts the system's roots.
+    ca_file: Path | None
+    # Mutual TLS: a server refuses clients without a certificate its CA bundle verifies.
+    client_auth: bool
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Everything one service process needs to run."""
 
@@ -163,6 +182,11 @@ class ServiceConfig:
     outbox_max_backoff: float
     db_connect_timeout: float
     limits: ConnectionLimits
+    auth: AuthConfig
+    # None: plaintext.
+    tls: TlsConfig | None = None
+    # A plaintext port serving only grpc.health.v1, for probes that cannot do TLS.
+    health_port: int | None = None
 
 
 def admin_database_url(env: Mapping[str, str] | None = None) -> str | None:
@@ -178,7 +202,7 @@ def peer_addresses(env: Mapping[str, str]) -> dict[str, str]:
     """Where each service listens, as seen by the others."""
     host = env.get("LIFECYCLE_PEER_HOST", "127.0.0.1")
     return {
-        name: env.get(_service_env(name, "ADDRESS")) or f"{host}:{DEFAULT_PORTS[name]}"
+        name: env.get(service_env_name(name, "ADDRESS")) or f"{host}:{DEFAULT_PORTS[name]}"
         for name in SERVICE_NAMES
     }
 
@@ -200,6 +224,122 @@ def _connection_limits(reader: _Reader) -> ConnectionLimits:
     )
 
 
+def _auth_config(reader: _Reader, service: str) -> AuthConfig:
+    """Authentication is on when a JWKS is named; then the issuer and audience
+    every token must carry are required too."""
+    env = reader.env
+    jwks_file = reader.get("LIFECYCLE_AUTH_JWKS_FILE", None, _readable_file, "a readable file")
+    jwks_url = env.get("LIFECYCLE_AUTH_JWKS_URL") or None
+    config = AuthConfig(
+        jwks_file=jwks_file,
+        jwks_url=jwks_url,
+        issuer=env.get("LIFECYCLE_AUTH_ISSUER", ""),
+        audience=env.get("LIFECYCLE_AUTH_AUDIENCE", ""),
+        leeway_seconds=reader.get(
+            "LIFECYCLE_AUTH_LEEWAY_SECONDS", 30.0, _positive_float, "a positive number"
+        ),
+        service_key_file=reader.get(
+            service_env_name(service, "AUTH_KEY_FILE"), None, _readable_file, "a readable file"
+        ),
+    )
+    if config.enabled:
+        for name in ("LIFECYCLE_AUTH_ISSUER", "LIFECYCLE_AUTH_AUDIENCE"):
+            if not env.get(name):
+                reader.problems.append(f"{name} is not set: tokens are checked against it")
+    elif reader.get(REQUIRE_AUTH, False, _boolean, "true or false"):
+        reader.problems.append(
+            f"{REQUIRE_AUTH}=true: callers must be authenticated; set"
+            " LIFECYCLE_AUTH_JWKS_FILE or LIFECYCLE_AUTH_JWKS_URL"
+        )
+    return config
+
+
+TLS_VARIABLES = {
+    "cert_file": "LIFECYCLE_TLS_CERT_FILE",
+    "key_file": "LIFECYCLE_TLS_KEY_FILE",
+    "ca_file": "LIFECYCLE_TLS_CA_FILE",
+}
+REQUIRE_MUTUAL_TLS = "LIFECYCLE_REQUIRE_MUTUAL_TLS"
+REQUIRE_AUTH = "LIFECYCLE_REQUIRE_AUTH"
+
+
+def _client_auth(raw: str) -> bool:
+    if raw.lower() not in ("none", "require"):
+        raise ValueError(raw)
+    return raw.lower() == "require"
+
+
+def _boolean(raw: str) -> bool:
+    if raw.lower() not in ("true", "false"):
+        raise ValueError(raw)
+    return raw.lower() == "true"
+
+
+def _tls_config(reader: _Reader) -> TlsConfig | None:
+    """TLS is on when any of its files is named; each must be readable now
+    (runtime.tls checks what they hold when it reads them)."""
+    files = {
+        field: reader.get(name, None, _readable_file, "a readable file")
+        for field, name in TLS_VARIABLES.items()
+    }
+    client_auth = reader.get("LIFECYCLE_TLS_CLIENT_AUTH", False, _client_auth, "none or require")
+    if not any(files.values()):
+        if client_auth:
+            reader.problems.append(
+                "LIFECYCLE_TLS_CLIENT_AUTH=require needs TLS: set LIFECYCLE_TLS_CERT_FILE,"
+                " LIFECYCLE_TLS_KEY_FILE and LIFECYCLE_TLS_CA_FILE"
+            )
+        return None
+    config = TlsConfig(**files, client_auth=client_auth)
+    if (config.cert_file is None) != (config.key_file is None):
+        reader.problems.append(
+            "set both LIFECYCLE_TLS_CERT_FILE and LIFECYCLE_TLS_KEY_FILE, or neither"
+        )
+    if client_auth and config.ca_file is None:
+        reader.problems.append(
+            "LIFECYCLE_TLS_CLIENT_AUTH=require needs LIFECYCLE_TLS_CA_FILE,"
+            " the CA bundle that verifies the clients"
+        )
+    return config
+
+
+def _served_tls(reader: _Reader) -> TlsConfig | None:
+    """A service serves TLS with a certificate of its own; with
+    LIFECYCLE_REQUIRE_MUTUAL_TLS=true it refuses to start with less than mutual TLS."""
+    tls = _tls_config(reader)
+    if tls is not None and tls.cert_file is None and tls.key_file is None:
+        reader.problems.append(
+            "a service serves TLS with a certificate of its own:"
+            " set LIFECYCLE_TLS_CERT_FILE and LIFECYCLE_TLS_KEY_FILE"
+        )
+    required = reader.get(REQUIRE_MUTUAL_TLS, False, _boolean, "true or false")
+    if required and (tls is None or not tls.client_auth):
+        reader.problems.append(
+            f"{REQUIRE_MUTUAL_TLS}=true: the service serves mutual TLS only; set"
+            " LIFECYCLE_TLS_CERT_FILE, LIFECYCLE_TLS_KEY_FILE, LIFECYCLE_TLS_CA_FILE"
+            " and LIFECYCLE_TLS_CLIENT_AUTH=require"
+        )
+    return tls
+
+
+def load_tls_config(env: Mapping[str, str] | None = None) -> TlsConfig | None:
+    """How a client of the suite dials it: the TLS settings of `env` (the
+    process environment by default), None for plaintext."""
+    reader = _Reader(os.environ if env is None else env)
+    tls = _tls_config(reader)
+    reader.check()
+    return tls
+
+
+def _readable_file(text: str) -> Path | None:
+    path = Path(text)
+    try:
+        with path.open("rb"):
+            return path
+    except OSError as error:
+        raise ValueError(str(error)) from error
+
+
 def load_service_config(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
     """Reads the configuration of `service` from `env` (the process environment by default)."""
     if service not in SERVICE_NAMES:
@@ -210,18 +350,18 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
     reader = _Reader(env)
     admin_url = reader.get("LIFECYCLE_DATABASE_URL", "", _database_url, "a postgresql:// URL")
     own_url = reader.get(
-        _service_env(service, "DATABASE_URL"), "", _database_url, "a postgresql:// URL"
+        service_env_name(service, "DATABASE_URL"), "", _database_url, "a postgresql:// URL"
     )
     if not own_url and not admin_url:
         reader.problems.append(
-            f"set {_service_env(service, 'DATABASE_URL')} or LIFECYCLE_DATABASE_URL "
+            f"set {service_env_name(service, 'DATABASE_URL')} or LIFECYCLE_DATABASE_URL "
             "(or start the whole suite with `lifecycle up`, which provides one)"
         )
     config = ServiceConfig(
         service=service,
         host=env.get("LIFECYCLE_HOST", "127.0.0.1"),
         port=reader.get(
-            _service_env(service, "PORT"), DEFAULT_PORTS[service], _port, "a port number"
+            service_env_name(service, "PORT"), DEFAULT_PORTS[service], _port, "a port number"
         ),
         database_url=own_url or with_user(admin_url, service_role(admin_url, service)),
         pool_max_size=reader.get("LIFECYCLE_DB_POOL_SIZE", 10, _positive_int, "a positive integer"),
@@ -260,6 +400,9 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
             "LIFECYCLE_DB_CONNECT_TIMEOUT_SECONDS", 3.0, _positive_float, "a positive number"
         ),
         limits=_connection_limits(reader),
+        auth=_auth_config(reader, service),
+        tls=_served_tls(reader),
+        health_port=reader.get("LIFECYCLE_HEALTH_PORT", None, _port, "a port number"),
     )
     reader.check()
     return config

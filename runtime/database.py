@@ -10,7 +10,9 @@ from typing import Any, cast
 
 import asyncpg
 
-from runtime.outbox import enqueue
+from runtime.chains import Chain
+from runtime.identity import current_caller
+from runtime.outbox import Message, enqueue
 
 # What a read runs on: a connection (inside a unit of work) or the pool itself,
 # which acquires one for the statement, the cheapest way to run a single read.
@@ -63,10 +65,12 @@ class UnitOfWork:
     """A transaction in progress, and the outbox messages it will commit with."""
 
     conn: asyncpg.Connection
-    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.messages.append((topic, payload))
+    def publish(self, topic: str, payload: bytes, actors: Chain | None = None) -> None:
+        """Sends the message on behalf of `actors`: by default, of the current caller."""
+        chain = current_caller().actors if actors is None else actors
+        self.messages.append(Message(topic, payload, chain))
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from runtime import wire_checks
 from runtime.admission import Admission
+from runtime.auth import Gate
 from runtime.deadlines import deadline_scope
 from runtime.errors import (
     Aborted,
@@ -37,6 +38,7 @@ from runtime.errors import (
     internal_status,
     to_status,
 )
+from runtime.identity import calling_as
 from runtime.isolation import CONFLICTS, content_error, database_lost
 from runtime.structs import JsonValueError
 from runtime.telemetry import current_trace_ids, traced
@@ -46,6 +48,12 @@ log = logging.getLogger(__name__)
 # grpc's stubs type handlers for the synchronous server; these are grpc.aio's.
 Handler = Any
 Context = Any
+
+
+# What a failed call to another service left unhandled means for the caller: the
+# service it needs is away (UNAVAILABLE), or else a fault of the suite (INTERNAL,
+# logged), never the UNKNOWN grpc would give.
+_UNREACHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def _as_service_error(error: Exception) -> ServiceError | None:
@@ -60,6 +68,10 @@ def _as_service_error(error: Exception) -> ServiceError | None:
     if database_lost(error):
         return Unavailable(
             "the service's database is unreachable; retry", reason="DATABASE_UNAVAILABLE"
+        )
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in _UNREACHED:
+        return Unavailable(
+            "a service this call needs did not answer; retry", reason="DEPENDENCY_UNAVAILABLE"
         )
     return content_error(error, "request")
 
@@ -78,21 +90,24 @@ _SERVER_FAILURES = frozenset(
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Traces each call (a SERVER span in the caller's trace), runs it in its
-    deadline's scope, and gives every failure its status. One interceptor, not
+    """Traces each call (a SERVER span in the caller's trace), admits it
+    (runtime.auth: who calls, and whether it may) and serves it as its caller,
+    runs it in its deadline's scope, and gives every failure its status. One interceptor, not
     one per concern, because each layer costs every call."""
 
     def __init__(
         self,
         domain: str,
         tracer_provider: TracerProvider,
+        gate: Gate,
+        admission: Admission,
         batch_items: frozenset[str] = frozenset(),
-        admission: Admission | None = None,
     ) -> None:
         self._domain = domain
         self._tracer = tracer_provider.get_tracer(__name__)
+        self._gate = gate
+        self._admission = admission
         self._batch_items = batch_items
-        self._admission = admission or Admission()
 
     async def intercept_service(
         self,
@@ -109,11 +124,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     @contextlib.asynccontextmanager
     async def _serving(self, method: str, context: Context) -> AsyncIterator[None]:
-        with self._span(method, context) as span, deadline_scope(context.time_remaining()):
+        metadata = dict(context.invocation_metadata() or ())
+        with (
+            self._span(method, metadata) as span,
+            deadline_scope(context.time_remaining()),
+        ):
             try:
-                with self._admission.call(method):
+                caller = await self._gate.admit(method, metadata, context.auth_context)
+                with self._admission.call(method), calling_as(caller):
                     yield
-            except (grpc.aio.AbortError, grpc.RpcError):
+            except grpc.aio.AbortError:
                 raise
             except Exception as error:
                 status = self._status(error, method)
@@ -125,10 +145,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     status.code, status.details, trailing_metadata=status.trailing_metadata
                 )
 
-    def _span(self, method: str, context: Context) -> contextlib.AbstractContextManager[Span]:
+    def _span(
+        self, method: str, metadata: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[Span]:
         if not traced(method):
             return contextlib.nullcontext(INVALID_SPAN)
-        parent = propagate.extract(dict(context.invocation_metadata() or ()))
+        parent = propagate.extract(metadata)
         span = self._tracer.start_as_current_span(
             method,
             context=parent,

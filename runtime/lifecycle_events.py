@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -17,8 +18,10 @@ from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2
 from lifecycle.workflows.v1 import workflows_pb2
+from runtime.chains import Chain
 from runtime.clients import GRPC_SERVICES
 from runtime.database import UnitOfWork
+from runtime.identity import current_caller
 from runtime.outbox import Destination
 from runtime.stages import stage_value
 from runtime.structs import JsonObject, set_timestamp
@@ -107,7 +110,12 @@ class EventBatch:
     """Lifecycle events of one producer, built in place into RecordEvents
     requests of at most `per_request` events: the outbox payloads. Events of the
     `forwarded` types are also sent to the triggers service as user events, with
-    the lifecycle event's id as their message id."""
+    the lifecycle event's id as their message id.
+
+    Each event carries the actors of its change: those of the current caller
+    when the batch is made, unless `add` names others (a batch written for many
+    callers at once). A request holds the events of one chain, and is sent on
+    its behalf."""
 
     def __init__(
         self, producer: str, per_request: int = 1000, forwarded: frozenset[str] = frozenset()
@@ -115,8 +123,9 @@ class EventBatch:
         self._producer = producer
         self._per_request = per_request
         self._forwarded = forwarded
-        self._requests: list[metrics_pb2.RecordEventsRequest] = []
-        self._tracked: list[triggers_pb2.Event] = []
+        self._actors = current_caller().actors
+        self._requests: dict[Chain, list[metrics_pb2.RecordEventsRequest]] = defaultdict(list)
+        self._tracked: dict[Chain, list[triggers_pb2.Event]] = defaultdict(list)
 
     def add(
         self,
@@ -127,17 +136,21 @@ class EventBatch:
         stage: str | None = None,
         data: JsonObject | struct_pb2.Struct | None = None,
         workflow_execution_id: uuid.UUID | None = None,
+        actors: Chain | None = None,
     ) -> None:
         """Adds an event; `data` may be a prepared Struct when many events share it."""
-        if not self._requests or len(self._requests[-1].events) >= self._per_request:
-            self._requests.append(metrics_pb2.RecordEventsRequest())
-        event = self._requests[-1].events.add(
+        chain = self._actors if actors is None else actors
+        requests = self._requests[chain]
+        if not requests or len(requests[-1].events) >= self._per_request:
+            requests.append(metrics_pb2.RecordEventsRequest())
+        event = requests[-1].events.add(
             event_id=new_event_id(),
             event_type=event_type,
             user_id=str(user_id) if user_id else "",
             workflow_execution_id=str(workflow_execution_id) if workflow_execution_id else "",
             lifecycle_stage=stage_value(stage),
             producer=self._producer,
+            actors=chain,
         )
         if isinstance(data, struct_pb2.Struct):
             event.data.CopyFrom(data)
@@ -145,7 +158,7 @@ class EventBatch:
             event.data.update(data)
         set_timestamp(event.event_time, event_time)
         if event_type in self._forwarded and user_id is not None:
-            self._tracked.append(
+            self._tracked[chain].append(
                 triggers_pb2.Event(
                     user_id=event.user_id,
                     event_type=event_type,
@@ -156,15 +169,21 @@ class EventBatch:
             )
 
     def payloads(self) -> list[bytes]:
-        return [request.SerializeToString() for request in self._requests]
+        return [payload for _, payload in self._payloads()]
+
+    def _payloads(self) -> Iterator[tuple[Chain, bytes]]:
+        for chain, requests in self._requests.items():
+            for request in requests:
+                yield chain, request.SerializeToString()
 
     def publish(self, uow: UnitOfWork) -> None:
-        for payload in self.payloads():
-            uow.publish(RECORD_EVENTS, payload)
-        for start in range(0, len(self._tracked), TRACKED_PER_REQUEST):
-            events = self._tracked[start : start + TRACKED_PER_REQUEST]
-            request = triggers_pb2.TrackEventsRequest(events=events)
-            uow.publish(TRACK_EVENTS, request.SerializeToString())
+        for chain, payload in self._payloads():
+            uow.publish(RECORD_EVENTS, payload, chain)
+        for chain, tracked in self._tracked.items():
+            for start in range(0, len(tracked), TRACKED_PER_REQUEST):
+                events = tracked[start : start + TRACKED_PER_REQUEST]
+                request = triggers_pb2.TrackEventsRequest(events=events)
+                uow.publish(TRACK_EVENTS, request.SerializeToString(), chain)
 
 
 _ERASE_REQUESTS = {

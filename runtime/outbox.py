@@ -9,6 +9,8 @@ exponentially. Nothing is dropped: a row stays until its call succeeds.
 Receivers are idempotent (event ids, request ids), so a retry is harmless.
 A relay claims only the topics it has a destination for, so during a rolling
 deploy an older replica leaves a newer topic to the replicas that know it.
+Each message keeps the actors of the change that wrote it (runtime.identity),
+and the relay calls on their behalf: only messages of the same chain merge.
 
 A callee that is down, overloaded or not deployed yet is retried for as long
 as it takes. A callee that refuses a message for its content (INVALID_ARGUMENT,
@@ -26,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 import grpc
@@ -33,7 +36,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span
 
+from runtime.chains import Chain, stored
 from runtime.clients import ServiceClients
+from runtime.identity import acting_for, calling_as
 from runtime.telemetry import current_traceparent, trace_context
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,14 @@ class Destination:
     refused_items: Callable[[bytes], dict[int, str]] | None = None
 
 
+class Message(NamedTuple):
+    """A call to make: its topic, its request, and the actors it is made for."""
+
+    topic: str
+    payload: bytes
+    actors: Chain
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
@@ -63,18 +76,22 @@ class OutboxRow:
     attempts: int
     # The trace of the request that wrote the message.
     traceparent: str | None = None
+    # The actors the call is made for.
+    actors: Chain = ()
 
 
-async def enqueue(conn: asyncpg.Connection, messages: Sequence[tuple[str, bytes]]) -> None:
+async def enqueue(conn: asyncpg.Connection, messages: Sequence[Message]) -> None:
     """Adds messages to the outbox, inside the caller's transaction, with the
     current trace, so that the calls the relay makes later join it."""
     if messages:
         await conn.execute(
-            "INSERT INTO outbox (topic, payload, traceparent)"
-            " SELECT topic, payload, $3 FROM unnest($1::text[], $2::bytea[]) AS m(topic, payload)",
-            [topic for topic, _ in messages],
-            [payload for _, payload in messages],
+            "INSERT INTO outbox (topic, payload, traceparent, actors)"
+            f" SELECT topic, payload, $3, {stored('actors')}"
+            " FROM unnest($1::text[], $2::bytea[], $4::jsonb[]) AS m(topic, payload, actors)",
+            [message.topic for message in messages],
+            [message.payload for message in messages],
             current_traceparent(),
+            [message.actors for message in messages],
         )
 
 
@@ -113,7 +130,7 @@ WITH due AS (
 )
 UPDATE outbox o SET available_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
 FROM due WHERE o.id = due.id
-RETURNING o.id, o.topic, o.payload, o.attempts, o.traceparent
+RETURNING o.id, o.topic, o.payload, o.attempts, o.traceparent, o.actors
 """
 
 
@@ -124,6 +141,7 @@ class OutboxRelay:
         clients: ServiceClients,
         destinations: Mapping[str, Destination],
         *,
+        service: str,
         poll_interval: float = 1.0,
         batch_size: int = 1000,
         lease_seconds: float = 30.0,
@@ -132,6 +150,8 @@ class OutboxRelay:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.name = "outbox-relay"
+        # The service whose outbox this is, which makes the calls.
+        self._service = service
         self._pool = pool
         self._clients = clients
         self._destinations = dict(destinations)
@@ -175,7 +195,14 @@ class OutboxRelay:
         if not topics:
             return 0
         rows = [
-            OutboxRow(r["id"], r["topic"], r["payload"], r["attempts"], r["traceparent"])
+            OutboxRow(
+                r["id"],
+                r["topic"],
+                r["payload"],
+                r["attempts"],
+                r["traceparent"],
+                tuple(r["actors"]),
+            )
             for r in await self._pool.fetch(_CLAIM, self._batch_size, self._lease, topics)
         ]
         by_topic: dict[str, list[OutboxRow]] = defaultdict(list)
@@ -220,9 +247,13 @@ class OutboxRelay:
         self._resting_until[topic] = asyncio.get_running_loop().time() + pause
 
     def _batches(self, topic: str, rows: list[OutboxRow]) -> list[list[OutboxRow]]:
+        """Rows merge with rows of the same chain only: a call acts for one chain."""
         destination = self._destinations[topic]
         size = destination.max_batch if destination.mergeable else 1
-        return [rows[i : i + size] for i in range(0, len(rows), size)]
+        by_chain: dict[Chain, list[OutboxRow]] = defaultdict(list)
+        for row in rows:
+            by_chain[row.actors].append(row)
+        return [same[i : i + size] for same in by_chain.values() for i in range(0, len(same), size)]
 
     async def _deliver(self, topic: str, batch: list[OutboxRow]) -> list[_Outcome]:
         """Sends a batch as one call. When the callee refuses a merged batch for what
@@ -236,7 +267,10 @@ class OutboxRelay:
             destination.method, request_serializer=None, response_deserializer=None
         )
         try:
-            with self._delivery_span(topic, batch):
+            with (
+                self._delivery_span(topic, batch),
+                calling_as(acting_for(self._service, batch[0].actors)),
+            ):
                 answer = await call(
                     b"".join(row.payload for row in batch), timeout=self._clients.timeout()
                 )
@@ -273,10 +307,10 @@ class OutboxRelay:
         )
         await self._pool.execute(
             "WITH dead AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-            " RETURNING id, topic, payload, created_at, attempts, traceparent)"
+            " RETURNING id, topic, payload, created_at, attempts, traceparent, actors)"
             " INSERT INTO outbox_dead_letters"
-            " (id, topic, payload, created_at, attempts, last_error, traceparent)"
-            " SELECT id, topic, payload, created_at, attempts, $2, traceparent FROM dead",
+            " (id, topic, payload, created_at, attempts, last_error, traceparent, actors)"
+            " SELECT id, topic, payload, created_at, attempts, $2, traceparent, actors FROM dead",
             [row.id for row in outcome.rows],
             outcome.error,
         )
@@ -319,9 +353,9 @@ async def retry_dead_letters(conn: asyncpg.Connection, topic: str | None = None)
     """Sends dead letters again (all, or one topic's) once their cause is fixed."""
     moved = await conn.fetchval(
         "WITH revived AS (DELETE FROM outbox_dead_letters WHERE $1::text IS NULL OR topic = $1"
-        " RETURNING topic, payload, created_at, traceparent),"
-        " requeued AS (INSERT INTO outbox (topic, payload, created_at, traceparent)"
-        " SELECT topic, payload, created_at, traceparent FROM revived RETURNING 1)"
+        " RETURNING topic, payload, created_at, traceparent, actors),"
+        " requeued AS (INSERT INTO outbox (topic, payload, created_at, traceparent, actors)"
+        " SELECT topic, payload, created_at, traceparent, actors FROM revived RETURNING 1)"
         " SELECT count(*) FROM requeued",
         topic,
     )

@@ -21,19 +21,23 @@ from typing import Any, Protocol
 
 import asyncpg
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from runtime.admission import Admission
+from runtime.auth import Authenticator, CallingService, Gate, ServiceToken, access_of
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.config import ConnectionLimits, ServiceConfig
 from runtime.database import UnitOfWork, create_pool, unit_of_work
+from runtime.identity import acting_for, calling_as
 from runtime.interceptors import ServiceInterceptor
 from runtime.outbox import Destination, OutboxRelay
 from runtime.pagination import PageTokens
 from runtime.partitions import PartitionedTable
 from runtime.telemetry import instrument_database
+from runtime.tls import peer_service, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +127,10 @@ class ServiceHost:
         # provider a process instruments with, so a process has one.
         self.tracer_provider = tracer_provider
         self.port = 0
+        self.health_port = 0
         self.context: ServiceContext | None = None
         self._server: grpc.aio.Server | None = None
+        self._probes: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -147,11 +153,19 @@ class ServiceHost:
             config.db_connect_timeout,
         )
         peers = {name: config.peers[name] for name in self.definition.callees}
-        self._clients = ServiceClients(peers, config.call_timeout, self.tracer_provider)
+        name = self.definition.name
+        self._clients = ServiceClients(
+            peers,
+            config.call_timeout,
+            self.tracer_provider,
+            CallingService(name, ServiceToken(config.auth, name)),
+            tls=config.tls,
+        )
         relay = OutboxRelay(
             self._pool,
             self._clients,
             self.definition.destinations,
+            service=name,
             poll_interval=config.outbox_poll_interval,
             max_refusals=config.outbox_max_refusals,
             max_backoff_seconds=config.outbox_max_backoff,
@@ -169,8 +183,15 @@ class ServiceHost:
         self._server = self._grpc_server(components)
         await self._set_readiness(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        self.port = (
+            self._server.add_secure_port(address, server_credentials(config.tls))
+            if config.tls is not None
+            else self._server.add_insecure_port(address)
+        )
         await self._server.start()
+        if config.health_port is not None:
+            self._probes = await self._serve_probes(config.health_port)
         workers: list[Worker] = [
             _ReadinessWatch(self._pool, self._set_readiness),
             relay,
@@ -187,8 +208,9 @@ class ServiceHost:
                 ServiceInterceptor(
                     f"lifecycle.{self.definition.name}",
                     self.tracer_provider,
-                    self.definition.batch_items,
+                    self._gate(),
                     self._admission,
+                    self.definition.batch_items,
                 )
             ],
             options=[
@@ -211,9 +233,28 @@ class ServiceHost:
         )
         return server
 
+    def _gate(self) -> Gate:
+        """Who may call this service's RPCs, as their .proto declares it."""
+        service = descriptor_pool.Default().FindServiceByName(self.definition.grpc_service)
+        # Under mutual TLS a service is known by its certificate.
+        peers = peer_service if self.config.tls is not None else None
+        return Gate(Authenticator(self.config.auth, peers), access_of(service))
+
+    async def _serve_probes(self, port: int) -> grpc.aio.Server:
+        """The health service alone, in plaintext, for probes that cannot do TLS
+        (the kubelet's gRPC probe): it tells no more than whether to send calls."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.health_port = server.add_insecure_port(f"{self.config.host}:{port}")
+        await server.start()
+        return server
+
     async def _run_worker(self, worker: Worker) -> None:
+        # A worker is the service working on its own: what it changes is the
+        # service's doing, unless it acts for the chain stored with the work.
         try:
-            await worker.run(self._stopping)
+            with calling_as(acting_for(self.definition.name, ())):
+                await worker.run(self._stopping)
         except Exception:
             log.exception("worker %s stopped on an error", worker.name)
             raise
@@ -252,6 +293,8 @@ class ServiceHost:
         deadline = loop.time() + self.config.shutdown_grace
         await self._admission.close(self.config.shutdown_grace)
         await self._server.stop(max(0.0, deadline - loop.time()))
+        if self._probes is not None:
+            await self._probes.stop(None)
 
     async def _finish_workers(self) -> None:
         if not self._tasks:

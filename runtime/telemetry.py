@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing and JSON logs that carry trace and span ids.
+"""OpenTelemetry tracing and JSON logs that carry trace and span ids, and
+the actors of the call (runtime.identity) a line is logged for.
 
 Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set. Without
 an exporter they are not recorded (OTEL_TRACES_SAMPLER can say otherwise),
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from runtime.config import TelemetryConfig
+from runtime.identity import ANONYMOUS, current_caller
 
 _UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -96,7 +98,10 @@ def current_trace_ids() -> tuple[str, str]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the trace and span of the current request."""
+    """One JSON object per line, with the trace and span of the current request
+    and the actors it is made for. A line logged outside any call or work
+    (starting, stopping) has neither: there the caller is the default,
+    anonymous, which would name nobody who is there."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -104,7 +109,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         trace_id, span_id = current_trace_ids()
-        entry = {
+        entry: dict[str, str | list[str]] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "service": self.service,
@@ -114,6 +119,9 @@ class JsonFormatter(logging.Formatter):
         if trace_id:
             entry["trace_id"] = trace_id
             entry["span_id"] = span_id
+        caller = current_caller()
+        if trace_id or caller is not ANONYMOUS:
+            entry["actors"] = list(caller.actors)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -1,6 +1,7 @@
 """The `lifecycle` command.
 
-lifecycle up                 the whole suite, each service in its own process
+lifecycle up [--tls]         the whole suite, each service in its own process (mutual TLS)
+lifecycle tls init [--dir D] a local CA and a certificate per service and for a client
 lifecycle serve <service>    one service (what a container runs)
 lifecycle migrate            apply every service's migrations
 lifecycle maintenance        create partitions ahead, expire idempotency keys, retention
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -36,8 +38,15 @@ from runtime.outbox import retry_dead_letters
 from runtime.partitions import ensure_partitions
 from runtime.server import ServiceDefinition, ServiceHost
 from runtime.telemetry import configure_logging, create_tracer_provider
-from suite.database import create_database_if_missing, recreate_database, suite_database
+from suite.certificates import CLIENT, LocalCertificates, kept_certificates
+from suite.database import (
+    create_database_if_missing,
+    data_dir,
+    recreate_database,
+    suite_database,
+)
 from suite.demo.run import DemoSettings, run_demo, suite_is_up
+from suite.keys import local_auth
 from suite.launcher import Supervisor, child_environment
 from suite.registry import DEFINITIONS, schema_owners
 
@@ -135,25 +144,63 @@ class _ServiceCommands:
         return parser
 
 
-def _up(services: list[str]) -> int:
+def _add_service_commands(commands: Any) -> None:
+    for definition in DEFINITIONS.values():
+        if definition.commands is not None:
+            definition.commands(_ServiceCommands(commands, definition.name))
+
+
+def _up(services: list[str], auth: bool, tls: bool) -> int:
     with suite_database() as admin_url:
         asyncio.run(_migrate(admin_url))
-        return asyncio.run(Supervisor(services, child_environment(admin_url)).run())
+        certificates = kept_certificates() if tls else None
+        env = child_environment(admin_url, certificates)
+        if auth:
+            env.update(local_auth(data_dir()).environment())
+        return asyncio.run(Supervisor(services, env, certificates).run())
+
+
+def _tls_init(folder: Path | None) -> int:
+    """The local CA and certificates in `folder` (Docker Compose mounts them)."""
+    certificates = kept_certificates(folder)
+    print(
+        f"{certificates.folder}: the CA (ca.pem), a certificate and key for each service"
+        f" (<service>.pem, <service>-key.pem) and for a client ({CLIENT}.pem, {CLIENT}-key.pem)"
+    )
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Prints a token signed with the local key (`lifecycle up --auth` trusts it)."""
+    permissions = [p.strip() for p in args.permissions.split(",") if p.strip()]
+    print(local_auth(data_dir()).token(args.subject, permissions, _seconds(args.ttl)))
+    return 0
+
+
+def _seconds(text: str) -> float:
+    """`90s`, `30m`, `1h`, `7d`, or a number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
 
 
 def _demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(args.users, args.days, args.day_seconds, args.seed)
+    certificates: LocalCertificates | None = kept_certificates() if args.tls else None
     with suite_database() as suite_url:
         demo_url = suite_url
-        running = asyncio.run(suite_is_up(child_environment(suite_url)))
+        running = asyncio.run(suite_is_up(child_environment(suite_url, certificates)))
         if not running:
             # A suite of its own, on a database made afresh: the report shows
             # this run's product only, and the suite's own data is left alone.
             demo_url = with_database(suite_url, f"{database_name(suite_url)}_demo")
             asyncio.run(recreate_database(demo_url))
         asyncio.run(_migrate(demo_url))
-        env = child_environment(demo_url)
-        return asyncio.run(run_demo(demo_url, env, settings, start_suite=not running))
+        env = child_environment(demo_url, certificates)
+        return asyncio.run(
+            run_demo(demo_url, env, settings, start_suite=not running, certificates=certificates)
+        )
 
 
 def _serve(service: str) -> int:
@@ -175,6 +222,27 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run the whole suite")
     up.add_argument("services", nargs="*", choices=[*SERVICE_NAMES, []], help="only these services")
+    up.add_argument(
+        "--auth",
+        action="store_true",
+        help="check bearer tokens, with local keys (`lifecycle token` mints them)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS, with a local CA and certificates kept in the data folder",
+    )
+    tls = commands.add_parser("tls", help="make a local CA and certificates (Docker Compose)")
+    tls.add_argument("action", choices=("init",))
+    tls.add_argument("--dir", type=Path, help="where (default: the data folder's tls/)")
+    token = commands.add_parser(
+        "token", help="mint a token for `lifecycle up --auth`, signed with the local key"
+    )
+    token.add_argument(
+        "--permissions", default="*", help="comma-separated, e.g. users:read,events:track"
+    )
+    token.add_argument("--ttl", default="1h", help="how long it is valid: 90s, 30m, 1h, 7d")
+    token.add_argument("--subject", default="developer", help="who it names (the actor)")
     serve = commands.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=SERVICE_NAMES)
     commands.add_parser("migrate", help="apply the migrations of every service")
@@ -192,14 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=21, help="how many days are replayed")
     demo.add_argument("--day-seconds", type=float, default=1.0, help="wall time of a day")
     demo.add_argument("--seed", type=int, default=7, help="the simulation's random seed")
-    for definition in DEFINITIONS.values():
-        if definition.commands is not None:
-            definition.commands(_ServiceCommands(commands, definition.name))
+    demo.add_argument(
+        "--tls", action="store_true", help="call (and start) the suite as `lifecycle up --tls` does"
+    )
+    _add_service_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "up":
-            return _up(args.services or list(SERVICE_NAMES))
+            return _up(args.services or list(SERVICE_NAMES), args.auth, args.tls)
+        if args.command == "tls":
+            return _tls_init(args.dir)
+        if args.command == "token":
+            return _token(args)
         if args.command == "serve":
             return _serve(args.service)
         if args.command == "demo":

@@ -32,7 +32,9 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime.config import PAGE_TOKEN_SECRET, load_service_config
+from runtime.config import PAGE_TOKEN_SECRET, TlsConfig, load_service_config, load_tls_config
+from runtime.tls import open_channel
+from suite.certificates import CLIENT, LocalCertificates
 from suite.database import data_dir
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def serving(address: str) -> bool:
+async def serving(address: str, tls: TlsConfig | None) -> bool:
     """Whether a service answers SERVING at `address` now."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1.0
@@ -64,10 +66,10 @@ async def serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def _ready(address: str, process: asyncio.subprocess.Process) -> bool:
+async def _ready(address: str, process: asyncio.subprocess.Process, tls: TlsConfig | None) -> bool:
     """Waits until the service's readiness check answers SERVING (True) or its
     process exits (False)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while process.returncode is None:
             with contextlib.suppress(grpc.aio.AioRpcError):
@@ -78,12 +80,14 @@ async def _ready(address: str, process: asyncio.subprocess.Process) -> bool:
     return False
 
 
-async def _wait_ready(address: str, process: asyncio.subprocess.Process) -> None:
+async def _wait_ready(
+    address: str, process: asyncio.subprocess.Process, tls: TlsConfig | None
+) -> None:
     """Until the service's readiness check answers SERVING; fails if the process
     exits or is not ready in time."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            if await _ready(address, process):
+            if await _ready(address, process, tls):
                 return
     except TimeoutError:
         raise RuntimeError(
@@ -116,9 +120,18 @@ def restart_delay(failures: int) -> float:
 
 
 class Supervisor:
-    def __init__(self, services: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        services: Sequence[str],
+        env: Mapping[str, str],
+        certificates: LocalCertificates | None = None,
+    ) -> None:
         self._services = list(services)
         self._env = dict(env)
+        # Each service serves with a certificate of its own, when given them.
+        self._certificates = certificates
+        # How the supervisor itself calls the services (their health).
+        self._tls = load_tls_config(self._env)
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._grace = load_service_config(self._services[0], self._env).shutdown_grace
 
@@ -152,7 +165,7 @@ class Supervisor:
                 )
                 await _unless(stop, asyncio.sleep(delay))
                 process = await self._start(name)
-                if await _unless(stop, _ready(self._address(name), process)):
+                if await _unless(stop, _ready(self._address(name), process, self._tls)):
                     print(f"{name} is back", flush=True)
 
     @contextlib.asynccontextmanager
@@ -169,7 +182,7 @@ class Supervisor:
             await self._start(name)
         await asyncio.gather(
             *(
-                _wait_ready(self._address(name), process)
+                _wait_ready(self._address(name), process, self._tls)
                 for name, process in self._processes.items()
             )
         )
@@ -181,12 +194,17 @@ class Supervisor:
             "suite.cli",
             "serve",
             name,
-            env=self._env,
+            env=self._service_env(name),
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         self._processes[name] = process
         return process
+
+    def _service_env(self, name: str) -> dict[str, str]:
+        if self._certificates is None:
+            return self._env
+        return {**self._env, **self._certificates.environment(name)}
 
     def _address(self, name: str) -> str:
         config = load_service_config(name, self._env)
@@ -195,6 +213,8 @@ class Supervisor:
 
     def _print_addresses(self) -> None:
         lines = [f"  {name:<10} {self._address(name)}" for name in self._services]
+        if self._tls is not None:
+            lines += _tls_lines(self._tls, self._address(self._services[0]))
         print(
             "lifecycle-ops is up; the services listen on:",
             *lines,
@@ -222,13 +242,26 @@ class Supervisor:
             await asyncio.gather(*(p.wait() for p in running))
 
 
-def child_environment(admin_url: str) -> dict[str, str]:
+def _tls_lines(tls: TlsConfig, address: str) -> list[str]:
+    """How to call the suite with grpcurl, with the supervisor's own TLS settings."""
+    flags = [f"-cacert {tls.ca_file}"] if tls.ca_file else []
+    if tls.cert_file and tls.key_file:
+        flags += [f"-cert {tls.cert_file}", f"-key {tls.key_file}"]
+    mode = "mutual TLS" if tls.client_auth else "TLS"
+    return [f"over {mode}; for example:", f"  grpcurl {' '.join(flags)} {address} list"]
+
+
+def child_environment(
+    admin_url: str, certificates: LocalCertificates | None = None
+) -> dict[str, str]:
     """The environment of the services `lifecycle up` starts. It runs them here,
     for this machine's user: without LIFECYCLE_PAGE_TOKEN_SECRET they share the
     key kept in the data folder, made the first time, so that page tokens
-    outlive a restart."""
+    outlive a restart. With the local CA's `certificates`, they are called as
+    its client (the person's certificate); each serves with its own."""
     secret = os.environ.get(PAGE_TOKEN_SECRET) or kept_secret(data_dir() / PAGE_TOKEN_SECRET_FILE)
-    return {**os.environ, "LIFECYCLE_DATABASE_URL": admin_url, PAGE_TOKEN_SECRET: secret}
+    tls = {} if certificates is None else certificates.environment(CLIENT)
+    return {**os.environ, "LIFECYCLE_DATABASE_URL": admin_url, PAGE_TOKEN_SECRET: secret, **tls}
 
 
 def kept_secret(path: Path) -> str:

@@ -4,8 +4,11 @@ real PostgreSQL database, and reading rich errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +22,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config
+from runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config, load_tls_config
 from runtime.migrations import RUNTIME_MIGRATIONS, load_migrations
 from runtime.server import ServiceHost
 from runtime.structs import from_unix_micros
+from runtime.tls import open_channel
 from suite.registry import DEFINITIONS
 
 T = TypeVar("T")
@@ -75,6 +79,12 @@ def service_config(service: str, env: dict[str, str]) -> ServiceConfig:
     return load_service_config(service, env)
 
 
+def channel_to(address: str, env: Mapping[str, str]) -> grpc.aio.Channel:
+    """A channel to a service as a client with the TLS settings of `env` (the
+    suite's own), plaintext without them."""
+    return open_channel(address, load_tls_config(env))
+
+
 SPANS = InMemorySpanExporter()
 TRACER_PROVIDER = TracerProvider()
 TRACER_PROVIDER.add_span_processor(SimpleSpanProcessor(SPANS))
@@ -90,6 +100,35 @@ async def running(service: str, env: dict[str, str]) -> AsyncIterator[ServiceHos
         yield host
     finally:
         await host.stop()
+
+
+@asynccontextmanager
+async def whole_suite(env: dict[str, str]) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    """The five services in this process, and a plaintext channel to each by name."""
+    async with contextlib.AsyncExitStack() as stack:
+        for name in DEFINITIONS:
+            await stack.enter_async_context(running(name, env))
+        channels = {
+            name: grpc.aio.insecure_channel(env[f"LIFECYCLE_{name.upper()}_ADDRESS"])
+            for name in DEFINITIONS
+        }
+        try:
+            yield channels
+        finally:
+            for channel in channels.values():
+                await channel.close(None)
+
+
+def serve_and_fail(service: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`lifecycle serve <service>` with `env`, expected to stop at start."""
+    return subprocess.run(
+        [sys.executable, "-m", "suite.cli", "serve", service],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:

@@ -16,15 +16,22 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
+from cryptography import x509
 
-from runtime.config import SERVICE_NAMES, with_database
+from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from runtime.config import SERVICE_NAMES, load_tls_config, with_database
+from runtime.tls import open_channel, spiffe_id
+from suite.certificates import CLIENT, LocalCertificates
 from suite.launcher import PAGE_TOKEN_SECRET_FILE, kept_secret, serving
 from tests.conftest import create_database, drop_database
-from tests.support import ScratchDatabase, free_port, migration_count
+from tests.support import ScratchDatabase, free_port, migration_count, serve_and_fail
+from tests.test_tls import served_certificate
 
 pytestmark = pytest.mark.users
 
 STARTUP_SECONDS = 90
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 def lifecycle(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -166,13 +173,7 @@ def test_a_bad_setting_stops_the_service_with_a_message_naming_it(
 ) -> None:
     env = suite_environment(LIFECYCLE_DATABASE_URL="postgresql://localhost/x")
     env[variable] = value
-    result = subprocess.run(
-        [sys.executable, "-m", "suite.cli", "serve", "users"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_and_fail("users", env)
     assert result.returncode == 2
     assert variable in result.stderr and repr(value) in result.stderr
 
@@ -250,12 +251,12 @@ def test_up_restarts_a_service_that_dies_and_sigterm_stops_the_suite(
         again = service_processes(process)
         assert again["users"].pid != first["users"].pid
         address = f"127.0.0.1:{env['LIFECYCLE_USERS_PORT']}"
-        assert asyncio.run(serving(address))
+        assert asyncio.run(serving(address, None))
         # Dying again at once, it waits longer; the other service runs on untouched.
         again["users"].kill()
         read_until(process, "users exited with code -9; restarting in 2s (restart 2)")
         read_until(process, "users is back")
-        assert asyncio.run(serving(address))
+        assert asyncio.run(serving(address, None))
         assert metrics.is_running() and service_processes(process)["metrics"].pid == metrics.pid
         interrupt_and_check_nothing_is_left(process, 2, signal.SIGTERM)
     finally:
@@ -284,13 +285,7 @@ def test_up_keeps_a_page_token_secret_in_its_data_folder_for_its_services(
 
 def test_serve_refuses_to_start_without_a_page_token_secret() -> None:
     env = suite_environment(LIFECYCLE_DATABASE_URL="postgresql://localhost/x")
-    result = subprocess.run(
-        [sys.executable, "-m", "suite.cli", "serve", "users"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_and_fail("users", env)
     assert result.returncode == 2
     assert "LIFECYCLE_PAGE_TOKEN_SECRET is not set" in result.stderr
 
@@ -343,3 +338,65 @@ def test_outbox_shows_the_workflow_starts_that_wait_for_the_workflows_service(
     [line] = listed.splitlines()
     assert line.startswith("triggers: pending workflows.start_execution: 2 messages, oldest ")
     assert line.endswith(", UNAVAILABLE: the workflows service is down")
+
+
+async def user_created_reaches_metrics(env: dict[str, str], client: dict[str, str]) -> None:
+    """A user made in the users service, and its event in the metrics service's
+    log: the users service's outbox relays it to metrics."""
+    tls = load_tls_config(client)
+    users_address = f"127.0.0.1:{env['LIFECYCLE_USERS_PORT']}"
+    metrics_address = f"127.0.0.1:{env['LIFECYCLE_METRICS_PORT']}"
+    async with (
+        open_channel(users_address, tls) as users_channel,
+        open_channel(metrics_address, tls) as metrics_channel,
+    ):
+        created = await users_pb2_grpc.UserServiceStub(users_channel).CreateUser(
+            users_pb2.CreateUserRequest(user=users_pb2.User(email="tls@example.com")), timeout=5
+        )
+        metrics = metrics_pb2_grpc.MetricsServiceStub(metrics_channel)
+        for _ in range(150):
+            listed = await metrics.ListEvents(
+                metrics_pb2.ListEventsRequest(user_id=created.user.id), timeout=5
+            )
+            if [event.event_type for event in listed.events] == ["user.created"]:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError("the user's event never reached the metrics service")
+
+
+def test_up_with_tls_runs_the_suite_under_mutual_tls_with_a_local_ca(
+    scratch_url: str, tmp_path: Path
+) -> None:
+    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url, LIFECYCLE_DATA_DIR=str(tmp_path))
+    # The services call each other on these ports (their defaults are taken by other runs).
+    for name in SERVICE_NAMES:
+        env[f"LIFECYCLE_{name.upper()}_ADDRESS"] = (
+            f"127.0.0.1:{env[f'LIFECYCLE_{name.upper()}_PORT']}"
+        )
+    process = lifecycle("up", "--tls", env=env)
+    try:
+        lines = read_until_up(process)
+        files = LocalCertificates(tmp_path / "tls")
+        assert files.key_file("ca").stat().st_mode & 0o777 == 0o600
+        client = files.environment(CLIENT)
+        for name in SERVICE_NAMES:
+            port = int(env[f"LIFECYCLE_{name.upper()}_PORT"])
+            address = f"127.0.0.1:{port}"
+            assert asyncio.run(serving(address, load_tls_config(client))), name
+            assert not asyncio.run(serving(address, None)), f"{name} answers in plaintext"
+            served = served_certificate(port, files)
+            uris = served.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            assert uris.value.get_values_for_type(x509.UniformResourceIdentifier) == [
+                spiffe_id(name)
+            ]
+        asyncio.run(user_created_reaches_metrics(env, client))
+        # The command it prints works as printed.
+        [grpcurl] = [line.strip() for line in lines if line.strip().startswith("grpcurl ")]
+        listed = subprocess.run(
+            [GRPCURL, *grpcurl.split()[1:]], capture_output=True, text=True, timeout=30
+        )
+        assert "lifecycle.users.v1.UserService" in listed.stdout, listed.stderr
+        interrupt_and_check_nothing_is_left(process, len(SERVICE_NAMES))
+    finally:
+        if process.poll() is None:
+            process.kill()

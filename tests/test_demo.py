@@ -11,12 +11,14 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from runtime.config import SERVICE_NAMES, with_database
-from tests.conftest import create_database, drop_database
+from suite.certificates import local_certificates
+from tests.conftest import create_database, drop_database, migrated_database
 from tests.support import ScratchDatabase, free_port, running, service_env
 from tests.test_cli import suite_environment
 
@@ -92,6 +94,24 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatab
     assert int(totals["workflow executions started"].replace(",", "")) >= 150
 
 
+async def demo_run(command: list[str], env: dict[str, str]) -> str:
+    """What `lifecycle <command>` printed; fails the test if it fails."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "suite.cli", *command),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
 async def test_the_demo_uses_the_suite_that_runs(own_database: ScratchDatabase) -> None:
     """With the five services up, the demo starts none of its own: its users land
     in the running suite's database, and it prints their funnel."""
@@ -100,20 +120,31 @@ async def test_the_demo_uses_the_suite_that_runs(own_database: ScratchDatabase) 
     async with contextlib.AsyncExitStack() as suite:
         for name in SERVICE_NAMES:
             await suite.enter_async_context(running(name, env))
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "suite.cli", *command),
-            env=suite_environment(**env),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
-    printed = out.decode()
+        printed = await demo_run(command, suite_environment(**env))
     assert "starting the suite" not in printed
     assert funnel_of(printed)["Acquisition"] == "1"
     assert await users_in(own_database.admin_url) == 1
+
+
+async def test_the_demo_with_tls_calls_a_suite_under_mutual_tls(
+    server_url: str, tmp_path: Path
+) -> None:
+    """`lifecycle demo --tls` calls the suite that runs under mutual TLS with the
+    local CA's client certificate (`lifecycle up --tls`'s, in the data folder)."""
+    certificates = local_certificates(tmp_path / "tls")
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    command = ["demo", "--tls", "--users", "1", "--days", "1", "--day-seconds", "0.1"]
+    async with (
+        migrated_database(server_url, "lifecycle_demo_tls") as database,
+        contextlib.AsyncExitStack() as suite,
+    ):
+        env = service_env(database, ports)
+        for name in SERVICE_NAMES:
+            await suite.enter_async_context(
+                running(name, {**env, **certificates.environment(name)})
+            )
+        printed = await demo_run(
+            command, suite_environment(**env, LIFECYCLE_DATA_DIR=str(tmp_path))
+        )
+        assert "starting the suite" not in printed
+        assert await users_in(database.admin_url) == 1

@@ -5,9 +5,11 @@ delivered exactly once when the callee answers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import grpc
@@ -16,8 +18,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from runtime.auth import AuthConfig, CallingService, ServiceToken
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.database import unit_of_work
+from runtime.identity import ON_BEHALF_OF
 from runtime.lifecycle_events import RECORD_EVENTS, EventBatch
 from runtime.outbox import Destination, OutboxRelay, retry_dead_letters
 from runtime.server import ServiceHost
@@ -67,7 +71,14 @@ async def relay(users_host: ServiceHost, callee_port: int) -> AsyncIterator[Outb
     assert users_host.context is not None
     clients = ServiceClients({"users": f"127.0.0.1:{callee_port}"}, default_timeout=2.0)
     pool = users_host.context.pool
-    yield OutboxRelay(pool, clients, DESTINATIONS, lease_seconds=1.0, max_refusals=MAX_REFUSALS)
+    yield OutboxRelay(
+        pool,
+        clients,
+        DESTINATIONS,
+        service="users",
+        lease_seconds=1.0,
+        max_refusals=MAX_REFUSALS,
+    )
     await clients.close()
     await pool.execute("DELETE FROM outbox WHERE topic = $1", CREATE_USER)
     await pool.execute("DELETE FROM outbox_dead_letters WHERE topic = $1", CREATE_USER)
@@ -166,11 +177,13 @@ async def pending_events_of(pool: asyncpg.Pool, user_id: str) -> list[asyncpg.Re
 
 
 async def test_users_events_wait_while_metrics_is_stopped_and_arrive_once_when_it_starts(
-    database: ScratchDatabase, monkeypatch: pytest.MonkeyPatch
+    own_database: ScratchDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On a database of its own: on the shared one, other tests' relays claim
+    this outbox's rows too, and send them where their own metrics service is."""
     monkeypatch.setenv("LIFECYCLE_METRICS_ROLLUP_INTERVAL_SECONDS", "0")
     ports = {"users": free_port(), "metrics": free_port()}
-    env = service_env(database, ports)
+    env = service_env(own_database, ports)
     async with running("users", env) as users_host:
         assert users_host.context is not None
         pool, relay = users_host.context.pool, users_host.context.relay
@@ -235,6 +248,54 @@ async def test_users_events_wait_while_metrics_is_stopped_and_arrive_once_when_i
         and s.parent.span_id in deliveries
         for s in spans
     )
+
+
+class Recorder:
+    """A callee that keeps each call's request and the actors it was made for."""
+
+    SERVICE = "test.Recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], bytes]] = []
+
+    async def record(self, request: bytes, context: Any) -> bytes:
+        metadata = dict(context.invocation_metadata())
+        self.calls.append((json.loads(metadata.get(ON_BEHALF_OF, "[]")), request))
+        return b""
+
+    def handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
+        method = grpc.unary_unary_rpc_method_handler(self.record)
+        return grpc.method_handlers_generic_handler(self.SERVICE, {"Record": method})
+
+
+async def test_messages_of_different_chains_are_each_sent_on_behalf_of_their_own(
+    users_host: ServiceHost,
+) -> None:
+    """Mergeable messages merge with those of the same chain only: one call per
+    chain, each carrying it (as the users service's calls carry it)."""
+    assert users_host.context is not None
+    pool = users_host.context.pool
+    recorder = Recorder()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((recorder.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    identity = CallingService("users", ServiceToken(AuthConfig(), "users"))
+    clients = ServiceClients({"users": f"127.0.0.1:{port}"}, 2.0, identity=identity)
+    topic = f"test.record_{uuid.uuid4().hex[:8]}"
+    destination = Destination("users", f"/{Recorder.SERVICE}/Record", mergeable=True)
+    relay = OutboxRelay(pool, clients, {topic: destination}, service="users")
+    alice, bob = ("alice",), ("bob", "service:triggers")
+    try:
+        async with unit_of_work(pool) as work:
+            for payload, chain in ((b"a1", alice), (b"b1", bob), (b"a2", alice)):
+                work.publish(topic, payload, chain)
+        await relay.relay_once()
+    finally:
+        await clients.close()
+        await server.stop(None)
+    assert sorted(recorder.calls) == [(["alice"], b"a1a2"), (["bob", "service:triggers"], b"b1")]
+    assert not await pending(pool, topic)
 
 
 def test_merged_payloads_parse_as_one_request_holding_every_event() -> None:

@@ -120,6 +120,9 @@ DEVIATIONS: dict[str, tuple[set[Fact], set[Fact]]] = {
                 ("nullable", "workflow_executions", "parent_execution_id", "YES"),
                 ("column", "workflow_executions", "parent_token", "integer", "0", ""),
                 ("nullable", "workflow_executions", "parent_token", "YES"),
+                # Whom the execution works for (0004_execution_actors.sql).
+                ("column", "workflow_executions", "actors", "ARRAY", "0", "'{}'::text[]"),
+                ("nullable", "workflow_executions", "actors", "NO"),
                 (
                     "constraint",
                     "workflow_executions",
@@ -230,6 +233,15 @@ DEVIATIONS: dict[str, tuple[set[Fact], set[Fact]]] = {
                 ("column", "lifecycle_events", "producer", "character varying", "50", ""),
                 ("nullable", "lifecycle_events", "producer", "YES"),
                 ("constraint", "lifecycle_events", "UNIQUE (event_id, created_at)"),
+                # Who made each change, and ListEvents' filter on it (0004_event_actors.sql).
+                ("column", "lifecycle_events", "actors", "ARRAY", "0", ""),
+                ("nullable", "lifecycle_events", "actors", "YES"),
+                (
+                    "index",
+                    "lifecycle_events",
+                    "CREATE INDEX idx_lifecycle_events_actors ON lifecycle_events"
+                    " USING gin (actors)",
+                ),
                 (
                     "index",
                     "lifecycle_events",

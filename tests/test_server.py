@@ -26,6 +26,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.config import service_role, with_user
+from runtime.identity import acting_for, calling_as
 from runtime.server import (
     LIVENESS,
     ServiceComponents,
@@ -330,6 +331,16 @@ def test_json_logs_carry_the_trace_and_span_ids() -> None:
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert line["span_id"] == format(span.get_span_context().span_id, "016x")
     assert trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_json_logs_carry_the_actors_of_the_call_or_work_they_are_logged_for() -> None:
+    formatter = JsonFormatter("lifecycle-triggers")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "starting", (), None)
+    assert "actors" not in json.loads(formatter.format(record)), "no call, nobody to name"
+    with TracerProvider().get_tracer("test").start_as_current_span("call"):
+        assert json.loads(formatter.format(record))["actors"] == ["anonymous"]
+    with calling_as(acting_for("triggers", ("alice",))):
+        assert json.loads(formatter.format(record))["actors"] == ["alice", "service:triggers"]
 
 
 @pytest.fixture

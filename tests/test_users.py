@@ -426,7 +426,7 @@ async def test_transition_stage_records_history_and_event(
             user_id=user.id,
             to_stage=ACTIVATION,
             workflow_execution_id=execution_id,
-            metadata=struct({"why": "first login"}),
+            metadata=struct({"why": "first login", "actors": ["mallory"]}),
         )
     )
     assert response.user.lifecycle_stage == ACTIVATION
@@ -434,12 +434,15 @@ async def test_transition_stage_records_history_and_event(
     transition = response.transition
     assert (transition.from_stage, transition.to_stage) == (ACQUISITION, ACTIVATION)
     assert transition.workflow_execution_id == execution_id
-    assert struct_to_dict(transition.metadata) == {"why": "first login"}
+    # Who moved the user, as the service saw the call (authentication is off):
+    # not whom the caller names.
+    assert struct_to_dict(transition.metadata) == {"why": "first login", "actors": ["anonymous"]}
     events = [
         e for e in await outbox_events(admin, user.id) if e.event_type == "user.stage_changed"
     ]
     assert len(events) == 1
     assert events[0].workflow_execution_id == execution_id
+    assert list(events[0].actors) == ["anonymous"]
     assert struct_to_dict(events[0].data)["from_stage"] == "Acquisition"
     # The same change goes to the triggers service as a user event, under the same id.
     tracked = []

@@ -1,5 +1,7 @@
 """Writes the per-service manifests of the Kustomize base (deploy/k8s/base/generated/)
-from one template, so that the five services cannot drift apart.
+from one template, so that the five services cannot drift apart; and, in each
+overlay, the patch that names the services' certificates in its namespace
+(certificate-names.yaml).
 
 Run it with `make manifests` after changing this file. The output is committed;
 tests/deploy/test_k8s.py fails when it is stale. Never edit the generated files.
@@ -21,8 +23,9 @@ K8S = Path(__file__).resolve().parent
 REPO = K8S.parents[1]
 sys.path.insert(0, str(REPO))
 
-from runtime.config import DEFAULT_PORTS, SERVICE_NAMES  # noqa: E402
+from runtime.config import DEFAULT_PORTS, SERVICE_NAMES, TLS_VARIABLES  # noqa: E402
 from runtime.server import LIVENESS  # noqa: E402
+from runtime.tls import spiffe_id  # noqa: E402
 from services.metrics.settings import ARCHIVE_ENDPOINT_VARIABLE, ARCHIVE_VARIABLE  # noqa: E402
 from suite.registry import calls  # noqa: E402
 
@@ -46,6 +49,22 @@ ARCHIVE_CLAIM = "lifecycle-metrics-archive"
 ARCHIVE_CONFIG = "lifecycle-metrics-archive"
 ARCHIVE_SECRET = "lifecycle-metrics-archive-s3"  # noqa: S105 (its name, not a secret)
 ARCHIVE_PATH = "/var/lib/lifecycle/archive"
+# Each service's certificate, from cert-manager: a Secret of its own mounted
+# here. The kubelet swaps the files in place when cert-manager renews it, and
+# the service reads them again (runtime/tls.py). The base's issuer is the
+# namespace's `lifecycle-ca`: the dev overlay makes it, prod names its own.
+TLS_PATH = "/var/run/lifecycle/tls"
+TLS_FILES = {"cert_file": "tls.crt", "key_file": "tls.key", "ca_file": "ca.crt"}
+ISSUER = {"name": "lifecycle-ca", "kind": "Issuer", "group": "cert-manager.io"}
+# The security settings every service reads (TLS; prod adds mutual TLS).
+SECURITY_CONFIG = "lifecycle-security"
+# The kubelet's gRPC probe cannot do TLS: the probes ask a plaintext port
+# that serves grpc.health.v1 alone (docs/security.md).
+HEALTH_PORT = 50050
+# Each overlay's patch naming the certificates' in-cluster names in its namespace.
+CERTIFICATE_NAMES = "certificate-names.yaml"
+CERTIFICATE_DAYS = 90
+RENEW_DAYS_BEFORE = 30
 # A rollout starts one new pod of a service at a time: at full scale the
 # database takes one more pool per service, not a quarter more (docs/operations.md).
 MAX_SURGE = 1
@@ -187,6 +206,51 @@ def shared_config() -> dict[str, Any]:
     }
 
 
+def security_config() -> dict[str, Any]:
+    """TLS with the mounted certificate, for serving and for calling the other
+    services; the prod overlay requires mutual TLS (and JWTs) here."""
+    data = {TLS_VARIABLES[field]: f"{TLS_PATH}/{name}" for field, name in TLS_FILES.items()}
+    data["LIFECYCLE_TLS_CLIENT_AUTH"] = "none"
+    data["LIFECYCLE_HEALTH_PORT"] = str(HEALTH_PORT)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(SECURITY_CONFIG, "config"),
+        "data": data,
+    }
+
+
+def dns_names(service: str, namespace: str | None = None) -> list[str]:
+    """The names a service is dialled by: its Service and headless Service, and
+    with the namespace, their in-cluster forms for clients in other namespaces."""
+    names = [service, f"{service}-headless"]
+    if namespace is None:
+        return names
+    suffixes = (namespace, f"{namespace}.svc", f"{namespace}.svc.cluster.local")
+    return names + [f"{name}.{suffix}" for name in names for suffix in suffixes]
+
+
+def certificate(service: str) -> dict[str, Any]:
+    """The service's certificate, to serve and to call the others with (mutual
+    TLS): its DNS names, and its SPIFFE id, which names it to the services it
+    calls (runtime.tls.peer_service). A new key at each renewal."""
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": metadata(service, "service"),
+        "spec": {
+            "secretName": f"{service}-tls",
+            "duration": f"{CERTIFICATE_DAYS * 24}h",
+            "renewBefore": f"{RENEW_DAYS_BEFORE * 24}h",
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["digital signature", "server auth", "client auth"],
+            "dnsNames": dns_names(service),
+            "uris": [spiffe_id(service)],
+            "issuerRef": ISSUER,
+        },
+    }
+
+
 def service_objects(service: str) -> list[dict[str, Any]]:
     port = DEFAULT_PORTS[service]
     sizing = SIZING[service]
@@ -204,6 +268,7 @@ def service_objects(service: str) -> list[dict[str, Any]]:
     return [
         service_account(service, "service"),
         config_map,
+        certificate(service),
         deployment(service, port, sizing),
         {
             "apiVersion": "v1",
@@ -249,12 +314,18 @@ def service_objects(service: str) -> list[dict[str, Any]]:
 
 
 def deployment(service: str, port: int, sizing: Sizing) -> dict[str, Any]:
+    health = {"port": HEALTH_PORT}
     main = container(
         service,
         ["serve", service],
-        ports=[{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        ({"name": "tls", "mountPath": TLS_PATH, "readOnly": True},),
+        ports=[
+            {"name": "grpc", "containerPort": port, "protocol": "TCP"},
+            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+        ],
         envFrom=[
             {"configMapRef": {"name": "lifecycle-config"}},
+            {"configMapRef": {"name": SECURITY_CONFIG}},
             {"configMapRef": {"name": f"{service}-config"}},
         ],
         env=[
@@ -268,17 +339,17 @@ def deployment(service: str, port: int, sizing: Sizing) -> dict[str, Any]:
         # Readiness is "" (SERVING while the database answers); liveness does not
         # depend on the database, so an outage makes pods unready, not restarted.
         startupProbe={
-            "grpc": {"port": port, "service": LIVENESS},
+            "grpc": {**health, "service": LIVENESS},
             "periodSeconds": 2,
             "failureThreshold": 30,
         },
         readinessProbe={
-            "grpc": {"port": port, "service": ""},
+            "grpc": {**health, "service": ""},
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
         livenessProbe={
-            "grpc": {"port": port, "service": LIVENESS},
+            "grpc": {**health, "service": LIVENESS},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
@@ -304,6 +375,13 @@ def deployment(service: str, port: int, sizing: Sizing) -> dict[str, Any]:
                 "spec": pod_spec(
                     service,
                     [main],
+                    # Readable by the pod's group (fsGroup) only.
+                    (
+                        {
+                            "name": "tls",
+                            "secret": {"secretName": f"{service}-tls", "defaultMode": 0o440},
+                        },
+                    ),
                     # Drain delay + the grace of in-flight calls, with room to spare.
                     terminationGracePeriodSeconds=DRAIN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS + 15,
                     topologySpreadConstraints=[
@@ -460,26 +538,47 @@ def jobs() -> list[dict[str, Any]]:
 
 def documents() -> dict[str, list[dict[str, Any]]]:
     files = {f"{service}.yaml": service_objects(service) for service in SERVICE_NAMES}
-    files["config.yaml"] = [shared_config()]
+    files["config.yaml"] = [shared_config(), security_config()]
     files["clients.yaml"] = [client_policy()]
     files["administration.yaml"] = jobs()
     return files
 
 
-def write(out: Path) -> None:
-    """Writes the generated files into `out`, replacing what was there."""
+def certificate_names(namespace: str) -> list[dict[str, Any]]:
+    """An overlay's patch of the certificates: the names in its namespace too."""
+    return [
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": service},
+            "spec": {"dnsNames": dns_names(service, namespace)},
+        }
+        for service in SERVICE_NAMES
+    ]
+
+
+def write(out: Path, overlays: Path) -> None:
+    """Writes the generated files into `out`, replacing what was there, and
+    each overlay's CERTIFICATE_NAMES patch into its folder under `overlays`."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.yaml"):
         stale.unlink()
     for name, objects in documents().items():
-        text = yaml.safe_dump_all(objects, sort_keys=False, width=100)
-        (out / name).write_text(HEADER + text)
+        (out / name).write_text(HEADER + yaml.safe_dump_all(objects, sort_keys=False, width=100))
+    for kustomization in sorted((K8S / "overlays").glob("*/kustomization.yaml")):
+        namespace = yaml.safe_load(kustomization.read_text())["namespace"]
+        folder = overlays / kustomization.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump_all(certificate_names(namespace), sort_keys=False, width=100)
+        (folder / CERTIFICATE_NAMES).write_text(HEADER + text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=K8S / "base" / "generated")
-    write(parser.parse_args().out)
+    parser.add_argument("--overlays-out", type=Path, default=K8S / "overlays")
+    args = parser.parse_args()
+    write(args.out, args.overlays_out)
 
 
 if __name__ == "__main__":

@@ -141,8 +141,8 @@ class Manifest:
     max_created_at: str | None
     sha256: str
     bytes: int
-    # bit_xor of hashtextextended(row::text, 0) over the rows: equal sets of
-    # rows give equal fingerprints whatever their order.
+    # bit_xor of hashtextextended(ROW(<columns>)::text, 0) over the rows: equal
+    # sets of rows give equal fingerprints whatever their order.
     fingerprint: str
     archived_at: str
 
@@ -155,10 +155,13 @@ class RowStats:
     fingerprint: str
 
 
-async def row_stats(conn: asyncpg.Connection, table: str) -> RowStats:
+async def row_stats(conn: asyncpg.Connection, table: str, columns: list[str]) -> RowStats:
+    """The fingerprint is over the archive's columns: a table restored from an
+    archive written before a column was added holds that column too, empty."""
+    values = ", ".join(f"t.{quote_identifier(c)}" for c in columns)
     row = await conn.fetchrow(
         "SELECT count(*) AS rows, min(created_at) AS low, max(created_at) AS high,"
-        " coalesce(bit_xor(hashtextextended(t::text, 0)), 0)::text AS fingerprint"
+        f" coalesce(bit_xor(hashtextextended(ROW({values})::text, 0)), 0)::text AS fingerprint"
         f" FROM {quote_identifier(table)} t"
     )
     assert row is not None
@@ -288,7 +291,7 @@ async def _read_back(
         sha256 = await _load(conn, copy, table, manifest.columns)
     except (OSError, EOFError, zlib.error, asyncpg.PostgresError) as error:
         raise ArchiveError(f"{manifest.partition}: the archive does not load: {error}") from error
-    stats = await row_stats(conn, table)
+    stats = await row_stats(conn, table, manifest.columns)
     if (stats.rows, stats.fingerprint) != (manifest.rows, manifest.fingerprint):
         raise ArchiveError(
             f"{manifest.partition}: the archive holds {stats.rows} rows (fingerprint"
@@ -363,8 +366,8 @@ async def _write_archive(
     folder: Path,
 ) -> Manifest:
     start, end = bounds
-    stats = await row_stats(conn, name)
     columns = await _columns(conn, name)
+    stats = await row_stats(conn, name, columns)
     data_file = f"{name}.{FORMAT}"
     data = folder / data_file
     try:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from lifecycle.metrics.v1 import metrics_pb2
 from runtime import wire_checks
+from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.lifecycle_events import is_known_event_type
 from runtime.partitions import PartitionedTable, partition_name, period_start
@@ -93,6 +94,7 @@ class EventRows:
     data: list[str] = field(default_factory=list)
     times: list[datetime] = field(default_factory=list)
     producers: list[str] = field(default_factory=list)
+    actors: list[Chain] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -113,6 +115,7 @@ class EventRows:
             _pick(self.data, keep),
             _pick(self.times, keep),
             _pick(self.producers, keep),
+            _pick(self.actors, keep),
         )
 
 
@@ -216,6 +219,7 @@ def parse_events(
         rows.data.append(data_json)
         rows.times.append(moment)
         rows.producers.append(event.producer)
+        rows.actors.append(tuple(event.actors))
     return rows, refused
 
 

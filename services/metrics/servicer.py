@@ -42,6 +42,7 @@ def event_message(row: asyncpg.Record) -> metrics_pb2.LifecycleEvent:
         data=dict_to_struct(row["event_data"]),
         event_time=timestamp(row["created_at"]),
         producer=row["producer"] or "",
+        actors=row["actors"] or (),
     )
 
 
@@ -127,6 +128,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             ),
             start_time=optional_time(request, "start_time"),
             end_time=optional_time(request, "end_time"),
+            actor=request.actor or None,
         )
         if ALL_STAGES in stages:
             violations.add("lifecycle_stages", "must name stages")
@@ -140,6 +142,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             str(where.workflow_execution_id or ""),
             where.start_time,
             where.end_time,
+            request.actor,
         ]
         cursor = self._tokens.cursor(request.page_token, query, parse_time_and_number)
         found = await self._events.read(where, cursor, limit + 1)

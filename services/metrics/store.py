@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from runtime import tombstones
+from runtime.chains import stored
 from runtime.database import Executor
 from runtime.migrations import quote_identifier
 from runtime.stages import STAGES
@@ -34,7 +35,7 @@ ERASE_LOCK = 0x6C6D_0065
 ROLLUP_LOCK = 0x6C6D_0072
 EVENT_COLUMNS = (
     "event_id, event_type, user_id, workflow_execution_id, lifecycle_stage, event_data,"
-    " created_at, producer"
+    " created_at, producer, actors"
 )
 
 
@@ -95,13 +96,13 @@ _INSERT_EVENTS = f"""
 WITH input AS (
   SELECT i.*, EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = i.user_id) AS erased
   FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-              $7::timestamptz[], $8::text[], $9::text[]) WITH ORDINALITY
+              $7::timestamptz[], $8::text[], $9::text[], $10::jsonb[]) WITH ORDINALITY
     AS i(event_id, event_type, user_id, workflow_execution_id, lifecycle_stage, event_data,
-         created_at, producer, partition_name, n)
+         created_at, producer, partition_name, actors, n)
 ), inserted AS (
   INSERT INTO lifecycle_events ({EVENT_COLUMNS})
   SELECT event_id, event_type, user_id, workflow_execution_id, lifecycle_stage,
-         event_data::jsonb, created_at, producer
+         event_data::jsonb, created_at, producer, NULLIF({stored("actors")}, '{{}}')
   FROM input WHERE NOT erased
   ON CONFLICT (event_id, created_at) DO NOTHING
   RETURNING 1
@@ -152,6 +153,7 @@ async def insert_events(conn: asyncpg.Connection, rows: EventRows) -> Insertion:
         rows.times,
         rows.producers,
         rows.partitions(),
+        rows.actors,
     )
     assert record is not None
     return Insertion(
@@ -176,6 +178,8 @@ class EventFilter:
     workflow_execution_id: uuid.UUID | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    # Events whose actors include it.
+    actor: str | None = None
 
 
 def list_events_query(
@@ -199,6 +203,8 @@ def list_events_query(
         add("lifecycle_stage = ANY({}::text[])", list(where.stages))
     if where.workflow_execution_id is not None:
         add("workflow_execution_id = {}", where.workflow_execution_id)
+    if where.actor is not None:
+        add("actors @> ARRAY[{}::text]", where.actor)
     if where.start_time is not None:
         add("created_at >= {}", where.start_time)
     if where.end_time is not None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
 
+from runtime.chains import Chain
 from runtime.conditions import (
     TRIGGER,
     AttributeChanges,
@@ -211,6 +212,8 @@ class Event:
     message_id: str
     # The W3C traceparent of the call that brought it: its workflow starts join that trace.
     traceparent: str | None = None
+    # The actors of the call that brought it: what it causes is done on their behalf.
+    actors: Chain = ()
     # Its user, once the users service answered.
     user: UserView | None = field(default=None, repr=False)
 

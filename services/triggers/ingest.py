@@ -149,7 +149,7 @@ class _Evaluated:
 
     events: store.EventRows = field(default_factory=lambda: store.EventRows([], [], [], [], []))
     evaluations: store.EvaluationRows = field(
-        default_factory=lambda: store.EvaluationRows([], [], [], [], [], [], [], [])
+        default_factory=lambda: store.EvaluationRows([], [], [], [], [], [], [], [], [])
     )
     variables: dict[str, struct_pb2.Struct] = field(default_factory=dict)
 
@@ -181,6 +181,7 @@ class _Evaluated:
         rows.skips.append(skip)
         rows.requests.append(request)
         rows.traceparents.append(event.traceparent)
+        rows.actors.append(event.actors)
 
 
 class IngestPipeline:
@@ -310,11 +311,14 @@ class IngestPipeline:
     def _publish(
         self, uow: UnitOfWork, events: Sequence[Event], variables: dict[str, struct_pb2.Struct]
     ) -> None:
-        """The messages the stored events imply, in the transaction that stores them."""
+        """The messages the stored events imply, in the transaction that stores them,
+        each on behalf of its event's caller (a batch holds many calls' events)."""
         lifecycle = EventBatch(PRODUCER)
         for event in events:
             uow.publish(
-                PUBLISH_MESSAGES, _publish_request(event, variables[event.message_id], self._ttl)
+                PUBLISH_MESSAGES,
+                _publish_request(event, variables[event.message_id], self._ttl),
+                event.actors,
             )
             if event.tracked and event.user is not None:
                 data = struct_pb2.Struct()
@@ -326,6 +330,7 @@ class IngestPipeline:
                     user_id=event.user_id,
                     stage=event.user.stage,
                     data=data,
+                    actors=event.actors,
                 )
         lifecycle.publish(uow)
 

@@ -11,6 +11,7 @@ import grpc
 from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from runtime import wire_checks
+from runtime.chains import Chain
 from runtime.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -19,6 +20,7 @@ from runtime.errors import (
     Violations,
 )
 from runtime.idempotency import request_key
+from runtime.identity import current_caller
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_uuid
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
@@ -149,7 +151,13 @@ def _update_paths(request: pb.UpdateTriggerRequest, violations: Violations) -> s
 
 
 def parse_event(
-    given: pb.Event, index: int, now: datetime, traceparent: str | None, violations: Violations
+    given: pb.Event,
+    index: int,
+    now: datetime,
+    traceparent: str | None,
+    violations: Violations,
+    *,
+    actors: Chain,
 ) -> Event:
     """The event as the pipeline takes it; problems go to `violations` under the
     event's field names."""
@@ -193,6 +201,7 @@ def parse_event(
         event_time=event_time,
         message_id=message_id,
         traceparent=traceparent,
+        actors=actors,
     )
 
 
@@ -316,7 +325,14 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         if not request.HasField("event"):
             raise InvalidArgument.field("event", "is required")
         violations = Violations()
-        event = parse_event(request.event, 0, self._clock(), current_traceparent(), violations)
+        event = parse_event(
+            request.event,
+            0,
+            self._clock(),
+            current_traceparent(),
+            violations,
+            actors=current_caller().actors,
+        )
         if violations.items:
             raise InvalidArgument(
                 FieldViolation(f"event.{v.field}", v.description) for v in violations.items
@@ -333,14 +349,14 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     ) -> pb.TrackEventsResponse:
         if len(request.events) > MAX_EVENTS:
             raise InvalidArgument.field("events", f"must hold at most {MAX_EVENTS} events")
-        now, traceparent = self._clock(), current_traceparent()
+        now, traceparent, actors = self._clock(), current_traceparent(), current_caller().actors
         response = pb.TrackEventsResponse()
         valid = []
         for index, given in enumerate(request.events):
             violations = Violations()
             event = None
             if wire_checks.item_clean(given, violations):
-                event = parse_event(given, index, now, traceparent, violations)
+                event = parse_event(given, index, now, traceparent, violations, actors=actors)
             if event is None or violations.items:
                 first = violations.items[0]
                 response.errors.add(

@@ -11,8 +11,9 @@ backoff, and the starter itself rests, backing off, rather than trying on
 every ingest that wakes it.
 Its request_id is the trigger execution's id, so a retry after a lost answer
 returns the execution the first attempt started: never two. The call runs in
-the trace of the event that caused it, and the settled firing is recorded as
-a `trigger.fired` lifecycle event.
+the trace of the event that caused it, on behalf of the actors of the call
+that tracked the event, and the settled firing is recorded as a
+`trigger.fired` lifecycle event attributed to them and to the triggers service.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from grpc_status import rpc_status
 
 from lifecycle.workflows.v1 import workflows_pb2
 from runtime.clients import GRPC_SERVICES
+from runtime.identity import acting_for, calling_as
 from runtime.lifecycle_events import EventBatch
 from runtime.server import ServiceContext
 from runtime.telemetry import joined
@@ -152,7 +154,7 @@ class Starter:
             response_deserializer=workflows_pb2.StartExecutionResponse.FromString,
         )
         try:
-            with joined(start.traceparent):
+            with joined(start.traceparent), calling_as(acting_for(PRODUCER, start.actors)):
                 reply = await call(start.request, timeout=self._context.clients.timeout())
         except grpc.aio.AioRpcError as error:
             if error.code() in _REFUSALS:
@@ -197,5 +199,6 @@ def _fired(settled: Sequence[Settled]) -> EventBatch:
             user_id=start.user_id,
             data=data,
             workflow_execution_id=answer.workflow_execution_id,
+            actors=acting_for(PRODUCER, start.actors).actors,
         )
     return events

@@ -13,6 +13,7 @@ from datetime import date, datetime
 import asyncpg
 
 from runtime import tombstones
+from runtime.chains import Chain, stored
 from runtime.database import Executor
 from services.triggers.domain import REENTRY_LIMIT, Reentry, Trigger, TriggerFields
 
@@ -174,6 +175,8 @@ class EvaluationRows:
     # The StartExecution request when the trigger would start its workflow.
     requests: list[bytes | None]
     traceparents: list[str | None]
+    # Whom the starts are made for: the actors of the event's call.
+    actors: list[Chain]
 
 
 @dataclass(frozen=True)
@@ -200,8 +203,8 @@ WITH erased AS (
 ), evaluated AS (
   SELECT v.*, a.user_id, a.event_type, a.data
   FROM unnest($7::text[], $8::uuid[], $9::uuid[], $10::boolean[], $11::boolean[],
-              $12::text[], $13::bytea[], $14::text[])
-    AS v(message_id, trigger_id, id, met, claim, skip, request, traceparent)
+              $12::text[], $13::bytea[], $14::text[], $15::jsonb[])
+    AS v(message_id, trigger_id, id, met, claim, skip, request, traceparent, actors)
   JOIN accepted a USING (message_id)
   WHERE v.trigger_id IN (SELECT id FROM present)
 ), admitted AS (
@@ -223,8 +226,9 @@ WITH erased AS (
   RETURNING id, condition_met, skip_reason
 ), started AS (
   INSERT INTO pending_starts (trigger_execution_id, executed_at, trigger_id, user_id,
-                              event_type, request, traceparent)
-  SELECT v.id, $6, v.trigger_id, v.user_id, v.event_type, v.request, v.traceparent
+                              event_type, request, traceparent, actors)
+  SELECT v.id, $6, v.trigger_id, v.user_id, v.event_type, v.request, v.traceparent,
+         {stored("v.actors")}
   FROM recorded r JOIN evaluated v ON v.id = r.id
   WHERE r.condition_met AND r.skip_reason IS NULL
   RETURNING 1
@@ -270,6 +274,7 @@ async def record(
         evaluations.skips,
         evaluations.requests,
         evaluations.traceparents,
+        evaluations.actors,
     )
     assert row is not None
     return Recorded(set(row["accepted"]), set(row["erased"]), row["starts"])
@@ -288,6 +293,8 @@ class PendingStart:
     request: bytes
     traceparent: str | None
     attempts: int
+    # Whom the start is made for.
+    actors: Chain
 
 
 # The starts as `lifecycle outbox` shows them: calls waiting for the workflows service.
@@ -306,14 +313,14 @@ UPDATE pending_starts p SET available_at = now() + make_interval(secs => $2),
                             attempts = p.attempts + 1
 FROM due WHERE p.trigger_execution_id = due.trigger_execution_id
 RETURNING p.trigger_execution_id, p.executed_at, p.trigger_id, p.user_id, p.event_type,
-          p.request, p.traceparent, p.attempts
+          p.request, p.traceparent, p.attempts, p.actors
 """
 
 
 async def claim_starts(conn: Executor, limit: int, lease_seconds: float) -> list[PendingStart]:
     """Due starts, leased: another replica skips them until the lease ends."""
     rows = await conn.fetch(_CLAIM_STARTS, limit, lease_seconds)
-    return [PendingStart(**dict(row)) for row in rows]
+    return [PendingStart(**{**dict(row), "actors": tuple(row["actors"])}) for row in rows]
 
 
 @dataclass(frozen=True)

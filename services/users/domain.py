@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.structs import JsonObject, compact_json
 
@@ -93,6 +94,13 @@ def encode_attributes(attributes: JsonObject, field: str, violations: Violations
     if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
         violations.add(field, f"must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON")
     return text
+
+
+def moved_by(metadata: JsonObject, actors: Chain) -> JsonObject:
+    """A move's metadata as the history records it: what the caller gave, and
+    who moved the user, `actors`, which the service alone sets (a caller
+    cannot pass a move off as someone else's)."""
+    return {**metadata, "actors": list(actors)}
 
 
 def attribute_changes(before: JsonObject, after: JsonObject) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from runtime.errors import (
     ResourceExhausted,
 )
 from runtime.idempotency import RequestKey
+from runtime.identity import current_caller
 from runtime.isolation import refusal_text, write_apart
 from runtime.lifecycle_events import EventBatch, erase_messages
 from runtime.server import ServiceContext
@@ -39,6 +40,7 @@ from services.users.domain import (
     UserChange,
     UserFilter,
     attribute_changes,
+    moved_by,
 )
 from services.users.store import ImportRow, MatchBatch, MatchQuery, MergedUser, Profile
 
@@ -164,7 +166,9 @@ class UserDirectory:
                     reason="EMAIL_TAKEN",
                     metadata={"email": email},
                 )
-            await store.insert_first_transition(uow.conn, user, "api")
+            await store.insert_first_transition(
+                uow.conn, user, moved_by({"source": "api"}, current_caller().actors)
+            )
             events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
             _add_created(events, user.id, stage, user.created_at, "api")
             events.publish(uow)
@@ -233,7 +237,8 @@ class UserDirectory:
 
     async def erase_user(self, user_id: uuid.UUID, etag: str, allow_missing: bool) -> None:
         """GDPR erase: the user and their history go now, every other service's data
-        through the outbox (docs/schema.md, "Erasing a user")."""
+        through the outbox (docs/schema.md, "Erasing a user"); the erase is
+        recorded (which user, when, who asked)."""
         async with self._context.unit_of_work() as uow:
             current = await store.get_user(uow.conn, user_id, lock=True)
             if current is None:
@@ -242,7 +247,7 @@ class UserDirectory:
                 raise _not_found(user_id)
             if etag and etag != current.etag:
                 raise Aborted("the user changed since the etag was read", reason="ETAG_MISMATCH")
-            await store.delete_user(uow.conn, user_id)
+            await store.delete_user(uow.conn, user_id, current_caller().actors)
             for topic, payload in erase_messages(user_id):
                 uow.publish(topic, payload)
             events = EventBatch(PRODUCER, forwarded=TRIGGER_EVENTS)
@@ -258,7 +263,8 @@ class UserDirectory:
                 return await self._replayed_transition(
                     uow.conn, json.loads(stored)["transition_id"]
                 )
-            outcome = await store.transition(uow.conn, user_id, change)
+            recorded = replace(change, metadata=moved_by(change.metadata, current_caller().actors))
+            outcome = await store.transition(uow.conn, user_id, recorded)
             if outcome is None:
                 raise _not_found(user_id)
             if outcome.user is None or outcome.transition is None:
@@ -311,16 +317,17 @@ class UserDirectory:
     async def _import_part(self, rows: Sequence[ImportRow]) -> ImportSummary:
         """Upserts rows in one transaction."""
         summary = ImportSummary()
+        metadata = moved_by({"source": "import"}, current_caller().actors)
         async with self._context.unit_of_work() as uow:
-            merged = await store.import_existing(uow.conn, rows)
+            merged = await store.import_existing(uow.conn, rows, metadata)
             done = {user.index for user in merged}
             fresh = [row for row in rows if row.index not in done]
-            created = await store.import_new(uow.conn, fresh, DEFAULT_STAGE)
+            created = await store.import_new(uow.conn, fresh, DEFAULT_STAGE, metadata)
             done |= {user.index for user in created}
             # Rows whose email another writer inserted between the two statements.
             raced = [row for row in fresh if row.index not in done]
             if raced:
-                late = await store.import_existing(uow.conn, raced)
+                late = await store.import_existing(uow.conn, raced, metadata)
                 merged += late
                 done |= {user.index for user in late}
             summary.failed += [

@@ -11,12 +11,12 @@ from typing import Any
 
 import asyncpg
 
+from runtime.chains import Chain
 from runtime.conditions import STAGE_ENTRY_JOIN, SqlCondition
 from runtime.database import Executor
-from runtime.structs import from_unix_micros
+from runtime.structs import JsonObject, from_unix_micros
 from services.users.domain import StageChange, Transition, User, UserChange, UserFilter
 
-IMPORT_METADATA = {"source": "import"}
 _USER_COLUMNS = "id, email, current_lifecycle_stage, attributes, created_at, updated_at"
 
 
@@ -58,7 +58,9 @@ async def insert_user(
     return _user(row) if row else None
 
 
-async def insert_first_transition(conn: asyncpg.Connection, user: User, source: str) -> Transition:
+async def insert_first_transition(
+    conn: asyncpg.Connection, user: User, metadata: JsonObject
+) -> Transition:
     row = await conn.fetchrow(
         "INSERT INTO user_lifecycle_history"
         " (user_id, from_stage, to_stage, transitioned_at, metadata)"
@@ -66,7 +68,7 @@ async def insert_first_transition(conn: asyncpg.Connection, user: User, source: 
         user.id,
         user.stage,
         user.created_at,
-        {"source": source},
+        metadata,
     )
     assert row is not None
     return _transition(row)
@@ -106,8 +108,15 @@ async def update_user(
     return _user(row) if row else None
 
 
-async def delete_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
-    await conn.execute("DELETE FROM users WHERE id = $1", user_id)
+async def delete_user(conn: asyncpg.Connection, user_id: uuid.UUID, actors: Chain) -> None:
+    """Deletes the user (their history goes with them) and records the erase:
+    which user, when, who asked; nothing else of them."""
+    await conn.execute(
+        "WITH gone AS (DELETE FROM users WHERE id = $1 RETURNING id)"
+        " INSERT INTO user_erasures (user_id, actors) SELECT id, $2 FROM gone",
+        user_id,
+        list(actors),
+    )
 
 
 @dataclass(frozen=True)
@@ -263,7 +272,7 @@ WITH input AS (
   RETURNING u.id, u.updated_at
 ), recorded AS (
   INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at, metadata)
-  SELECT l.id, l.old_stage, l.new_stage, clock_timestamp(), '{"source": "import"}'::jsonb
+  SELECT l.id, l.old_stage, l.new_stage, clock_timestamp(), $5::jsonb
   FROM locked l WHERE l.new_stage <> l.old_stage
   RETURNING id, user_id, transitioned_at
 )
@@ -283,7 +292,7 @@ WITH input AS (
   RETURNING id, email, current_lifecycle_stage, created_at
 ), recorded AS (
   INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at, metadata)
-  SELECT id, NULL, current_lifecycle_stage, created_at, '{"source": "import"}'::jsonb FROM inserted
+  SELECT id, NULL, current_lifecycle_stage, created_at, $5::jsonb FROM inserted
 )
 SELECT i.idx, ins.id, ins.current_lifecycle_stage, ins.created_at
 FROM inserted ins
@@ -291,19 +300,23 @@ JOIN input i ON lower(i.email) = lower(ins.email)
 """
 
 
-async def import_existing(conn: asyncpg.Connection, rows: Sequence[ImportRow]) -> list[MergedUser]:
-    """Merges rows into the users they name; rows naming no user are left out."""
+async def import_existing(
+    conn: asyncpg.Connection, rows: Sequence[ImportRow], metadata: JsonObject
+) -> list[MergedUser]:
+    """Merges rows into the users they name, a move recorded with `metadata`;
+    rows naming no user are left out."""
     records = await conn.fetch(
         _IMPORT_EXISTING,
         [r.index for r in rows],
         [r.email.lower() for r in rows],
         [r.stage for r in rows],
         [r.attributes_json for r in rows],
+        metadata,
     )
-    return [_merged(rec) for rec in records]
+    return [_merged(rec, metadata) for rec in records]
 
 
-def _merged(rec: asyncpg.Record) -> MergedUser:
+def _merged(rec: asyncpg.Record, metadata: JsonObject) -> MergedUser:
     transition = None
     if rec["transition_id"] is not None:
         transition = Transition(
@@ -313,7 +326,7 @@ def _merged(rec: asyncpg.Record) -> MergedUser:
             to_stage=rec["new_stage"],
             transitioned_at=rec["transitioned_at"],
             workflow_execution_id=None,
-            metadata=IMPORT_METADATA,
+            metadata=metadata,
         )
     return MergedUser(
         index=rec["idx"],
@@ -327,15 +340,17 @@ def _merged(rec: asyncpg.Record) -> MergedUser:
 
 
 async def import_new(
-    conn: asyncpg.Connection, rows: Sequence[ImportRow], default_stage: str
+    conn: asyncpg.Connection, rows: Sequence[ImportRow], default_stage: str, metadata: JsonObject
 ) -> list[CreatedUser]:
-    """Inserts rows as new users; rows whose email was taken meanwhile are left out."""
+    """Inserts rows as new users, their first stage recorded with `metadata`;
+    rows whose email was taken meanwhile are left out."""
     records = await conn.fetch(
         _IMPORT_NEW,
         [r.index for r in rows],
         [r.email for r in rows],
         [r.stage or default_stage for r in rows],
         [r.attributes_json for r in rows],
+        metadata,
     )
     return [
         CreatedUser(rec["idx"], rec["id"], rec["current_lifecycle_stage"], rec["created_at"])

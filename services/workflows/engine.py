@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from runtime.chains import Chain
 from runtime.structs import compact_json
 from services.workflows.bpmn import (
     EMIT_EVENT,
@@ -98,6 +99,8 @@ class ExecutionState:
     last_element: str | None = None
     # Not stored yet: written with an INSERT.
     new: bool = False
+    # Whom it works for: the actors of the call that started it.
+    actors: Chain = ()
 
     @property
     def current_nodes(self) -> list[str]:

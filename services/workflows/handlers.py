@@ -28,6 +28,7 @@ import grpc
 
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime import idempotency, tombstones
+from runtime.chains import Chain
 from runtime.database import UnitOfWork
 from runtime.errors import (
     AlreadyExists,
@@ -40,6 +41,7 @@ from runtime.errors import (
 )
 from runtime.group_commit import GroupCommit
 from runtime.idempotency import RequestKey
+from runtime.identity import acting_for, current_caller
 from runtime.isolation import write_apart
 from runtime.lifecycle_events import EventBatch
 from runtime.server import ServiceContext
@@ -89,6 +91,25 @@ RETRY_BACKOFF_MAX = 600.0
 # A user profile for expressions: {"id", "stage", "attributes"}; None once erased.
 Profile = dict[str, Any] | None
 ProfileReader = Callable[[uuid.UUID], Awaitable[Profile]]
+# Whom the lifecycle events of an execution's step are attributed to.
+Attribution = Callable[[ExecutionState], Chain]
+
+
+def by_caller(state: ExecutionState) -> Chain:
+    """A step a call makes (a cancel, a publish, a job completed): its caller's."""
+    return current_caller().actors
+
+
+def by_starter(state: ExecutionState) -> Chain:
+    """A start's step: the actors of that start's call, which the execution
+    keeps (a batch of starts holds many calls)."""
+    return state.actors
+
+
+def by_engine(state: ExecutionState) -> Chain:
+    """The engine's own step (a timer, a built-in task done): the service's,
+    on behalf of whoever started the execution."""
+    return acting_for(PRODUCER, state.actors).actors
 
 
 def backoff(failures: int) -> timedelta:
@@ -221,6 +242,7 @@ class Engine:
         *,
         skip_locked: bool = False,
         skip_unreadable_profiles: bool = False,
+        attribute: Attribution = by_caller,
     ) -> Advance:
         conn = uow.conn
         now = self.clock.now()
@@ -253,7 +275,7 @@ class Engine:
             queue = await self._follow_ups(conn, result, handled, now)
         else:
             raise Internal("a step kept calling other executions; stopped to be safe")
-        await self._write(uow, notes, result, now, profiles)
+        await self._write(uow, notes, result, now, profiles, attribute=attribute)
         return result
 
     async def _run_round(
@@ -372,7 +394,14 @@ class Engine:
                 if token in run.state.tokens:
                     run.incident_at(token, f"the called workflow {workflow_id} is not active")
                 continue
-            state = new_state(uuid.UUID(workflow_id), found[1], run.state.user_id, variables, now)
+            state = new_state(
+                uuid.UUID(workflow_id),
+                found[1],
+                run.state.user_id,
+                variables,
+                now,
+                actors=run.state.actors,
+            )
             state.parent = (run.state.id, token)
             new.append(NewExecution(state, exclusive=False))
         await store.insert_executions(conn, new)
@@ -406,12 +435,22 @@ class Engine:
         result: Advance,
         now: datetime,
         profiles: dict[uuid.UUID, Profile],
+        *,
+        attribute: Attribution,
     ) -> None:
         runs = [run for run in result.runs.values() if run.step.changed]
         events = EventBatch(PRODUCER)
         w = store.Writes(updated=[run.state for run in runs])
         for run in runs:
-            _collect(run, w, events, now=now, profiles=profiles, notes=notes)
+            _collect(
+                run,
+                w,
+                events,
+                now=now,
+                profiles=profiles,
+                notes=notes,
+                actors=attribute(run.state),
+            )
             if run.step.uncaught_error is not None:
                 result.uncaught[run.state.id].append(run.step.uncaught_error)
         await store.write(uow.conn, w)
@@ -426,8 +465,10 @@ def _collect(
     now: datetime,
     profiles: dict[uuid.UUID, Profile],
     notes: Notes,
+    actors: Chain,
 ) -> None:
-    """Adds the rows and lifecycle events of `run`'s step; notes what its commit must wake."""
+    """Adds the rows and lifecycle events of `run`'s step, attributed to
+    `actors`; notes what its commit must wake."""
     state, step = run.state, run.step
     execution_id, alive = state.id, state.tokens
     w.removed_tokens += [(execution_id, no) for no in step.removed]
@@ -477,6 +518,7 @@ def _collect(
             stage=stage,
             data=data,
             workflow_execution_id=execution_id,
+            actors=actors,
         )
 
 
@@ -486,6 +528,8 @@ def new_state(
     user_id: uuid.UUID,
     variables: dict[str, Any],
     now: datetime,
+    *,
+    actors: Chain,
 ) -> ExecutionState:
     return ExecutionState(
         id=uuid.uuid4(),
@@ -499,6 +543,7 @@ def new_state(
         parent=None,
         started_at=now,
         new=True,
+        actors=actors,
     )
 
 
@@ -724,6 +769,8 @@ class StartRequest:
     key: RequestKey | None
     use_existing: bool
     exclusive: bool
+    # The actors of the call: the execution works for them.
+    actors: Chain
 
 
 # A start the batch leaves to a transaction of its own: its request_id was used,
@@ -802,9 +849,16 @@ class Executions:
                 outcomes[n] = error
                 continue
             taken |= twins
-            state = new_state(request.workflow_id, version, request.user_id, request.variables, now)
+            state = new_state(
+                request.workflow_id,
+                version,
+                request.user_id,
+                request.variables,
+                now,
+                actors=request.actors,
+            )
             new[n] = NewExecution(state, request.exclusive)
-        advanced = await engine.advance(uow, notes, {}, list(new.values()))
+        advanced = await engine.advance(uow, notes, {}, list(new.values()), attribute=by_starter)
         answered = []
         for n, execution in new.items():
             state = execution.state
@@ -830,9 +884,16 @@ class Executions:
         )[0]
         version = _startable(check, request)
         state = new_state(
-            request.workflow_id, version, request.user_id, request.variables, engine.clock.now()
+            request.workflow_id,
+            version,
+            request.user_id,
+            request.variables,
+            engine.clock.now(),
+            actors=request.actors,
         )
-        advanced = await engine.advance(uow, notes, {}, [NewExecution(state, request.exclusive)])
+        advanced = await engine.advance(
+            uow, notes, {}, [NewExecution(state, request.exclusive)], attribute=by_starter
+        )
         state_id = state.id
         if state.id in advanced.conflicts:
             running = await store.existing_execution(conn, request.workflow_id, request.user_id)
@@ -930,13 +991,16 @@ class Executions:
         going = [m for m in live if m.user_id not in duplicates]
         waiting = await store.subscribers(conn, [(m.user_id, m.name) for m in going])
         starting = await store.message_start_workflows(conn, {m.name for m in going})
+        publisher = current_caller().actors
         triggers: dict[uuid.UUID, list[Trigger]] = {}
         new: dict[uuid.UUID, list[NewExecution]] = defaultdict(list)
         for m in going:
             for execution_id, token, element in waiting.get(m.user_id, ()):
                 triggers[execution_id] = [MessageDelivered(token, element, m.variables)]
             for workflow_id, version in starting.get(m.name, ()):
-                state = new_state(workflow_id, version, m.user_id, dict(m.variables), now)
+                state = new_state(
+                    workflow_id, version, m.user_id, dict(m.variables), now, actors=publisher
+                )
                 new[m.user_id].append(NewExecution(state, exclusive=True))
         advanced = await self._advance_with(
             uow, notes, triggers, [e for started in new.values() for e in started]

@@ -17,6 +17,7 @@ from runtime import wire_checks
 from runtime.deadlines import timeout_for_call
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
+from runtime.identity import current_caller
 from runtime.isolation import content_error, refusal_text, refused_value
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
 from runtime.parsing import parse_stages, parse_uuid
@@ -362,6 +363,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
                 key,
                 use_existing=request.conflict_policy == pb.CONFLICT_POLICY_USE_EXISTING,
                 exclusive=request.conflict_policy != pb.CONFLICT_POLICY_ALLOW_PARALLEL,
+                actors=current_caller().actors,
             )
         )
         return pb.StartExecutionResponse(

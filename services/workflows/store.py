@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from runtime import tombstones
+from runtime.chains import Chain, stored
 from runtime.database import Executor
 from runtime.telemetry import current_traceparent
 from services.workflows.bpmn import SET_STAGE, UPDATE_ATTRIBUTES
@@ -301,7 +302,7 @@ async def message_start_workflows(
 
 _STATE = (
     "e.id, e.workflow_id, e.workflow_version, e.user_id, e.status, e.variables, e.next_token,"
-    " e.parent_execution_id, e.parent_token, e.started_at, e.current_node_id,"
+    " e.parent_execution_id, e.parent_token, e.started_at, e.current_node_id, e.actors,"
     " (SELECT coalesce(json_agg(json_build_array(t.token, t.element_id, t.scope_token,"
     "  t.arrived_via)), '[]') FROM execution_tokens t WHERE t.execution_id = e.id) AS tokens"
 )
@@ -321,6 +322,7 @@ def _state(row: asyncpg.Record) -> ExecutionState:
         parent=(parent, row["parent_token"]) if parent else None,
         started_at=row["started_at"],
         last_element=row["current_node_id"],
+        actors=tuple(row["actors"]),
     )
 
 
@@ -420,8 +422,10 @@ async def insert_executions(
     (an exclusive one is left out when its user runs that workflow already)."""
     q = _Statement()
     rows = await conn.fetch(
-        f"INSERT INTO workflow_executions ({_EXECUTION_COLUMNS})"
-        f" SELECT * FROM {q.unnest([_execution_row(e) for e in executions], _EXECUTION_TYPES)}"
+        f"INSERT INTO workflow_executions ({_EXECUTION_COLUMNS}, actors)"
+        f" SELECT {_EXECUTION_COLUMNS}, {stored('actors')}"
+        f" FROM {q.unnest([_execution_row(e) for e in executions], _EXECUTION_TYPES)}"
+        f" AS r({_EXECUTION_COLUMNS}, actors)"
         " ON CONFLICT (workflow_id, user_id) WHERE exclusive AND status IN ('pending', 'running')"
         " DO NOTHING RETURNING id",
         *q.args,
@@ -499,7 +503,7 @@ _EXECUTION_COLUMNS = (
 )
 _EXECUTION_TYPES = (
     "uuid", "uuid", "text", "uuid", "text", "jsonb", "text", "timestamptz", "timestamptz",
-    "text", "bool", "uuid", "int", "int",
+    "text", "bool", "uuid", "int", "int", "jsonb",
 )  # fmt: skip
 
 
@@ -512,7 +516,7 @@ def _execution_row(execution: NewExecution) -> tuple[Any, ...]:
     return (
         s.id, s.workflow_id, s.version, s.user_id, s.status, s.variables, current_node(s),
         s.started_at, s.completed_at, s.error_message, execution.exclusive,
-        parent[0] if parent else None, parent[1] if parent else None, s.next_token,
+        parent[0] if parent else None, parent[1] if parent else None, s.next_token, s.actors,
     )  # fmt: skip
 
 
@@ -779,10 +783,16 @@ class JobRecord:
     # The trace of the step that created the job.
     traceparent: str | None
     variables: dict[str, Any]
+    # Whom its execution works for.
+    actors: Chain
 
 
 def _job(row: asyncpg.Record) -> JobRecord:
-    return JobRecord(**{name: row[name] for name in _JOB_FIELDS}, variables=row["variables"] or {})
+    return JobRecord(
+        **{name: row[name] for name in _JOB_FIELDS},
+        variables=row["variables"] or {},
+        actors=tuple(row["actors"]),
+    )
 
 
 # The built-in tasks' calls to the users service as `lifecycle outbox` shows them:
@@ -830,9 +840,9 @@ async def activate_jobs(
         "  WHERE job_type = ANY($1::text[]) AND state <> 'failed' AND available_at <= $3"
         "  ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
         " UPDATE jobs j SET state = 'activated', available_at = $4, worker = $5"
-        " FROM due WHERE j.execution_id = due.execution_id AND j.token = due.token"
-        f" RETURNING {_JOB},"
-        " (SELECT variables FROM workflow_executions e WHERE e.id = j.execution_id) AS variables",
+        " FROM due JOIN workflow_executions e ON e.id = due.execution_id"
+        " WHERE j.execution_id = due.execution_id AND j.token = due.token"
+        f" RETURNING {_JOB}, e.variables, e.actors",
         list(job_types),
         limit,
         now,
@@ -847,7 +857,7 @@ async def get_job(
 ) -> JobRecord | None:
     suffix = " FOR UPDATE OF j" if lock else ""
     row = await conn.fetchrow(
-        f"SELECT {_JOB}, '{{}}'::jsonb AS variables FROM jobs j"
+        f"SELECT {_JOB}, '{{}}'::jsonb AS variables, '{{}}'::text[] AS actors FROM jobs j"
         f" WHERE j.execution_id = $1 AND j.token = $2{suffix}",
         execution_id,
         token,

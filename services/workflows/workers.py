@@ -32,13 +32,21 @@ from grpc_status import rpc_status
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.database import UnitOfWork
 from runtime.errors import Unavailable
+from runtime.identity import acting_for, calling_as
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct
 from runtime.telemetry import joined
 from services.workflows import store
 from services.workflows.bpmn import SET_STAGE, UPDATE_ATTRIBUTES
 from services.workflows.engine import JobCompleted, TimerFired, Trigger
-from services.workflows.handlers import Advance, Engine, Notes, record_failure
+from services.workflows.handlers import (
+    PRODUCER,
+    Advance,
+    Engine,
+    Notes,
+    by_engine,
+    record_failure,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,7 +176,12 @@ class TimerWorker:
 
         def step() -> Awaitable[Advance]:
             return engine.advance(
-                uow, notes, triggers, skip_locked=True, skip_unreadable_profiles=True
+                uow,
+                notes,
+                triggers,
+                skip_locked=True,
+                skip_unreadable_profiles=True,
+                attribute=by_engine,
             )
 
         async def postpone(_: Exception) -> None:
@@ -263,7 +276,7 @@ class BuiltinJobWorker:
                 uow.conn, current, retries=retries, message=error, retry_backoff=None, now=now
             )
         if completed:
-            await engine.advance(uow, notes, completed)
+            await engine.advance(uow, notes, completed, attribute=by_engine)
 
     async def _finish_alone(
         self, one: tuple[store.JobRecord, Outcome], uow: UnitOfWork, notes: Notes
@@ -279,11 +292,12 @@ class BuiltinJobWorker:
         await _contained(uow, job.execution_id, partial(self._finish, [one], uow, notes), incident)
 
     async def _call(self, job: store.JobRecord) -> Outcome:
-        """(None, _) when done; else (the error, whether a retry may help)."""
+        """(None, _) when done; else (the error, whether a retry may help). The
+        call is made on behalf of whoever started the execution."""
         stub = users_pb2_grpc.UserServiceStub(self._engine.context.clients.channel("users"))
         timeout = self._engine.context.clients.timeout()
         try:
-            with joined(job.traceparent):
+            with joined(job.traceparent), calling_as(acting_for(PRODUCER, job.actors)):
                 if job.job_type == SET_STAGE:
                     await stub.TransitionStage(self._transition(job), timeout=timeout)
                 else:

@@ -6,13 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-import grpc
-
 from lifecycle.metrics.v1 import metrics_pb2_grpc
 from lifecycle.segments.v1 import segments_pb2_grpc
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2_grpc
+from runtime.config import TlsConfig
+from runtime.tls import open_channel
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class Suite:
 
 
 @contextlib.asynccontextmanager
-async def connected(addresses: Mapping[str, str]) -> AsyncIterator[Suite]:
-    channels = {name: grpc.aio.insecure_channel(address) for name, address in addresses.items()}
+async def connected(addresses: Mapping[str, str], tls: TlsConfig | None) -> AsyncIterator[Suite]:
+    channels = {name: open_channel(address, tls) for name, address in addresses.items()}
     try:
         yield Suite(
             users=users_pb2_grpc.UserServiceStub(channels["users"]),

@@ -20,10 +20,11 @@ from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2
 from lifecycle.users.v1 import users_pb2
-from runtime.config import SERVICE_NAMES, peer_addresses
+from runtime.config import SERVICE_NAMES, load_tls_config, peer_addresses
 from runtime.migrations import acting_as
 from runtime.partitions import ensure_partitions
 from runtime.structs import dict_to_struct, set_timestamp
+from suite.certificates import LocalCertificates
 from suite.demo.catalog import Catalog, set_up
 from suite.demo.clients import Suite, connected
 from suite.demo.report import print_report
@@ -48,15 +49,23 @@ class DemoSettings:
 
 async def suite_is_up(env: dict[str, str]) -> bool:
     """Whether every service answers at the address `env` gives it."""
-    addresses = peer_addresses(env)
-    return all(await asyncio.gather(*(serving(addresses[name]) for name in SERVICE_NAMES)))
+    addresses, tls = peer_addresses(env), load_tls_config(env)
+    return all(await asyncio.gather(*(serving(addresses[name], tls) for name in SERVICE_NAMES)))
 
 
 async def run_demo(
-    admin_url: str, env: dict[str, str], settings: DemoSettings, *, start_suite: bool
+    admin_url: str,
+    env: dict[str, str],
+    settings: DemoSettings,
+    *,
+    start_suite: bool,
+    certificates: LocalCertificates | None = None,
 ) -> int:
     addresses = peer_addresses(env)
-    async with _suite(env, start_suite), connected(addresses) as suite:
+    async with (
+        _suite(env, start_suite, certificates),
+        connected(addresses, load_tls_config(env)) as suite,
+    ):
         tag = secrets.token_hex(3)
         simulation = Simulation(
             settings.users, settings.days, settings.seed, tag, datetime.now(UTC)
@@ -89,13 +98,15 @@ async def run_demo(
 
 
 @contextlib.asynccontextmanager
-async def _suite(env: dict[str, str], start: bool) -> AsyncIterator[None]:
+async def _suite(
+    env: dict[str, str], start: bool, certificates: LocalCertificates | None
+) -> AsyncIterator[None]:
     """The suite as it runs, or started for the demo and stopped after it."""
     if not start:
         yield
         return
     print("starting the suite for the demo...", flush=True)
-    async with Supervisor(list(SERVICE_NAMES), env).running():
+    async with Supervisor(list(SERVICE_NAMES), env, certificates).running():
         yield
 
 

@@ -5,6 +5,7 @@ architecture."""
 from __future__ import annotations
 
 import ast
+import copy
 import filecmp
 import math
 import subprocess
@@ -18,10 +19,20 @@ from urllib.parse import urlsplit
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from runtime.config import DEFAULT_PORTS, SERVICE_NAMES, load_service_config
+from runtime.config import (
+    DEFAULT_PORTS,
+    SERVICE_NAMES,
+    TLS_VARIABLES,
+    ConfigError,
+    ServiceConfig,
+    load_service_config,
+)
 from runtime.server import LIVENESS
+from runtime.tls import spiffe_id
 from services.metrics.settings import load_settings
+from suite.certificates import Authority, subject_alternative_name
 from suite.registry import DIRECT_CALLS, calls
 from tests.deploy.kustomize import (
     Manifest,
@@ -39,7 +50,9 @@ OVERLAYS = ("dev", "prod")
 # The oldest Kubernetes the manifests can run on (gRPC probes went GA in 1.27,
 # KEP-2727) and the newest the validator knows: a field missing from either fails.
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
-CUSTOM_RESOURCES = {"PostgresCluster"}
+CUSTOM_RESOURCES = {"PostgresCluster", "Certificate", "Issuer"}
+# The keys cert-manager writes in a certificate's Secret.
+CERTIFICATE_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 DATABASE_PORT = 5432
 OTLP_PORT = 4317
 HTTPS_PORT = 443
@@ -122,16 +135,22 @@ def resolved_env(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> 
 
 
 def test_the_generated_manifests_are_fresh(tmp_path: Path) -> None:
+    out, overlays = tmp_path / "generated", tmp_path / "overlays"
     subprocess.run(
-        [sys.executable, str(K8S / "generate.py"), "--out", str(tmp_path)],
+        [sys.executable, K8S / "generate.py", "--out", out, "--overlays-out", overlays],
         check=True,
         capture_output=True,
     )
     committed = K8S / "base" / "generated"
-    fresh = sorted(p.name for p in tmp_path.iterdir())
+    fresh = sorted(p.name for p in out.iterdir())
     assert fresh == sorted(p.name for p in committed.iterdir()), "run `make manifests`"
-    stale = [name for name in fresh if not filecmp.cmp(tmp_path / name, committed / name, False)]
+    stale = [name for name in fresh if not filecmp.cmp(out / name, committed / name, False)]
     assert stale == [], f"run `make manifests`: stale {stale}"
+    for overlay in OVERLAYS:
+        names = Path(overlay) / "certificate-names.yaml"
+        assert filecmp.cmp(overlays / names, K8S / "overlays" / names, False), (
+            f"run `make manifests`: stale {names}"
+        )
 
 
 def assert_valid(manifests: tuple[Manifest, ...], version: str) -> None:
@@ -143,6 +162,40 @@ def assert_valid(manifests: tuple[Manifest, ...], version: str) -> None:
         except kubernetes_validate.ValidationError as error:
             name = f"{manifest['kind']}/{manifest['metadata']['name']}"
             raise AssertionError(f"{name} on Kubernetes {version}: {error.message}") from error
+
+
+@pytest.fixture(scope="session")
+def secret_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Files such as cert-manager writes in a certificate's Secret, to load the
+    settings offline with."""
+    folder = tmp_path_factory.mktemp("certificate")
+    authority = Authority.create()
+    certificate, key = authority.issue("users", subject_alternative_name("users"))
+    (folder / "tls.crt").write_bytes(certificate)
+    (folder / "tls.key").write_bytes(key)
+    (folder / "ca.crt").write_bytes(authority.certificate.public_bytes(Encoding.PEM))
+    return folder
+
+
+def service_settings(
+    manifests: tuple[Manifest, ...], name: str, secret_files: Path
+) -> ServiceConfig:
+    """A service's configuration as runtime/config.py loads it in its pod: a path
+    under a mounted Secret reads `secret_files` instead."""
+    deployment = of_kind(manifests, "Deployment")[name]
+    container = service_container(deployment)
+    [spec] = pod_specs(deployment)
+    secrets = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    env = resolved_env(manifests, container)
+    for mount in container["volumeMounts"]:
+        if mount["name"] not in secrets:
+            continue
+        for variable, value in env.items():
+            if value.startswith(mount["mountPath"] + "/"):
+                file = value.removeprefix(mount["mountPath"] + "/")
+                assert file in CERTIFICATE_KEYS, (name, variable, value)
+                env[variable] = str(secret_files / file)
+    return load_service_config(name, env)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -214,16 +267,34 @@ def test_probe_and_service_ports_are_container_ports(manifests: tuple[Manifest, 
             assert container_port(container, port["targetPort"]) == port["port"], name
 
 
-def test_services_probe_readiness_and_liveness_over_grpc(manifests: tuple[Manifest, ...]) -> None:
+def test_services_probe_readiness_and_liveness_over_grpc(
+    manifests: tuple[Manifest, ...], secret_files: Path
+) -> None:
+    """The kubelet's gRPC probe cannot do TLS: it asks the plaintext health port,
+    which no Service exposes and no policy opens to other pods."""
     deployments = of_kind(manifests, "Deployment")
+    policies = list(of_kind(manifests, "NetworkPolicy").values())
+    namespace = manifests[0]["metadata"]["namespace"]
     for service in SERVICE_NAMES:
         container = service_container(deployments[service])
         assert container["args"] == ["serve", service]
-        assert container["readinessProbe"]["grpc"] == {
-            "port": DEFAULT_PORTS[service],
-            "service": "",
+        config = service_settings(manifests, service, secret_files)
+        assert config.tls is not None and config.health_port is not None
+        assert container["readinessProbe"]["grpc"] == {"port": config.health_port, "service": ""}
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": config.health_port, "service": LIVENESS}
+        assert container_port(container, "health") == config.health_port
+        target = pod_of(deployments[service], namespace)
+        client = Pod({"app": "debugging", "lifecycle-ops/client": "true"}, namespace)
+        for source in (client, *(pod_of(d, namespace) for d in deployments.values())):
+            assert not can_connect(policies, source, target, config.health_port), service
+        exposed = {
+            port["port"]
+            for s in of_kind(manifests, "Service").values()
+            if s["spec"]["selector"].items() <= pod_labels(deployments[service]).items()
+            for port in s["spec"]["ports"]
         }
-        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
+        assert exposed == {DEFAULT_PORTS[service]}
 
 
 def test_autoscalers_and_budgets_target_existing_deployments(
@@ -266,7 +337,9 @@ def test_every_container_is_bounded_and_locked_down(manifests: tuple[Manifest, .
             assert security["capabilities"] == {"drop": ["ALL"]}, where
 
 
-def test_services_read_the_documented_settings(manifests: tuple[Manifest, ...]) -> None:
+def test_services_read_the_documented_settings(
+    manifests: tuple[Manifest, ...], secret_files: Path
+) -> None:
     """Each service's environment loads with runtime/config.py, names only
     variables of the README's table, and points at real peers and the database."""
     deployments = of_kind(manifests, "Deployment")
@@ -275,7 +348,7 @@ def test_services_read_the_documented_settings(manifests: tuple[Manifest, ...]) 
         container = service_container(deployments[name])
         env = resolved_env(manifests, container)
         assert set(env) <= documented_settings(), set(env) - documented_settings()
-        config = load_service_config(name, env)
+        config = service_settings(manifests, name, secret_files)
         assert config.host == "0.0.0.0"
         assert config.port == container_port(container, "grpc") == DEFAULT_PORTS[name]
         assert urlsplit(config.database_url).username == f"lifecycle-db-pguser-lifecycle-{name}"
@@ -293,7 +366,7 @@ def test_services_read_the_documented_settings(manifests: tuple[Manifest, ...]) 
 
 
 def test_every_service_exports_its_traces_to_the_collector(
-    manifests: tuple[Manifest, ...],
+    manifests: tuple[Manifest, ...], secret_files: Path
 ) -> None:
     deployments = of_kind(manifests, "Deployment")
     collector_service = of_kind(manifests, "Service")["otel-collector"]
@@ -310,7 +383,7 @@ def test_every_service_exports_its_traces_to_the_collector(
         assert env["OTEL_SERVICE_NAME"] == f"lifecycle-{name}"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{OTLP_PORT}"
         assert collector_port["port"] == OTLP_PORT
-        telemetry = load_service_config(name, env).telemetry
+        telemetry = service_settings(manifests, name, secret_files).telemetry
         assert telemetry.otlp_endpoint == env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 
 
@@ -725,3 +798,107 @@ def test_the_documented_overlay_archives_to_a_bucket_and_traces_to_a_vendor(
         assert not can_connect(policies, collector, service, DEFAULT_PORTS[name]), name
     assert not can_connect(policies, migrate, OUTSIDE, HTTPS_PORT)
     assert allowed_calls(manifests) == architecture_calls()
+
+
+def test_each_service_has_a_certificate_naming_it_mounted_where_its_settings_say(
+    manifests: tuple[Manifest, ...], secret_files: Path
+) -> None:
+    """cert-manager makes each service's certificate into a Secret of its own,
+    mounted in its pods, with the names its callers dial (its Services, in
+    the namespace's forms too) and its SPIFFE id (runtime.tls.peer_service);
+    the settings name the files of that Secret."""
+    certificates = of_kind(manifests, "Certificate")
+    deployments = of_kind(manifests, "Deployment")
+    services = of_kind(manifests, "Service")
+    namespace = manifests[0]["metadata"]["namespace"]
+    for name in SERVICE_NAMES:
+        spec = certificates[name]["spec"]
+        assert spec["uris"] == [spiffe_id(name)]
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert spec["privateKey"] == {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+        dialled = {
+            f"{service}{suffix}"
+            for service in (name, f"{name}-headless")
+            for suffix in (
+                "",
+                f".{namespace}",
+                f".{namespace}.svc",
+                f".{namespace}.svc.cluster.local",
+            )
+        }
+        assert set(spec["dnsNames"]) == dialled
+        assert {s for s in services if s in (name, f"{name}-headless")} == {
+            n for n in spec["dnsNames"] if "." not in n
+        }
+        for peer in SERVICE_NAMES:
+            config = service_settings(manifests, peer, secret_files)
+            host = config.peers[name].removeprefix("dns:///").rsplit(":", 1)[0]
+            assert host in spec["dnsNames"], (peer, name)
+        container = service_container(deployments[name])
+        [spec_of_pod] = pod_specs(deployments[name])
+        [volume] = [v for v in spec_of_pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == spec["secretName"] == f"{name}-tls"
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True and "subPath" not in mount, "renewals reach the pod"
+        env = resolved_env(manifests, container)
+        assert {env[TLS_VARIABLES[f]] for f in TLS_VARIABLES} == {
+            f"{mount['mountPath']}/{key}" for key in CERTIFICATE_KEYS
+        }
+        config = service_settings(manifests, name, secret_files)
+        assert config.tls is not None and config.tls.cert_file == secret_files / "tls.crt"
+
+
+def issuer_of(manifests: tuple[Manifest, ...], certificate: Manifest) -> Manifest | None:
+    reference = certificate["spec"]["issuerRef"]
+    assert reference["group"] == "cert-manager.io"
+    return of_kind(manifests, reference["kind"]).get(reference["name"])
+
+
+def test_development_makes_its_own_ca_and_production_names_the_organisations() -> None:
+    dev, prod = rendered("dev"), rendered("prod")
+    for name in SERVICE_NAMES:
+        issuer = issuer_of(dev, of_kind(dev, "Certificate")[name])
+        assert issuer is not None and "ca" in issuer["spec"]
+        [authority] = [
+            c
+            for c in of_kind(dev, "Certificate").values()
+            if c["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]
+        ]
+        assert authority["spec"]["isCA"] is True
+        root = issuer_of(dev, authority)
+        assert root is not None and root["spec"] == {"selfSigned": {}}
+        reference = of_kind(prod, "Certificate")[name]["spec"]["issuerRef"]
+        assert reference["kind"] == "ClusterIssuer", "the organisation's issuer"
+    assert of_kind(prod, "Issuer") == {}, "production issues nothing itself"
+    operations = (REPO / "docs" / "operations.md").read_text()
+    issuer = of_kind(prod, "Certificate")["users"]["spec"]["issuerRef"]["name"]
+    assert f"`{issuer}`" in operations, "docs/operations.md says how to name the issuer"
+
+
+def test_production_serves_mutual_tls_only_and_development_tls(secret_files: Path) -> None:
+    for overlay, mutual in (("dev", False), ("prod", True)):
+        manifests = rendered(overlay)
+        for name in SERVICE_NAMES:
+            config = service_settings(manifests, name, secret_files)
+            assert config.tls is not None and config.tls.client_auth is mutual, (overlay, name)
+    # Without client certificates production's services refuse to start.
+    prod = copy.deepcopy(rendered("prod"))
+    security = of_kind(prod, "ConfigMap")["lifecycle-security"]["data"]
+    assert security["LIFECYCLE_REQUIRE_MUTUAL_TLS"] == "true"
+    security["LIFECYCLE_TLS_CLIENT_AUTH"] = "none"
+    with pytest.raises(ConfigError, match="LIFECYCLE_REQUIRE_MUTUAL_TLS"):
+        service_settings(prod, "users", secret_files)
+
+
+def test_production_authenticates_every_caller_and_development_does_not(
+    secret_files: Path,
+) -> None:
+    for name in SERVICE_NAMES:
+        assert service_settings(rendered("prod"), name, secret_files).auth.enabled, name
+        assert not service_settings(rendered("dev"), name, secret_files).auth.enabled, name
+    # Without a JWKS production's services refuse to start.
+    prod = copy.deepcopy(rendered("prod"))
+    security = of_kind(prod, "ConfigMap")["lifecycle-security"]["data"]
+    del security["LIFECYCLE_AUTH_JWKS_URL"]
+    with pytest.raises(ConfigError, match="LIFECYCLE_REQUIRE_AUTH"):
+        service_settings(prod, "users", secret_files)

@@ -19,7 +19,7 @@ from lifecycle.users.v1 import users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2_grpc
 from suite.registry import DEFINITIONS
 from tests.conftest import migrated_database
-from tests.support import ScratchDatabase, free_port, running, service_env
+from tests.support import ScratchDatabase, free_port, service_env, whole_suite
 
 if TYPE_CHECKING:
     from lifecycle.metrics.v1.metrics_pb2_grpc import MetricsServiceAsyncStub
@@ -63,31 +63,17 @@ async def edges(edges_database: ScratchDatabase) -> AsyncIterator[Edges]:
         LIFECYCLE_WORKFLOWS_POLL_SECONDS="0.2",
         LIFECYCLE_LOG_LEVEL="ERROR",
     )
-    async with (
-        running("users", env),
-        running("workflows", env),
-        running("segments", env),
-        running("triggers", env),
-        running("metrics", env),
-    ):
-        channels = {
-            name: grpc.aio.insecure_channel(env[f"LIFECYCLE_{name.upper()}_ADDRESS"])
-            for name in DEFINITIONS
-        }
-        try:
-            yield Edges(
-                env,
-                edges_database.admin_url,
-                channels,
-                users_pb2_grpc.UserServiceStub(channels["users"]),
-                workflows_pb2_grpc.WorkflowServiceStub(channels["workflows"]),
-                segments_pb2_grpc.SegmentServiceStub(channels["segments"]),
-                triggers_pb2_grpc.TriggerServiceStub(channels["triggers"]),
-                metrics_pb2_grpc.MetricsServiceStub(channels["metrics"]),
-            )
-        finally:
-            for channel in channels.values():
-                await channel.close(None)
+    async with whole_suite(env) as channels:
+        yield Edges(
+            env,
+            edges_database.admin_url,
+            channels,
+            users_pb2_grpc.UserServiceStub(channels["users"]),
+            workflows_pb2_grpc.WorkflowServiceStub(channels["workflows"]),
+            segments_pb2_grpc.SegmentServiceStub(channels["segments"]),
+            triggers_pb2_grpc.TriggerServiceStub(channels["triggers"]),
+            metrics_pb2_grpc.MetricsServiceStub(channels["metrics"]),
+        )
 
 
 @pytest.fixture

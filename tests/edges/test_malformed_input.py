@@ -279,7 +279,8 @@ async def test_a_forged_page_token_with_a_malformed_cursor_is_invalid_argument(
 
 
 async def test_a_forged_cursor_number_out_of_range_is_invalid_argument(edges: Edges) -> None:
-    query: list[Any] = ["", (), (), "", None, None]
+    # ListEvents' filters: user, types, stages, execution, time range, actor.
+    query: list[Any] = ["", (), (), "", None, None, ""]
     token = forged(query, ["2026-01-01T00:00:00+00:00", 2**70])
     error = await rpc_error(
         edges.metrics.ListEvents(metrics_pb2.ListEventsRequest(page_token=token))

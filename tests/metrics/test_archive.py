@@ -25,6 +25,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from lifecycle.metrics.v1 import metrics_pb2
+from runtime.chains import stored
 from runtime.partitions import ensure_partitions
 from services.metrics.archive import (
     ArchiveError,
@@ -50,16 +51,22 @@ ERASED_USER = uuid.uuid4()
 
 _INSERT = (
     "INSERT INTO lifecycle_events (event_id, event_type, user_id, workflow_execution_id,"
-    " lifecycle_stage, event_data, created_at, producer)"
-    " SELECT gen_random_uuid(), e.t, e.u, NULL, e.s, e.d::jsonb, e.at, 'tests'"
-    " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])"
-    " AS e(t, u, s, d, at)"
+    " lifecycle_stage, event_data, created_at, producer, actors)"
+    " SELECT gen_random_uuid(), e.t, e.u, NULL, e.s, e.d::jsonb, e.at, 'tests',"
+    f" NULLIF({stored('e.a')}, '{{}}')"
+    " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],"
+    " $6::jsonb[]) AS e(t, u, s, d, at, a)"
 )
 
 
 def awkward_data(n: int) -> str:
     """JSON that CSV must carry intact: quotes, commas, newlines, unicode, nulls."""
     return json.dumps({"n": n, "text": f'a "quoted", line\nbreak é€ {n}', "none": None})
+
+
+def awkward_actors(n: int) -> tuple[str, ...]:
+    """Chains that an array in CSV must carry intact (none for the oldest events)."""
+    return () if n % 3 == 0 else (f'{{a "b", c}} é\\{n}', "service:triggers")
 
 
 async def insert_events(conn: asyncpg.Connection, month: date, count: int) -> None:
@@ -74,6 +81,7 @@ async def insert_events(conn: asyncpg.Connection, month: date, count: int) -> No
             datetime(month.year, month.month, 1, tzinfo=UTC) + timedelta(hours=7 * n)
             for n in range(count)
         ],
+        [json.dumps(awkward_actors(n)) for n in range(count)],
     )
 
 
@@ -114,6 +122,17 @@ class Corrupting(FolderArchive):
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0xFF
         target.write_bytes(bytes(data))
+
+
+def without_column(target: Path, column: str) -> None:
+    """Rewrites a gzip CSV archive without one of its columns."""
+    with gzip.open(target, "rt", newline="") as source:
+        header, *records = list(csv.reader(source))
+    at = header.index(column)
+    with gzip.open(target, "wt", newline="") as copy:
+        csv.writer(copy, lineterminator="\n").writerows(
+            row[:at] + row[at + 1 :] for row in [header, *records]
+        )
 
 
 def rewrite_csv(target: Path, keep: slice) -> None:
@@ -264,6 +283,43 @@ async def test_a_restored_archive_matches_the_original_rows(
         restored = await restore_partition(conn, FolderArchive(archived), name, "restored_sep")
         assert restored == len(originals[name])
         assert await rows_of(conn, "restored_sep") == originals[name]
+
+
+async def test_an_archive_written_before_events_had_actors_restores_without_them(
+    own_database: ScratchDatabase,
+    originals: dict[str, list[tuple[Any, ...]]],
+    archived: Path,
+    tmp_path: Path,
+) -> None:
+    """An archive holds the columns of its day: restored into today's table,
+    the columns added since stay empty, and it verifies against its manifest as
+    the release that wrote it computed it (over the rows it had)."""
+    name = ARCHIVED[0]
+    data, manifest_file = tmp_path / f"{name}.csv.gz", tmp_path / f"{name}.manifest.json"
+    data.write_bytes((archived / data.name).read_bytes())
+    without_column(data, "actors")
+    manifest = json.loads((archived / manifest_file.name).read_text())
+    columns = [c for c in manifest["columns"] if c != "actors"]
+    async with as_metrics(own_database) as conn:
+        await restore_partition(conn, FolderArchive(archived), name, "restored_whole")
+        listed = ", ".join(columns)
+        fingerprint = await conn.fetchval(
+            f"SELECT bit_xor(hashtextextended(t::text, 0))::text"
+            f" FROM (SELECT {listed} FROM restored_whole) t"
+        )
+        manifest.update(
+            columns=columns,
+            fingerprint=fingerprint,
+            sha256=hashlib.sha256(data.read_bytes()).hexdigest(),
+            bytes=data.stat().st_size,
+        )
+        manifest_file.write_text(json.dumps(manifest))
+        restored = await restore_partition(conn, FolderArchive(tmp_path), name, "restored_old")
+        rows = await rows_of(conn, "restored_old")
+    assert restored == len(originals[name])
+    assert [row[-1] for row in rows] == [None] * restored
+    assert [row[:-1] for row in rows] == [row[:-1] for row in originals[name]]
+    assert any(row[-1] for row in originals[name]), "the archive written today has them"
 
 
 async def test_a_restore_refuses_an_archive_that_does_not_match_its_manifest(

@@ -199,7 +199,9 @@ async def test_a_permanently_bad_event_does_not_hold_back_the_events_batched_wit
     pool = server.pool
     topic_rows = "SELECT payload, attempts, last_error FROM outbox WHERE topic = $1"
     clients = ServiceClients({"metrics": server.host.address}, default_timeout=2.0)
-    relay = OutboxRelay(pool, clients, {RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS]})
+    relay = OutboxRelay(
+        pool, clients, {RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS]}, service="metrics"
+    )
     try:
         async with unit_of_work(pool) as work:
             for payload in payloads:

@@ -127,6 +127,9 @@ async def test_the_scheduler_renews_expired_memberships_and_refreshes_due_segmen
     # Then the scheduler refreshes `settled` at that moment, and the user enters.
     clock.advance(timedelta(minutes=1))
     await eventually(lambda: _memberships_are(suite, recent.id, [settled.id]))
+    # The scheduler works on its own: its changes are the segments service's.
+    for segment in (window, settled):
+        assert await segment_event_actors(segments_admin, segment.id) == {("service:segments",)}
 
 
 async def last_refresh(admin: asyncpg.Connection, segment_id: str) -> tuple[datetime, datetime]:
@@ -238,8 +241,10 @@ async def test_only_the_segments_a_change_concerns_are_reevaluated(suite: Suite,
     assert (explicit.entered_count, explicit.exited_count) == (0, 0)
 
 
-async def segment_events(admin: asyncpg.Connection, segment_id: str) -> list[tuple[str, str]]:
-    """(type, user) of the lifecycle events about a segment waiting for the metrics service."""
+async def waiting_events(
+    admin: asyncpg.Connection, segment_id: str
+) -> list[metrics_pb2.LifecycleEvent]:
+    """The lifecycle events about a segment waiting for the metrics service."""
     found = []
     for row in await admin.fetch(
         "SELECT payload FROM segments.outbox WHERE topic = $1 ORDER BY id", RECORD_EVENTS
@@ -247,8 +252,18 @@ async def segment_events(admin: asyncpg.Connection, segment_id: str) -> list[tup
         for event in metrics_pb2.RecordEventsRequest.FromString(row["payload"]).events:
             if event.data["segment_id"] == segment_id:
                 assert event.producer == "segments" and event.event_id
-                found.append((event.event_type, event.user_id))
+                found.append(event)
     return found
+
+
+async def segment_events(admin: asyncpg.Connection, segment_id: str) -> list[tuple[str, str]]:
+    """(type, user) of the lifecycle events about a segment waiting for the metrics service."""
+    return [(e.event_type, e.user_id) for e in await waiting_events(admin, segment_id)]
+
+
+async def segment_event_actors(admin: asyncpg.Connection, segment_id: str) -> set[tuple[str, ...]]:
+    """Who the changes of a segment's memberships are attributed to."""
+    return {tuple(e.actors) for e in await waiting_events(admin, segment_id)}
 
 
 async def test_entering_and_leaving_are_sent_to_metrics_and_to_triggers(
@@ -273,6 +288,11 @@ async def test_entering_and_leaving_are_sent_to_metrics_and_to_triggers(
             ("segment.exited", leaves.id),
         ]
     )
+    # The refresh's caller, and the user change's, through the users service.
+    assert await segment_event_actors(segments_admin, segment.id) == {
+        ("anonymous",),
+        ("anonymous", "service:users"),
+    }
 
     async def arrived_at_triggers() -> bool:
         """The same events, as user events the triggers service stored, under the

@@ -24,54 +24,69 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from lifecycle.common.v1 import access_pb2 as lifecycle_dot_common_dot_v1_dot_access__pb2
 from lifecycle.common.v1 import stage_pb2 as lifecycle_dot_common_dot_v1_dot_stage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lifecycle/metrics/v1/metrics.proto\x12\x14lifecycle.metrics.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1flifecycle/common/v1/stage.proto\"\x8d\x02\n\x0eLifecycleEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1d\n\x15workflow_execution_id\x18\x04 \x01(\t\x12<\n\x0flifecycle_stage\x18\x05 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x08 \x01(\t\"K\n\x13RecordEventsRequest\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\"b\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x19\n\x11\x65rased_user_count\x18\x03 \x01(\x03\"\x9c\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12=\n\x10lifecycle_stages\x18\x05 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x1d\n\x15workflow_execution_id\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x12ListEventsResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10RunRollupRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"7\n\x11RunRollupResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\"1\n\x0bMetricPoint\x12\x13\n\x0bmetric_date\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xc1\x01\n\x0cMetricSeries\x12\x13\n\x0bmetric_name\x18\x01 \x01(\t\x12<\n\x0flifecycle_stage\x18\x02 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12+\n\ndimensions\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x06points\x18\x04 \x03(\x0b\x32!.lifecycle.metrics.v1.MetricPoint\"\xbb\x01\n\x11GetMetricsRequest\x12\x14\n\x0cmetric_names\x18\x01 \x03(\t\x12=\n\x10lifecycle_stages\x18\x02 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12+\n\ndimensions\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x12GetMetricsResponse\x12\x32\n\x06series\x18\x01 \x03(\x0b\x32\".lifecycle.metrics.v1.MetricSeries\"=\n\x15GetStageFunnelRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"u\n\x0b\x46unnelStage\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x17\n\x0f\x63onversion_rate\x18\x03 \x01(\x01\"K\n\x16GetStageFunnelResponse\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.lifecycle.metrics.v1.FunnelStage\"\x19\n\x17GetStageSnapshotRequest\"^\n\x0fStagePopulation\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\r\n\x05users\x18\x02 \x01(\x03\"\x9f\x01\n\x18GetStageSnapshotResponse\x12\x35\n\x06stages\x18\x01 \x03(\x0b\x32%.lifecycle.metrics.v1.StagePopulation\x12\x31\n\rsnapshot_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11rolled_up_through\x18\x03 \x01(\t\"\'\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\x15\x45raseUserDataResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x03\x32\xe1\x05\n\x0eMetricsService\x12\x65\n\x0cRecordEvents\x12).lifecycle.metrics.v1.RecordEventsRequest\x1a*.lifecycle.metrics.v1.RecordEventsResponse\x12_\n\nListEvents\x12\'.lifecycle.metrics.v1.ListEventsRequest\x1a(.lifecycle.metrics.v1.ListEventsResponse\x12\\\n\tRunRollup\x12&.lifecycle.metrics.v1.RunRollupRequest\x1a\'.lifecycle.metrics.v1.RunRollupResponse\x12_\n\nGetMetrics\x12\'.lifecycle.metrics.v1.GetMetricsRequest\x1a(.lifecycle.metrics.v1.GetMetricsResponse\x12k\n\x0eGetStageFunnel\x12+.lifecycle.metrics.v1.GetStageFunnelRequest\x1a,.lifecycle.metrics.v1.GetStageFunnelResponse\x12q\n\x10GetStageSnapshot\x12-.lifecycle.metrics.v1.GetStageSnapshotRequest\x1a..lifecycle.metrics.v1.GetStageSnapshotResponse\x12h\n\rEraseUserData\x12*.lifecycle.metrics.v1.EraseUserDataRequest\x1a+.lifecycle.metrics.v1.EraseUserDataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lifecycle/metrics/v1/metrics.proto\x12\x14lifecycle.metrics.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lifecycle/common/v1/access.proto\x1a\x1flifecycle/common/v1/stage.proto\"\x9d\x02\n\x0eLifecycleEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1d\n\x15workflow_execution_id\x18\x04 \x01(\t\x12<\n\x0flifecycle_stage\x18\x05 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tors\x18\t \x03(\t\"K\n\x13RecordEventsRequest\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\"b\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x19\n\x11\x65rased_user_count\x18\x03 \x01(\x03\"\xab\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12=\n\x10lifecycle_stages\x18\x05 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x1d\n\x15workflow_execution_id\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\"c\n\x12ListEventsResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10RunRollupRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"7\n\x11RunRollupResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\"1\n\x0bMetricPoint\x12\x13\n\x0bmetric_date\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xc1\x01\n\x0cMetricSeries\x12\x13\n\x0bmetric_name\x18\x01 \x01(\t\x12<\n\x0flifecycle_stage\x18\x02 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12+\n\ndimensions\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x06points\x18\x04 \x03(\x0b\x32!.lifecycle.metrics.v1.MetricPoint\"\xbb\x01\n\x11GetMetricsRequest\x12\x14\n\x0cmetric_names\x18\x01 \x03(\t\x12=\n\x10lifecycle_stages\x18\x02 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12+\n\ndimensions\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x12GetMetricsResponse\x12\x32\n\x06series\x18\x01 \x03(\x0b\x32\".lifecycle.metrics.v1.MetricSeries\"=\n\x15GetStageFunnelRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"u\n\x0b\x46unnelStage\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x17\n\x0f\x63onversion_rate\x18\x03 \x01(\x01\"K\n\x16GetStageFunnelResponse\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.lifecycle.metrics.v1.FunnelStage\"\x19\n\x17GetStageSnapshotRequest\"^\n\x0fStagePopulation\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\r\n\x05users\x18\x02 \x01(\x03\"\x9f\x01\n\x18GetStageSnapshotResponse\x12\x35\n\x06stages\x18\x01 \x03(\x0b\x32%.lifecycle.metrics.v1.StagePopulation\x12\x31\n\rsnapshot_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11rolled_up_through\x18\x03 \x01(\t\"\'\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\x15\x45raseUserDataResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x03\x32\x81\x07\n\x0eMetricsService\x12\x91\x01\n\x0cRecordEvents\x12).lifecycle.metrics.v1.RecordEventsRequest\x1a*.lifecycle.metrics.v1.RecordEventsResponse\"*\xc2\xf3\x18&\x12\x05users\x12\tworkflows\x12\x08segments\x12\x08triggers\x12s\n\nListEvents\x12\'.lifecycle.metrics.v1.ListEventsRequest\x1a(.lifecycle.metrics.v1.ListEventsResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12q\n\tRunRollup\x12&.lifecycle.metrics.v1.RunRollupRequest\x1a\'.lifecycle.metrics.v1.RunRollupResponse\"\x13\xc2\xf3\x18\x0f\n\rmetrics:admin\x12s\n\nGetMetrics\x12\'.lifecycle.metrics.v1.GetMetricsRequest\x1a(.lifecycle.metrics.v1.GetMetricsResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x7f\n\x0eGetStageFunnel\x12+.lifecycle.metrics.v1.GetStageFunnelRequest\x1a,.lifecycle.metrics.v1.GetStageFunnelResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x85\x01\n\x10GetStageSnapshot\x12-.lifecycle.metrics.v1.GetStageSnapshotRequest\x1a..lifecycle.metrics.v1.GetStageSnapshotResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12u\n\rEraseUserData\x12*.lifecycle.metrics.v1.EraseUserDataRequest\x1a+.lifecycle.metrics.v1.EraseUserDataResponse\"\x0b\xc2\xf3\x18\x07\x12\x05usersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lifecycle.metrics.v1.metrics_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LIFECYCLEEVENT']._serialized_start=157
-  _globals['_LIFECYCLEEVENT']._serialized_end=426
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=428
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=503
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=505
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=603
-  _globals['_LISTEVENTSREQUEST']._serialized_start=606
-  _globals['_LISTEVENTSREQUEST']._serialized_end=890
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=892
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=991
-  _globals['_RUNROLLUPREQUEST']._serialized_start=993
-  _globals['_RUNROLLUPREQUEST']._serialized_end=1049
-  _globals['_RUNROLLUPRESPONSE']._serialized_start=1051
-  _globals['_RUNROLLUPRESPONSE']._serialized_end=1106
-  _globals['_METRICPOINT']._serialized_start=1108
-  _globals['_METRICPOINT']._serialized_end=1157
-  _globals['_METRICSERIES']._serialized_start=1160
-  _globals['_METRICSERIES']._serialized_end=1353
-  _globals['_GETMETRICSREQUEST']._serialized_start=1356
-  _globals['_GETMETRICSREQUEST']._serialized_end=1543
-  _globals['_GETMETRICSRESPONSE']._serialized_start=1545
-  _globals['_GETMETRICSRESPONSE']._serialized_end=1617
-  _globals['_GETSTAGEFUNNELREQUEST']._serialized_start=1619
-  _globals['_GETSTAGEFUNNELREQUEST']._serialized_end=1680
-  _globals['_FUNNELSTAGE']._serialized_start=1682
-  _globals['_FUNNELSTAGE']._serialized_end=1799
-  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_start=1801
-  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_end=1876
-  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_start=1878
-  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_end=1903
-  _globals['_STAGEPOPULATION']._serialized_start=1905
-  _globals['_STAGEPOPULATION']._serialized_end=1999
-  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_start=2002
-  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_end=2161
-  _globals['_ERASEUSERDATAREQUEST']._serialized_start=2163
-  _globals['_ERASEUSERDATAREQUEST']._serialized_end=2202
-  _globals['_ERASEUSERDATARESPONSE']._serialized_start=2204
-  _globals['_ERASEUSERDATARESPONSE']._serialized_end=2249
-  _globals['_METRICSSERVICE']._serialized_start=2252
-  _globals['_METRICSSERVICE']._serialized_end=2989
+  _globals['_METRICSSERVICE'].methods_by_name['RecordEvents']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['RecordEvents']._serialized_options = b'\302\363\030&\022\005users\022\tworkflows\022\010segments\022\010triggers'
+  _globals['_METRICSSERVICE'].methods_by_name['ListEvents']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\302\363\030\016\n\014metrics:read'
+  _globals['_METRICSSERVICE'].methods_by_name['RunRollup']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['RunRollup']._serialized_options = b'\302\363\030\017\n\rmetrics:admin'
+  _globals['_METRICSSERVICE'].methods_by_name['GetMetrics']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetMetrics']._serialized_options = b'\302\363\030\016\n\014metrics:read'
+  _globals['_METRICSSERVICE'].methods_by_name['GetStageFunnel']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetStageFunnel']._serialized_options = b'\302\363\030\016\n\014metrics:read'
+  _globals['_METRICSSERVICE'].methods_by_name['GetStageSnapshot']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetStageSnapshot']._serialized_options = b'\302\363\030\016\n\014metrics:read'
+  _globals['_METRICSSERVICE'].methods_by_name['EraseUserData']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['EraseUserData']._serialized_options = b'\302\363\030\007\022\005users'
+  _globals['_LIFECYCLEEVENT']._serialized_start=191
+  _globals['_LIFECYCLEEVENT']._serialized_end=476
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=478
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=553
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=555
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=653
+  _globals['_LISTEVENTSREQUEST']._serialized_start=656
+  _globals['_LISTEVENTSREQUEST']._serialized_end=955
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=957
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1056
+  _globals['_RUNROLLUPREQUEST']._serialized_start=1058
+  _globals['_RUNROLLUPREQUEST']._serialized_end=1114
+  _globals['_RUNROLLUPRESPONSE']._serialized_start=1116
+  _globals['_RUNROLLUPRESPONSE']._serialized_end=1171
+  _globals['_METRICPOINT']._serialized_start=1173
+  _globals['_METRICPOINT']._serialized_end=1222
+  _globals['_METRICSERIES']._serialized_start=1225
+  _globals['_METRICSERIES']._serialized_end=1418
+  _globals['_GETMETRICSREQUEST']._serialized_start=1421
+  _globals['_GETMETRICSREQUEST']._serialized_end=1608
+  _globals['_GETMETRICSRESPONSE']._serialized_start=1610
+  _globals['_GETMETRICSRESPONSE']._serialized_end=1682
+  _globals['_GETSTAGEFUNNELREQUEST']._serialized_start=1684
+  _globals['_GETSTAGEFUNNELREQUEST']._serialized_end=1745
+  _globals['_FUNNELSTAGE']._serialized_start=1747
+  _globals['_FUNNELSTAGE']._serialized_end=1864
+  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_start=1866
+  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_end=1941
+  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_start=1943
+  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_end=1968
+  _globals['_STAGEPOPULATION']._serialized_start=1970
+  _globals['_STAGEPOPULATION']._serialized_end=2064
+  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_start=2067
+  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_end=2226
+  _globals['_ERASEUSERDATAREQUEST']._serialized_start=2228
+  _globals['_ERASEUSERDATAREQUEST']._serialized_end=2267
+  _globals['_ERASEUSERDATARESPONSE']._serialized_start=2269
+  _globals['_ERASEUSERDATARESPONSE']._serialized_end=2314
+  _globals['_METRICSSERVICE']._serialized_start=2317
+  _globals['_METRICSSERVICE']._serialized_end=3214
 # @@protoc_insertion_point(module_scope)

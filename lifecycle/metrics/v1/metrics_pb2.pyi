@@ -37,6 +37,7 @@ class LifecycleEvent(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     PRODUCER_FIELD_NUMBER: _builtins.int
+    ACTORS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUID chosen by the producer; the idempotency key of RecordEvents."""
     event_type: _builtins.str
@@ -55,6 +56,16 @@ class LifecycleEvent(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened (producer's clock)."""
 
+    @_builtins.property
+    def actors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who made the change, the original caller first: a token's subject (a
+        client), or "service:<name>" for a service working on its own, then each
+        service that acted on the caller's behalf. A workflow a trigger started
+        moves a user on behalf of ["alice", "service:triggers",
+        "service:workflows"]; with authentication off, a client is "anonymous".
+        Empty for events recorded before changes were attributed.
+        """
+
     def __init__(
         self,
         *,
@@ -66,10 +77,11 @@ class LifecycleEvent(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         producer: _builtins.str = ...,
+        actors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "lifecycle_stage", b"lifecycle_stage", "producer", b"producer", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "data", b"data", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "lifecycle_stage", b"lifecycle_stage", "producer", b"producer", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,10 +148,15 @@ class ListEventsRequest(_message.Message):
     WORKFLOW_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     user_id: _builtins.str
     workflow_execution_id: _builtins.str
+    actor: _builtins.str
+    """Only the events this actor had a part in: whose `actors` include it (a
+    subject such as "alice", or "service:workflows").
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -163,10 +180,11 @@ class ListEventsRequest(_message.Message):
         workflow_execution_id: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "event_types", b"event_types", "lifecycle_stages", b"lifecycle_stages", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "end_time", b"end_time", "event_types", b"event_types", "lifecycle_stages", b"lifecycle_stages", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -93,7 +93,8 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvents(self, request, context):
-        """The audit log, newest first, filtered by user, type, stage, execution and time.
+        """The audit log, newest first, filtered by user, type, stage, execution,
+        actor and time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

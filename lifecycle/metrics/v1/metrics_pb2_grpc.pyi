@@ -45,7 +45,9 @@ class MetricsServiceStub:
     the same batch stores nothing twice.
     """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListEventsRequest, _metrics_pb2.ListEventsResponse]
-    """The audit log, newest first, filtered by user, type, stage, execution and time."""
+    """The audit log, newest first, filtered by user, type, stage, execution,
+    actor and time.
+    """
     RunRollup: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.RunRollupRequest, _metrics_pb2.RunRollupResponse]
     """Recomputes the daily metrics of a date range now (docs/metrics.md)."""
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetMetricsRequest, _metrics_pb2.GetMetricsResponse]
@@ -79,7 +81,9 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     the same batch stores nothing twice.
     """
     ListEvents: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListEventsRequest, _metrics_pb2.ListEventsResponse]  # type: ignore[assignment]
-    """The audit log, newest first, filtered by user, type, stage, execution and time."""
+    """The audit log, newest first, filtered by user, type, stage, execution,
+    actor and time.
+    """
     RunRollup: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RunRollupRequest, _metrics_pb2.RunRollupResponse]  # type: ignore[assignment]
     """Recomputes the daily metrics of a date range now (docs/metrics.md)."""
     GetMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetMetricsRequest, _metrics_pb2.GetMetricsResponse]  # type: ignore[assignment]
@@ -122,7 +126,9 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.ListEventsResponse, _abc.Awaitable[_metrics_pb2.ListEventsResponse]]:
-        """The audit log, newest first, filtered by user, type, stage, execution and time."""
+        """The audit log, newest first, filtered by user, type, stage, execution,
+        actor and time.
+        """
 
     @_abc_1.abstractmethod
     def RunRollup(

@@ -99,7 +99,12 @@ class StageTransition(_message.Message):
     @_builtins.property
     def transition_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def metadata(self) -> _struct_pb2.Struct: ...
+    def metadata(self) -> _struct_pb2.Struct:
+        """The context given with the move, and `actors`: who moved the user, the
+        original caller first (e.g. ["alice", "service:triggers",
+        "service:workflows"] for a workflow a trigger started for alice).
+        """
+
     def __init__(
         self,
         *,
@@ -388,7 +393,9 @@ class TransitionStageRequest(_message.Message):
     """Optional UUID making the call idempotent: a repeat returns the first result."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Free-form context stored with the transition."""
+        """Free-form context stored with the transition. The service sets `actors`
+        in it, who moved the user, replacing any given.
+        """
 
     def __init__(
         self,

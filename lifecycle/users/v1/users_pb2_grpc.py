@@ -138,6 +138,7 @@ class UserServiceServicer:
     def DeleteUser(self, request, context):
         """Erases a user (GDPR): the user, their stage history, and, through the
         other services, their executions, memberships, trigger executions and events.
+        What stays is a record of the erase: the user id, when, and who asked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,6 +54,7 @@ class UserServiceStub:
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]
     """Erases a user (GDPR): the user, their stage history, and, through the
     other services, their executions, memberships, trigger executions and events.
+    What stays is a record of the erase: the user id, when, and who asked.
     """
     TransitionStage: _grpc.UnaryUnaryMultiCallable[_users_pb2.TransitionStageRequest, _users_pb2.TransitionStageResponse]
     """Moves a user to another stage and records the transition, atomically."""
@@ -103,6 +104,7 @@ class UserServiceAsyncStub(UserServiceStub):
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Erases a user (GDPR): the user, their stage history, and, through the
     other services, their executions, memberships, trigger executions and events.
+    What stays is a record of the erase: the user id, when, and who asked.
     """
     TransitionStage: _aio.UnaryUnaryMultiCallable[_users_pb2.TransitionStageRequest, _users_pb2.TransitionStageResponse]  # type: ignore[assignment]
     """Moves a user to another stage and records the transition, atomically."""
@@ -179,6 +181,7 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_users_pb2.DeleteUserResponse, _abc.Awaitable[_users_pb2.DeleteUserResponse]]:
         """Erases a user (GDPR): the user, their stage history, and, through the
         other services, their executions, memberships, trigger executions and events.
+        What stays is a record of the erase: the user id, when, and who asked.
         """
 
     @_abc_1.abstractmethod
