@@ -8,7 +8,7 @@ import contextlib
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,13 +103,19 @@ async def running(service: str, env: dict[str, str]) -> AsyncIterator[ServiceHos
 
 
 @asynccontextmanager
-async def whole_suite(env: dict[str, str]) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    """The five services in this process, and a plaintext channel to each by name."""
+async def whole_suite(
+    env: dict[str, str],
+    own: Callable[[str], Mapping[str, str]] = lambda service: {},
+    client: Mapping[str, str] | None = None,
+) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    """The five services in this process, each with `env` and its `own`
+    settings (its certificate, say), and a channel to each by name, with the
+    `client`'s TLS settings (plaintext without)."""
     async with contextlib.AsyncExitStack() as stack:
         for name in DEFINITIONS:
-            await stack.enter_async_context(running(name, env))
+            await stack.enter_async_context(running(name, {**env, **own(name)}))
         channels = {
-            name: grpc.aio.insecure_channel(env[f"LIFECYCLE_{name.upper()}_ADDRESS"])
+            name: channel_to(env[f"LIFECYCLE_{name.upper()}_ADDRESS"], client or {})
             for name in DEFINITIONS
         }
         try:

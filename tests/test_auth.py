@@ -7,7 +7,9 @@ with their own tokens."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +20,10 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
@@ -28,7 +31,9 @@ from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from lifecycle.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2, workflows_pb2_grpc
-from runtime.auth import MAX_CHAIN, parse_chain
+from runtime import auth as auth_module
+from runtime.auth import MAX_CHAIN, access_of, parse_chain
+from runtime.clients import GRPC_SERVICES
 from runtime.config import ConfigError, load_service_config
 from runtime.structs import dict_to_struct
 from suite.certificates import CLIENT, local_certificates
@@ -76,18 +81,36 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
-@pytest.fixture(scope="module")
-async def secured(own_database: ScratchDatabase, tmp_path_factory: Any) -> AsyncIterator[Secured]:
-    auth = local_auth(tmp_path_factory.mktemp("data"))
+def no_settings(service: str) -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture(scope="module", params=["service tokens", "mutual tls"])
+async def secured(
+    request: pytest.FixtureRequest, own_database: ScratchDatabase, tmp_path_factory: Any
+) -> AsyncIterator[Secured]:
+    """The five services with authentication on, in two ways: plaintext, the
+    services calling each other with their own tokens; and under mutual TLS,
+    the services known by their certificates alone (they hold no key), the
+    client presenting the local client certificate besides its token."""
+    folder = tmp_path_factory.mktemp("data")
+    auth = local_auth(folder)
+    settings = auth.environment()
+    own: Callable[[str], dict[str, str]] = no_settings
+    client: dict[str, str] = {}
+    if request.param == "mutual tls":
+        settings = {k: v for k, v in settings.items() if not k.endswith("_AUTH_KEY_FILE")}
+        certificates = local_certificates(folder / "tls")
+        own, client = certificates.environment, certificates.environment(CLIENT)
     env = service_env(
         own_database,
         {name: free_port() for name in DEFINITIONS},
         LIFECYCLE_LOG_LEVEL="ERROR",
         LIFECYCLE_WORKFLOWS_POLL_SECONDS="0.2",
         LIFECYCLE_METRICS_ROLLUP_INTERVAL_SECONDS="0",
-        **auth.environment(),
+        **settings,
     )
-    async with whole_suite(env) as channels:
+    async with whole_suite(env, own, client) as channels:
         yield Secured(auth, channels)
 
 
@@ -235,17 +258,20 @@ async def test_a_scope_claim_grants_like_a_permissions_claim(secured: Secured) -
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-INTERNAL: list[tuple[str, str, Any]] = [
-    ("users", "MatchUserIds", users_pb2.MatchUserIdsRequest()),
-    ("users", "CountUsers", users_pb2.CountUsersRequest()),
-    ("users", "BatchGetUserProfiles", users_pb2.BatchGetUserProfilesRequest()),
-    ("workflows", "EraseUserData", workflows_pb2.EraseUserDataRequest(user_id="x")),
-    ("segments", "ReevaluateUsers", segments_pb2.ReevaluateUsersRequest()),
-    ("segments", "EraseUserData", segments_pb2.EraseUserDataRequest(user_id="x")),
-    ("triggers", "EraseUserData", triggers_pb2.EraseUserDataRequest(user_id="x")),
-    ("metrics", "RecordEvents", metrics_pb2.RecordEventsRequest()),
-    ("metrics", "EraseUserData", metrics_pb2.EraseUserDataRequest(user_id="x")),
-]
+def services_own_rpcs() -> list[tuple[str, str, Any]]:
+    """(service, method, an empty request) of every RPC that names its callers."""
+    found = []
+    for name in DEFINITIONS:
+        descriptor = descriptor_pool.Default().FindServiceByName(GRPC_SERVICES[name])
+        for path, access in access_of(descriptor).items():
+            if access.services:
+                method = descriptor.methods_by_name[path.rsplit("/", 1)[1]]
+                request = message_factory.GetMessageClass(method.input_type)()
+                found.append((name, method.name, request))
+    return found
+
+
+INTERNAL = services_own_rpcs()
 
 
 async def call(secured: Secured, service: str, method: str, request: Any, token: str) -> Any:
@@ -256,10 +282,13 @@ async def call(secured: Secured, service: str, method: str, request: Any, token:
     return await result
 
 
-@pytest.mark.parametrize(("service", "method", "request_"), INTERNAL, ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(
+    ("service", "method", "request_"), INTERNAL, ids=[f"{s}.{m}" for s, m, _ in INTERNAL]
+)
 async def test_the_services_own_rpcs_refuse_every_client(
     secured: Secured, service: str, method: str, request_: Any
 ) -> None:
+    assert len(INTERNAL) >= 9
     error = await rpc_error(call(secured, service, method, request_, secured.token("*")))
     assert error.code() == DENIED
     assert error_info(error).reason == "SERVICES_ONLY"
@@ -480,3 +509,80 @@ async def test_a_service_refused_by_the_one_it_calls_answers_internal_not_unknow
         )
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "trace id" in (error.details() or "")
+
+
+async def test_an_eddsa_key_signs_as_well(secured: Secured) -> None:
+    jwks = json.loads(secured.auth.jwks_file.read_text())
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwks["keys"].append({**public, "kid": "edwards", "alg": "EdDSA", "use": "sig"})
+    secured.auth.jwks_file.write_text(json.dumps(jwks))
+    token = signed(key, "edwards", "EdDSA", permissions=["users:read"])
+    error = await rpc_error(get_user(secured, token))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+class JwksServer:
+    """A JWKS over HTTP on loopback, counting how often it is fetched."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self.jwks = jwks
+        self.fetches = 0
+        served = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                served.fetches += 1
+                body = json.dumps(served.jwks).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+async def test_a_jwks_url_is_fetched_once_and_again_for_a_key_not_seen_yet(
+    own_database: ScratchDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth_module, "REFETCH_SECONDS", 0.2)
+    auth = local_auth(tmp_path / "data")
+    server = JwksServer(json.loads(auth.jwks_file.read_text()))
+    settings = {**auth.environment(), "LIFECYCLE_AUTH_JWKS_URL": server.url}
+    del settings["LIFECYCLE_AUTH_JWKS_FILE"]
+    env = service_env(own_database, {"users": free_port()}, **settings)
+    try:
+        async with running("users", env) as host, grpc.aio.insecure_channel(host.address) as chan:
+            users = users_pb2_grpc.UserServiceStub(chan)
+            token = auth.token("alice", ["users:read"], 600)
+            for _ in range(20):
+                error = await rpc_error(
+                    users.GetUser(
+                        users_pb2.GetUserRequest(user_id=str(uuid.uuid4())),
+                        metadata=bearer(token),
+                    )
+                )
+                assert error.code() == grpc.StatusCode.NOT_FOUND
+            assert server.fetches == 1, "a token is verified once, the set fetched once"
+            fresh = ec.generate_private_key(ec.SECP256R1())
+            public = ECAlgorithm.to_jwk(fresh.public_key(), as_dict=True)
+            server.jwks["keys"].append({**public, "kid": "new", "alg": "ES256", "use": "sig"})
+            await asyncio.sleep(0.3)
+            newer = signed(fresh, "new", permissions=["users:read"])
+            error = await rpc_error(
+                users.GetUser(
+                    users_pb2.GetUserRequest(user_id=str(uuid.uuid4())), metadata=bearer(newer)
+                )
+            )
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            assert server.fetches == 2
+    finally:
+        server.close()
