@@ -215,6 +215,11 @@ class Supervisor:
         lines = [f"  {name:<10} {self._address(name)}" for name in self._services]
         if self._tls is not None:
             lines += _tls_lines(self._tls, self._address(self._services[0]))
+        if self._env.get("LIFECYCLE_AUTH_JWKS_FILE"):
+            lines.append(
+                'calls need a token: add -H "authorization: Bearer $(lifecycle token)"'
+                " (see lifecycle token --help)"
+            )
         print(
             "lifecycle-ops is up; the services listen on:",
             *lines,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import grpc
 import psutil
 import pytest
 from cryptography import x509
@@ -25,7 +26,7 @@ from runtime.tls import open_channel, spiffe_id
 from suite.certificates import CLIENT, LocalCertificates
 from suite.launcher import PAGE_TOKEN_SECRET_FILE, kept_secret, serving
 from tests.conftest import create_database, drop_database
-from tests.support import ScratchDatabase, free_port, migration_count, serve_and_fail
+from tests.support import ScratchDatabase, free_port, migration_count, rpc_error, serve_and_fail
 from tests.test_tls import served_certificate
 
 pytestmark = pytest.mark.users
@@ -340,23 +341,29 @@ def test_outbox_shows_the_workflow_starts_that_wait_for_the_workflows_service(
     assert line.endswith(", UNAVAILABLE: the workflows service is down")
 
 
-async def user_created_reaches_metrics(env: dict[str, str], client: dict[str, str]) -> None:
+async def user_created_reaches_metrics(
+    env: dict[str, str], client: dict[str, str], token: str
+) -> None:
     """A user made in the users service, and its event in the metrics service's
-    log: the users service's outbox relays it to metrics."""
+    log: the users service's outbox relays it to metrics (as users, by its
+    certificate). Without the token the call is refused."""
     tls = load_tls_config(client)
+    bearer = (("authorization", f"Bearer {token}"),)
     users_address = f"127.0.0.1:{env['LIFECYCLE_USERS_PORT']}"
     metrics_address = f"127.0.0.1:{env['LIFECYCLE_METRICS_PORT']}"
     async with (
         open_channel(users_address, tls) as users_channel,
         open_channel(metrics_address, tls) as metrics_channel,
     ):
-        created = await users_pb2_grpc.UserServiceStub(users_channel).CreateUser(
-            users_pb2.CreateUserRequest(user=users_pb2.User(email="tls@example.com")), timeout=5
-        )
+        users = users_pb2_grpc.UserServiceStub(users_channel)
+        request = users_pb2.CreateUserRequest(user=users_pb2.User(email="tls@example.com"))
+        refused = await rpc_error(users.CreateUser(request, timeout=5))
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        created = await users.CreateUser(request, timeout=5, metadata=bearer)
         metrics = metrics_pb2_grpc.MetricsServiceStub(metrics_channel)
         for _ in range(150):
             listed = await metrics.ListEvents(
-                metrics_pb2.ListEventsRequest(user_id=created.user.id), timeout=5
+                metrics_pb2.ListEventsRequest(user_id=created.user.id), timeout=5, metadata=bearer
             )
             if [event.event_type for event in listed.events] == ["user.created"]:
                 return
@@ -364,7 +371,7 @@ async def user_created_reaches_metrics(env: dict[str, str], client: dict[str, st
     raise AssertionError("the user's event never reached the metrics service")
 
 
-def test_up_with_tls_runs_the_suite_under_mutual_tls_with_a_local_ca(
+def test_up_with_tls_and_auth_runs_the_suite_secured_with_a_local_ca_and_keys(
     scratch_url: str, tmp_path: Path
 ) -> None:
     env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url, LIFECYCLE_DATA_DIR=str(tmp_path))
@@ -373,7 +380,7 @@ def test_up_with_tls_runs_the_suite_under_mutual_tls_with_a_local_ca(
         env[f"LIFECYCLE_{name.upper()}_ADDRESS"] = (
             f"127.0.0.1:{env[f'LIFECYCLE_{name.upper()}_PORT']}"
         )
-    process = lifecycle("up", "--tls", env=env)
+    process = lifecycle("up", "--tls", "--auth", env=env)
     try:
         lines = read_until_up(process)
         files = LocalCertificates(tmp_path / "tls")
@@ -389,7 +396,11 @@ def test_up_with_tls_runs_the_suite_under_mutual_tls_with_a_local_ca(
             assert uris.value.get_values_for_type(x509.UniformResourceIdentifier) == [
                 spiffe_id(name)
             ]
-        asyncio.run(user_created_reaches_metrics(env, client))
+        assert any("authorization: Bearer $(lifecycle token)" in line for line in lines)
+        token = run_lifecycle(
+            "token", "--permissions", "users:write,metrics:read", "--ttl", "10m", env=env
+        ).stdout.strip()
+        asyncio.run(user_created_reaches_metrics(env, client, token))
         # The command it prints works as printed.
         [grpcurl] = [line.strip() for line in lines if line.strip().startswith("grpcurl ")]
         listed = subprocess.run(
