@@ -38,8 +38,8 @@ import asyncpg
 
 from bench.harness import Measurement, closed_loop, scratch_database, server_url
 from bench.users_bench import measure_empty, process
+from conditions import SEGMENT, Context, Evaluator, UserProfile, parse_condition
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
-from runtime.conditions import SEGMENT, Context, Evaluator, UserProfile, parse_condition
 from runtime.config import service_role, with_user
 from runtime.structs import dict_to_struct
 from tests.support import free_port

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.conditions.values import MICROSECOND, parse_timestamp
+from conditions.values import MICROSECOND, parse_timestamp
 from tests.support import ScratchDatabase
 
 pytestmark = pytest.mark.users

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from runtime.conditions import Condition, Context, Dependencies, Evaluator, UserProfile
+from conditions import Condition, Context, Dependencies, Evaluator, UserProfile
 from runtime.errors import Violations
 from runtime.structs import JsonObject
 

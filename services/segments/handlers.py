@@ -34,8 +34,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from runtime import idempotency, tombstones
-from runtime.conditions import (
+from conditions import (
     EXPANDED,
     SEGMENT,
     Condition,
@@ -48,6 +47,7 @@ from runtime.conditions import (
     resolve,
     size,
 )
+from runtime import idempotency, tombstones
 from runtime.database import Executor, UnitOfWork, connection, transaction
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.idempotency import RequestKey

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from conditions import MISSING, SEGMENT, Condition, LeafOutcome, parse_condition
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
-from runtime.conditions import MISSING, SEGMENT, Condition, LeafOutcome, parse_condition
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id

@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf import timestamp_pb2
 
+from conditions import UserProfile
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.clients import ServiceClients
-from runtime.conditions import UserProfile
 from runtime.deadlines import timeout_for_call
 from runtime.errors import ResourceExhausted, Unavailable
 from runtime.stages import stage_name, stage_value

@@ -13,8 +13,7 @@ from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
 
-from runtime.chains import Chain
-from runtime.conditions import (
+from conditions import (
     TRIGGER,
     AttributeChanges,
     Condition,
@@ -23,6 +22,7 @@ from runtime.conditions import (
     UserProfile,
     parse_condition,
 )
+from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.lifecycle_events import EVENT_TYPES, TRACKED_PREFIX
 from runtime.structs import JsonObject

@@ -15,10 +15,10 @@ from typing import NoReturn
 import grpc
 from google.protobuf import timestamp_pb2
 
+from conditions import UserProfile
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2, workflows_pb2_grpc
 from runtime.clients import ServiceClients
-from runtime.conditions import UserProfile
 from runtime.errors import InvalidArgument, Unavailable
 from runtime.stages import stage_name
 

@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from conditions import SQL, compile_sql, parse_condition
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime import wire_checks
-from runtime.conditions import SQL, compile_sql, parse_condition
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.pagination import (

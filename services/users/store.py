@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from conditions import STAGE_ENTRY_JOIN, SqlCondition
 from runtime.chains import Chain
-from runtime.conditions import STAGE_ENTRY_JOIN, SqlCondition
 from runtime.database import Executor
 from runtime.structs import JsonObject, from_unix_micros
 from services.users.domain import StageChange, Transition, User, UserChange, UserFilter

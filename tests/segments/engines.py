@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from runtime.conditions import (
+from conditions import (
     SEGMENT,
     Condition,
     Context,

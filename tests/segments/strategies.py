@@ -15,8 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from runtime.conditions.model import OPERATORS, Kind
-from runtime.conditions.patterns import METACHARACTERS
+from conditions.model import OPERATORS, Kind
+from conditions.patterns import METACHARACTERS
 from runtime.stages import STAGES
 from tests.segments.engines import StoredUser, Transition
 
@@ -134,7 +134,7 @@ TIMED_USERS = st.builds(
 )
 
 
-# Regular expressions from the subset's grammar (runtime.conditions.patterns).
+# Regular expressions from the subset's grammar (conditions.patterns).
 _LITERALS = st.sampled_from(list("abAB-_@é% ")) | st.sampled_from(
     [f"\\{char}" for char in sorted(METACHARACTERS)]
 )

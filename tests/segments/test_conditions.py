@@ -14,7 +14,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 
-from runtime.conditions import (
+from conditions import (
     SEGMENT,
     SQL,
     TRIGGER,
@@ -28,11 +28,11 @@ from runtime.conditions import (
     parse_condition,
     resolve,
 )
-from runtime.conditions.model import AllOf, AnyOf, Condition, Not
-from runtime.conditions.parse import Scope
-from runtime.conditions.patterns import PatternError, check_pattern
-from runtime.conditions.schema import SCHEMA
-from runtime.conditions.values import parse_duration, parse_timestamp
+from conditions.model import AllOf, AnyOf, Condition, Not
+from conditions.parse import Scope
+from conditions.patterns import PatternError, check_pattern
+from conditions.schema import SCHEMA
+from conditions.values import parse_duration, parse_timestamp
 from runtime.errors import InvalidArgument
 from tests.segments.engines import StoredUser
 from tests.segments.strategies import CONDITIONS, TIME_CONDITIONS, TIMED_USERS

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from runtime.conditions import compile_sql
+from conditions import compile_sql
 from services.users import store
 from tests.segments.engines import StoredUser, condition_of, insert_users, users_connection
 from tests.support import ScratchDatabase

@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lifecycle.segments.v1 import segments_pb2
-from lifecycle.users.v1 import users_pb2
-from runtime.conditions import (
+from conditions import (
     EXPANDED,
     SEGMENT,
     SegmentDefinition,
@@ -22,6 +20,8 @@ from runtime.conditions import (
     resolve,
     size,
 )
+from lifecycle.segments.v1 import segments_pb2
+from lifecycle.users.v1 import users_pb2
 from runtime.stages import STAGES
 from runtime.structs import dict_to_struct
 from tests.segments.conftest import Suite

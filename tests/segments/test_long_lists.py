@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.conditions import SEGMENT, Context, Evaluator, UserProfile, parse_condition
-from runtime.conditions.values import json_equal
+from conditions import SEGMENT, Context, Evaluator, UserProfile, parse_condition
+from conditions.values import json_equal
 from tests.segments.strategies import AS_OF, NUMBERS, SCALARS, TEXTS, TIMESTAMPS
 
 WANTED = st.one_of(TEXTS.filter(bool), NUMBERS, st.booleans(), TIMESTAMPS)

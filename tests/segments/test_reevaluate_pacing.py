@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from runtime.conditions import SEGMENT, UserProfile, parse_condition
+from conditions import SEGMENT, UserProfile, parse_condition
 from runtime.pacing import EVALUATIONS_PER_TURN
 from services.segments.domain import CompiledSegment, Segment
 from services.segments.handlers import judge

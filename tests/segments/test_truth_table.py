@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from runtime.conditions import MISSING, TRIGGER, AttributeChanges, Context, Evaluator
-from runtime.conditions import parse_condition as parse
-from runtime.conditions.model import (
+from conditions import MISSING, TRIGGER, AttributeChanges, Context, Evaluator
+from conditions import parse_condition as parse
+from conditions.model import (
     CREATED_AT_OPERATORS,
     EVENT_TYPE_OPERATORS,
     OPERATORS,
     STAGE_AGE_OPERATORS,
 )
-from runtime.conditions.values import parse_timestamp
+from conditions.values import parse_timestamp
 from tests.segments.engines import (
     CAP,
     StoredUser,

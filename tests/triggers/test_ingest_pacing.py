@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import struct_pb2
 
-from runtime.conditions import Evaluator, UserProfile
+from conditions import Evaluator, UserProfile
 from runtime.pacing import EVALUATIONS_PER_TURN
 from services.triggers.domain import (
     CompiledTrigger,

@@ -1,8 +1,8 @@
--- What the condition language (runtime/conditions, docs/conditions.md) needs to
+-- What the condition language (conditions, docs/conditions.md) needs to
 -- run as SQL over users.attributes.
 
 -- A timestamp of the condition language: the text of a JSON string in the one
--- accepted form (runtime/conditions/values.py, TIMESTAMP_PATTERN, the same
+-- accepted form (conditions/values.py, TIMESTAMP_PATTERN, the same
 -- pattern), as a timestamptz; NULL for anything else, impossible days
 -- (2023-02-29) included, so that a condition never fails on a bad value. A date
 -- alone is midnight UTC. The text of a JSON number, boolean, array or object

@@ -1,7 +1,7 @@
 """The Python evaluator: a condition compiled once into closures, then evaluated
 for one user or one event at a time (segments' incremental path, triggers).
 
-It means exactly what runtime.conditions.sql means in PostgreSQL; the property
+It means exactly what conditions.sql means in PostgreSQL; the property
 test in tests/segments checks that on generated conditions and documents.
 """
 
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from runtime.conditions.model import (
+from conditions.model import (
     AllOf,
     AnyOf,
     AttributeLeaf,
@@ -27,8 +27,8 @@ from runtime.conditions.model import (
     StageAgeLeaf,
     StageLeaf,
 )
-from runtime.conditions.patterns import compile_pattern, fold
-from runtime.conditions.values import (
+from conditions.patterns import compile_pattern, fold
+from conditions.values import (
     MICROSECOND,
     MISSING,
     Number,
@@ -99,7 +99,7 @@ _EMPTY: Mapping[str, Any] = {}
 class _Program:
     test: Test
     # The next instant the node's answer may change by time alone (a lower bound
-    # for all and any, as runtime.conditions.sql explains); None for a node time
+    # for all and any, as conditions.sql explains); None for a node time
     # never changes, or when it returns None: never.
     flip: Flip | None
     # Leaves only: the value read and its JSON form for explanations.

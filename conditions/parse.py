@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from runtime.conditions.model import (
+from conditions.model import (
     AUTHORED,
     CREATED_AT_OPERATORS,
     EVENT_TYPE_OPERATORS,
@@ -38,8 +38,8 @@ from runtime.conditions.model import (
     StageAgeLeaf,
     StageLeaf,
 )
-from runtime.conditions.patterns import PatternError, check_pattern, fold
-from runtime.conditions.values import MAX_DURATION, number, parse_duration, parse_timestamp
+from conditions.patterns import PatternError, check_pattern, fold
+from conditions.values import MAX_DURATION, number, parse_duration, parse_timestamp
 from runtime.errors import Violations
 from runtime.stages import STAGES
 

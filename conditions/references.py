@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from runtime.conditions.model import AllOf, AnyOf, Condition, Node, Not, SegmentRef
+from conditions.model import AllOf, AnyOf, Condition, Node, Not, SegmentRef
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,18 @@ to a PostgreSQL WHERE clause (`compile_sql`, all users at once, in the users
 service). Both engines give the same answer; tests/segments checks it.
 """
 
-from runtime.conditions.evaluate import (
+from conditions.evaluate import (
     AttributeChanges,
     Context,
     Evaluator,
     LeafOutcome,
     UserProfile,
 )
-from runtime.conditions.model import AUTHORED, EXPANDED, VERSION, Condition, Dependencies
-from runtime.conditions.parse import SEGMENT, SQL, TRIGGER, Scope, parse_condition
-from runtime.conditions.references import ReferenceProblem, SegmentDefinition, resolve, size
-from runtime.conditions.sql import STAGE_ENTRY_JOIN, SqlCondition, compile_sql
-from runtime.conditions.values import MISSING
+from conditions.model import AUTHORED, EXPANDED, VERSION, Condition, Dependencies
+from conditions.parse import SEGMENT, SQL, TRIGGER, Scope, parse_condition
+from conditions.references import ReferenceProblem, SegmentDefinition, resolve, size
+from conditions.sql import STAGE_ENTRY_JOIN, SqlCondition, compile_sql
+from conditions.values import MISSING
 
 __all__ = [
     "AUTHORED",

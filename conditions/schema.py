@@ -1,11 +1,11 @@
 """The JSON Schema (draft 2020-12) of the condition language, version 1.
 
 It describes the shape of a condition for editors and clients. The validator
-(runtime.conditions.parse) is the authority and checks what a schema cannot
+(conditions.parse) is the authority and checks what a schema cannot
 say: the regex subset, calendar days, low <= high, node and depth limits, and
 which leaves a context allows (event leaves and changes: triggers only;
 in_segment: resolved by the segments service). Print it with
-`python -m runtime.conditions.schema`.
+`python -m conditions.schema`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtime.conditions.model import (
+from conditions.model import (
     AUTHORED,
     CREATED_AT_OPERATORS,
     EVENT_TYPE_OPERATORS,
@@ -23,9 +23,9 @@ from runtime.conditions.model import (
     VERSION,
     Kind,
 )
-from runtime.conditions.parse import MAX_TEXT_LENGTH, PATH_KEY
-from runtime.conditions.patterns import MAX_PATTERN_LENGTH
-from runtime.conditions.values import TIMESTAMP_PATTERN
+from conditions.parse import MAX_TEXT_LENGTH, PATH_KEY
+from conditions.patterns import MAX_PATTERN_LENGTH
+from conditions.values import TIMESTAMP_PATTERN
 from runtime.stages import STAGES
 
 _DURATION_PATTERN = (

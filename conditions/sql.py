@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 
-from runtime.conditions.model import (
+from conditions.model import (
     AllOf,
     AnyOf,
     AttributeLeaf,
@@ -50,7 +50,7 @@ from runtime.conditions.model import (
     StageAgeLeaf,
     StageLeaf,
 )
-from runtime.conditions.values import MICROSECOND
+from conditions.values import MICROSECOND
 from runtime.errors import InvalidArgument
 
 ATTRIBUTES = "u.attributes"
