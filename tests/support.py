@@ -214,3 +214,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], seconds: float = 15.0, interval: float = 0.05
+) -> None:
+    """Waits until `check` holds, failing after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the condition never held")
+        await asyncio.sleep(interval)

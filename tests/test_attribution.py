@@ -20,8 +20,8 @@ from lifecycle.workflows.v1 import workflows_pb2
 from runtime.identity import ON_BEHALF_OF
 from runtime.structs import struct_to_dict
 from tests import test_auth
-from tests.support import ScratchDatabase
-from tests.test_auth import Secured, bearer, eventually
+from tests.support import ScratchDatabase, eventually
+from tests.test_auth import Secured, bearer
 from tests.workflows.bpmn_docs import end, linear, service, start
 
 INSTANT = linear(start(), end())

@@ -43,6 +43,7 @@ from tests.support import (
     ScratchDatabase,
     channel_to,
     error_info,
+    eventually,
     free_port,
     rpc_error,
     running,
@@ -395,14 +396,6 @@ async def test_the_loop_runs_with_authentication_on(secured: Secured) -> None:
         return bool(events.events)
 
     await eventually(recorded)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the condition never held")
 
 
 def test_local_keys_are_readable_by_their_owner_only(tmp_path: Path) -> None:

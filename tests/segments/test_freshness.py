@@ -21,8 +21,8 @@ from runtime.lifecycle_events import RECORD_EVENTS, TRACK_EVENTS
 from runtime.structs import dict_to_struct
 from services.segments.service import maintenance
 from services.segments.settings import SegmentSettings
-from tests.segments.conftest import FakeClock, Suite, eventually, serve_segments
-from tests.support import free_port, rpc_error
+from tests.segments.conftest import FakeClock, Suite, serve_segments
+from tests.support import eventually, free_port, rpc_error
 
 ACTIVATION = stage_pb2.LIFECYCLE_STAGE_ACTIVATION
 REVENUE = stage_pb2.LIFECYCLE_STAGE_REVENUE

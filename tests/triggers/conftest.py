@@ -4,9 +4,8 @@ tests can move forward."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from services.workflows.service import DEFINITION as WORKFLOWS
 from tests.support import (
     TRACER_PROVIDER,
     ScratchDatabase,
+    eventually,
     free_port,
     running,
     service_config,
@@ -149,16 +149,6 @@ async def suite(tr_env: dict[str, str]) -> AsyncIterator[Suite]:
 @pytest.fixture(autouse=True)
 def reset_clock(suite: Suite) -> None:
     suite.clock.offset = timedelta(0)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], seconds: float = 15.0, interval: float = 0.05
-) -> None:
-    for _ in range(int(seconds / interval)):
-        if await check():
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError("the condition never held")
 
 
 async def new_user(users: UserServiceAsyncStub, **attributes: Any) -> str:

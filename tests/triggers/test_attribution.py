@@ -12,13 +12,13 @@ from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.users.v1 import users_pb2
 from runtime.structs import struct_to_dict
+from tests.support import eventually
 from tests.triggers.conftest import (
     INSTANT,
     Suite,
     create_trigger,
     deploy,
     event,
-    eventually,
     new_user,
     track,
     unique_type,

@@ -10,14 +10,13 @@ import grpc
 
 from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.users.v1 import users_pb2
-from tests.support import error_info, rpc_error, violated_fields
+from tests.support import error_info, eventually, rpc_error, violated_fields
 from tests.triggers.conftest import (
     INSTANT,
     Suite,
     create_trigger,
     deploy,
     event,
-    eventually,
     executions_of,
     new_user,
     settled,

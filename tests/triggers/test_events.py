@@ -16,7 +16,7 @@ from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2
 from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict
-from tests.support import error_info, rpc_error, violated_fields
+from tests.support import error_info, eventually, rpc_error, violated_fields
 from tests.triggers.conftest import (
     INSTANT,
     ONBOARDING,
@@ -24,7 +24,6 @@ from tests.triggers.conftest import (
     create_trigger,
     deploy,
     event,
-    eventually,
     executions_of,
     lifecycle_events,
     new_user,

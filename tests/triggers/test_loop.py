@@ -14,7 +14,7 @@ from lifecycle.common.v1 import stage_pb2
 from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2
-from tests.support import SPANS
+from tests.support import SPANS, eventually
 from tests.triggers.conftest import (
     INSTANT,
     ONBOARDING,
@@ -22,7 +22,6 @@ from tests.triggers.conftest import (
     create_trigger,
     deploy,
     event,
-    eventually,
     new_user,
     settled,
     track,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from services.workflows.service import DEFINITION, build_with
 from tests.support import (
     TRACER_PROVIDER,
     ScratchDatabase,
+    eventually,
     free_port,
     running,
     service_config,
@@ -124,16 +125,6 @@ async def start(
         )
     )
     return reply.execution
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], seconds: float = 10.0, interval: float = 0.02
-) -> None:
-    for _ in range(int(seconds / interval)):
-        if await check():
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError("the condition never held")
 
 
 async def execution(stub: Stub, execution_id: str) -> pb.Execution:

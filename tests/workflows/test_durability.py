@@ -33,9 +33,16 @@ from services.workflows.service import (
 )
 from suite.registry import schema_owners
 from tests.metrics.conftest import create_partitions
-from tests.support import TRACER_PROVIDER, ScratchDatabase, free_port, service_config, service_env
+from tests.support import (
+    TRACER_PROVIDER,
+    ScratchDatabase,
+    eventually,
+    free_port,
+    service_config,
+    service_env,
+)
 from tests.workflows.bpmn_docs import catch, definitions, emit, end, flow, linear, start, xor
-from tests.workflows.conftest import Stub, advance, deploy, eventually
+from tests.workflows.conftest import Stub, advance, deploy
 
 EXECUTIONS = 1000
 CRASH_WORKFLOW = definitions(

@@ -17,7 +17,7 @@ from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct, struct_to_dict
 from services.workflows.clock import ManualClock
-from tests.support import error_info, rpc_error, violated_fields
+from tests.support import error_info, eventually, rpc_error, violated_fields
 from tests.workflows.bpmn_docs import (
     boundary,
     call,
@@ -41,7 +41,6 @@ from tests.workflows.conftest import (
     advance,
     deploy,
     events_of,
-    eventually,
     execution,
     jobs,
     new_user,

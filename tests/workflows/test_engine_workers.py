@@ -15,13 +15,13 @@ from lifecycle.workflows.v1 import workflows_pb2 as pb
 from services.workflows.bpmn import SET_STAGE
 from services.workflows.clock import ManualClock
 from services.workflows.workers import SET_ASIDE
+from tests.support import eventually
 from tests.workflows.bpmn_docs import catch, end, linear, service, start
 from tests.workflows.conftest import (
     Stub,
     advance,
     deploy,
     deploy_stored,
-    eventually,
     execution,
     new_user,
     until_status,

@@ -15,14 +15,13 @@ from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.server import ServiceHost
 from services.workflows.clock import ManualClock
-from tests.support import rpc_error
+from tests.support import eventually, rpc_error
 from tests.workflows.bpmn_docs import catch, end, linear, start
 from tests.workflows.conftest import (
     Stub,
     advance,
     deploy,
     events_of,
-    eventually,
     new_user,
     path,
     until_status,

@@ -11,13 +11,13 @@ from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.server import ServiceHost
 from services.workflows.clock import ManualClock
+from tests.support import eventually
 from tests.workflows.bpmn_docs import catch, definitions, end, event_gateway, flow, service, xor
 from tests.workflows.conftest import (
     Stub,
     advance,
     deploy,
     events_of,
-    eventually,
     execution,
     new_user,
     path,
