@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -33,11 +34,12 @@ class ConfigError(Exception):
     """One or more environment variables have bad values."""
 
 
-class _Reader:
-    """Reads variables and collects every problem before failing once."""
+class SettingsReader:
+    """Reads environment variables into typed values and collects every problem,
+    so that one start names all the bad values; `check` then fails once."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env = os.environ if env is None else env
         self.problems: list[str] = []
 
     def get(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
@@ -50,11 +52,33 @@ class _Reader:
             self.problems.append(f"{name}={raw!r} is not {expected}")
             return default
 
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name) or default
+
+    def seconds(self, name: str, default: float, *, zero_allowed: bool = False) -> float:
+        parse = _non_negative_float if zero_allowed else _positive_float
+        kind = "a number of seconds" if zero_allowed else "a positive number of seconds"
+        return self.get(name, default, parse, kind)
+
+    def duration(self, name: str, default: timedelta, *, zero_allowed: bool = False) -> timedelta:
+        return timedelta(
+            seconds=self.seconds(name, default.total_seconds(), zero_allowed=zero_allowed)
+        )
+
+    def count(self, name: str, default: int, *, zero_allowed: bool = False) -> int:
+        parse = _non_negative_int if zero_allowed else _positive_int
+        kind = "a whole number >= 0" if zero_allowed else "a positive whole number"
+        return self.get(name, default, parse, kind)
+
     def required(self, name: str, meaning: str) -> str:
         value = self.env.get(name, "")
         if not value:
             self.problems.append(f"{name} is not set: {meaning}")
         return value
+
+    def problem(self, text: str) -> None:
+        """A problem found by a check across values (a maximum, a pair that must match)."""
+        self.problems.append(text)
 
     def check(self) -> None:
         if self.problems:
@@ -70,7 +94,7 @@ def _port(raw: str) -> int:
 
 def _positive_float(raw: str) -> float:
     value = float(raw)
-    if value <= 0:
+    if not 0 < value < float("inf"):
         raise ValueError(raw)
     return value
 
@@ -78,6 +102,20 @@ def _positive_float(raw: str) -> float:
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
         raise ValueError(raw)
     return value
 
@@ -192,7 +230,7 @@ class ServiceConfig:
 def admin_database_url(env: Mapping[str, str] | None = None) -> str | None:
     """The suite's database URL, or None when an embedded PostgreSQL should be used."""
     env = os.environ if env is None else env
-    reader = _Reader(env)
+    reader = SettingsReader(env)
     url = reader.get("LIFECYCLE_DATABASE_URL", "", _database_url, "a postgresql:// URL")
     reader.check()
     return url or None
@@ -207,7 +245,7 @@ def peer_addresses(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def _connection_limits(reader: _Reader) -> ConnectionLimits:
+def _connection_limits(reader: SettingsReader) -> ConnectionLimits:
     return ConnectionLimits(
         handshake_timeout=reader.get(
             "LIFECYCLE_HANDSHAKE_TIMEOUT_SECONDS", 10.0, _positive_float, "a positive number"
@@ -224,7 +262,7 @@ def _connection_limits(reader: _Reader) -> ConnectionLimits:
     )
 
 
-def _auth_config(reader: _Reader, service: str) -> AuthConfig:
+def _auth_config(reader: SettingsReader, service: str) -> AuthConfig:
     """Authentication is on when a JWKS is named; then the issuer and audience
     every token must carry are required too."""
     env = reader.env
@@ -275,7 +313,7 @@ def _boolean(raw: str) -> bool:
     return raw.lower() == "true"
 
 
-def _tls_config(reader: _Reader) -> TlsConfig | None:
+def _tls_config(reader: SettingsReader) -> TlsConfig | None:
     """TLS is on when any of its files is named; each must be readable now
     (runtime.tls checks what they hold when it reads them)."""
     files = {
@@ -303,7 +341,7 @@ def _tls_config(reader: _Reader) -> TlsConfig | None:
     return config
 
 
-def _served_tls(reader: _Reader) -> TlsConfig | None:
+def _served_tls(reader: SettingsReader) -> TlsConfig | None:
     """A service serves TLS with a certificate of its own; with
     LIFECYCLE_REQUIRE_MUTUAL_TLS=true it refuses to start with less than mutual TLS."""
     tls = _tls_config(reader)
@@ -325,7 +363,7 @@ def _served_tls(reader: _Reader) -> TlsConfig | None:
 def load_tls_config(env: Mapping[str, str] | None = None) -> TlsConfig | None:
     """How a client of the suite dials it: the TLS settings of `env` (the
     process environment by default), None for plaintext."""
-    reader = _Reader(os.environ if env is None else env)
+    reader = SettingsReader(os.environ if env is None else env)
     tls = _tls_config(reader)
     reader.check()
     return tls
@@ -347,7 +385,7 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
             f"unknown service {service!r}; expected one of {', '.join(SERVICE_NAMES)}"
         )
     env = os.environ if env is None else env
-    reader = _Reader(env)
+    reader = SettingsReader(env)
     admin_url = reader.get("LIFECYCLE_DATABASE_URL", "", _database_url, "a postgresql:// URL")
     own_url = reader.get(
         service_env_name(service, "DATABASE_URL"), "", _database_url, "a postgresql:// URL"

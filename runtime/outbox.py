@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -40,6 +39,7 @@ from runtime.chains import Chain, stored
 from runtime.clients import ServiceClients
 from runtime.identity import acting_for, calling_as
 from runtime.telemetry import current_traceparent, trace_context
+from runtime.worker import Pause, PollingWorker, doubling
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,9 @@ RETURNING o.id, o.topic, o.payload, o.attempts, o.traceparent, o.actors
 """
 
 
-class OutboxRelay:
+class OutboxRelay(PollingWorker):
+    name = "outbox-relay"
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -149,44 +151,25 @@ class OutboxRelay:
         max_refusals: int = 10,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
-        self.name = "outbox-relay"
+        super().__init__(poll_interval)
         # The service whose outbox this is, which makes the calls.
         self._service = service
         self._pool = pool
         self._clients = clients
         self._destinations = dict(destinations)
-        self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._lease = lease_seconds
         self._max_backoff = max_backoff_seconds
         self._max_refusals = max_refusals
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
-        self._wake = asyncio.Event()
         # A topic whose callee is down rests, backing off, instead of having every
         # one of its messages tried and rescheduled on every round.
         self._down_rounds: dict[str, int] = defaultdict(int)
         self._resting_until: dict[str, float] = {}
 
-    def wake(self) -> None:
-        """Asks for a delivery round now (called after a commit that added messages)."""
-        self._wake.set()
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                claimed = await self.relay_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning("outbox relay could not reach the database: %s", error)
-                claimed = 0
-            if claimed >= self._batch_size:
-                continue
-            self._wake.clear()
-            waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())]
-            await asyncio.wait(
-                waits, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in waits:
-                task.cancel()
+    async def round(self) -> Pause:
+        claimed = await self.relay_once()
+        return 0 if claimed >= self._batch_size else self.poll_interval
 
     async def relay_once(self) -> int:
         """One round: claim due rows, deliver them, record the outcome. Returns rows claimed."""
@@ -345,8 +328,7 @@ class OutboxRelay:
 
     def _backoff(self, attempts: int) -> float:
         """Seconds until the next attempt: doubling from half a second, capped, with jitter."""
-        doubled: float = 0.5 * 2.0 ** (attempts - 1)
-        return min(self._max_backoff, doubled) * random.uniform(0.8, 1.2)
+        return doubling(attempts, 0.5, self._max_backoff)
 
 
 async def retry_dead_letters(conn: asyncpg.Connection, topic: str | None = None) -> int:

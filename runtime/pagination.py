@@ -12,9 +12,9 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,6 +38,16 @@ def page_size(requested: int, field: str = "page_size") -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
+class PagedRequest(Protocol):
+    """A List request (AIP-158)."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
+
+
 class PageTokens:
     def __init__(self, secret: str) -> None:
         self._aead = AESGCM(hashlib.sha256(secret.encode()).digest())
@@ -58,6 +68,23 @@ class PageTokens:
             return parse(cursor)
         except (ValueError, TypeError, LookupError, OverflowError) as error:
             raise InvalidArgument.field("page_token", "is malformed") from error
+
+    async def read_page(
+        self,
+        request: PagedRequest,
+        query: Sequence[Any],
+        read: Callable[[C | None, int], Awaitable[list[T]]],
+        cursor_of: Callable[[T], Sequence[Any]],
+        parse: Callable[[list[Any]], C],
+    ) -> tuple[list[T], str]:
+        """One page of a List RPC: `read(cursor, limit)` reads up to `limit` rows
+        after the cursor of the request's token (None on the first page), one more
+        than the page so that the last page has no next token. `query` is what
+        the token is bound to: the request's filters. Returns the page and the
+        next page's token."""
+        limit = page_size(request.page_size)
+        cursor = self.cursor(request.page_token, query, parse)
+        return self.page(await read(cursor, limit + 1), limit, query, cursor_of)
 
     def page(
         self,

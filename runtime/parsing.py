@@ -11,6 +11,9 @@ from google.protobuf import timestamp_pb2
 from runtime.errors import Violations
 from runtime.stages import stage_name
 
+# Names are VARCHAR(255) in the schema.
+MAX_NAME_LENGTH = 255
+
 
 def parse_uuid(
     value: str, field: str, violations: Violations, *, required: bool = True
@@ -55,3 +58,14 @@ def optional_time(message: object, name: str) -> datetime | None:
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def check_name(value: str, field: str, violations: Violations, *, required: bool = True) -> str:
+    """A name (of a workflow, a segment, a trigger, a message, a job type):
+    trimmed, at most MAX_NAME_LENGTH characters, and given unless optional."""
+    name = value.strip()
+    if required and not name:
+        violations.add(field, "is required")
+    elif len(name) > MAX_NAME_LENGTH:
+        violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
+    return name

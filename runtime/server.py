@@ -38,6 +38,7 @@ from runtime.pagination import PageTokens
 from runtime.partitions import PartitionedTable
 from runtime.telemetry import instrument_database
 from runtime.tls import peer_service, server_credentials
+from runtime.worker import Pause, PollingWorker, Rest
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,8 @@ class ServiceHost:
             raise
 
     async def _set_readiness(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        if self._stopping.is_set():
+            return  # the graceful stop has said NOT_SERVING for good
         for name in ("", self.definition.grpc_service):
             await self._health.set(name, status)
 
@@ -328,31 +331,30 @@ def _connection_bounds(limits: ConnectionLimits) -> list[tuple[str, int]]:
     ]
 
 
-class _ReadinessWatch:
+class _ReadinessWatch(PollingWorker):
     """Readiness follows the database: SERVING only while `SELECT 1` answers."""
 
     name = "readiness"
+    outlived = ()
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         set_readiness: Callable[[health_pb2.HealthCheckResponse.ServingStatus], Awaitable[None]],
     ) -> None:
+        super().__init__(HEALTH_INTERVAL_SECONDS)
         self._pool = pool
         self._set_readiness = set_readiness
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await asyncio.wait_for(self._pool.fetchval("SELECT 1"), HEALTH_INTERVAL_SECONDS)
-                status = health_pb2.HealthCheckResponse.SERVING
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning("database unreachable: %s", error)
-                status = health_pb2.HealthCheckResponse.NOT_SERVING
-            if not stopping.is_set():
-                await self._set_readiness(status)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), HEALTH_INTERVAL_SECONDS)
+    async def round(self) -> Pause:
+        try:
+            await asyncio.wait_for(self._pool.fetchval("SELECT 1"), HEALTH_INTERVAL_SECONDS)
+            status = health_pb2.HealthCheckResponse.SERVING
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("database unreachable: %s", error)
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._set_readiness(status)
+        return Rest(HEALTH_INTERVAL_SECONDS)
 
 
 async def contract_only(context: ServiceContext) -> ServiceComponents:

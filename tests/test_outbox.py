@@ -25,7 +25,15 @@ from runtime.identity import ON_BEHALF_OF
 from runtime.lifecycle_events import RECORD_EVENTS, EventBatch
 from runtime.outbox import Destination, OutboxRelay, retry_dead_letters
 from runtime.server import ServiceHost
-from tests.support import SPANS, TRACER_PROVIDER, ScratchDatabase, free_port, running, service_env
+from tests.support import (
+    SPANS,
+    TRACER_PROVIDER,
+    ScratchDatabase,
+    eventually,
+    free_port,
+    running,
+    service_env,
+)
 
 pytestmark = pytest.mark.users
 
@@ -157,7 +165,12 @@ async def test_a_crashed_relays_claim_expires_and_another_relay_delivers(
     env = service_env(database, {"users": callee_port})
     async with running("users", env):
         assert await relay.relay_once() == 0
-        await asyncio.sleep(1.1)
+
+        async def claimed_again() -> bool:
+            # Not made due by hand: only the dead relay's claim running out frees the row.
+            return await relay.relay_once() > 0
+
+        await eventually(claimed_again)
         await relay_until_delivered(relay, pool, CREATE_USER)
 
 

@@ -399,7 +399,11 @@ async def test_sigterm_during_load_loses_no_acknowledged_write(
 
     async with grpc.aio.insecure_channel(address) as channel:
         writers = [asyncio.create_task(writer(channel, w)) for w in range(16)]
-        await asyncio.sleep(1.0)
+
+        async def under_load() -> bool:
+            return len(acknowledged) > 3 * len(writers)
+
+        await eventually(under_load)
         in_flight_before = len(acknowledged)
         process.send_signal(signal.SIGTERM)
         await asyncio.gather(*writers)

@@ -16,7 +16,6 @@ from runtime.errors import Violations
 from runtime.structs import JsonObject
 
 PRODUCER = "segments"
-MAX_NAME_LENGTH = 255
 MAX_DESCRIPTION_LENGTH = 4096
 ENTERED = "segment.entered"
 EXITED = "segment.exited"
@@ -72,15 +71,6 @@ class Verdict:
 
     member: bool
     valid_until: datetime
-
-
-def check_name(name: str, field: str, violations: Violations) -> str:
-    name = name.strip()
-    if not name:
-        violations.add(field, "is required")
-    elif len(name) > MAX_NAME_LENGTH:
-        violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
-    return name
 
 
 def check_description(description: str, field: str, violations: Violations) -> str:

@@ -14,7 +14,7 @@ from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
-from runtime.parsing import parse_stages, parse_uuid
+from runtime.parsing import check_name, parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, json_object, set_timestamp, timestamp
 from services.segments.domain import (
@@ -23,7 +23,6 @@ from services.segments.domain import (
     SegmentFields,
     UserChange,
     check_description,
-    check_name,
 )
 from services.segments.handlers import Memberships, SegmentDirectory
 

@@ -42,7 +42,6 @@ MAX_EVENT_TYPE_LENGTH = 100 - len(TRACKED_PREFIX)
 PREFIX_WILDCARD = ".*"
 MAX_DATA_BYTES = 32 * 1024
 MAX_MESSAGE_ID_LENGTH = 200
-MAX_NAME_LENGTH = 255
 # Clocks drift; an event stamped further ahead than this is a bug of its sender.
 MAX_FUTURE = timedelta(days=1)
 MAX_PERIOD = timedelta(days=3650)
@@ -114,15 +113,6 @@ def check_pattern(value: str, field: str, violations: Violations) -> str:
         check_event_type(value[: -len(PREFIX_WILDCARD)], field, violations)
         return value
     return check_event_type(value, field, violations)
-
-
-def check_name(value: str, field: str, violations: Violations) -> str:
-    name = value.strip()
-    if not name:
-        violations.add(field, "is required")
-    elif len(name) > MAX_NAME_LENGTH:
-        violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
-    return name
 
 
 def check_reentry(

@@ -22,7 +22,7 @@ from runtime.errors import (
 from runtime.idempotency import request_key
 from runtime.identity import current_caller
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
-from runtime.parsing import parse_uuid
+from runtime.parsing import check_name, parse_uuid
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from runtime.telemetry import current_traceparent
 from services.triggers.domain import (
@@ -38,7 +38,6 @@ from services.triggers.domain import (
     Trigger,
     TriggerFields,
     check_event_type,
-    check_name,
     check_pattern,
     check_reentry,
     parse_trigger_condition,

@@ -20,7 +20,7 @@ from runtime.idempotency import request_key
 from runtime.identity import current_caller
 from runtime.isolation import content_error, refusal_text, refused_value
 from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
-from runtime.parsing import parse_stages, parse_uuid
+from runtime.parsing import check_name, parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from services.workflows.bpmn import BUILTIN_PREFIX, BpmnError
@@ -58,7 +58,6 @@ EXECUTION_STATUSES = {
 _WORKFLOW_ENUM = {name: value for value, name in WORKFLOW_STATUSES.items()}
 _EXECUTION_ENUM = {name: value for value, name in EXECUTION_STATUSES.items()}
 UPDATABLE = ("name", "description", "bpmn_xml", "lifecycle_stages")
-MAX_NAME = 255
 MAX_TTL = timedelta(days=365)
 MAX_MESSAGES = 1000
 MAX_JOBS = 1000
@@ -152,15 +151,6 @@ def _spoken(delta: timedelta) -> str:
     return f"{delta.seconds // 60} minutes"
 
 
-def _name(value: str, field: str, violations: Violations, *, required: bool = True) -> str:
-    value = value.strip()
-    if required and not value:
-        violations.add(field, "is required")
-    if len(value) > MAX_NAME:
-        violations.add(field, f"must be at most {MAX_NAME} characters")
-    return value
-
-
 def _statuses(values: list[int], names: dict[Any, str], field: str, v: Violations) -> list[str]:
     found = []
     for position, value in enumerate(values):
@@ -176,10 +166,10 @@ def _message(
 ) -> NewMessage | None:
     """A message to publish (None without a user); problems go to `violations`
     under `prefix` + the field's name."""
-    name = _name(request.name, f"{prefix}name", violations)
+    name = check_name(request.name, f"{prefix}name", violations)
     user_id = parse_uuid(request.correlation_key, f"{prefix}correlation_key", violations)
     variables = variables_of(request.variables, f"{prefix}variables", violations)
-    message_id = _name(request.message_id, f"{prefix}message_id", violations, required=False)
+    message_id = check_name(request.message_id, f"{prefix}message_id", violations, required=False)
     ttl = _duration(request.time_to_live, f"{prefix}time_to_live", violations, MAX_TTL)
     if user_id is None:
         return None
@@ -239,7 +229,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
             raise InvalidArgument.field("workflow", "is required")
         given = request.workflow
         violations = Violations()
-        name = _name(given.name, "workflow.name", violations)
+        name = check_name(given.name, "workflow.name", violations)
         stages = parse_stages(list(given.lifecycle_stages), "workflow.lifecycle_stages", violations)
         created_by = parse_uuid(given.created_by, "workflow.created_by", violations, required=False)
         key = request_key(request, "CreateWorkflow", violations)
@@ -295,7 +285,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
             violations.add("update_mask", "names no field")
         fields: dict[str, Any] = {}
         if "name" in paths:
-            fields["name"] = _name(given.name, "workflow.name", violations)
+            fields["name"] = check_name(given.name, "workflow.name", violations)
         if "description" in paths:
             fields["description"] = given.description
         if "lifecycle_stages" in paths:
@@ -443,7 +433,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.ActivateJobsRequest, context: Context
     ) -> AsyncIterator[pb.ActivateJobsResponse]:
         violations = Violations()
-        job_type = _name(request.job_type, "job_type", violations)
+        job_type = check_name(request.job_type, "job_type", violations)
         if job_type.startswith(BUILTIN_PREFIX):
             violations.add("job_type", f"{BUILTIN_PREFIX}* types are done by the engine itself")
         if not 0 < request.max_jobs_to_activate <= MAX_JOBS:
@@ -515,7 +505,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.ThrowErrorRequest, context: Context
     ) -> pb.ThrowErrorResponse:
         violations = Violations()
-        code = _name(request.error_code, "error_code", violations)
+        code = check_name(request.error_code, "error_code", violations)
         variables = variables_of(request.variables, "variables", violations)
         violations.check()
         await self._executions.throw_error(request.job_key, code, request.error_message, variables)

@@ -373,6 +373,13 @@ def test_the_trailing_window_never_reaches_days_whose_events_were_archived() -> 
     assert trailing_window(today, 3, None, None, today + timedelta(days=1)) is None
 
 
+# Whether some session waits for a lock this connection holds.
+BLOCKED_BY_ME = (
+    "SELECT EXISTS (SELECT FROM pg_stat_activity"
+    " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid)))"
+)
+
+
 async def test_one_rollup_runs_at_a_time(
     rolled: MetricsServer, own_database: ScratchDatabase
 ) -> None:
@@ -382,7 +389,13 @@ async def test_one_rollup_runs_at_a_time(
         await holder.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
         assert await scheduler.run_once() is None
         waiting = asyncio.create_task(scheduler.run_once(wait=True))
-        await asyncio.sleep(0.3)
+
+        async def blocked_by_the_holder() -> bool:
+            assert not waiting.done(), "the rollup ran while another held the lock"
+            return bool(await holder.fetchval(BLOCKED_BY_ME))
+
+        # Seen waiting in PostgreSQL for the holder's lock, not merely not done yet.
+        await eventually(blocked_by_the_holder)
         assert not waiting.done()
         await holder.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
         assert await asyncio.wait_for(waiting, 10) is not None

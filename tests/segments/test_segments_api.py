@@ -577,13 +577,25 @@ async def change_in_flight(
         yield
 
 
-async def still_running(call: Awaitable[Any]) -> asyncio.Future[Any]:
-    """The call, started; it must still be waiting half a second later."""
+# Whether some session waits for a lock this connection holds.
+BLOCKED_BY_ME = (
+    "SELECT EXISTS (SELECT FROM pg_stat_activity"
+    " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid)))"
+)
+
+
+async def still_running(call: Awaitable[Any], change: asyncpg.Connection) -> asyncio.Future[Any]:
+    """The call, started; it must be seen waiting in PostgreSQL for the locks of
+    the change in flight on `change`."""
     running = asyncio.ensure_future(call)
-    await asyncio.sleep(0.5)
-    # Had it read the definition now, it would have written an answer of the old
-    # one after the change's moment: as fresh.
-    assert not running.done()
+
+    async def waiting_for_the_change() -> bool:
+        # Had it read the definition without waiting, it would have written an
+        # answer of the old one after the change's moment: as fresh.
+        assert not running.done(), "the call did not wait for the change in flight"
+        return bool(await change.fetchval(BLOCKED_BY_ME))
+
+    await eventually(waiting_for_the_change)
     return running
 
 
@@ -597,7 +609,8 @@ async def test_a_reevaluation_waits_for_a_definition_change_in_flight_and_reads_
         reevaluation = await still_running(
             suite.segments.ReevaluateUsers(
                 segments_pb2.ReevaluateUsersRequest(user_ids=[member.id])
-            )
+            ),
+            segments_admin,
         )
     assert (await reevaluation).exited_count == 1
     assert await membership_answer(suite, member.id, segment.id) == (False, False)
@@ -615,7 +628,7 @@ async def test_a_check_waits_for_a_definition_change_in_flight_and_reads_it(
     free = tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
     request = segments_pb2.CheckMembershipRequest(user_id=user.id, segment_id=segment.id)
     async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock()):
-        check = await still_running(suite.segments.CheckMembership(request))
+        check = await still_running(suite.segments.CheckMembership(request), segments_admin)
     assert (await check).is_member is False
     assert not await suite.members(segment.id)
 
