@@ -19,6 +19,7 @@ RUN python -m venv /opt/build \
         --require-hashes --only-binary=:all: --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY lifecycle ./lifecycle
+COPY clients ./clients
 COPY conditions ./conditions
 COPY runtime ./runtime
 COPY services ./services

@@ -247,18 +247,10 @@ def peer_addresses(env: Mapping[str, str]) -> dict[str, str]:
 
 def _connection_limits(reader: SettingsReader) -> ConnectionLimits:
     return ConnectionLimits(
-        handshake_timeout=reader.get(
-            "LIFECYCLE_HANDSHAKE_TIMEOUT_SECONDS", 10.0, _positive_float, "a positive number"
-        ),
-        max_idle=reader.get(
-            "LIFECYCLE_MAX_CONNECTION_IDLE_SECONDS", 60.0, _positive_float, "a positive number"
-        ),
-        streams_per_connection=reader.get(
-            "LIFECYCLE_MAX_STREAMS_PER_CONNECTION", 100, _positive_int, "a positive integer"
-        ),
-        concurrent_calls=reader.get(
-            "LIFECYCLE_MAX_CONCURRENT_CALLS", 1000, _positive_int, "a positive integer"
-        ),
+        handshake_timeout=reader.seconds("LIFECYCLE_HANDSHAKE_TIMEOUT_SECONDS", 10.0),
+        max_idle=reader.seconds("LIFECYCLE_MAX_CONNECTION_IDLE_SECONDS", 60.0),
+        streams_per_connection=reader.count("LIFECYCLE_MAX_STREAMS_PER_CONNECTION", 100),
+        concurrent_calls=reader.count("LIFECYCLE_MAX_CONCURRENT_CALLS", 1000),
     )
 
 
@@ -273,9 +265,7 @@ def _auth_config(reader: SettingsReader, service: str) -> AuthConfig:
         jwks_url=jwks_url,
         issuer=env.get("LIFECYCLE_AUTH_ISSUER", ""),
         audience=env.get("LIFECYCLE_AUTH_AUDIENCE", ""),
-        leeway_seconds=reader.get(
-            "LIFECYCLE_AUTH_LEEWAY_SECONDS", 30.0, _positive_float, "a positive number"
-        ),
+        leeway_seconds=reader.seconds("LIFECYCLE_AUTH_LEEWAY_SECONDS", 30.0),
         service_key_file=reader.get(
             service_env_name(service, "AUTH_KEY_FILE"), None, _readable_file, "a readable file"
         ),
@@ -402,18 +392,12 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
             service_env_name(service, "PORT"), DEFAULT_PORTS[service], _port, "a port number"
         ),
         database_url=own_url or with_user(admin_url, service_role(admin_url, service)),
-        pool_max_size=reader.get("LIFECYCLE_DB_POOL_SIZE", 10, _positive_int, "a positive integer"),
+        pool_max_size=reader.count("LIFECYCLE_DB_POOL_SIZE", 10),
         log_level=reader.get("LIFECYCLE_LOG_LEVEL", "INFO", _log_level, f"one of {LOG_LEVELS}"),
-        shutdown_grace=reader.get(
-            "LIFECYCLE_SHUTDOWN_GRACE_SECONDS", 10.0, _positive_float, "a positive number"
-        ),
+        shutdown_grace=reader.seconds("LIFECYCLE_SHUTDOWN_GRACE_SECONDS", 10.0),
         drain_delay=reader.get("LIFECYCLE_DRAIN_DELAY_SECONDS", 0.0, float, "a number of seconds"),
-        max_connection_age=reader.get(
-            "LIFECYCLE_MAX_CONNECTION_AGE_SECONDS", 300.0, _positive_float, "a positive number"
-        ),
-        call_timeout=reader.get(
-            "LIFECYCLE_CALL_TIMEOUT_SECONDS", 5.0, _positive_float, "a positive number"
-        ),
+        max_connection_age=reader.seconds("LIFECYCLE_MAX_CONNECTION_AGE_SECONDS", 300.0),
+        call_timeout=reader.seconds("LIFECYCLE_CALL_TIMEOUT_SECONDS", 5.0),
         telemetry=TelemetryConfig(
             service_name=env.get("OTEL_SERVICE_NAME") or f"lifecycle-{service}",
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
@@ -425,18 +409,10 @@ def load_service_config(service: str, env: Mapping[str, str] | None = None) -> S
             "the key of the page tokens, the same for every replica of the service"
             " (`lifecycle up` keeps one in its data folder)",
         ),
-        outbox_poll_interval=reader.get(
-            "LIFECYCLE_OUTBOX_POLL_SECONDS", 1.0, _positive_float, "a positive number"
-        ),
-        outbox_max_refusals=reader.get(
-            "LIFECYCLE_OUTBOX_MAX_REFUSALS", 10, _positive_int, "a positive integer"
-        ),
-        outbox_max_backoff=reader.get(
-            "LIFECYCLE_OUTBOX_MAX_BACKOFF_SECONDS", 60.0, _positive_float, "a positive number"
-        ),
-        db_connect_timeout=reader.get(
-            "LIFECYCLE_DB_CONNECT_TIMEOUT_SECONDS", 3.0, _positive_float, "a positive number"
-        ),
+        outbox_poll_interval=reader.seconds("LIFECYCLE_OUTBOX_POLL_SECONDS", 1.0),
+        outbox_max_refusals=reader.count("LIFECYCLE_OUTBOX_MAX_REFUSALS", 10),
+        outbox_max_backoff=reader.seconds("LIFECYCLE_OUTBOX_MAX_BACKOFF_SECONDS", 60.0),
+        db_connect_timeout=reader.seconds("LIFECYCLE_DB_CONNECT_TIMEOUT_SECONDS", 3.0),
         limits=_connection_limits(reader),
         auth=_auth_config(reader, service),
         tls=_served_tls(reader),

@@ -355,9 +355,3 @@ class _ReadinessWatch(PollingWorker):
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         await self._set_readiness(status)
         return Rest(HEALTH_INTERVAL_SECONDS)
-
-
-async def contract_only(context: ServiceContext) -> ServiceComponents:
-    """For a service whose API is settled but not built yet: health, reflection
-    and the outbox run; every RPC of its contract answers UNIMPLEMENTED."""
-    return ServiceComponents()

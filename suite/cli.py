@@ -51,6 +51,8 @@ from suite.launcher import Supervisor, child_environment
 from suite.registry import DEFINITIONS, schema_owners
 
 IDEMPOTENCY_KEY_DAYS = 7
+# In the data folder: the logs of the suite `lifecycle demo` starts (unless --verbose).
+DEMO_LOG = "demo.log"
 
 
 async def _migrate(admin_url: str) -> None:
@@ -198,8 +200,20 @@ def _demo(args: argparse.Namespace) -> int:
             asyncio.run(recreate_database(demo_url))
         asyncio.run(_migrate(demo_url))
         env = child_environment(demo_url, certificates)
+        # The logs of a suite it starts; none is written when one runs (as in a Job).
+        log_file = None if args.verbose or running else data_dir() / DEMO_LOG
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_bytes(b"")  # this run's logs only
         return asyncio.run(
-            run_demo(demo_url, env, settings, start_suite=not running, certificates=certificates)
+            run_demo(
+                demo_url,
+                env,
+                settings,
+                start_suite=not running,
+                certificates=certificates,
+                log_file=log_file,
+            )
         )
 
 
@@ -213,6 +227,24 @@ def _serve(service: str) -> int:
     finally:
         provider.shutdown()
     return 0
+
+
+def _add_demo_command(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo", help="set up a demo product and replay simulated weeks of its users' events"
+    )
+    demo.add_argument("--users", type=int, default=10_000, help="how many users sign up")
+    demo.add_argument("--days", type=int, default=21, help="how many days are replayed")
+    demo.add_argument("--day-seconds", type=float, default=1.0, help="wall time of a day")
+    demo.add_argument("--seed", type=int, default=7, help="the simulation's random seed")
+    demo.add_argument(
+        "--tls", action="store_true", help="call (and start) the suite as `lifecycle up --tls` does"
+    )
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"the logs of a suite it starts on the terminal, not in the data folder's {DEMO_LOG}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,16 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     outbox.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
     outbox.add_argument("--service", choices=SERVICE_NAMES, help="only this service")
     outbox.add_argument("--topic", help="retry: only this topic")
-    demo = commands.add_parser(
-        "demo", help="set up a demo product and replay simulated weeks of its users' events"
-    )
-    demo.add_argument("--users", type=int, default=10_000, help="how many users sign up")
-    demo.add_argument("--days", type=int, default=21, help="how many days are replayed")
-    demo.add_argument("--day-seconds", type=float, default=1.0, help="wall time of a day")
-    demo.add_argument("--seed", type=int, default=7, help="the simulation's random seed")
-    demo.add_argument(
-        "--tls", action="store_true", help="call (and start) the suite as `lifecycle up --tls` does"
-    )
+    _add_demo_command(commands)
     _add_service_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

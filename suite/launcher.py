@@ -125,9 +125,12 @@ class Supervisor:
         services: Sequence[str],
         env: Mapping[str, str],
         certificates: LocalCertificates | None = None,
+        log_file: Path | None = None,
     ) -> None:
         self._services = list(services)
         self._env = dict(env)
+        # Where the services' output goes (appended); the terminal when None.
+        self._log_file = log_file
         # Each service serves with a certificate of its own, when given them.
         self._certificates = certificates
         # How the supervisor itself calls the services (their health).
@@ -188,16 +191,23 @@ class Supervisor:
         )
 
     async def _start(self, name: str) -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "suite.cli",
-            "serve",
-            name,
-            env=self._service_env(name),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        with contextlib.ExitStack() as files:
+            output = None
+            if self._log_file is not None:
+                # The child keeps its own copy of the descriptor.
+                output = files.enter_context(self._log_file.open("ab"))
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "suite.cli",
+                "serve",
+                name,
+                env=self._service_env(name),
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self._processes[name] = process
         return process
 

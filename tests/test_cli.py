@@ -24,6 +24,7 @@ from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.config import SERVICE_NAMES, load_tls_config, with_database
 from runtime.tls import open_channel, spiffe_id
 from suite.certificates import CLIENT, LocalCertificates
+from suite.database import EMBEDDED_LOG
 from suite.launcher import PAGE_TOKEN_SECRET_FILE, kept_secret, serving
 from tests.conftest import create_database, drop_database
 from tests.support import ScratchDatabase, free_port, migration_count, rpc_error, serve_and_fail
@@ -96,9 +97,10 @@ def test_up_runs_every_service_in_its_own_process_and_ctrl_c_stops_them(scratch_
 
 def test_up_without_a_database_url_starts_and_stops_an_embedded_postgresql(tmp_path: Path) -> None:
     env = suite_environment(LIFECYCLE_DATA_DIR=str(tmp_path))
+    env.pop("XDG_RUNTIME_DIR", None)  # what makes platformdirs warn, as on a bare machine
     process = lifecycle("up", "users", env=env)
     try:
-        read_until_up(process)
+        printed = read_until_up(process)
         postgres = [
             p
             for p in psutil.process_iter(["name", "cmdline"])
@@ -108,9 +110,16 @@ def test_up_without_a_database_url_starts_and_stops_an_embedded_postgresql(tmp_p
         interrupt_and_check_nothing_is_left(process, 1)
         _, alive = psutil.wait_procs(postgres, timeout=15)
         assert alive == [], "the embedded PostgreSQL was left running"
+        assert process.stdout is not None
+        printed += process.stdout.read().splitlines()  # down to the server's stop
     finally:
         if process.poll() is None:
             process.kill()
+    # The library's own chatter (its pg_ctl runs and their output) goes to its
+    # log in the data folder; the terminal shows the suite's lines only.
+    chatter = ("pg_ctl", "initdb", "Running commandline", "RuntimeDirWarning", "XDG_RUNTIME_DIR")
+    assert [line for line in printed if any(word in line for word in chatter)] == []
+    assert "pg_ctl" in (tmp_path / EMBEDDED_LOG).read_text()
 
 
 def test_migrate_and_maintenance_commands(scratch_url: str) -> None:
@@ -141,6 +150,11 @@ def test_migrate_and_maintenance_commands(scratch_url: str) -> None:
     )
     assert maintenance.returncode == 0, maintenance.stderr
     assert "metrics: expired 0 idempotency keys" in maintenance.stdout
+    assert "segments: forgot 0 erased users" in maintenance.stdout
+    lines = maintenance.stdout.splitlines()
+    assert {line.split(": ", 1)[0] for line in lines} == set(SERVICE_NAMES), lines
+    doubled = [line for line in lines if line.split(": ", 2)[1] in SERVICE_NAMES]
+    assert doubled == [], "each line names its service once"
 
 
 def test_migrate_creates_the_database_it_is_pointed_at(server_url: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from runtime.config import SERVICE_NAMES, with_database
 from suite.certificates import local_certificates
+from suite.cli import DEMO_LOG
 from tests.conftest import create_database, drop_database, migrated_database
 from tests.support import ScratchDatabase, free_port, running, service_env
 from tests.test_cli import suite_environment
@@ -56,8 +57,12 @@ def funnel_of(out: str) -> dict[str, str]:
     return dict(re.findall(STAGE_ROWS, table, re.M))
 
 
-def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatabase) -> None:
-    env = suite_environment(LIFECYCLE_DATABASE_URL=scratch.admin_url)
+def test_the_demo_replays_a_product_and_reports_its_funnel(
+    scratch: ScratchDatabase, tmp_path: Path
+) -> None:
+    env = suite_environment(
+        LIFECYCLE_DATABASE_URL=scratch.admin_url, LIFECYCLE_DATA_DIR=str(tmp_path)
+    )
     for name in ("USERS", "WORKFLOWS", "SEGMENTS", "TRIGGERS", "METRICS"):
         env[f"LIFECYCLE_{name}_ADDRESS"] = f"127.0.0.1:{env[f'LIFECYCLE_{name}_PORT']}"
     result = subprocess.run(
@@ -92,6 +97,13 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(scratch: ScratchDatab
     )
     assert int(totals["triggers fired"].replace(",", "")) >= 150
     assert int(totals["workflow executions started"].replace(",", "")) >= 150
+    # The services it started log to a file of the data folder: the terminal
+    # shows the demo's own lines, and its report comes last.
+    assert [line for line in (out + result.stderr).splitlines() if line.startswith("{")] == []
+    assert re.fullmatch(r"[a-z ]+: [\d,]+", out.rstrip().splitlines()[-1])
+    logs = (tmp_path / DEMO_LOG).read_text()
+    assert f"(its logs: {tmp_path / DEMO_LOG})" in out
+    assert all(f'"message": "{name} stopped"' in logs for name in SERVICE_NAMES)
 
 
 async def demo_run(command: list[str], env: dict[str, str]) -> str:

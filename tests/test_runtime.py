@@ -9,8 +9,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from runtime.config import ConfigError, load_service_config, service_role, with_user
 from runtime import deadlines
+from runtime.config import ConfigError, load_service_config, service_role, with_user
 from runtime.deadlines import MARGIN_SECONDS, deadline_scope, timeout_for_call
 from runtime.errors import FieldViolation, InvalidArgument, NotFound, to_status
 from runtime.pagination import MAX_PAGE_SIZE, PageTokens, page_size

@@ -42,6 +42,7 @@ from tests.support import (
     ScratchDatabase,
     TcpProxy,
     error_info,
+    eventually,
     free_port,
     rpc_error,
     running,

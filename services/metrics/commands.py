@@ -9,18 +9,14 @@ lifecycle rollup [--from D --to D]         recompute daily metrics (default: tra
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 
-from services.metrics.archive import (
-    archive_expired,
-    open_archive,
-    restore_partition,
-)
-from services.metrics.rollup import rollup, rollup_trailing
+from services.metrics.archive import open_archive
+from services.metrics.handlers import rollup, rollup_trailing
+from services.metrics.maintenance import archive_expired, archives, restore_partition
 from services.metrics.settings import load_settings
 
 
@@ -45,13 +41,9 @@ def add_commands(commands: Any) -> None:
 async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
     archive = open_archive(load_settings())
     if args.action == "list":
-        archived = await conn.fetch(
-            "SELECT partition_name, data_location, manifest::text FROM archived_partitions"
-            " ORDER BY partition_name"
-        )
-        for row in archived:
-            rows = json.loads(row["manifest"])["rows"]
-            print(f"{row['partition_name']}\t{rows} rows\t{row['data_location']}")
+        archived = await archives(conn)
+        for partition in archived:
+            print(f"{partition.name}\t{partition.rows} rows\t{partition.location}")
         if not archived:
             print("no archives")
     elif args.action == "restore":

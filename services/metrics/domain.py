@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import TypeVar
 
 from lifecycle.metrics.v1 import metrics_pb2
@@ -17,7 +18,7 @@ from runtime import wire_checks
 from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.lifecycle_events import is_known_event_type
-from runtime.partitions import PartitionedTable, partition_name, period_start
+from runtime.partitions import PartitionedTable, partition_name, period_start, shift
 from runtime.stages import STAGES, stage_name
 from runtime.structs import JsonObject, compact_json, json_object
 
@@ -31,6 +32,9 @@ MAX_EVENT_DATA_BYTES = 64 * 1024
 # Longest range a rollup, a metrics query or a funnel may cover (about 3 years,
 # the retention of metrics_daily).
 MAX_RANGE_DAYS = 1100
+# Event partitions older than this are archived; daily metrics older than this removed.
+EVENT_RETENTION_MONTHS = 24
+METRICS_RETENTION_YEARS = 3
 
 CREATED, STAGE_CHANGED, ERASED = "user.created", "user.stage_changed", "user.erased"
 TRANSITION_TYPES = (CREATED, STAGE_CHANGED, ERASED)
@@ -454,3 +458,87 @@ def population_rows(
 
 def days_between(first: date, last: date) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What ListEvents asks of the log."""
+
+    user_id: uuid.UUID | None = None
+    event_types: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    workflow_execution_id: uuid.UUID | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    # Events whose actors include it.
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event as the log holds it."""
+
+    # The log's own id, which orders events of the same time.
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    user_id: uuid.UUID | None
+    workflow_execution_id: uuid.UUID | None
+    stage: str | None
+    data: JsonObject
+    created_at: datetime
+    producer: str | None
+    actors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """What GetMetrics asks of the daily metrics."""
+
+    first: date
+    last: date
+    names: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    dimensions: str = "{}"
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """The value of a daily metric on one day."""
+
+    name: str
+    # A stage, or ALL_STAGES.
+    stage: str
+    dimensions: JsonObject
+    day: date
+    value: Decimal
+
+
+def partition_range(spec: PartitionedTable, name: str) -> tuple[date, date] | None:
+    """The [start, end) of a partition named by runtime.partitions, else None."""
+    prefix = f"{spec.table}_"
+    parts = name.removeprefix(prefix).split("_")
+    if not name.startswith(prefix) or len(parts) != (2 if spec.period == "month" else 1):
+        return None
+    try:
+        start = date(int(parts[0]), int(parts[1]) if spec.period == "month" else 1, 1)
+    except ValueError:
+        return None
+    return start, shift(start, spec.period, 1)
+
+
+def _years_before(today: date, years: int) -> date:
+    try:
+        return today.replace(year=today.year - years)
+    except ValueError:  # 29 February
+        return today.replace(year=today.year - years, day=28)
+
+
+def event_cutoff(today: date) -> date:
+    """Event partitions ending on or before this day are archived."""
+    return _years_before(today, EVENT_RETENTION_MONTHS // 12)
+
+
+def metrics_cutoff(today: date) -> date:
+    """metrics_daily rows before this day are removed."""
+    return _years_before(today, METRICS_RETENTION_YEARS)

@@ -1,42 +1,179 @@
-"""The metrics service's use cases: the event log (record, list, erase) and the
-reports read from the daily metrics."""
+"""The metrics service's use cases: the event log (record, list, erase), the
+daily rollup, and the reports read from the daily metrics.
+
+A rollup of [first, last] reads the events of those UTC days in three passes
+(counts, stage moves with dwell times, active users), replaces the event
+metrics of those days (upsert on the unique key, removal of rows no longer
+produced), then carries the end-of-day population forward from the day
+before `first` through the last day ever rolled up, so that a late event
+changes every later population. One rollup runs at a time (an advisory lock
+held by its transaction, which archival also takes to detach a partition); the
+schedule (workers.py) recomputes a trailing window. Days whose events were
+archived are never recomputed: their metrics stay as rolled up while the
+events were in the log.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from runtime.database import connection
-from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.clock import Clock
+from runtime.database import Executor, connection
+from runtime.errors import FailedPrecondition, InvalidArgument, OperationFailed
 from runtime.isolation import item_fault, refusal_text, write_apart
 from runtime.server import ServiceContext
 from runtime.stages import STAGES
 from services.metrics import store
 from services.metrics.domain import (
+    EVENT_METRICS,
     EVENTS_TABLE,
+    POPULATION_METRICS,
+    EventFilter,
     EventRows,
+    LoggedEvent,
+    MetricPoint,
+    MetricQuery,
     RefusedEvent,
+    activity_rows,
+    count_rows,
     day_start,
+    days_between,
+    flow_rows,
     outside_partitions,
+    population_rows,
     refused_outside,
     refused_rows,
+    trailing_window,
 )
-from services.metrics.rollup import (
-    Clock,
-    RollupResult,
-    RollupScheduler,
-    require_logged,
-    rollup,
-)
-from services.metrics.store import EventFilter, MetricQuery
+
+log = logging.getLogger(__name__)
 
 # Points one GetMetrics answer carries at most (a few MiB).
 MAX_POINTS = 50_000
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+class ArchivedDays(FailedPrecondition, OperationFailed):
+    """A date range reaches days whose events were archived: what is computed
+    from the event log cannot be computed for them."""
+
+
+async def require_logged(conn: Executor, first: date) -> None:
+    """Refuses a range starting before the first day the event log holds whole."""
+    since = await store.logged_since(conn)
+    if since is not None and first < since:
+        raise ArchivedDays(
+            f"{first} is before {since}, the oldest day whose events are still in the log:"
+            " the events of earlier days were archived (their daily metrics are kept, see"
+            f" GetMetrics); start the range on {since} or later",
+            reason="EVENTS_ARCHIVED",
+            metadata={"logged_since": since.isoformat()},
+        )
+
+
+@dataclass(frozen=True)
+class RollupResult:
+    first: date
+    # The last day written: `last` of the request, or later when the
+    # population of later days changed with it.
+    through: date
+    rows_written: int
+
+    @property
+    def days(self) -> int:
+        return (self.through - self.first).days + 1
+
+
+async def rollup(
+    conn: asyncpg.Connection, first: date, last: date, *, wait: bool = True
+) -> RollupResult | None:
+    """Recomputes [first, last]. Without `wait`, returns None when another rollup runs."""
+    async with conn.transaction():
+        if not await _take_turn(conn, wait):
+            return None
+        return await _recompute(conn, first, last)
+
+
+async def _take_turn(conn: asyncpg.Connection, wait: bool) -> bool:
+    if wait:
+        await store.lock_rollups(conn)
+        return True
+    return await store.try_lock_rollups(conn)
+
+
+async def _recompute(conn: asyncpg.Connection, first: date, last: date) -> RollupResult:
+    """Refuses (ArchivedDays) a range whose first days were archived: recomputed
+    from a log without their events, their metrics would be erased. Checked
+    under the rollups' lock, which archival takes to detach a partition, so no
+    partition goes while the rollup reads."""
+    await require_logged(conn, first)
+    start, end = day_start(first), day_start(last + timedelta(days=1))
+    rows = (
+        count_rows(await store.count_events(conn, start, end))
+        + flow_rows(await store.moves(conn, start, end))
+        + activity_rows(await store.active_users(conn, start, end))
+    )
+    written = await store.replace_metrics(conn, first, last, EVENT_METRICS, rows)
+    through = max(last, await store.last_population_day(conn) or last)
+    written += await _carry_population(conn, first, through)
+    return RollupResult(first, through, written)
+
+
+async def _carry_population(conn: asyncpg.Connection, first: date, through: date) -> int:
+    before = first - timedelta(days=1)
+    base = await store.population_on(conn, before)
+    if base is None:
+        # Never rolled up before `first`: every move the log holds until then.
+        base = await store.net_flows(conn, _BEGINNING, day_start(first))
+    net_flow, conversions = await store.stored_flows(conn, first, through)
+    rows = population_rows(days_between(first, through), base, net_flow, conversions)
+    return await store.replace_metrics(conn, first, through, POPULATION_METRICS, rows)
+
+
+async def rollup_trailing(
+    conn: asyncpg.Connection, today: date, late_days: int, *, wait: bool = True
+) -> RollupResult | None:
+    """Recomputes today and the `late_days` before it, and any day since the
+    last rollup (or since the first event, when there was none). The window is
+    taken under the rollups' lock, after any archival that held it."""
+    async with conn.transaction():
+        if not await _take_turn(conn, wait):
+            return None
+        window = trailing_window(
+            today,
+            late_days,
+            await store.last_population_day(conn, today),
+            await store.first_event_day(conn),
+            await store.logged_since(conn),
+        )
+        return None if window is None else await _recompute(conn, *window)
+
+
+class Rollups:
+    """The rollup of the trailing window (today and the late days before it),
+    as the schedule runs it (workers.RollupScheduler) and RunRollup without dates."""
+
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, late_days: int) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._late_days = late_days
+
+    async def trailing(self, *, wait: bool = False) -> RollupResult | None:
+        """Without `wait`, None when another rollup runs (replicas take turns)."""
+        today = self._clock.now().astimezone(UTC).date()
+        async with connection(self._pool) as conn:
+            result = await rollup_trailing(conn, today, self._late_days, wait=wait)
+        if result is not None:
+            log.info(
+                "rollup of %s..%s wrote %d rows", result.first, result.through, result.rows_written
+            )
+        return result
 
 
 @dataclass
@@ -100,7 +237,7 @@ class EventLog:
 
     async def read(
         self, where: EventFilter, cursor: tuple[datetime, int] | None, limit: int
-    ) -> list[asyncpg.Record]:
+    ) -> list[LoggedEvent]:
         return await store.list_events(self._context.pool, where, cursor, limit)
 
     async def erase_user(self, user_id: uuid.UUID) -> int:
@@ -125,14 +262,14 @@ class FunnelStep:
 class Reports:
     """RunRollup, GetMetrics, GetStageFunnel and GetStageSnapshot."""
 
-    def __init__(self, context: ServiceContext, scheduler: RollupScheduler, clock: Clock) -> None:
+    def __init__(self, context: ServiceContext, rollups: Rollups, clock: Clock) -> None:
         self._context = context
-        self._scheduler = scheduler
+        self._rollups = rollups
         self._clock = clock
 
     async def run_rollup(self, days: tuple[date, date] | None) -> RollupResult | None:
         if days is None:
-            return await self._scheduler.run_once(wait=True)
+            return await self._rollups.trailing(wait=True)
         first, last = days
         async with connection(self._context.pool) as conn:
             try:
@@ -147,7 +284,7 @@ class Reports:
                     metadata={"start_date": first.isoformat(), "end_date": last.isoformat()},
                 ) from error
 
-    async def metrics(self, query: MetricQuery) -> list[asyncpg.Record]:
+    async def metrics(self, query: MetricQuery) -> list[MetricPoint]:
         points = await store.metric_points(self._context.pool, query, MAX_POINTS + 1)
         if len(points) > MAX_POINTS:
             raise InvalidArgument.field(
@@ -173,7 +310,7 @@ class Reports:
         """The population at the end of the last whole day rolled up, plus the
         moves the log holds since (today's always come from the log)."""
         pool = self._context.pool
-        yesterday = self._clock().astimezone(UTC).date() - timedelta(days=1)
+        yesterday = self._clock.now().astimezone(UTC).date() - timedelta(days=1)
         async with connection(pool) as conn:
             rolled = await store.last_population_day(conn, yesterday)
             base = (await store.population_on(conn, rolled) if rolled else None) or {}

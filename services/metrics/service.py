@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
-import asyncpg
 import grpc
 
 from lifecycle.metrics.v1 import metrics_pb2_grpc
+from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
-from services.metrics.archive import apply_retention, open_archive
 from services.metrics.commands import add_commands
 from services.metrics.domain import EVENTS_TABLE, METRICS_TABLE
-from services.metrics.handlers import EventLog, Reports
-from services.metrics.rollup import Clock, RollupScheduler, system_clock
+from services.metrics.handlers import EventLog, Reports, Rollups
+from services.metrics.maintenance import maintenance
 from services.metrics.servicer import MetricsServicer
 from services.metrics.settings import MetricsSettings, load_settings
+from services.metrics.workers import RollupScheduler
 
 
 def builder(clock: Clock, settings: MetricsSettings | None = None) -> ServiceDefinition:
@@ -26,17 +25,16 @@ def builder(clock: Clock, settings: MetricsSettings | None = None) -> ServiceDef
     async def build(context: ServiceContext) -> ServiceComponents:
         nonlocal settings
         settings = settings or load_settings()
-        scheduler = RollupScheduler(
-            context.pool, clock, settings.rollup_interval, settings.late_days
-        )
+        rollups = Rollups(context.pool, clock, settings.late_days)
         servicer = MetricsServicer(
-            EventLog(context), Reports(context, scheduler, clock), context.page_tokens, clock
+            EventLog(context), Reports(context, rollups, clock), context.page_tokens, clock
         )
 
         def register(server: grpc.aio.Server) -> None:
             metrics_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
 
-        scheduled = [scheduler] if settings.rollup_interval > 0 else []
+        interval = settings.rollup_interval
+        scheduled = [RollupScheduler(rollups, interval)] if interval > 0 else []
         return ServiceComponents(register=register, workers=scheduled)
 
     return ServiceDefinition(
@@ -50,10 +48,4 @@ def builder(clock: Clock, settings: MetricsSettings | None = None) -> ServiceDef
     )
 
 
-async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
-    """Retention: event partitions older than 2 years archived, then dropped;
-    daily metrics older than 3 years removed."""
-    return await apply_retention(conn, open_archive(load_settings()), today)
-
-
-DEFINITION = builder(system_clock)
+DEFINITION = builder(SYSTEM_CLOCK)

@@ -5,26 +5,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import asyncpg
 import grpc
 
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from runtime.clock import Clock
 from runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations
 from runtime.lifecycle_events import is_known_event_type
-from runtime.pagination import PageTokens, page_size, parse_time_and_number, time_and_id
+from runtime.pagination import PageTokens, parse_time_and_number, time_and_id
 from runtime.parsing import optional_time, parse_uuid
 from runtime.stages import stage_name, stage_value
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from services.metrics.domain import (
     ALL_STAGES,
     METRIC_NAMES,
+    EventFilter,
+    LoggedEvent,
+    MetricQuery,
     RefusedEvent,
     parse_events,
     parse_range,
 )
 from services.metrics.handlers import EventLog, Recorded, Reports
-from services.metrics.rollup import Clock
-from services.metrics.store import EventFilter, MetricQuery
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Refused events named in an error; the rest are counted. A status carries its
@@ -32,17 +33,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_NAMED_EVENTS = 10
 
 
-def event_message(row: asyncpg.Record) -> metrics_pb2.LifecycleEvent:
+def event_message(event: LoggedEvent) -> metrics_pb2.LifecycleEvent:
     return metrics_pb2.LifecycleEvent(
-        event_id=str(row["event_id"]),
-        event_type=row["event_type"],
-        user_id=str(row["user_id"] or ""),
-        workflow_execution_id=str(row["workflow_execution_id"] or ""),
-        lifecycle_stage=stage_value(row["lifecycle_stage"]),
-        data=dict_to_struct(row["event_data"]),
-        event_time=timestamp(row["created_at"]),
-        producer=row["producer"] or "",
-        actors=row["actors"] or (),
+        event_id=str(event.event_id),
+        event_type=event.event_type,
+        user_id=str(event.user_id or ""),
+        workflow_execution_id=str(event.workflow_execution_id or ""),
+        lifecycle_stage=stage_value(event.stage),
+        data=dict_to_struct(event.data),
+        event_time=timestamp(event.created_at),
+        producer=event.producer or "",
+        actors=event.actors,
     )
 
 
@@ -114,7 +115,6 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         self, request: metrics_pb2.ListEventsRequest, context: Context
     ) -> metrics_pb2.ListEventsResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         for position, event_type in enumerate(request.event_types):
             if not is_known_event_type(event_type):
                 violations.add(f"event_types[{position}]", f"{event_type!r} is not an event type")
@@ -144,13 +144,15 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             where.end_time,
             request.actor,
         ]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_number)
-        found = await self._events.read(where, cursor, limit + 1)
-        rows, next_token = self._tokens.page(
-            found, limit, query, lambda row: time_and_id(row["created_at"], row["id"])
+        events, next_token = await self._tokens.read_page(
+            request,
+            query,
+            lambda cursor, limit: self._events.read(where, cursor, limit),
+            lambda event: time_and_id(event.created_at, event.id),
+            parse_time_and_number,
         )
         return metrics_pb2.ListEventsResponse(
-            events=[event_message(r) for r in rows], next_page_token=next_token
+            events=[event_message(event) for event in events], next_page_token=next_token
         )
 
     async def EraseUserData(
@@ -198,20 +200,17 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         response = metrics_pb2.GetMetricsResponse()
         series = None
         key = None
-        for row in await self._reports.metrics(query):
-            row_key = (row["metric_name"], row["lifecycle_stage"], json.dumps(row["dimensions"]))
-            if row_key != key:
-                key = row_key
-                stage = row["lifecycle_stage"]
+        for point in await self._reports.metrics(query):
+            point_key = (point.name, point.stage, json.dumps(point.dimensions))
+            if point_key != key:
+                key = point_key
                 series = response.series.add(
-                    metric_name=row["metric_name"],
-                    lifecycle_stage=stage_value(None if stage == ALL_STAGES else stage),
-                    dimensions=dict_to_struct(row["dimensions"]),
+                    metric_name=point.name,
+                    lifecycle_stage=stage_value(None if point.stage == ALL_STAGES else point.stage),
+                    dimensions=dict_to_struct(point.dimensions),
                 )
             assert series is not None
-            series.points.add(
-                metric_date=row["metric_date"].isoformat(), value=float(row["metric_value"])
-            )
+            series.points.add(metric_date=point.day.isoformat(), value=float(point.value))
         return response
 
     async def GetStageFunnel(
@@ -235,7 +234,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     async def GetStageSnapshot(
         self, request: metrics_pb2.GetStageSnapshotRequest, context: Context
     ) -> metrics_pb2.GetStageSnapshotResponse:
-        taken = self._clock()
+        taken = self._clock.now()
         snapshot = await self._reports.snapshot()
         return metrics_pb2.GetStageSnapshotResponse(
             stages=[

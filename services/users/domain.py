@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from conditions import Condition
 from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.structs import JsonObject, compact_json
@@ -74,6 +75,56 @@ class UserFilter:
     stages: tuple[str, ...] = ()
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """A valid row of ImportUsers, upserted by email."""
+
+    index: int
+    email: str
+    stage: str | None
+    # The merge patch as compact JSON text, serialized once when it was validated.
+    attributes_json: str
+
+
+@dataclass(frozen=True)
+class ConditionQuery:
+    """A condition of the shared language asked of the users (MatchUserIds,
+    CountUsers), and what else restricts the users it looks at."""
+
+    condition: Condition
+    # The moment the condition's times are read at.
+    as_of: datetime
+    stages: tuple[str, ...] = ()
+    user_ids: tuple[uuid.UUID, ...] = ()
+    limit: int = 0
+    # Also the earliest moment one of the users who do not match starts to by
+    # time alone (no limit then: it reads every user who may match later).
+    next_entry: bool = False
+
+
+@dataclass(frozen=True)
+class MatchBatch:
+    # The matching users in ascending id order (as text), and for each, when time
+    # alone may end its match, in microseconds since the Unix epoch (0: never).
+    user_ids: list[str]
+    valid_until: list[int]
+    # With next_entry: the earliest moment one of the batch's users who do not
+    # match starts to by time alone; None if none.
+    next_entry: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a condition evaluated outside the users service reads of a user."""
+
+    user_id: uuid.UUID
+    stage: str
+    # As stored, so that numbers stay exact.
+    attributes_json: str
+    created_at: datetime
+    stage_entered_at: datetime | None
 
 
 def normalize_email(raw: str, field: str, violations: Violations) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from conditions import compile_sql
 from lifecycle.segments.v1 import segments_pb2
 from runtime import idempotency
 from runtime.database import UnitOfWork, connection
@@ -34,6 +35,10 @@ from services.users import store
 from services.users.domain import (
     DEFAULT_STAGE,
     MAX_ATTRIBUTES_BYTES,
+    ConditionQuery,
+    ImportRow,
+    MatchBatch,
+    Profile,
     StageChange,
     Transition,
     User,
@@ -42,7 +47,7 @@ from services.users.domain import (
     attribute_changes,
     moved_by,
 )
-from services.users.store import ImportRow, MatchBatch, MatchQuery, MergedUser, Profile
+from services.users.store import MatchQuery, MergedUser
 
 PRODUCER = "users"
 # Changes of a user that triggers can fire on (`changed_to` and the like).
@@ -386,20 +391,34 @@ class UserMatcher:
             reason="CONDITION_TIMEOUT",
         )
 
-    async def match(self, query: MatchQuery) -> AsyncIterator[MatchBatch]:
+    @staticmethod
+    def _compiled(query: ConditionQuery) -> MatchQuery:
+        """The query as SQL; INVALID_ARGUMENT names the part of the condition
+        that cannot run in SQL."""
+        return MatchQuery(
+            compile_sql(query.condition, query.as_of),
+            query.stages,
+            query.user_ids,
+            query.limit,
+            query.next_entry,
+        )
+
+    async def match(self, query: ConditionQuery) -> AsyncIterator[MatchBatch]:
+        compiled = self._compiled(query)
         async with connection(self._context.pool) as conn:
             try:
                 async for batch in store.match_users(
-                    conn, query, self._timeout_ms, self.BATCH_SIZE
+                    conn, compiled, self._timeout_ms, self.BATCH_SIZE
                 ):
                     yield batch
             except asyncpg.QueryCanceledError as error:
                 raise self._too_slow(error) from error
 
-    async def count(self, query: MatchQuery) -> int:
+    async def count(self, query: ConditionQuery) -> int:
+        compiled = self._compiled(query)
         async with connection(self._context.pool) as conn:
             try:
-                return await store.count_users(conn, query, self._timeout_ms)
+                return await store.count_users(conn, compiled, self._timeout_ms)
             except asyncpg.QueryCanceledError as error:
                 raise self._too_slow(error) from error
 

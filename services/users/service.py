@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
 
 from lifecycle.users.v1 import users_pb2_grpc
 from runtime.clients import GRPC_SERVICES
-from runtime.config import ConfigError
 from runtime.lifecycle_events import ERASE_TOPICS, RECORD_EVENTS, TRACK_EVENTS, destinations
 from runtime.outbox import Destination
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
 from services.users.handlers import REEVALUATE_USERS, UserDirectory, UserMatcher
 from services.users.servicer import UserServicer
-
-CONDITION_TIMEOUT = "LIFECYCLE_USERS_CONDITION_TIMEOUT_SECONDS"
-
-
-def condition_timeout() -> float:
-    """How long a condition's SQL may run (MatchUserIds, CountUsers) before it is cancelled."""
-    raw = os.environ.get(CONDITION_TIMEOUT) or "60"
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = 0.0
-    if seconds <= 0:
-        raise ConfigError(f"{CONDITION_TIMEOUT}={raw!r} is not a positive number of seconds")
-    return seconds
+from services.users.settings import load_settings
 
 
 async def build(context: ServiceContext) -> ServiceComponents:
-    matcher = UserMatcher(context, condition_timeout())
+    settings = load_settings()
+    matcher = UserMatcher(context, settings.condition_timeout)
     servicer = UserServicer(UserDirectory(context), matcher, context.page_tokens)
 
     def register(server: grpc.aio.Server) -> None:

@@ -12,23 +12,20 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from conditions import SQL, compile_sql, parse_condition
+from conditions import SQL, parse_condition
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime import wire_checks
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.pagination import (
-    PageTokens,
-    page_size,
-    parse_time_and_id,
-    parse_time_and_number,
-    time_and_id,
-)
+from runtime.pagination import PageTokens, parse_time_and_id, parse_time_and_number, time_and_id
 from runtime.parsing import optional_time, parse_stage, parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, json_object, set_timestamp, timestamp
 from services.users.domain import (
     DEFAULT_STAGE,
+    ConditionQuery,
+    ImportRow,
+    Profile,
     StageChange,
     Transition,
     User,
@@ -38,7 +35,6 @@ from services.users.domain import (
     normalize_email,
 )
 from services.users.handlers import ImportSummary, UserDirectory, UserMatcher
-from services.users.store import ImportRow, MatchQuery, Profile
 
 Context = grpc.aio.ServicerContext[Any, Any]
 UPDATABLE = ("email", "attributes")
@@ -110,7 +106,7 @@ def _match_query(
     user_ids: Sequence[uuid.UUID] = (),
     limit: int = 0,
     next_entry: bool = False,
-) -> MatchQuery:
+) -> ConditionQuery:
     """The query a MatchUserIds or CountUsers request asks for; INVALID_ARGUMENT names
     the bad part of the condition (e.g. condition.all[0].op)."""
     stages = parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
@@ -127,8 +123,8 @@ def _match_query(
     violations.check()
     assert condition is not None
     as_of = optional_time(request, "as_of") or datetime.now(UTC)
-    return MatchQuery(
-        compile_sql(condition, as_of), tuple(sorted(stages)), tuple(user_ids), limit, next_entry
+    return ConditionQuery(
+        condition, as_of, tuple(sorted(stages)), tuple(user_ids), limit, next_entry
     )
 
 
@@ -177,7 +173,6 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         self, request: users_pb2.ListUsersRequest, context: Context
     ) -> users_pb2.ListUsersResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         where = UserFilter(
             stages=tuple(
                 sorted(parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations))
@@ -186,13 +181,12 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             created_before=optional_time(request, "created_before"),
         )
         violations.check()
-        query = [where.stages, where.created_after, where.created_before]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
-        users, next_token = self._tokens.page(
-            await self._directory.list_users(where, cursor, limit + 1),
-            limit,
-            query,
-            lambda u: time_and_id(u.created_at, u.id),
+        users, next_token = await self._tokens.read_page(
+            request,
+            [where.stages, where.created_after, where.created_before],
+            lambda cursor, limit: self._directory.list_users(where, cursor, limit),
+            lambda user: time_and_id(user.created_at, user.id),
+            parse_time_and_id,
         )
         return users_pb2.ListUsersResponse(
             users=[user_message(u) for u in users], next_page_token=next_token
@@ -271,16 +265,14 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.GetLifecycleHistoryResponse:
         violations = Violations()
         user_id = parse_uuid(request.user_id, "user_id", violations)
-        limit = page_size(request.page_size)
         violations.check()
         assert user_id is not None
-        query = [str(user_id)]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_number)
-        transitions, next_token = self._tokens.page(
-            await self._directory.history(user_id, cursor, limit + 1),
-            limit,
-            query,
-            lambda t: time_and_id(t.transitioned_at, t.id),
+        transitions, next_token = await self._tokens.read_page(
+            request,
+            [str(user_id)],
+            lambda cursor, limit: self._directory.history(user_id, cursor, limit),
+            lambda transition: time_and_id(transition.transitioned_at, transition.id),
+            parse_time_and_number,
         )
         return users_pb2.GetLifecycleHistoryResponse(
             transitions=[transition_message(t) for t in transitions], next_page_token=next_token

@@ -15,7 +15,16 @@ from conditions import STAGE_ENTRY_JOIN, SqlCondition
 from runtime.chains import Chain
 from runtime.database import Executor
 from runtime.structs import JsonObject, from_unix_micros
-from services.users.domain import StageChange, Transition, User, UserChange, UserFilter
+from services.users.domain import (
+    ImportRow,
+    MatchBatch,
+    Profile,
+    StageChange,
+    Transition,
+    User,
+    UserChange,
+    UserFilter,
+)
 
 _USER_COLUMNS = "id, email, current_lifecycle_stage, attributes, created_at, updated_at"
 
@@ -223,15 +232,6 @@ async def user_exists(conn: Executor, user_id: uuid.UUID) -> bool:
 
 
 @dataclass(frozen=True)
-class ImportRow:
-    index: int
-    email: str
-    stage: str | None
-    # The merge patch as compact JSON text, serialized once when it was validated.
-    attributes_json: str
-
-
-@dataclass(frozen=True)
 class MergedUser:
     """An existing user an import row was merged into."""
 
@@ -360,7 +360,8 @@ async def import_new(
 
 @dataclass(frozen=True)
 class MatchQuery:
-    """A compiled condition and what else restricts the users it looks at."""
+    """A compiled condition (domain.ConditionQuery as SQL) and what else
+    restricts the users it looks at."""
 
     condition: SqlCondition
     stages: tuple[str, ...] = ()
@@ -369,27 +370,6 @@ class MatchQuery:
     # Also the earliest moment one of the users who do not match starts to by
     # time alone (no limit then: it reads every user who may match later).
     next_entry: bool = False
-
-
-@dataclass(frozen=True)
-class Profile:
-    user_id: uuid.UUID
-    stage: str
-    # As stored, so that numbers stay exact.
-    attributes_json: str
-    created_at: datetime
-    stage_entered_at: datetime | None
-
-
-@dataclass(frozen=True)
-class MatchBatch:
-    # The matching users in ascending id order (as text), and for each, when time
-    # alone may end its match, in microseconds since the Unix epoch (0: never).
-    user_ids: list[str]
-    valid_until: list[int]
-    # With next_entry: the earliest moment one of the batch's users who do not
-    # match starts to by time alone; None if none.
-    next_entry: datetime | None = None
 
 
 def _match_sql(

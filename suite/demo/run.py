@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -60,10 +61,12 @@ async def run_demo(
     *,
     start_suite: bool,
     certificates: LocalCertificates | None = None,
+    log_file: Path | None = None,
 ) -> int:
+    """The demo; a suite it starts logs to `log_file` (None: the terminal)."""
     addresses = peer_addresses(env)
     async with (
-        _suite(env, start_suite, certificates),
+        _suite(env, start_suite, certificates, log_file),
         connected(addresses, load_tls_config(env)) as suite,
     ):
         tag = secrets.token_hex(3)
@@ -99,14 +102,18 @@ async def run_demo(
 
 @contextlib.asynccontextmanager
 async def _suite(
-    env: dict[str, str], start: bool, certificates: LocalCertificates | None
+    env: dict[str, str],
+    start: bool,
+    certificates: LocalCertificates | None,
+    log_file: Path | None,
 ) -> AsyncIterator[None]:
     """The suite as it runs, or started for the demo and stopped after it."""
     if not start:
         yield
         return
-    print("starting the suite for the demo...", flush=True)
-    async with Supervisor(list(SERVICE_NAMES), env, certificates).running():
+    logs = "" if log_file is None else f" (its logs: {log_file})"
+    print(f"starting the suite for the demo{logs}...", flush=True)
+    async with Supervisor(list(SERVICE_NAMES), env, certificates, log_file).running():
         yield
 
 

@@ -17,6 +17,7 @@ import asyncpg
 import grpc
 
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from runtime.clock import ManualClock
 from runtime.config import service_role
 from runtime.database import Executor
 from runtime.migrations import SchemaOwner, acting_as
@@ -31,21 +32,11 @@ from suite.registry import schema_owners
 from tests.support import TRACER_PROVIDER, ScratchDatabase, free_port, service_config, service_env
 
 
-class FakeClock:
-    """The service's clock, set by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @dataclass
 class MetricsServer:
     host: ServiceHost
     stub: metrics_pb2_grpc.MetricsServiceAsyncStub
-    clock: FakeClock
+    clock: ManualClock
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -55,7 +46,7 @@ class MetricsServer:
 
 @asynccontextmanager
 async def serve_metrics(
-    database: ScratchDatabase, clock: FakeClock, *, rollup_interval: float = 0
+    database: ScratchDatabase, clock: ManualClock, *, rollup_interval: float = 0
 ) -> AsyncIterator[MetricsServer]:
     """A real metrics gRPC server on a free port, with the given clock; its
     scheduled rollup is off unless an interval is given."""

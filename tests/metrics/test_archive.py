@@ -26,21 +26,20 @@ from moto.server import ThreadedMotoServer
 
 from lifecycle.metrics.v1 import metrics_pb2
 from runtime.chains import stored
+from runtime.clock import ManualClock
 from runtime.partitions import ensure_partitions
-from services.metrics.archive import (
+from services.metrics.archive import ArchiveStore, BucketArchive, FolderArchive
+from services.metrics.domain import METRICS_TABLE
+from services.metrics.maintenance import (
     ArchiveError,
-    ArchiveStore,
-    BucketArchive,
-    FolderArchive,
     archive_expired,
     archive_partition,
     restore_partition,
 )
-from services.metrics.domain import METRICS_TABLE
 from services.metrics.service import DEFINITION
 from services.metrics.settings import ARCHIVE_ENDPOINT_VARIABLE, ARCHIVE_VARIABLE
 from suite.cli import main
-from tests.metrics.conftest import FakeClock, as_metrics, at, create_partitions, serve_metrics
+from tests.metrics.conftest import as_metrics, at, create_partitions, serve_metrics
 from tests.support import ScratchDatabase, error_info, free_port, rpc_error
 
 TODAY = date(2026, 11, 26)
@@ -374,7 +373,7 @@ async def test_the_funnel_and_the_rollup_refuse_days_whose_events_were_archived(
             *kept,
         )
     try:
-        async with serve_metrics(own_database, FakeClock(at(TODAY))) as server:
+        async with serve_metrics(own_database, ManualClock(at(TODAY))) as server:
             for call in (
                 server.stub.GetStageFunnel(
                     metrics_pb2.GetStageFunnelRequest(

@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 
 from services.metrics import store
-from services.metrics.archive import FolderArchive, archive_partition
-from services.metrics.rollup import ArchivedDays, rollup
+from services.metrics.archive import FolderArchive
+from services.metrics.handlers import ArchivedDays, rollup
+from services.metrics.maintenance import archive_partition
 from tests.metrics.conftest import as_metrics, create_partitions, metric_rows
 from tests.metrics.test_archive import insert_events, partitions
 from tests.support import ScratchDatabase

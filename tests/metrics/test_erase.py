@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from lifecycle.metrics.v1 import metrics_pb2
+from runtime.clock import ManualClock
 from tests.metrics.conftest import (
-    FakeClock,
     MetricsServer,
     as_metrics,
     at,
@@ -88,7 +88,7 @@ async def snapshot(server: MetricsServer) -> list[tuple[int, int]]:
 @pytest.fixture(scope="module")
 async def server(own_database: ScratchDatabase) -> AsyncIterator[MetricsServer]:
     await create_partitions(own_database, D0, months_behind=1)
-    async with serve_metrics(own_database, FakeClock(at(D2, 23))) as server:
+    async with serve_metrics(own_database, ManualClock(at(D2, 23))) as server:
         sent = metrics_pb2.RecordEventsRequest(events=X_EVENTS + OTHERS)
         assert (await server.stub.RecordEvents(sent)).recorded_count == len(sent.events)
         yield server

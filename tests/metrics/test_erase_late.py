@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from lifecycle.metrics.v1 import metrics_pb2
+from runtime.clock import ManualClock
 from tests.metrics.conftest import (
-    FakeClock,
     MetricsServer,
     as_metrics,
     at,
@@ -52,7 +52,7 @@ FLOWS = ("entries", "exits", "conversions", "net_flow", "population_eod")
 @pytest.fixture(scope="module")
 async def server(own_database: ScratchDatabase) -> AsyncIterator[MetricsServer]:
     await create_partitions(own_database, D0)
-    async with serve_metrics(own_database, FakeClock(at(D2 + timedelta(days=1), 6))) as server:
+    async with serve_metrics(own_database, ManualClock(at(D2 + timedelta(days=1), 6))) as server:
         reply = await server.stub.RecordEvents(metrics_pb2.RecordEventsRequest(events=ON_TIME))
         assert reply.recorded_count == len(ON_TIME)
         yield server

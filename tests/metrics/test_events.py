@@ -13,12 +13,13 @@ import pytest
 
 from lifecycle.metrics.v1 import metrics_pb2
 from runtime.clients import ServiceClients
+from runtime.clock import ManualClock
 from runtime.database import unit_of_work
 from runtime.lifecycle_events import DESTINATIONS, RECORD_EVENTS
 from runtime.outbox import OutboxRelay
-from services.metrics.store import EventFilter, list_events_query
+from services.metrics.domain import EventFilter
+from services.metrics.store import list_events_query
 from tests.metrics.conftest import (
-    FakeClock,
     MetricsServer,
     as_metrics,
     create_partitions,
@@ -32,7 +33,7 @@ NOW = datetime.now(UTC).replace(microsecond=123456)
 
 @pytest.fixture(scope="module")
 async def server(database: ScratchDatabase) -> AsyncIterator[MetricsServer]:
-    async with serve_metrics(database, FakeClock(NOW)) as server:
+    async with serve_metrics(database, ManualClock(NOW)) as server:
         yield server
 
 

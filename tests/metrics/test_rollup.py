@@ -17,14 +17,13 @@ import pytest
 
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.metrics.v1 import metrics_pb2
+from runtime.clock import ManualClock
 from runtime.stages import stage_value
 from services.metrics.domain import trailing_window
-from services.metrics.handlers import MAX_POINTS
-from services.metrics.rollup import RollupScheduler
+from services.metrics.handlers import MAX_POINTS, Rollups
 from services.metrics.store import ROLLUP_LOCK
 from suite.cli import main
 from tests.metrics.conftest import (
-    FakeClock,
     MetricsServer,
     as_metrics,
     at,
@@ -33,7 +32,7 @@ from tests.metrics.conftest import (
     metric_rows,
     serve_metrics,
 )
-from tests.support import ScratchDatabase, rpc_error, violated_fields
+from tests.support import ScratchDatabase, eventually, rpc_error, violated_fields
 
 D = date(2025, 3, 10)
 D1 = D + timedelta(days=1)
@@ -81,7 +80,7 @@ LATE = event("user.created", at(D, 8), user_id=U5, stage="Referral")
 @pytest.fixture(scope="module")
 async def server(own_database: ScratchDatabase) -> AsyncIterator[MetricsServer]:
     await create_partitions(own_database, D, months_behind=1)
-    clock = FakeClock(at(D1, 23))
+    clock = ManualClock(at(D1, 23))
     async with serve_metrics(own_database, clock) as server:
         reply = await server.stub.RecordEvents(metrics_pb2.RecordEventsRequest(events=DATA_SET))
         assert reply.recorded_count == len(DATA_SET)
@@ -106,9 +105,9 @@ ZERO = {"Retention": 0.0, "Revenue": 0.0, "Referral": 0.0}
 
 @pytest.fixture(scope="module")
 async def rolled(server: MetricsServer, own_database: ScratchDatabase) -> MetricsServer:
-    """The scheduler at 23:00 on D+1 rolls up the 3 days before and today."""
-    scheduler = RollupScheduler(server.pool, server.clock, 3600, late_days=3)
-    result = await scheduler.run_once()
+    """The trailing rollup at 23:00 on D+1 rolls up the 3 days before and today."""
+    rollups = Rollups(server.pool, server.clock, late_days=3)
+    result = await rollups.trailing()
     assert result is not None and (result.first, result.through) == (D - timedelta(days=2), D1)
     return server
 
@@ -326,9 +325,9 @@ async def test_a_late_event_is_counted_by_the_trailing_window_and_carried_forwar
     rolled: MetricsServer, own_database: ScratchDatabase
 ) -> None:
     await rolled.stub.RecordEvents(metrics_pb2.RecordEventsRequest(events=[LATE]))
-    rolled.clock.now = at(D1 + timedelta(days=1), 1)
-    scheduler = RollupScheduler(rolled.pool, rolled.clock, 3600, late_days=3)
-    result = await scheduler.run_once()
+    rolled.clock.set(at(D1 + timedelta(days=1), 1))
+    rollups = Rollups(rolled.pool, rolled.clock, late_days=3)
+    result = await rollups.trailing()
     assert result is not None
     assert (result.first, result.through) == (D - timedelta(days=1), D1 + timedelta(days=1))
     async with as_metrics(own_database) as conn:
@@ -341,7 +340,7 @@ async def test_a_late_event_is_counted_by_the_trailing_window_and_carried_forwar
 async def test_the_snapshot_adds_todays_moves_to_the_last_rolled_day(
     rolled: MetricsServer,
 ) -> None:
-    rolled.clock.now = at(D1 + timedelta(days=1), 18)
+    rolled.clock.set(at(D1 + timedelta(days=1), 18))
     await rolled.stub.RecordEvents(metrics_pb2.RecordEventsRequest(events=[LATE]))
     await rolled.stub.RunRollup(metrics_pb2.RunRollupRequest())
     await rolled.stub.RecordEvents(
@@ -383,12 +382,12 @@ BLOCKED_BY_ME = (
 async def test_one_rollup_runs_at_a_time(
     rolled: MetricsServer, own_database: ScratchDatabase
 ) -> None:
-    scheduler = RollupScheduler(rolled.pool, rolled.clock, 3600, late_days=1)
+    rollups = Rollups(rolled.pool, rolled.clock, late_days=1)
     holder = await asyncpg.connect(own_database.admin_url)
     try:
         await holder.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
-        assert await scheduler.run_once() is None
-        waiting = asyncio.create_task(scheduler.run_once(wait=True))
+        assert await rollups.trailing() is None
+        waiting = asyncio.create_task(rollups.trailing(wait=True))
 
         async def blocked_by_the_holder() -> bool:
             assert not waiting.done(), "the rollup ran while another held the lock"
@@ -424,10 +423,11 @@ async def test_the_service_rolls_up_on_its_own_schedule(
     today = D1 + timedelta(days=1)
     async with as_metrics(own_database) as conn:
         await conn.execute("DELETE FROM metrics_daily WHERE metric_date = $1", today)
-        clock = FakeClock(at(today, 19))
+        clock = ManualClock(at(today, 19))
         async with serve_metrics(own_database, clock, rollup_interval=0.1):
-            for _ in range(100):
-                if await values(conn, today, "population_eod"):
-                    break
-                await asyncio.sleep(0.05)
+
+            async def rolled_up_today() -> bool:
+                return bool(await values(conn, today, "population_eod"))
+
+            await eventually(rolled_up_today)
         assert (await values(conn, today, "population_eod"))["Referral"] == 1

@@ -26,7 +26,7 @@ from runtime.partitions import PartitionedTable, ensure_partitions
 
 log = logging.getLogger(__name__)
 
-RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+RUNTIME_MIGRATIONS = Path(__file__).parent  # the SQL files beside this module
 # pg_advisory_lock key shared by every migrator of the suite ("lifecycle" in ASCII).
 LOCK_KEY = 0x6C6966656379636C
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
