@@ -14,18 +14,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from conditions import UserProfile
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.clients import ServiceClients
 from runtime.deadlines import timeout_for_call
-from runtime.errors import ResourceExhausted, Unavailable
+from runtime.errors import ResourceExhausted, Unavailable, reason_of
 from runtime.stages import stage_name, stage_value
 from runtime.structs import JsonObject, dict_to_struct, set_timestamp, struct_to_dict
 
@@ -104,15 +102,6 @@ class UsersRefused(Exception):
         super().__init__(f"users service: {code.name}: {details}")
         self.code = code
         self.reason = reason
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    for detail in status.details if status else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
 
 
 def _failed(call: str, error: grpc.aio.AioRpcError) -> NoReturn:
@@ -273,4 +262,4 @@ class UsersClient:
         try:
             await call(self._stub(), self._clients.timeout())
         except grpc.aio.AioRpcError as error:
-            raise UsersRefused(error.code(), _reason(error), error.details() or "") from error
+            raise UsersRefused(error.code(), reason_of(error), error.details() or "") from error

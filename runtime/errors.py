@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -254,3 +255,13 @@ def internal_status(trace_id: str, domain: str) -> grpc.Status:
     message = f"internal error (trace id {trace_id})" if trace_id else "internal error"
     error = Internal(message, metadata={"trace_id": trace_id} if trace_id else None)
     return to_status(error, domain)
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The reason of the ErrorInfo a service's error carries; empty when it has none."""
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""

@@ -1,18 +1,30 @@
-"""The rules of segments: what a valid segment is, how a compiled segment
-decides one user's membership and its validity, which changes concern which
-segments, and the events a membership change produces. No I/O here."""
+"""The rules of segments: what a valid segment is, how its references resolve,
+how a compiled segment decides one user's membership and its validity, when a
+cached membership holds, which changes concern which segments, and what a
+refresh changes over a range of users. No I/O here."""
 
 from __future__ import annotations
 
 import bisect
 import itertools
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from conditions import Condition, Context, Dependencies, Evaluator, UserProfile
-from runtime.errors import Violations
+from conditions import (
+    EXPANDED,
+    Condition,
+    Context,
+    Dependencies,
+    Evaluator,
+    ReferenceProblem,
+    SegmentDefinition,
+    UserProfile,
+    resolve,
+    size,
+)
+from runtime.errors import InvalidArgument, NotFound, Violations
 from runtime.structs import JsonObject
 
 PRODUCER = "segments"
@@ -21,12 +33,6 @@ ENTERED = "segment.entered"
 EXITED = "segment.exited"
 # Entering and leaving a segment are also user events the triggers service fires on.
 MEMBERSHIP_EVENTS = frozenset({ENTERED, EXITED})
-
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,19 @@ class Membership:
 
 
 @dataclass(frozen=True)
+class CachedMembership:
+    """A membership as the cache holds it."""
+
+    membership: Membership
+    # Confirmed before the segment's definition last changed.
+    stale: bool
+
+    def valid_at(self, now: datetime) -> bool:
+        valid_until = self.membership.valid_until
+        return not self.stale and valid_until is not None and valid_until > now
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One user's membership in one segment, as evaluated at `as_of`."""
 
@@ -73,10 +92,49 @@ class Verdict:
     valid_until: datetime
 
 
+def segment_not_found(segment_id: uuid.UUID) -> NotFound:
+    return NotFound(
+        f"segment {segment_id} does not exist",
+        reason="SEGMENT_NOT_FOUND",
+        metadata={"segment_id": str(segment_id)},
+    )
+
+
+def user_not_found(user_id: uuid.UUID) -> NotFound:
+    return NotFound(
+        f"user {user_id} does not exist",
+        reason="USER_NOT_FOUND",
+        metadata={"user_id": str(user_id)},
+    )
+
+
 def check_description(description: str, field: str, violations: Violations) -> str:
     if len(description) > MAX_DESCRIPTION_LENGTH:
         violations.add(field, f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
     return description
+
+
+def resolved(
+    condition: Condition,
+    definitions: Mapping[uuid.UUID, SegmentDefinition],
+    owner: uuid.UUID | None,
+    field: str,
+) -> Condition:
+    """The condition with its in_segment references resolved; INVALID_ARGUMENT at the
+    reference that names no segment or closes a cycle, or if it grows too large."""
+    try:
+        result = resolve(condition, definitions, (owner,) if owner else ())
+    except ReferenceProblem as problem:
+        at = f"{field}.{problem.location}" if problem.location else field
+        raise InvalidArgument.field(at, problem.message) from problem
+    nodes, depth = size(result)
+    if nodes > EXPANDED.max_nodes or depth > EXPANDED.max_depth:
+        raise InvalidArgument.field(
+            field,
+            f"with the segments it references inlined it has {nodes} nodes and depth {depth};"
+            f" at most {EXPANDED.max_nodes} and {EXPANDED.max_depth} are allowed",
+        )
+    return result
 
 
 @dataclass(frozen=True)

@@ -34,34 +34,23 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from conditions import (
-    EXPANDED,
-    SEGMENT,
-    Condition,
-    Context,
-    LeafOutcome,
-    ReferenceProblem,
-    SegmentDefinition,
-    UserProfile,
-    parse_condition,
-    resolve,
-    size,
-)
+from conditions import Condition, Context, LeafOutcome, UserProfile
 from runtime import idempotency, tombstones
+from runtime.clock import Clock
 from runtime.database import Executor, UnitOfWork, connection, transaction
-from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.errors import FailedPrecondition
 from runtime.idempotency import RequestKey
 from runtime.lifecycle_events import EventBatch
 from runtime.pacing import Pacer
 from runtime.server import ServiceContext
 from runtime.structs import dict_to_struct, from_unix_micros, unix_micros
 from services.segments import store
+from services.segments.compiled import CompiledSegments
 from services.segments.domain import (
     ENTERED,
     EXITED,
     MEMBERSHIP_EVENTS,
     PRODUCER,
-    Clock,
     CompiledSegment,
     MatchRange,
     Membership,
@@ -72,9 +61,12 @@ from services.segments.domain import (
     Verdict,
     compare_range,
     merge_changes,
+    resolved,
+    segment_not_found,
+    user_not_found,
 )
+from services.segments.peers import Users
 from services.segments.settings import SegmentSettings
-from services.segments.users_client import UsersClient
 
 # Cached members a refresh reads beyond a batch of matches at a time: about the
 # most it deletes per transaction (its matches come in batches of the users
@@ -82,77 +74,6 @@ from services.segments.users_client import UsersClient
 EXIT_BATCH = 5000
 # Users per transaction when changed or expired users are re-evaluated.
 REEVALUATE_BATCH = 1000
-
-
-def segment_not_found(segment_id: uuid.UUID) -> NotFound:
-    return NotFound(
-        f"segment {segment_id} does not exist",
-        reason="SEGMENT_NOT_FOUND",
-        metadata={"segment_id": str(segment_id)},
-    )
-
-
-def user_not_found(user_id: uuid.UUID) -> NotFound:
-    return NotFound(
-        f"user {user_id} does not exist",
-        reason="USER_NOT_FOUND",
-        metadata={"user_id": str(user_id)},
-    )
-
-
-class Catalog:
-    """Every segment's definition, parsed once per version and compiled once until
-    some segment changes (a change may reach every segment that references it;
-    definitions change rarely, users constantly)."""
-
-    def __init__(self) -> None:
-        self._segments: dict[uuid.UUID, Segment] = {}
-        self._parsed: dict[uuid.UUID, Condition] = {}
-        self._definitions: dict[uuid.UUID, SegmentDefinition] = {}
-        self._compiled: dict[uuid.UUID, CompiledSegment] = {}
-
-    async def load(self, conn: Executor) -> None:
-        """Brings the cache up to date with the segments as `conn` sees them."""
-        versions = await store.catalog_versions(conn)
-        stale = [
-            segment_id
-            for segment_id, updated_at in versions.items()
-            if segment_id not in self._segments
-            or self._segments[segment_id].updated_at != updated_at
-        ]
-        removed = self._segments.keys() - versions.keys()
-        if not stale and not removed:
-            return
-        fresh = await store.segments_by_id(conn, stale)
-        # From here on without awaiting, so that no reader sees half an update.
-        for segment_id in removed:
-            del self._segments[segment_id]
-            del self._parsed[segment_id]
-        for segment in fresh:
-            self._segments[segment.id] = segment
-            self._parsed[segment.id] = parse_condition(segment.conditions, "conditions", SEGMENT)
-        self._definitions = {
-            segment_id: SegmentDefinition(segment.stages, self._parsed[segment_id])
-            for segment_id, segment in self._segments.items()
-        }
-        self._compiled.clear()
-
-    def definitions(self) -> Mapping[uuid.UUID, SegmentDefinition]:
-        return self._definitions
-
-    def compile(self, segment_id: uuid.UUID) -> CompiledSegment:
-        compiled = self._compiled.get(segment_id)
-        if compiled is None:
-            segment = self._segments.get(segment_id)
-            if segment is None:
-                raise segment_not_found(segment_id)
-            condition = resolve(self._parsed[segment_id], self.definitions(), (segment_id,))
-            compiled = CompiledSegment.of(segment, condition)
-            self._compiled[segment_id] = compiled
-        return compiled
-
-    def all(self) -> list[CompiledSegment]:
-        return [self.compile(segment_id) for segment_id in self._segments]
 
 
 async def judge(
@@ -182,29 +103,6 @@ async def _lock_for_change(conn: asyncpg.Connection, segment_id: uuid.UUID) -> N
     await store.lock_definitions(conn, [segment_id], exclusive=True)
 
 
-def resolved(
-    condition: Condition,
-    definitions: Mapping[uuid.UUID, SegmentDefinition],
-    owner: uuid.UUID | None,
-    field: str,
-) -> Condition:
-    """The condition with its in_segment references resolved; INVALID_ARGUMENT at the
-    reference that names no segment or closes a cycle, or if it grows too large."""
-    try:
-        result = resolve(condition, definitions, (owner,) if owner else ())
-    except ReferenceProblem as problem:
-        at = f"{field}.{problem.location}" if problem.location else field
-        raise InvalidArgument.field(at, problem.message) from problem
-    nodes, depth = size(result)
-    if nodes > EXPANDED.max_nodes or depth > EXPANDED.max_depth:
-        raise InvalidArgument.field(
-            field,
-            f"with the segments it references inlined it has {nodes} nodes and depth {depth};"
-            f" at most {EXPANDED.max_nodes} and {EXPANDED.max_depth} are allowed",
-        )
-    return result
-
-
 @dataclass(frozen=True)
 class Preview:
     size: int
@@ -215,10 +113,10 @@ class SegmentDirectory:
     """Segment definitions: create, read, change, delete, preview."""
 
     def __init__(
-        self, context: ServiceContext, catalog: Catalog, users: UsersClient, clock: Clock
+        self, context: ServiceContext, compiled: CompiledSegments, users: Users, clock: Clock
     ) -> None:
         self._context = context
-        self._catalog = catalog
+        self._compiled = compiled
         self._users = users
         self._clock = clock
 
@@ -231,8 +129,8 @@ class SegmentDirectory:
         if not references:
             return
         await store.lock_segments(conn, references)
-        await self._catalog.load(conn)
-        resolved(condition, self._catalog.definitions(), owner, "segment.conditions")
+        await self._compiled.load(conn)
+        resolved(condition, self._compiled.definitions(), owner, "segment.conditions")
 
     async def create(self, fields: SegmentFields, key: RequestKey | None) -> Segment:
         assert fields.condition is not None
@@ -241,7 +139,7 @@ class SegmentDirectory:
                 segment_id = uuid.UUID(json.loads(stored)["segment_id"])
                 return await self._get(uow.conn, segment_id)
             await self._check_references(uow.conn, fields.condition, None)
-            segment = await store.insert_segment(uow.conn, fields, self._clock())
+            segment = await store.insert_segment(uow.conn, fields, self._clock.now())
             if key is not None:
                 reference = json.dumps({"segment_id": str(segment.id)}).encode()
                 await idempotency.store(uow.conn, key, reference)
@@ -271,7 +169,7 @@ class SegmentDirectory:
                 raise segment_not_found(segment_id)
             if fields.definition_changed:
                 changed = await self._with_dependents(uow.conn, segment_id)
-                await store.mark_changed(uow.conn, changed, self._clock())
+                await store.mark_changed(uow.conn, changed, self._clock.now())
             return segment
 
     async def _with_dependents(
@@ -303,9 +201,9 @@ class SegmentDirectory:
         self, condition: Condition, stages: Sequence[str], sample_size: int
     ) -> Preview:
         async with connection(self._context.pool) as conn:
-            await self._catalog.load(conn)
-        full = resolved(condition, self._catalog.definitions(), None, "conditions")
-        as_of = self._clock()
+            await self._compiled.load(conn)
+        full = resolved(condition, self._compiled.definitions(), None, "conditions")
+        as_of = self._clock.now()
         expanded = full.expanded_json()
         total = await self._users.count(expanded, stages, as_of)
         sample = [
@@ -354,13 +252,13 @@ class Memberships:
     def __init__(
         self,
         context: ServiceContext,
-        catalog: Catalog,
-        users: UsersClient,
+        compiled: CompiledSegments,
+        users: Users,
         clock: Clock,
         settings: SegmentSettings,
     ) -> None:
         self._context = context
-        self._catalog = catalog
+        self._compiled = compiled
         self._users = users
         self._clock = clock
         self._settings = settings
@@ -381,8 +279,8 @@ class Memberships:
                 changed_at = await store.changed_at(conn, segment_id)
                 if changed_at is None:
                     raise segment_not_found(segment_id)
-                await self._catalog.load(conn)
-                return await self._refresh(conn, self._catalog.compile(segment_id), changed_at)
+                await self._compiled.load(conn)
+                return await self._refresh(conn, self._compiled.compile(segment_id), changed_at)
             except asyncpg.ForeignKeyViolationError as error:
                 raise segment_not_found(segment_id) from error
             finally:
@@ -392,7 +290,7 @@ class Memberships:
         self, conn: asyncpg.Connection, compiled: CompiledSegment, changed_at: datetime
     ) -> RefreshOutcome:
         segment = compiled.segment
-        as_of = self._clock()
+        as_of = self._clock.now()
         # The next full refresh: at the interval, or when a user may enter by time
         # alone (a window reaching their moment, a time in stage passing), if sooner,
         # but not sooner than the gap (which the interval bounds).
@@ -487,8 +385,8 @@ class Memberships:
         for start in range(0, len(merged), REEVALUATE_BATCH):
             chunk = merged[start : start + REEVALUATE_BATCH]
             async with self._context.unit_of_work() as uow:
-                await self._catalog.load(uow.conn)
-                segments = self._catalog.all()
+                await self._compiled.load(uow.conn)
+                segments = self._compiled.all()
                 wanted = {
                     change.user_id: [s for s in segments if change.concerns(s)] for change in chunk
                 }
@@ -496,15 +394,21 @@ class Memberships:
             entered, exited = entered + counts[0], exited + counts[1]
         return entered, exited
 
+    async def due(self, limit: int) -> list[uuid.UUID]:
+        """The segments whose full refresh is due (at most `limit`)."""
+        return await store.due_segments(self._context.pool, self._clock.now(), limit)
+
     async def renew_expired(self) -> int:
         """Re-evaluates memberships whose validity ran out (at most a batch of them);
         returns how many."""
-        pairs = await store.expired_memberships(self._context.pool, self._clock(), REEVALUATE_BATCH)
+        pairs = await store.expired_memberships(
+            self._context.pool, self._clock.now(), REEVALUATE_BATCH
+        )
         if not pairs:
             return 0
         async with self._context.unit_of_work() as uow:
-            await self._catalog.load(uow.conn)
-            known = {segment.segment.id: segment for segment in self._catalog.all()}
+            await self._compiled.load(uow.conn)
+            known = {segment.segment.id: segment for segment in self._compiled.all()}
             wanted: dict[uuid.UUID, list[CompiledSegment]] = defaultdict(list)
             for user_id, segment_id in pairs:
                 if segment_id in known:
@@ -527,14 +431,15 @@ class Memberships:
             return 0, 0
         await store.lock_for_writes(uow.conn, {s.segment.id for ss in wanted.values() for s in ss})
         erased = await tombstones.erased_among(uow.conn, list(wanted))
-        profiles = await self._users.profiles([u for u in wanted if u not in erased])
+        known = await self._users.profiles([u for u in wanted if u not in erased])
+        profiles = {user_id: user.profile for user_id, user in known.items()}
         # Users the users service no longer has are being erased: they belong to
         # no segment (quietly: no events about them), whatever their erase's delay.
         await store.delete_members(
             uow.conn,
             [(u, s.segment.id) for u, ss in wanted.items() if u not in profiles for s in ss],
         )
-        as_of = self._clock()
+        as_of = self._clock.now()
         verdicts = await judge(wanted, profiles, as_of, self._settings.membership_ttl)
         return await self._write(uow, verdicts, as_of)
 
@@ -544,7 +449,7 @@ class Memberships:
         """The segments (those that still exist) compiled again from definitions
         that stay as they are until the transaction ends: the definition locks of
         the segments and of those they reference are shared, which a change waits
-        for, and the catalog is read after. Otherwise an answer from the old
+        for, and the definitions are loaded after. Otherwise an answer from the old
         definition, written after the change's moment, would pass for fresh."""
         compiled = {segment.segment.id: segment for segment in segments}
         wanted = set(compiled)
@@ -555,9 +460,9 @@ class Memberships:
                 return compiled
             await store.lock_definitions(conn, needed - locked)
             locked |= needed
-            await self._catalog.load(conn)
-            known = self._catalog.definitions()
-            compiled = {sid: self._catalog.compile(sid) for sid in wanted if sid in known}
+            await self._compiled.load(conn)
+            known = self._compiled.definitions()
+            compiled = {sid: self._compiled.compile(sid) for sid in wanted if sid in known}
             # A segment that is gone no longer needs its lock.
             wanted = set(compiled)
 
@@ -586,19 +491,19 @@ class Memberships:
         if await store.get_segment(pool, segment_id) is None:
             raise segment_not_found(segment_id)
         cached = await store.get_membership(pool, user_id, segment_id)
-        if cached is not None and cached.valid_at(self._clock()):
+        if cached is not None and cached.valid_at(self._clock.now()):
             membership = cached.membership
             return CheckOutcome(True, membership.evaluated_at, membership.valid_until, True)
         async with self._context.unit_of_work() as uow:
-            await self._catalog.load(uow.conn)
-            read = self._catalog.compile(segment_id)
+            await self._compiled.load(uow.conn)
+            read = self._compiled.compile(segment_id)
             compiled = (await self._lock_definitions(uow.conn, [read])).get(segment_id)
             if compiled is None:
                 raise segment_not_found(segment_id)
             # A refresh in progress will write this user too: answer without caching.
             locked = await store.lock_for_writes(uow.conn, [segment_id], wait=False)
             profile = await self._profile(uow.conn, user_id)
-            as_of = self._clock()
+            as_of = self._clock.now()
             verdict = compiled.verdict(profile, as_of, self._settings.membership_ttl)
             if locked:
                 await self._write(uow, {(user_id, segment_id): verdict}, as_of)
@@ -607,17 +512,17 @@ class Memberships:
     async def _profile(self, conn: Executor, user_id: uuid.UUID) -> UserProfile:
         if await tombstones.erased_among(conn, [user_id]):
             raise user_not_found(user_id)
-        profile = (await self._users.profiles([user_id])).get(user_id)
-        if profile is None:
+        user = (await self._users.profiles([user_id])).get(user_id)
+        if user is None:
             raise user_not_found(user_id)
-        return profile
+        return user.profile
 
     async def explain(self, user_id: uuid.UUID, segment_id: uuid.UUID) -> Explanation:
         async with connection(self._context.pool) as conn:
-            await self._catalog.load(conn)
-            compiled = self._catalog.compile(segment_id)
+            await self._compiled.load(conn)
+            compiled = self._compiled.compile(segment_id)
             profile = await self._profile(conn, user_id)
-        as_of = self._clock()
+        as_of = self._clock.now()
         verdict = compiled.verdict(profile, as_of, self._settings.membership_ttl)
         leaves = compiled.evaluator.explain(Context(as_of=as_of, user=profile))
         return Explanation(
@@ -639,6 +544,6 @@ class Memberships:
         """Removes the user's memberships and keeps a tombstone, once every writer
         of memberships (a refresh in progress, say) is done."""
         async with self._context.unit_of_work() as uow:
-            segment_ids = list(await store.catalog_versions(uow.conn))
+            segment_ids = list(await store.segment_versions(uow.conn))
             await store.lock_for_writes(uow.conn, segment_ids)
             return await store.erase_user(uow.conn, user_id)

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import grpc
 
+from clients.users import UsersClient
 from lifecycle.segments.v1 import segments_pb2_grpc
-from runtime import tombstones
+from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.lifecycle_events import RECORD_EVENTS, TRACK_EVENTS, destinations
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition, Worker
-from services.segments.domain import Clock, system_clock
-from services.segments.handlers import Catalog, Memberships, SegmentDirectory
-from services.segments.refresher import Refresher
+from services.segments.compiled import CompiledSegments
+from services.segments.handlers import Memberships, SegmentDirectory
+from services.segments.maintenance import maintenance
 from services.segments.servicer import SegmentServicer
 from services.segments.settings import SegmentSettings, load_settings
-from services.segments.users_client import UsersClient
-
-# Erased users' ids are kept this long, for messages about them still in flight.
-TOMBSTONE_DAYS = 90
+from services.segments.workers import Refresher
 
 
 async def build(
     context: ServiceContext,
     *,
-    clock: Clock = system_clock,
+    clock: Clock = SYSTEM_CLOCK,
     settings: SegmentSettings | None = None,
 ) -> ServiceComponents:
     settings = settings or load_settings()
-    catalog = Catalog()
+    compiled = CompiledSegments()
     users = UsersClient(context.clients, settings.match_timeout)
-    memberships = Memberships(context, catalog, users, clock, settings)
+    memberships = Memberships(context, compiled, users, clock, settings)
     servicer = SegmentServicer(
-        SegmentDirectory(context, catalog, users, clock), memberships, context.page_tokens
+        SegmentDirectory(context, compiled, users, clock), memberships, context.page_tokens
     )
 
     def register(server: grpc.aio.Server) -> None:
@@ -42,14 +38,8 @@ async def build(
 
     workers: list[Worker] = []
     if settings.scheduler_interval > 0:
-        workers.append(Refresher(memberships, context.pool, clock, settings.scheduler_interval))
+        workers.append(Refresher(memberships, settings.scheduler_interval))
     return ServiceComponents(register=register, workers=workers)
-
-
-async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
-    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    forgotten = await tombstones.forget(conn, midnight - timedelta(days=TOMBSTONE_DAYS))
-    return [f"segments: forgot {forgotten} erased users older than {TOMBSTONE_DAYS} days"]
 
 
 DEFINITION = ServiceDefinition(

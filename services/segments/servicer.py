@@ -13,7 +13,7 @@ from conditions import MISSING, SEGMENT, Condition, LeafOutcome, parse_condition
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
+from runtime.pagination import PageTokens, parse_time_and_id, time_and_id
 from runtime.parsing import check_name, parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, json_object, set_timestamp, timestamp
@@ -151,15 +151,16 @@ class SegmentServicer(segments_pb2_grpc.SegmentServiceServicer):
         self, request: segments_pb2.ListSegmentsRequest, context: Context
     ) -> segments_pb2.ListSegmentsResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         stages = sorted(
             parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
         )
         violations.check()
-        cursor = self._tokens.cursor(request.page_token, stages, parse_time_and_id)
-        found = await self._directory.list_page(stages, cursor, limit + 1)
-        segments, next_token = self._tokens.page(
-            found, limit, stages, lambda s: time_and_id(s.created_at, s.id)
+        segments, next_token = await self._tokens.read_page(
+            request,
+            stages,
+            lambda cursor, limit: self._directory.list_page(stages, cursor, limit),
+            lambda s: time_and_id(s.created_at, s.id),
+            parse_time_and_id,
         )
         return segments_pb2.ListSegmentsResponse(
             segments=[segment_message(s) for s in segments], next_page_token=next_token
@@ -264,12 +265,14 @@ class SegmentServicer(segments_pb2_grpc.SegmentServiceServicer):
     ) -> segments_pb2.ListSegmentMembersResponse:
         violations = Violations()
         segment_id = _required_id(request.segment_id, "segment_id", violations)
-        limit = page_size(request.page_size)
         violations.check()
-        query = [str(segment_id)]
-        after = self._tokens.cursor(request.page_token, query, lambda c: uuid.UUID(c[0]))
-        found = await self._memberships.members(segment_id, after, limit + 1)
-        members, next_token = self._tokens.page(found, limit, query, lambda m: [str(m.user_id)])
+        members, next_token = await self._tokens.read_page(
+            request,
+            [str(segment_id)],
+            lambda after, limit: self._memberships.members(segment_id, after, limit),
+            lambda m: [str(m.user_id)],
+            lambda cursor: uuid.UUID(cursor[0]),
+        )
         return segments_pb2.ListSegmentMembersResponse(
             memberships=[membership_message(m) for m in members], next_page_token=next_token
         )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from runtime.config import ConfigError
+from runtime.config import SettingsReader
 
 REFRESH_VARIABLE = "LIFECYCLE_SEGMENTS_REFRESH_SECONDS"
 MIN_REFRESH_VARIABLE = "LIFECYCLE_SEGMENTS_MIN_REFRESH_SECONDS"
@@ -37,42 +36,21 @@ class SegmentSettings:
     match_timeout: float = 120.0
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, *, zero_allowed: bool) -> float:
-    raw = env.get(name) or ""
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0 or (value == 0 and not zero_allowed):
-        kind = "a number of seconds" if zero_allowed else "a positive number of seconds"
-        raise ConfigError(f"{name}={raw!r} is not {kind}")
-    return value
-
-
-def _duration(
-    env: Mapping[str, str], name: str, default: timedelta, *, zero_allowed: bool
-) -> timedelta:
-    seconds = _seconds(env, name, default.total_seconds(), zero_allowed=zero_allowed)
-    return timedelta(seconds=seconds)
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> SegmentSettings:
-    env = os.environ if env is None else env
+    """The settings `env` (the process environment by default) gives; ConfigError
+    names every bad value."""
+    reader = SettingsReader(env)
     defaults = SegmentSettings()
-    return SegmentSettings(
-        refresh_interval=_duration(
-            env, REFRESH_VARIABLE, defaults.refresh_interval, zero_allowed=False
+    settings = SegmentSettings(
+        refresh_interval=reader.duration(REFRESH_VARIABLE, defaults.refresh_interval),
+        min_refresh_gap=reader.duration(
+            MIN_REFRESH_VARIABLE, defaults.min_refresh_gap, zero_allowed=True
         ),
-        min_refresh_gap=_duration(
-            env, MIN_REFRESH_VARIABLE, defaults.min_refresh_gap, zero_allowed=True
+        membership_ttl=reader.duration(TTL_VARIABLE, defaults.membership_ttl),
+        scheduler_interval=reader.seconds(
+            SCHEDULER_VARIABLE, defaults.scheduler_interval, zero_allowed=True
         ),
-        membership_ttl=_duration(env, TTL_VARIABLE, defaults.membership_ttl, zero_allowed=False),
-        scheduler_interval=_seconds(
-            env, SCHEDULER_VARIABLE, defaults.scheduler_interval, zero_allowed=True
-        ),
-        match_timeout=_seconds(
-            env, MATCH_TIMEOUT_VARIABLE, defaults.match_timeout, zero_allowed=False
-        ),
+        match_timeout=reader.seconds(MATCH_TIMEOUT_VARIABLE, defaults.match_timeout),
     )
+    reader.check()
+    return settings

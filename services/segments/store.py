@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ import asyncpg
 
 from runtime import tombstones
 from runtime.database import Executor
-from services.segments.domain import Membership, Segment, SegmentFields
+from services.segments.domain import CachedMembership, Membership, Segment, SegmentFields
 
 # The first key of the advisory locks that serialise the membership writes of a
 # segment (the second is the hash of its id): "SEGM" in ASCII.
@@ -126,7 +125,8 @@ async def delete_segment(conn: asyncpg.Connection, segment_id: uuid.UUID) -> boo
     return bool(deleted)
 
 
-async def catalog_versions(conn: Executor) -> dict[uuid.UUID, datetime]:
+async def segment_versions(conn: Executor) -> dict[uuid.UUID, datetime]:
+    """Every segment and when its definition last changed."""
     rows = await conn.fetch("SELECT id, updated_at FROM user_segments")
     return {row["id"]: row["updated_at"] for row in rows}
 
@@ -273,17 +273,6 @@ async def lock_definitions(
 # leaves are confirmed without being rewritten.
 _CONFIRMED_AT = "greatest(m.evaluated_at, r.evaluated_at)"
 _MEMBERSHIPS = "user_segment_memberships m JOIN segment_refreshes r ON r.segment_id = m.segment_id"
-
-
-@dataclass(frozen=True)
-class CachedMembership:
-    membership: Membership
-    # Confirmed before the segment's definition last changed.
-    stale: bool
-
-    def valid_at(self, now: datetime) -> bool:
-        valid_until = self.membership.valid_until
-        return not self.stale and valid_until is not None and valid_until > now
 
 
 async def get_membership(

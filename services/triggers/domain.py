@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
@@ -27,13 +27,7 @@ from runtime.errors import Violations
 from runtime.lifecycle_events import EVENT_TYPES, TRACKED_PREFIX
 from runtime.structs import JsonObject
 
-Clock = Callable[[], datetime]
 PRODUCER = "triggers"
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
-
 
 # Lower-case dotted names: "signup", "billing.invoice_paid".
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
@@ -53,6 +47,11 @@ ONCE_PER_PERIOD = "once_per_period"
 # Why a trigger whose condition held started nothing (besides the reasons the
 # workflows service gives when it refuses a start).
 REENTRY_LIMIT = "REENTRY_LIMIT"
+# Why an event was refused (TrackEvents' error reasons).
+INVALID_EVENT = "INVALID_EVENT"
+INTERNAL_ERROR = "INTERNAL"
+USER_NOT_FOUND = "USER_NOT_FOUND"
+USER_ERASED = "USER_ERASED"
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,13 @@ class TriggerFields:
     conditions: JsonObject | None = None
     workflow_id: uuid.UUID | None = None
     reentry: Reentry | None = None
+
+
+@dataclass(frozen=True)
+class TriggerFilter:
+    event_type: str | None = None
+    workflow_id: uuid.UUID | None = None
+    enabled: bool | None = None
 
 
 def check_event_type(value: str, field: str, violations: Violations) -> str:
@@ -148,6 +154,37 @@ class CompiledTrigger:
 
     def holds(self, context: Context) -> bool:
         return self.evaluator is None or self.evaluator.matches(context)
+
+
+@dataclass(frozen=True)
+class EntryDecision:
+    """What re-entry decides of one evaluation before it is stored."""
+
+    # The firing claims the user's entry: the statement that stores it admits
+    # the claim, or refuses it (REENTRY_LIMIT) while an earlier entry holds:
+    # for good (ONCE_PER_USER), or until its period is over (ONCE_PER_PERIOD).
+    claim: bool = False
+    # Decided already: a repeat within the batch.
+    skip: str | None = None
+
+
+class EntryClaims:
+    """The re-entry decisions of one batch of evaluations. A limited policy is
+    claimed by the first firing of a user in the batch; the later ones in the
+    batch are over the limit already (a period cannot end within one batch,
+    which shares one moment)."""
+
+    def __init__(self) -> None:
+        self._claimed: set[tuple[uuid.UUID, uuid.UUID]] = set()
+
+    def decide(self, trigger: CompiledTrigger, user_id: uuid.UUID, met: bool) -> EntryDecision:
+        if not met or not trigger.reentry.limited:
+            return EntryDecision()
+        key = (trigger.id, user_id)
+        if key in self._claimed:
+            return EntryDecision(skip=REENTRY_LIMIT)
+        self._claimed.add(key)
+        return EntryDecision(claim=True)
 
 
 def compile_trigger(trigger: Trigger) -> CompiledTrigger:
@@ -251,3 +288,64 @@ def context_of(event: Event, as_of: datetime) -> Context:
         event_data=event.data,
         changes=attribute_changes(event.event_type, event.data),
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an event was not stored."""
+
+    field: str
+    message: str
+    reason: str
+    # The error an event the store could not take failed with.
+    cause: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one tracked event."""
+
+    user_id: uuid.UUID | None = None
+    duplicate: bool = False
+    refusal: Refusal | None = None
+
+
+@dataclass(frozen=True)
+class TriggerExecution:
+    """One evaluation of a trigger against an event, as ListTriggerExecutions shows it."""
+
+    id: uuid.UUID
+    trigger_id: uuid.UUID
+    user_id: uuid.UUID | None
+    event_data: dict[str, object] | None
+    condition_met: bool
+    workflow_execution_id: uuid.UUID | None
+    executed_at: datetime
+    skip_reason: str | None
+    event_type: str | None
+    message_id: str | None
+
+
+@dataclass(frozen=True)
+class PendingStart:
+    """A workflow start a firing asked for, waiting for the workflows service."""
+
+    trigger_execution_id: uuid.UUID
+    executed_at: datetime
+    trigger_id: uuid.UUID
+    user_id: uuid.UUID
+    event_type: str
+    request: bytes
+    traceparent: str | None
+    attempts: int
+    # Whom the start is made for.
+    actors: Chain
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A start the workflows service answered: an execution, or a refusal."""
+
+    start: PendingStart
+    workflow_execution_id: uuid.UUID | None = None
+    skip_reason: str | None = None

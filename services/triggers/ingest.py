@@ -12,43 +12,54 @@ workflows service and as a `tracked.<type>` lifecycle event to the metrics
 service. An event is acknowledged once that transaction committed.
 
 Calls arriving while every lane is busy wait and are written together by the
-next free lane (group commit): one users call and one transaction serve many
-unary TrackEvent calls under load, and a lone call is written at once.
+next free lane (group commit, handlers.Ingestor): one users call and one
+transaction serve many unary TrackEvent calls under load, and a lone call is
+written at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import asyncpg
 from google.protobuf import struct_pb2
-from opentelemetry import trace
 
 from lifecycle.workflows.v1 import workflows_pb2
 from runtime import tombstones
 from runtime.clients import GRPC_SERVICES
+from runtime.clock import Clock
 from runtime.database import UnitOfWork
-from runtime.group_commit import GroupCommit
+from runtime.errors import InvalidArgument
 from runtime.isolation import Part, refusal_text, refused_value, write_apart
 from runtime.lifecycle_events import TRACKED_PREFIX, EventBatch, new_event_id
 from runtime.outbox import Destination
 from runtime.pacing import Pacer
 from runtime.server import ServiceContext
 from services.triggers import store
-from services.triggers.cache import TriggerCache
 from services.triggers.domain import (
+    INTERNAL_ERROR,
+    INVALID_EVENT,
     PRODUCER,
-    REENTRY_LIMIT,
-    Clock,
+    USER_ERASED,
+    USER_NOT_FOUND,
     CompiledTrigger,
+    EntryClaims,
+    EntryDecision,
     Event,
+    Outcome,
+    Refusal,
     TriggerSet,
+    compile_trigger,
     context_of,
 )
 from services.triggers.peers import Users
+
+log = logging.getLogger(__name__)
 
 
 def _refused_messages(answer: bytes) -> dict[int, str]:
@@ -75,28 +86,42 @@ DESTINATIONS = {
 }
 # Events per transaction.
 BATCH_EVENTS = 1000
-INVALID_EVENT = "INVALID_EVENT"
-INTERNAL_ERROR = "INTERNAL"
-USER_NOT_FOUND = "USER_NOT_FOUND"
-USER_ERASED = "USER_ERASED"
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """Why an event was not stored."""
+class TriggerCache:
+    """The enabled triggers, compiled, kept in memory by each replica.
 
-    field: str
-    message: str
-    reason: str
-    # The error an event the store could not take failed with.
-    cause: Exception | None = None
+    Every change of the `triggers` table bumps `trigger_catalog.version` (a
+    statement trigger, whatever statement made the change). Each ingest
+    transaction reads the version (in the statement it starts with) and the set
+    is reloaded when it moved: a change applies to the next batch on every
+    replica, with no message between replicas and no NOTIFY (which serialises
+    commits)."""
 
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._current = TriggerSet(-1, ())
+        self._reloading = asyncio.Lock()
 
-@dataclass(frozen=True)
-class Outcome:
-    user_id: uuid.UUID | None = None
-    duplicate: bool = False
-    refusal: Refusal | None = None
+    async def at(self, version: int) -> TriggerSet:
+        """The enabled triggers at version `version` of the table (or a later one)."""
+        if version > self._current.version:
+            async with self._reloading:
+                if version > self._current.version:
+                    self._current = await self._load()
+        return self._current
+
+    async def _load(self) -> TriggerSet:
+        version, triggers = await store.enabled_triggers(self._pool)
+        compiled = []
+        for trigger in triggers:
+            try:
+                compiled.append((trigger.event_type, compile_trigger(trigger)))
+            except InvalidArgument as error:
+                # Only a condition written around the API gets here: one bad trigger
+                # must not stop the events of all the others.
+                log.error("trigger %s is skipped, its condition is invalid: %s", trigger.id, error)
+        return TriggerSet(version, compiled)
 
 
 def message_id_for_workflows(event: Event) -> str:
@@ -168,8 +193,7 @@ class _Evaluated:
         execution_id: str,
         *,
         met: bool,
-        claim: bool,
-        skip: str | None,
+        decision: EntryDecision,
         request: bytes | None,
     ) -> None:
         rows = self.evaluations
@@ -177,8 +201,8 @@ class _Evaluated:
         rows.trigger_ids.append(trigger.id)
         rows.ids.append(execution_id)
         rows.met.append(met)
-        rows.claims.append(claim)
-        rows.skips.append(skip)
+        rows.claims.append(decision.claim)
+        rows.skips.append(decision.skip)
         rows.requests.append(request)
         rows.traceparents.append(event.traceparent)
         rows.actors.append(event.actors)
@@ -230,7 +254,7 @@ class IngestPipeline:
 
     async def _store(self, events: Sequence[Event]) -> store.Recorded:
         """Evaluates and stores events in one transaction."""
-        now = self._clock()
+        now = self._clock.now()
         async with self._context.unit_of_work() as uow:
             triggers = await self._cache.at(await store.lock_for_ingest(uow.conn))
             batch = await self._evaluate(events, triggers, now)
@@ -244,7 +268,7 @@ class IngestPipeline:
         erased users."""
         emails = [event.email for event in events if event.email is not None]
         if emails:
-            ids = await self._users.by_email(emails)
+            ids = await self._users.ids_by_email(emails)
             for position, event in enumerate(events):
                 if event.email is not None:
                     event.user_id = ids.get(event.email.lower())
@@ -274,12 +298,10 @@ class IngestPipeline:
     async def _evaluate(
         self, events: Iterable[Event], triggers: TriggerSet, now: datetime
     ) -> _Evaluated:
-        """Every matching trigger against every event. A limited re-entry policy is
-        claimed (in the statement) by the first firing of a user in the batch; the
-        later ones in the batch are over the limit already. A batch of many
-        triggers takes a second: it lets the event loop in as it goes."""
-        batch, pacer = _Evaluated(), Pacer()
-        claimed: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        """Every matching trigger against every event, with its re-entry decision
+        (EntryClaims). A batch of many triggers takes a second: it lets the event
+        loop in as it goes."""
+        batch, pacer, claims = _Evaluated(), Pacer(), EntryClaims()
         for event in events:
             user_id = event.user_id
             assert user_id is not None
@@ -293,18 +315,13 @@ class IngestPipeline:
             context = context_of(event, now)
             for trigger in matching:
                 met = trigger.holds(context)
-                claim, skip = False, None
-                if met and trigger.reentry.limited:
-                    key = (trigger.id, user_id)
-                    claim = key not in claimed
-                    claimed.add(key)
-                    skip = None if claim else REENTRY_LIMIT
+                decision = claims.decide(trigger, user_id, met)
                 execution_id = new_event_id()
                 request = None
-                if met and skip is None:
+                if met and decision.skip is None:
                     request = _start_request(trigger, user_id, variable, execution_id)
                 batch.add_evaluation(
-                    event, trigger, execution_id, met=met, claim=claim, skip=skip, request=request
+                    event, trigger, execution_id, met=met, decision=decision, request=request
                 )
         return batch
 
@@ -354,40 +371,3 @@ def _unstorable(error: Exception | None) -> Refusal:
     assert error is not None
     reason = INVALID_EVENT if refused_value(error) is not None else INTERNAL_ERROR
     return Refusal("event", refusal_text(error), reason, error)
-
-
-class Ingestor:
-    """Runs the pipeline on at most `lanes` batches at a time; calls that arrive
-    meanwhile are queued and batched together (up to BATCH_EVENTS events).
-
-    A second lane opens only for a backlog of half a batch or more: small calls
-    are cheaper written together by one lane, while big ones gain from one lane
-    evaluating while another waits for the database."""
-
-    def __init__(self, pipeline: IngestPipeline, lanes: int, tracer: trace.Tracer) -> None:
-        self._pipeline = pipeline
-        self._batches: GroupCommit[list[Event], list[Outcome]] = GroupCommit(
-            self._write,
-            name="TrackEvents batch",
-            tracer=tracer,
-            lanes=lanes,
-            max_weight=BATCH_EVENTS,
-            backlog_per_lane=BATCH_EVENTS // 2,
-            weight=len,
-        )
-
-    async def track(self, events: Sequence[Event]) -> list[Outcome]:
-        chunks = [
-            list(events[start : start + BATCH_EVENTS])
-            for start in range(0, len(events), BATCH_EVENTS)
-        ]
-        results = await asyncio.gather(*(self._batches.submit(chunk) for chunk in chunks))
-        return [outcome for result in results for outcome in result]
-
-    async def _write(self, calls: Sequence[list[Event]]) -> list[list[Outcome]]:
-        outcomes = await self._pipeline.ingest([event for events in calls for event in events])
-        answers, start = [], 0
-        for events in calls:
-            answers.append(outcomes[start : start + len(events)])
-            start += len(events)
-        return answers

@@ -3,64 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 
+from clients.users import UsersClient
 from lifecycle.triggers.v1 import triggers_pb2_grpc
-from runtime import tombstones
+from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.lifecycle_events import DESTINATIONS, RECORD_EVENTS
 from runtime.partitions import PartitionedTable
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
 from services.triggers import ingest, store
-from services.triggers.cache import TriggerCache
-from services.triggers.domain import Clock, system_clock
-from services.triggers.handlers import TriggerCatalog, TriggerHistory
-from services.triggers.ingest import Ingestor, IngestPipeline
-from services.triggers.peers import Users, Workflows
+from services.triggers.handlers import (
+    Ingestor,
+    TriggerDirectory,
+    TriggerHistory,
+    WorkflowStarts,
+)
+from services.triggers.ingest import IngestPipeline, TriggerCache
+from services.triggers.maintenance import maintenance
+from services.triggers.peers import Workflows
 from services.triggers.servicer import TriggerServicer
 from services.triggers.settings import TriggerSettings, load_settings
-from services.triggers.starter import Starter
+from services.triggers.workers import Starter
 
 EXECUTIONS = PartitionedTable("trigger_executions", "month", ahead=3)
-EXECUTION_RETENTION = timedelta(days=90)
-# Erased users' ids are kept this long, for events about them still in flight.
-TOMBSTONE_RETENTION = timedelta(days=90)
-EVENTS_PER_DELETE = 5000
-DROP_LOCK_TIMEOUT_MS = 2000
 
 
 def build_with(
-    clock: Clock = system_clock, settings: TriggerSettings | None = None
+    clock: Clock = SYSTEM_CLOCK, settings: TriggerSettings | None = None
 ) -> Callable[[ServiceContext], Coroutine[Any, Any, ServiceComponents]]:
     """The service's build function on a clock (tests pass their own)."""
 
     async def build(context: ServiceContext) -> ServiceComponents:
         chosen = settings or load_settings()
+        workflows = Workflows(context.clients)
         starter = Starter(
-            context,
+            WorkflowStarts(
+                context, workflows, max_backoff_seconds=context.config.outbox_max_backoff
+            ),
             poll_interval=context.config.outbox_poll_interval,
             max_backoff_seconds=context.config.outbox_max_backoff,
         )
         pipeline = IngestPipeline(
             context,
             TriggerCache(context.pool),
-            Users(context.clients),
+            UsersClient(context.clients),
             clock=clock,
             message_ttl=chosen.message_ttl,
             on_starts=starter.wake,
         )
         servicer = TriggerServicer(
-            TriggerCatalog(context, Workflows(context.clients)),
+            TriggerDirectory(context, workflows),
             TriggerHistory(context),
-            Ingestor(
-                pipeline,
-                chosen.ingest_lanes,
-                context.tracer_provider.get_tracer(__name__),
-            ),
+            Ingestor(pipeline, chosen.ingest_lanes, context.tracer_provider.get_tracer(__name__)),
             context.page_tokens,
             clock,
         )
@@ -71,38 +68,6 @@ def build_with(
         return ServiceComponents(register=register, workers=[starter])
 
     return build
-
-
-async def maintenance(conn: asyncpg.Connection, today: date) -> list[str]:
-    """Retention: monthly partitions of trigger_executions whose every row is older
-    than 90 days are dropped whole (a younger row keeps its partition); events
-    past their retention, tombstones and spent re-entry limits are deleted."""
-    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    cutoff = (midnight - EXECUTION_RETENTION).date()
-    dropped, busy = [], []
-    for name, end in sorted((await store.execution_partitions(conn)).items()):
-        if end <= cutoff:
-            try:
-                await store.drop_partition(conn, name, DROP_LOCK_TIMEOUT_MS)
-                dropped.append(name)
-            except asyncpg.LockNotAvailableError:
-                busy.append(name)
-    retention = load_settings().event_retention
-    events = 0
-    while True:
-        deleted = await store.delete_events_before(conn, midnight - retention, EVENTS_PER_DELETE)
-        events += deleted
-        if deleted < EVENTS_PER_DELETE:
-            break
-    entries = await store.forget_entries(conn, midnight)
-    forgotten = await tombstones.forget(conn, midnight - TOMBSTONE_RETENTION)
-    return [
-        f"dropped {len(dropped)} trigger_executions partitions ending by {cutoff}"
-        + (f": {', '.join(dropped)}" if dropped else ""),
-        f"deleted {events} events received before {(midnight - retention).date()}",
-        f"forgot {entries} re-entry limits that expired and {forgotten} old tombstones",
-        *(f"kept {name} for the next run: its table was busy" for name in busy),
-    ]
 
 
 DEFINITION = ServiceDefinition(

@@ -12,6 +12,7 @@ from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from runtime import wire_checks
 from runtime.chains import Chain
+from runtime.clock import Clock
 from runtime.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -21,30 +22,33 @@ from runtime.errors import (
 )
 from runtime.idempotency import request_key
 from runtime.identity import current_caller
-from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
+from runtime.pagination import PageTokens, parse_time_and_id, time_and_id
 from runtime.parsing import check_name, parse_uuid
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from runtime.telemetry import current_traceparent
 from services.triggers.domain import (
     EVERY_TIME,
+    INVALID_EVENT,
     MAX_DATA_BYTES,
     MAX_FUTURE,
     MAX_MESSAGE_ID_LENGTH,
     ONCE_PER_PERIOD,
     ONCE_PER_USER,
-    Clock,
+    USER_ERASED,
     Event,
+    Outcome,
     Reentry,
+    Refusal,
     Trigger,
+    TriggerExecution,
     TriggerFields,
+    TriggerFilter,
     check_event_type,
     check_pattern,
     check_reentry,
     parse_trigger_condition,
 )
-from services.triggers.handlers import TriggerCatalog, TriggerHistory
-from services.triggers.ingest import INVALID_EVENT, USER_ERASED, Ingestor, Outcome, Refusal
-from services.triggers.store import TriggerExecution, TriggerFilter
+from services.triggers.handlers import Ingestor, TriggerDirectory, TriggerHistory
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -217,13 +221,13 @@ def _raise(refusal: Refusal) -> NoReturn:
 class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     def __init__(
         self,
-        catalog: TriggerCatalog,
+        directory: TriggerDirectory,
         history: TriggerHistory,
         ingestor: Ingestor,
         page_tokens: PageTokens,
         clock: Clock,
     ) -> None:
-        self._catalog = catalog
+        self._directory = directory
         self._history = history
         self._ingestor = ingestor
         self._tokens = page_tokens
@@ -248,20 +252,19 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         fields = _fields(request.trigger, set(UPDATABLE), violations)
         key = request_key(request, "CreateTrigger", violations)
         violations.check()
-        trigger = await self._catalog.create(fields, key)
+        trigger = await self._directory.create(fields, key)
         return pb.CreateTriggerResponse(trigger=trigger_message(trigger))
 
     async def GetTrigger(
         self, request: pb.GetTriggerRequest, context: Context
     ) -> pb.GetTriggerResponse:
-        trigger = await self._catalog.get(self._id(request.trigger_id, "trigger_id"))
+        trigger = await self._directory.get(self._id(request.trigger_id, "trigger_id"))
         return pb.GetTriggerResponse(trigger=trigger_message(trigger))
 
     async def ListTriggers(
         self, request: pb.ListTriggersRequest, context: Context
     ) -> pb.ListTriggersResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         event_type = None
         if request.event_type:
             event_type = check_pattern(request.event_type, "event_type", violations)
@@ -272,13 +275,12 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
             workflow_id,
             request.enabled if request.HasField("enabled") else None,
         )
-        query: list[Any] = [where.event_type, str(where.workflow_id or ""), where.enabled]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
-        found, token = self._tokens.page(
-            await self._catalog.page(where, cursor, limit + 1),
-            limit,
-            query,
+        found, token = await self._tokens.read_page(
+            request,
+            [where.event_type, str(where.workflow_id or ""), where.enabled],
+            lambda cursor, limit: self._directory.page(where, cursor, limit),
             lambda t: time_and_id(t.created_at, t.id),
+            parse_time_and_id,
         )
         return pb.ListTriggersResponse(
             triggers=[trigger_message(t) for t in found], next_page_token=token
@@ -293,27 +295,27 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         fields = _fields(request.trigger, paths & set(UPDATABLE), violations)
         violations.check()
         assert trigger_id is not None
-        trigger = await self._catalog.update(trigger_id, fields)
+        trigger = await self._directory.update(trigger_id, fields)
         return pb.UpdateTriggerResponse(trigger=trigger_message(trigger))
 
     async def DeleteTrigger(
         self, request: pb.DeleteTriggerRequest, context: Context
     ) -> pb.DeleteTriggerResponse:
-        await self._catalog.delete(self._id(request.trigger_id, "trigger_id"))
+        await self._directory.delete(self._id(request.trigger_id, "trigger_id"))
         return pb.DeleteTriggerResponse()
 
     async def EnableTrigger(
         self, request: pb.EnableTriggerRequest, context: Context
     ) -> pb.EnableTriggerResponse:
         trigger_id = self._id(request.trigger_id, "trigger_id")
-        trigger = await self._catalog.set_enabled(trigger_id, True)
+        trigger = await self._directory.set_enabled(trigger_id, True)
         return pb.EnableTriggerResponse(trigger=trigger_message(trigger))
 
     async def DisableTrigger(
         self, request: pb.DisableTriggerRequest, context: Context
     ) -> pb.DisableTriggerResponse:
         trigger_id = self._id(request.trigger_id, "trigger_id")
-        trigger = await self._catalog.set_enabled(trigger_id, False)
+        trigger = await self._directory.set_enabled(trigger_id, False)
         return pb.DisableTriggerResponse(trigger=trigger_message(trigger))
 
     # ------------------------------------------------------------ events
@@ -327,7 +329,7 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         event = parse_event(
             request.event,
             0,
-            self._clock(),
+            self._clock.now(),
             current_traceparent(),
             violations,
             actors=current_caller().actors,
@@ -348,7 +350,7 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     ) -> pb.TrackEventsResponse:
         if len(request.events) > MAX_EVENTS:
             raise InvalidArgument.field("events", f"must hold at most {MAX_EVENTS} events")
-        now, traceparent, actors = self._clock(), current_traceparent(), current_caller().actors
+        now, traceparent, actors = self._clock.now(), current_traceparent(), current_caller().actors
         response = pb.TrackEventsResponse()
         valid = []
         for index, given in enumerate(request.events):
@@ -381,19 +383,17 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         self, request: pb.ListTriggerExecutionsRequest, context: Context
     ) -> pb.ListTriggerExecutionsResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         trigger_id = parse_uuid(request.trigger_id, "trigger_id", violations, required=False)
         user_id = parse_uuid(request.user_id, "user_id", violations, required=False)
         if not request.trigger_id and not request.user_id:
             violations.add("trigger_id", "trigger_id or user_id is required")
         violations.check()
-        query: list[Any] = [str(trigger_id or ""), str(user_id or "")]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
-        found, token = self._tokens.page(
-            await self._history.page(trigger_id, user_id, cursor, limit + 1),
-            limit,
-            query,
+        found, token = await self._tokens.read_page(
+            request,
+            [str(trigger_id or ""), str(user_id or "")],
+            lambda cursor, limit: self._history.page(trigger_id, user_id, cursor, limit),
             lambda e: time_and_id(e.executed_at, e.id),
+            parse_time_and_id,
         )
         return pb.ListTriggerExecutionsResponse(
             trigger_executions=[execution_message(e) for e in found], next_page_token=token

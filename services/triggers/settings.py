@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from runtime.config import ConfigError
+from runtime.config import SettingsReader
 
 MESSAGE_TTL_VARIABLE = "LIFECYCLE_TRIGGERS_MESSAGE_TTL_SECONDS"
 INGEST_LANES_VARIABLE = "LIFECYCLE_TRIGGERS_INGEST_LANES"
@@ -29,38 +28,27 @@ class TriggerSettings:
     event_retention: timedelta = timedelta(days=30)
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool) -> float:
-    raw = env.get(name) or ""
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0 or (positive and value == 0):
-        kind = "a positive number" if positive else "a number >= 0"
-        raise ConfigError(f"{name}={raw!r} is not {kind}")
-    return value
+def _days(raw: str) -> timedelta:
+    days = float(raw)
+    # Also refuses what a timedelta cannot hold (and NaN).
+    if not 0 < days <= timedelta.max.days:
+        raise ValueError(raw)
+    return timedelta(days=days)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> TriggerSettings:
-    env = os.environ if env is None else env
+    """The settings `env` (the process environment by default) gives; ConfigError
+    names every bad value."""
+    reader = SettingsReader(env)
     defaults = TriggerSettings()
-    lanes = _number(env, INGEST_LANES_VARIABLE, defaults.ingest_lanes, positive=True)
-    if lanes != int(lanes):
-        raise ConfigError(f"{INGEST_LANES_VARIABLE}={lanes!r} is not a whole number")
-    ttl = timedelta(
-        seconds=_number(
-            env, MESSAGE_TTL_VARIABLE, defaults.message_ttl.total_seconds(), positive=False
-        )
-    )
-    if ttl > MAX_MESSAGE_TTL:
-        raise ConfigError(f"{MESSAGE_TTL_VARIABLE} must be at most {MAX_MESSAGE_TTL.days} days")
-    retention = defaults.event_retention.days
-    return TriggerSettings(
-        message_ttl=ttl,
-        ingest_lanes=int(lanes),
-        event_retention=timedelta(
-            days=_number(env, EVENT_RETENTION_VARIABLE, retention, positive=True)
+    settings = TriggerSettings(
+        message_ttl=reader.duration(MESSAGE_TTL_VARIABLE, defaults.message_ttl, zero_allowed=True),
+        ingest_lanes=reader.count(INGEST_LANES_VARIABLE, defaults.ingest_lanes),
+        event_retention=reader.get(
+            EVENT_RETENTION_VARIABLE, defaults.event_retention, _days, "a positive number of days"
         ),
     )
+    if settings.message_ttl > MAX_MESSAGE_TTL:
+        reader.problem(f"{MESSAGE_TTL_VARIABLE} must be at most {MAX_MESSAGE_TTL.days} days")
+    reader.check()
+    return settings

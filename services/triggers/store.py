@@ -15,7 +15,16 @@ import asyncpg
 from runtime import tombstones
 from runtime.chains import Chain, stored
 from runtime.database import Executor
-from services.triggers.domain import REENTRY_LIMIT, Reentry, Trigger, TriggerFields
+from services.triggers.domain import (
+    REENTRY_LIMIT,
+    PendingStart,
+    Reentry,
+    Settled,
+    Trigger,
+    TriggerExecution,
+    TriggerFields,
+    TriggerFilter,
+)
 
 # Advisory lock key ("lt" + "e"): ingest (shared) and erase (exclusive) exclude
 # each other, so that no event of an erased user is stored after the erase.
@@ -61,13 +70,6 @@ async def insert_trigger(conn: asyncpg.Connection, fields: TriggerFields) -> Tri
 async def get_trigger(conn: Executor, trigger_id: uuid.UUID) -> Trigger | None:
     row = await conn.fetchrow(f"SELECT {_TRIGGER_COLUMNS} FROM triggers WHERE id = $1", trigger_id)
     return _trigger(row) if row else None
-
-
-@dataclass(frozen=True)
-class TriggerFilter:
-    event_type: str | None = None
-    workflow_id: uuid.UUID | None = None
-    enabled: bool | None = None
 
 
 async def list_triggers(
@@ -283,20 +285,6 @@ async def record(
 # ------------------------------------------------------------------ starts
 
 
-@dataclass(frozen=True)
-class PendingStart:
-    trigger_execution_id: uuid.UUID
-    executed_at: datetime
-    trigger_id: uuid.UUID
-    user_id: uuid.UUID
-    event_type: str
-    request: bytes
-    traceparent: str | None
-    attempts: int
-    # Whom the start is made for.
-    actors: Chain
-
-
 # The starts as `lifecycle outbox` shows them: calls waiting for the workflows service.
 WAITING_STARTS = """
 SELECT 'pending' AS kind, 'workflows.start_execution' AS topic, count(*) AS messages,
@@ -321,15 +309,6 @@ async def claim_starts(conn: Executor, limit: int, lease_seconds: float) -> list
     """Due starts, leased: another replica skips them until the lease ends."""
     rows = await conn.fetch(_CLAIM_STARTS, limit, lease_seconds)
     return [PendingStart(**{**dict(row), "actors": tuple(row["actors"])}) for row in rows]
-
-
-@dataclass(frozen=True)
-class Settled:
-    """A start the workflows service answered: an execution, or a refusal."""
-
-    start: PendingStart
-    workflow_execution_id: uuid.UUID | None = None
-    skip_reason: str | None = None
 
 
 async def settle_starts(conn: asyncpg.Connection, settled: Sequence[Settled]) -> None:
@@ -366,20 +345,6 @@ async def reschedule_starts(
 
 
 # ------------------------------------------------------------------ executions
-
-
-@dataclass(frozen=True)
-class TriggerExecution:
-    id: uuid.UUID
-    trigger_id: uuid.UUID
-    user_id: uuid.UUID | None
-    event_data: dict[str, object] | None
-    condition_met: bool
-    workflow_execution_id: uuid.UUID | None
-    executed_at: datetime
-    skip_reason: str | None
-    event_type: str | None
-    message_id: str | None
 
 
 async def list_executions(

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -21,6 +20,7 @@ from google.protobuf import field_mask_pb2
 
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
+from runtime.clock import ShiftedClock
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
 from services.segments.service import DEFINITION, build
@@ -34,19 +34,6 @@ from tests.support import (
     service_config,
     service_env,
 )
-
-
-class FakeClock:
-    """The segments service's clock: real time when created, then moved by the test."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, delta: timedelta) -> None:
-        self.offset += delta
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +65,7 @@ def segments_env(
 
 @asynccontextmanager
 async def serve_segments(
-    env: dict[str, str], clock: FakeClock, settings: SegmentSettings, port: int | None = None
+    env: dict[str, str], clock: ShiftedClock, settings: SegmentSettings, port: int | None = None
 ) -> AsyncIterator[ServiceHost]:
     definition = replace(DEFINITION, build=partial(build, clock=clock, settings=settings))
     config = service_config("segments", env)
@@ -96,7 +83,7 @@ async def serve_segments(
 class Suite:
     users: users_pb2_grpc.UserServiceAsyncStub
     segments: segments_pb2_grpc.SegmentServiceAsyncStub
-    clock: FakeClock
+    clock: ShiftedClock
     segments_host: ServiceHost
     users_host: ServiceHost
 
@@ -169,7 +156,7 @@ MANUAL = SegmentSettings(scheduler_interval=0)
 async def suite(
     segments_env: dict[str, str], segment_ports: dict[str, int]
 ) -> AsyncIterator[Suite]:
-    clock = FakeClock()
+    clock = ShiftedClock()
     async with (
         running("triggers", segments_env),
         running("users", segments_env) as users_host,
@@ -187,10 +174,10 @@ async def suite(
 
 
 @pytest.fixture
-def clock(suite: Suite) -> Iterator[FakeClock]:
+def clock(suite: Suite) -> Iterator[ShiftedClock]:
     """The segments service's clock, back to real time after the test."""
     yield suite.clock
-    suite.clock.offset = timedelta(0)
+    suite.clock.reset()
 
 
 @pytest.fixture

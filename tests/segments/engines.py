@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from clients.users import KnownUser
 from conditions import (
     SEGMENT,
     Condition,
@@ -22,7 +23,6 @@ from conditions import (
     compile_sql,
     parse_condition,
 )
-from services.segments.users_client import profile_of
 from services.users import store
 from services.users.servicer import profile_message
 from tests.support import ScratchDatabase, valid_until_of
@@ -163,7 +163,7 @@ async def python_verdicts(
     valid_until: dict[uuid.UUID, datetime] = {}
     next_entry: dict[uuid.UUID, datetime] = {}
     for stored in await store.get_profiles(conn, ids):
-        profile = profile_of(profile_message(stored))
+        profile = KnownUser(profile_message(stored)).profile
         context = Context(as_of=as_of, user=profile)
         flip = _capped(evaluator.valid_until(context), cap)
         if evaluator.matches(context):

@@ -17,11 +17,12 @@ from lifecycle.common.v1 import stage_pb2
 from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.users.v1 import users_pb2
+from runtime.clock import ShiftedClock
 from runtime.lifecycle_events import RECORD_EVENTS, TRACK_EVENTS
 from runtime.structs import dict_to_struct
-from services.segments.service import maintenance
+from services.segments.maintenance import maintenance
 from services.segments.settings import SegmentSettings
-from tests.segments.conftest import FakeClock, Suite, serve_segments
+from tests.segments.conftest import Suite, serve_segments
 from tests.support import eventually, free_port, rpc_error
 
 ACTIVATION = stage_pb2.LIFECYCLE_STAGE_ACTIVATION
@@ -57,7 +58,7 @@ def stamp(moment: datetime) -> str:
 
 
 @pytest.fixture
-async def scheduler(segments_env: dict[str, str], clock: FakeClock) -> AsyncIterator[None]:
+async def scheduler(segments_env: dict[str, str], clock: ShiftedClock) -> AsyncIterator[None]:
     """A second segments replica on the same database with its scheduler on."""
     settings = SegmentSettings(scheduler_interval=0.05, refresh_interval=timedelta(days=1))
     async with serve_segments(segments_env, clock, settings, port=free_port()):
@@ -65,7 +66,7 @@ async def scheduler(segments_env: dict[str, str], clock: FakeClock) -> AsyncIter
 
 
 async def test_a_within_last_membership_expires_exactly_when_the_window_passes(
-    suite: Suite, clock: FakeClock, tag: str
+    suite: Suite, clock: ShiftedClock, tag: str
 ) -> None:
     # The window closes in 10 minutes, before the TTL (an hour) would end the validity.
     signed_up = datetime.now(UTC) - timedelta(days=14, minutes=-10)
@@ -79,7 +80,7 @@ async def test_a_within_last_membership_expires_exactly_when_the_window_passes(
     cached = await check(suite, user.id, segment.id)
     assert (cached.is_member, cached.cached) == (True, True)
     assert cached.valid_until.ToDatetime(tzinfo=UTC) == flip
-    clock.advance(flip - clock() - timedelta(milliseconds=50))
+    clock.advance(flip - clock.now() - timedelta(milliseconds=50))
     assert (await check(suite, user.id, segment.id)).cached
     clock.advance(timedelta(milliseconds=60))
     expired = await check(suite, user.id, segment.id)
@@ -97,7 +98,7 @@ async def next_refresh(admin: asyncpg.Connection, segment_id: str) -> datetime |
 
 async def test_the_scheduler_renews_expired_memberships_and_refreshes_due_segments(
     suite: Suite,
-    clock: FakeClock,
+    clock: ShiftedClock,
     scheduler: None,
     segments_admin: asyncpg.Connection,
     tag: str,
@@ -122,7 +123,7 @@ async def test_the_scheduler_renews_expired_memberships_and_refreshes_due_segmen
     await eventually(due_when_the_user_enters)
     # A minute before (the clock runs on): the window closed (an expired membership,
     # renewed away), and the user is not in `settled` yet.
-    clock.advance(enters - clock() - timedelta(minutes=1))
+    clock.advance(enters - clock.now() - timedelta(minutes=1))
     await eventually(lambda: _memberships_are(suite, recent.id, []))
     # Then the scheduler refreshes `settled` at that moment, and the user enters.
     clock.advance(timedelta(minutes=1))
@@ -145,7 +146,7 @@ async def last_refresh(admin: asyncpg.Connection, segment_id: str) -> tuple[date
 
 async def test_an_entry_sooner_than_the_gap_waits_for_it(
     suite: Suite,
-    clock: FakeClock,
+    clock: ShiftedClock,
     segments_env: dict[str, str],
     segments_admin: asyncpg.Connection,
     tag: str,
@@ -154,7 +155,7 @@ async def test_an_entry_sooner_than_the_gap_waits_for_it(
     settings = SegmentSettings(
         scheduler_interval=0.05, refresh_interval=timedelta(days=1), min_refresh_gap=gap
     )
-    soon = clock() + timedelta(seconds=1)
+    soon = clock.now() + timedelta(seconds=1)
     user = await suite.create_user({"run": tag, "seen": stamp(soon)})
     await suite.settle()
     async with serve_segments(segments_env, clock, settings, port=free_port()):
@@ -171,13 +172,13 @@ async def test_an_entry_sooner_than_the_gap_waits_for_it(
         as_of, due = await last_refresh(segments_admin, segment.id)
         assert due == as_of + gap
         # Past the user's moment, the scheduler refreshes a segment created then, not this one.
-        clock.advance(soon - clock() + timedelta(seconds=1))
+        clock.advance(soon - clock.now() + timedelta(seconds=1))
         later = await suite.create_segment(tagged(tag))
         await eventually(lambda: refreshed(later.id))
         assert await last_refresh(segments_admin, segment.id) == (as_of, due)
         assert await user_segments(suite, user.id) == [later.id]
         # At the gap's end it does, and the user enters.
-        clock.advance(due - clock())
+        clock.advance(due - clock.now())
         both = sorted([segment.id, later.id])
         await eventually(lambda: _memberships_are(suite, user.id, both))
 
@@ -348,7 +349,7 @@ async def test_delete_user_erases_memberships_through_the_outbox(suite: Suite, t
 
 async def test_an_expired_membership_of_a_user_who_is_gone_is_dropped_quietly(
     suite: Suite,
-    clock: FakeClock,
+    clock: ShiftedClock,
     scheduler: None,
     segments_admin: asyncpg.Connection,
     tag: str,
@@ -377,7 +378,7 @@ async def test_maintenance_forgets_tombstones_after_90_days(
     )
     await segments_admin.execute("SET search_path = segments")
     lines = await maintenance(segments_admin, datetime.now(UTC).date())
-    assert lines == ["segments: forgot 1 erased users older than 90 days"]
+    assert lines == ["forgot 1 erased users older than 90 days"], "the command adds the prefix"
     left = await segments_admin.fetch(
         "SELECT user_id FROM erased_users WHERE user_id = ANY($1::uuid[])", [old, recent]
     )

@@ -99,7 +99,7 @@ def test_a_condition_at_the_limits_fits_in_a_request_and_its_sql_stays_small() -
 
 async def test_the_users_service_answers_a_segment_at_the_limits(suite: Suite) -> None:
     tag = uuid.uuid4().hex
-    now = suite.clock()
+    now = suite.clock.now()
 
     def stamped(age: timedelta) -> dict[str, Any]:
         moment = (now - age).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -24,7 +24,7 @@ from runtime.structs import dict_to_struct, struct_to_dict
 from services.segments import handlers, store
 from services.users.handlers import UserMatcher
 from tests.segments.conftest import Suite
-from tests.support import error_info, rpc_error, violated_fields
+from tests.support import error_info, eventually, rpc_error, violated_fields
 
 ACTIVATION = stage_pb2.LIFECYCLE_STAGE_ACTIVATION
 RETENTION = stage_pb2.LIFECYCLE_STAGE_RETENTION
@@ -404,7 +404,7 @@ async def test_a_refresh_renews_the_members_whose_validity_runs_out_before_the_n
 async def test_a_refresh_shrinks_a_validity_that_time_now_ends_sooner(
     suite: Suite, tag: str
 ) -> None:
-    seen = (suite.clock() - timedelta(hours=23, minutes=30)).replace(microsecond=0)
+    seen = (suite.clock.now() - timedelta(hours=23, minutes=30)).replace(microsecond=0)
     member = await suite.create_user({"run": tag, "seen": seen.strftime("%Y-%m-%dT%H:%M:%SZ")})
     await suite.settle()
     segment = await suite.create_segment(tagged(tag, {"attr": "seen", "op": "exists"}))
@@ -521,13 +521,13 @@ async def test_a_refresh_that_ran_across_a_change_confirms_nothing(suite: Suite,
     await suite.change_conditions(
         segment.id, tagged(tag, {"attr": "plan", "op": "eq", "value": "x"})
     )
-    late = suite.clock() + timedelta(days=1)
+    late = suite.clock.now() + timedelta(days=1)
     await store.finish_refresh(suite.segments_pool, segment_id, late, late, seen)
     # Neither recorded as the last refresh, nor put off: the segment stays due, and
     # its cached members stale.
     got = await suite.segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment.id))
     assert got.segment.evaluate_time.ToDatetime(tzinfo=UTC) < late
-    assert segment_id in await store.due_segments(suite.segments_pool, suite.clock(), 1000)
+    assert segment_id in await store.due_segments(suite.segments_pool, suite.clock.now(), 1000)
     assert await membership_answer(suite, member.id, segment.id) == (False, False)
 
 
@@ -544,7 +544,7 @@ async def test_members_a_refresh_wrote_across_a_change_are_stale(
     await suite.change_conditions(
         segment.id, tagged(tag, {"attr": "plan", "op": "eq", "value": "x"})
     )
-    as_of = suite.clock() + timedelta(seconds=1)
+    as_of = suite.clock.now() + timedelta(seconds=1)
     await segments_admin.execute("SET search_path = segments")
     entered = await store.upsert_members(
         segments_admin,
@@ -605,7 +605,7 @@ async def test_a_reevaluation_waits_for_a_definition_change_in_flight_and_reads_
     member, segment = await pro_member_and_segment(suite, tag)
     await suite.refresh(segment.id)
     free = tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
-    async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock()):
+    async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock.now()):
         reevaluation = await still_running(
             suite.segments.ReevaluateUsers(
                 segments_pb2.ReevaluateUsersRequest(user_ids=[member.id])
@@ -627,7 +627,7 @@ async def test_a_check_waits_for_a_definition_change_in_flight_and_reads_it(
     )
     free = tagged(tag, {"attr": "plan", "op": "eq", "value": "free"})
     request = segments_pb2.CheckMembershipRequest(user_id=user.id, segment_id=segment.id)
-    async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock()):
+    async with change_in_flight(segments_admin, uuid.UUID(segment.id), free, suite.clock.now()):
         check = await still_running(suite.segments.CheckMembership(request), segments_admin)
     assert (await check).is_member is False
     assert not await suite.members(segment.id)
@@ -648,7 +648,7 @@ async def test_a_change_waits_for_an_answer_being_read_from_its_definition(
         async with segments_admin.transaction():
             # What a re-evaluation or a check holds while it reads and writes.
             await store.lock_definitions(segments_admin, [segment_id])
-            running = await still_running(call())
+            running = await still_running(call(), segments_admin)
         await running
     error = await rpc_error(
         suite.segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment.id))
@@ -663,7 +663,7 @@ async def test_a_change_whose_moment_precedes_the_last_refresh_makes_its_members
     segment_id = uuid.UUID(segment.id)
     # The change takes its moment, a refresh runs from start to end with the old
     # definition, then the change writes its moment.
-    moment = suite.clock()
+    moment = suite.clock.now()
     await suite.refresh(segment.id)
     await store.mark_changed(suite.segments_pool, [segment_id], moment)
     assert await membership_answer(suite, member.id, segment.id) == (True, False)

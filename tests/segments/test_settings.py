@@ -44,3 +44,15 @@ def test_defaults_and_values() -> None:
 def test_a_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_every_bad_value_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(
+            {
+                "LIFECYCLE_SEGMENTS_REFRESH_SECONDS": "0",
+                "LIFECYCLE_SEGMENTS_MATCH_TIMEOUT_SECONDS": "soon",
+            }
+        )
+    assert "LIFECYCLE_SEGMENTS_REFRESH_SECONDS" in str(refused.value)
+    assert "LIFECYCLE_SEGMENTS_MATCH_TIMEOUT_SECONDS" in str(refused.value)

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,6 +18,7 @@ from lifecycle.triggers.v1 import triggers_pb2 as pb
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from runtime.clock import ShiftedClock
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
 from services.triggers.service import DEFINITION, build_with
@@ -52,16 +52,6 @@ ONBOARDING = linear(
 )
 # Ends at once.
 INSTANT = linear(start(), end())
-
-
-class ShiftedClock:
-    """Real time, moved forward by the tests."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 @dataclass
@@ -148,7 +138,7 @@ async def suite(tr_env: dict[str, str]) -> AsyncIterator[Suite]:
 
 @pytest.fixture(autouse=True)
 def reset_clock(suite: Suite) -> None:
-    suite.clock.offset = timedelta(0)
+    suite.clock.reset()
 
 
 async def new_user(users: UserServiceAsyncStub, **attributes: Any) -> str:

@@ -12,7 +12,8 @@ import asyncpg
 
 from runtime.migrations import acting_as
 from runtime.partitions import ensure_partitions, partition_name, period_start, shift
-from services.triggers.service import EVENTS_PER_DELETE, EXECUTIONS, maintenance
+from services.triggers.maintenance import EVENTS_PER_DELETE, maintenance
+from services.triggers.service import EXECUTIONS
 from suite.registry import schema_owners
 from tests.support import ScratchDatabase
 

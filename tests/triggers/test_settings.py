@@ -35,3 +35,15 @@ def test_defaults_and_values() -> None:
 def test_a_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_every_bad_value_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(
+            {
+                "LIFECYCLE_TRIGGERS_INGEST_LANES": "0",
+                "LIFECYCLE_TRIGGERS_EVENT_RETENTION_DAYS": "soon",
+            }
+        )
+    assert "LIFECYCLE_TRIGGERS_INGEST_LANES" in str(refused.value)
+    assert "LIFECYCLE_TRIGGERS_EVENT_RETENTION_DAYS" in str(refused.value)
