@@ -30,7 +30,6 @@ from typing import Any
 import cel
 
 from services.workflows.cel_cost import STEP_BUDGET, estimate
-from services.workflows.engine import ExecutionState, Interpreter, Start
 from services.workflows.expressions import (
     ExpressionError,
     Scope,
@@ -39,6 +38,8 @@ from services.workflows.expressions import (
     evaluate,
     load_expression,
 )
+from services.workflows.interpreter import Interpreter
+from services.workflows.state import ExecutionState, Start
 from tests.workflows.bpmn_docs import definitions, end, flow, start, xor
 from tests.workflows.drivers import NOW, new_execution, our_graph
 from tests.workflows.test_expression_rules import HOSTILE

@@ -103,6 +103,10 @@ class UsersRefused(Exception):
         self.code = code
         self.reason = reason
 
+    @classmethod
+    def of(cls, error: grpc.aio.AioRpcError) -> UsersRefused:
+        return cls(error.code(), reason_of(error), error.details() or "")
+
 
 def _failed(call: str, error: grpc.aio.AioRpcError) -> NoReturn:
     code = error.code()
@@ -262,4 +266,4 @@ class UsersClient:
         try:
             await call(self._stub(), self._clients.timeout())
         except grpc.aio.AioRpcError as error:
-            raise UsersRefused(error.code(), reason_of(error), error.details() or "") from error
+            raise UsersRefused.of(error) from error

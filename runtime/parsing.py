@@ -29,6 +29,16 @@ def parse_uuid(
         return None
 
 
+def required_id(value: str, field: str) -> uuid.UUID:
+    """A request's one required UUID field: INVALID_ARGUMENT naming it when it is
+    missing or not a UUID."""
+    violations = Violations()
+    parsed = parse_uuid(value, field, violations)
+    violations.check()
+    assert parsed is not None
+    return parsed
+
+
 def parse_stage(
     value: int, field: str, violations: Violations, *, default: str | None = None
 ) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -23,7 +22,7 @@ from runtime.errors import (
 from runtime.idempotency import request_key
 from runtime.identity import current_caller
 from runtime.pagination import PageTokens, parse_time_and_id, time_and_id
-from runtime.parsing import check_name, parse_uuid
+from runtime.parsing import check_name, parse_uuid, required_id
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
 from runtime.telemetry import current_traceparent
 from services.triggers.domain import (
@@ -233,14 +232,6 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
         self._tokens = page_tokens
         self._clock = clock
 
-    @staticmethod
-    def _id(value: str, field: str) -> uuid.UUID:
-        violations = Violations()
-        parsed = parse_uuid(value, field, violations)
-        violations.check()
-        assert parsed is not None
-        return parsed
-
     # ------------------------------------------------------------ triggers
 
     async def CreateTrigger(
@@ -258,7 +249,7 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     async def GetTrigger(
         self, request: pb.GetTriggerRequest, context: Context
     ) -> pb.GetTriggerResponse:
-        trigger = await self._directory.get(self._id(request.trigger_id, "trigger_id"))
+        trigger = await self._directory.get(required_id(request.trigger_id, "trigger_id"))
         return pb.GetTriggerResponse(trigger=trigger_message(trigger))
 
     async def ListTriggers(
@@ -301,20 +292,20 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     async def DeleteTrigger(
         self, request: pb.DeleteTriggerRequest, context: Context
     ) -> pb.DeleteTriggerResponse:
-        await self._directory.delete(self._id(request.trigger_id, "trigger_id"))
+        await self._directory.delete(required_id(request.trigger_id, "trigger_id"))
         return pb.DeleteTriggerResponse()
 
     async def EnableTrigger(
         self, request: pb.EnableTriggerRequest, context: Context
     ) -> pb.EnableTriggerResponse:
-        trigger_id = self._id(request.trigger_id, "trigger_id")
+        trigger_id = required_id(request.trigger_id, "trigger_id")
         trigger = await self._directory.set_enabled(trigger_id, True)
         return pb.EnableTriggerResponse(trigger=trigger_message(trigger))
 
     async def DisableTrigger(
         self, request: pb.DisableTriggerRequest, context: Context
     ) -> pb.DisableTriggerResponse:
-        trigger_id = self._id(request.trigger_id, "trigger_id")
+        trigger_id = required_id(request.trigger_id, "trigger_id")
         trigger = await self._directory.set_enabled(trigger_id, False)
         return pb.DisableTriggerResponse(trigger=trigger_message(trigger))
 
@@ -402,7 +393,7 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):
     async def EraseUserData(
         self, request: pb.EraseUserDataRequest, context: Context
     ) -> pb.EraseUserDataResponse:
-        erased = await self._history.erase_user(self._id(request.user_id, "user_id"))
+        erased = await self._history.erase_user(required_id(request.user_id, "user_id"))
         return pb.EraseUserDataResponse(erased_count=erased)
 
 

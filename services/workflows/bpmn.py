@@ -12,26 +12,32 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 from xml.etree.ElementTree import Element as XmlElement
 
 import defusedxml.ElementTree as SafeTree
 from defusedxml import DefusedXmlException
 
-from runtime.lifecycle_events import EMITTED_PREFIX
 from runtime.stages import STAGES
+from services.workflows.cel_rules import with_article
+from services.workflows.domain import (
+    BUILTIN_PREFIX,
+    BUILTIN_TYPES,
+    EMIT_EVENT,
+    SET_STAGE,
+    UPDATE_ATTRIBUTES,
+)
 from services.workflows.expressions import (
     RESERVED_NAMES,
-    Expression,
     ExpressionError,
     compile_expression,
-    load_expression,
     parse_cycle,
     parse_date,
     parse_duration,
     strip_marker,
 )
+from services.workflows.graph import Definition, Flow, Node, Task, Timer
 
 BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 ZEEBE = "http://camunda.org/schema/zeebe/1.0"
@@ -41,15 +47,6 @@ MAX_ELEMENTS = 2000
 # engine) recurse once per level, so a deeper document is refused, not run.
 MAX_NESTING = 32
 DEFAULT_RETRIES = 3
-
-# Built-in service task types, done by the engine itself.
-SET_STAGE = "lifecycle.set_stage"
-UPDATE_ATTRIBUTES = "lifecycle.update_attributes"
-EMIT_EVENT = "lifecycle.emit_event"
-BUILTIN_PREFIX = "lifecycle."
-BUILTIN_TYPES = frozenset({SET_STAGE, UPDATE_ATTRIBUTES, EMIT_EVENT})
-# Events emitted by workflows are recorded as "workflow.<name>".
-EMITTED_EVENT_PREFIX = EMITTED_PREFIX
 
 ACTIVITIES = frozenset({"serviceTask", "receiveTask", "subProcess", "callActivity"})
 FLOW_NODES = frozenset(
@@ -108,84 +105,6 @@ class BpmnError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(p.describe() for p in problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class Timer:
-    kind: str  # duration, date or cycle
-    value: str  # an ISO-8601 literal, or a CEL expression after '='
-
-
-@dataclass(frozen=True)
-class Task:
-    type: str
-    retries: int
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Node:
-    id: str
-    type: str
-    scope: str | None
-    incoming: list[str] = field(default_factory=list)
-    outgoing: list[str] = field(default_factory=list)
-    event: str | None = None
-    default: str | None = None
-    timer: Timer | None = None
-    message: str | None = None
-    task: Task | None = None
-    attached_to: str | None = None
-    interrupting: bool = True
-    boundaries: list[str] = field(default_factory=list)
-    start: str | None = None
-    called: str | None = None
-    error_code: str | None = None
-    # Zeebe output mappings: (variable, CEL expression) set when the element completes.
-    outputs: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Flow:
-    id: str
-    source: str
-    target: str
-    condition: str | None = None
-
-
-@dataclass(frozen=True)
-class Definition:
-    """A validated process, stored as JSON beside the XML of its version."""
-
-    process_id: str
-    start: str
-    nodes: dict[str, Node]
-    flows: dict[str, Flow]
-
-    @property
-    def start_message(self) -> str | None:
-        node = self.nodes[self.start]
-        return node.message if node.event == "message" else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "process_id": self.process_id,
-            "start": self.start,
-            "nodes": [asdict(node) for node in self.nodes.values()],
-            "flows": [asdict(flow) for flow in self.flows.values()],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Definition:
-        nodes = {}
-        for raw in data["nodes"]:
-            item = dict(raw)
-            item["timer"] = Timer(**item["timer"]) if item["timer"] else None
-            item["task"] = Task(**item["task"]) if item["task"] else None
-            item["outputs"] = [tuple(pair) for pair in item["outputs"]]
-            nodes[item["id"]] = Node(**item)
-        flows = {raw["id"]: Flow(**raw) for raw in data["flows"]}
-        return cls(data["process_id"], data["start"], nodes, flows)
 
 
 def _local(tag: str) -> tuple[str, str]:
@@ -273,7 +192,7 @@ class _Builder:
                 continue
             element_id = child.get("id") or ""
             if not element_id:
-                self.problem("", f"a {name} has no id")
+                self.problem("", f"{with_article(name)} has no id")
                 continue
             if element_id in self.seen_ids:
                 self.problem(element_id, "the id is used twice")
@@ -348,10 +267,10 @@ class _Builder:
         event, definition = found[0] if found else (None, None)
         allowed = ALLOWED_EVENTS.get(name)
         if allowed is not None and event not in allowed:
-            kind = f"a {event} {name}" if event else f"a none {name}"
+            kind = f"{with_article(event)} {name}" if event else f"a none {name}"
             self.problem(element_id, f"{kind} is not supported")
         elif allowed is None and event is not None:
-            self.problem(element_id, f"a {name} cannot have an event definition")
+            self.problem(element_id, f"{with_article(name)} cannot have an event definition")
         return event, definition
 
     def _timer(self, definition: XmlElement, element_id: str) -> Timer | None:
@@ -519,7 +438,7 @@ class _Builder:
         if takes_incoming and not node.incoming:
             self.problem(node.id, "has no incoming sequence flow")
         if not takes_incoming and node.incoming:
-            self.problem(node.id, f"a {node.type} cannot have incoming sequence flows")
+            self.problem(node.id, f"{with_article(node.type)} cannot have incoming sequence flows")
         if gives_outgoing and not node.outgoing:
             self.problem(node.id, "has no outgoing sequence flow")
         if not gives_outgoing and node.outgoing:
@@ -576,66 +495,3 @@ def _with(node: Node, **changes: Any) -> Node:
     data["timer"], data["task"] = node.timer, node.task
     data["outputs"] = node.outputs
     return Node(**data)
-
-
-@dataclass(frozen=True)
-class CompiledTimer:
-    kind: str
-    literal: str | None
-    expression: Expression | None
-
-
-@dataclass
-class Graph:
-    """A definition ready to run: its expressions compiled."""
-
-    definition: Definition
-    conditions: dict[str, Expression]
-    timers: dict[str, CompiledTimer]
-    header_expressions: dict[tuple[str, str], Expression]
-    outputs: dict[str, list[tuple[str, Expression]]]
-
-    @property
-    def nodes(self) -> dict[str, Node]:
-        return self.definition.nodes
-
-    @property
-    def flows(self) -> dict[str, Flow]:
-        return self.definition.flows
-
-    @property
-    def needs_user(self) -> bool:
-        """Whether an expression reads the user's profile (fetched before each step)."""
-        return any(e.uses_user for e in self.expressions())
-
-    def expressions(self) -> list[Expression]:
-        timers = [t.expression for t in self.timers.values() if t.expression]
-        outputs = [e for pairs in self.outputs.values() for _, e in pairs]
-        return [*self.conditions.values(), *timers, *self.header_expressions.values(), *outputs]
-
-
-def compile_graph(definition: Definition) -> Graph:
-    conditions = {
-        flow.id: load_expression(flow.condition)
-        for flow in definition.flows.values()
-        if flow.condition
-    }
-    timers = {}
-    headers: dict[tuple[str, str], Expression] = {}
-    for node in definition.nodes.values():
-        if node.timer is not None:
-            expression = (
-                load_expression(node.timer.value) if node.timer.value.startswith("=") else None
-            )
-            literal = None if expression else node.timer.value
-            timers[node.id] = CompiledTimer(node.timer.kind, literal, expression)
-        if node.task is not None and node.task.type in (UPDATE_ATTRIBUTES, EMIT_EVENT):
-            for key in ("attributes", "data"):
-                if key in node.task.headers:
-                    headers[(node.id, key)] = load_expression(node.task.headers[key])
-    outputs = {
-        node.id: [(target, load_expression(source)) for target, source in node.outputs]
-        for node in definition.nodes.values()
-        if node.outputs
-    }
-    return Graph(definition, conditions, timers, headers, outputs)

@@ -246,15 +246,15 @@ def _unsupported(tree: Expr, source: str, context: Mapping[str, Any], match: re.
     left, op, right = match.groups()
     verb = _VERBS.get(op, f"apply {op} to")
     return (
-        f"cannot {verb} {_article(left)} and {_article(right)}: CEL does not convert"
+        f"cannot {verb} {with_article(left)} and {with_article(right)}: CEL does not convert"
         " between types (int(), double() and string() do)"
     )
 
 
 def _unexpected(tree: Expr, source: str, context: Mapping[str, Any], match: re.Match[str]) -> str:
     got, wanted = match.groups()
-    wanted_kinds = " or ".join(_article(kind) for kind in wanted.split("|"))
-    return f"got {_article(got)} where it needs {wanted_kinds}"
+    wanted_kinds = " or ".join(with_article(kind) for kind in wanted.split("|"))
+    return f"got {with_article(got)} where it needs {wanted_kinds}"
 
 
 def _function_error(
@@ -418,7 +418,9 @@ def kind_of(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _article(kind: str) -> str:
-    if kind in ("bytes", "null"):
-        return kind
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+def with_article(noun: str) -> str:
+    """'an int', 'a string', 'an ioSpecification'; 'bytes' and 'null' take none.
+    Every message built from a kind or an element's name says it this way."""
+    if noun in ("bytes", "null"):
+        return noun
+    return f"an {noun}" if noun[:1].lower() in tuple("aeiou") else f"a {noun}"

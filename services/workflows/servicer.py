@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -19,41 +18,50 @@ from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.identity import current_caller
 from runtime.isolation import content_error, refusal_text, refused_value
-from runtime.pagination import PageTokens, page_size, parse_time_and_id, time_and_id
-from runtime.parsing import check_name, parse_stages, parse_uuid
+from runtime.pagination import PageTokens, parse_time_and_id, time_and_id
+from runtime.parsing import check_name, parse_stages, parse_uuid, required_id
 from runtime.stages import stage_value
-from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
-from services.workflows.bpmn import BUILTIN_PREFIX, BpmnError
-from services.workflows.engine import MAX_VARIABLES_BYTES
-from services.workflows.expressions import MAX_VALUE_DEPTH, RESERVED_NAMES, too_deep
-from services.workflows.handlers import (
+from runtime.structs import dict_to_struct, json_object, timestamp
+from services.workflows.definitions import BpmnError, WorkflowDirectory
+from services.workflows.domain import (
     ACTIVE,
     ARCHIVED,
+    BUILTIN_PREFIX,
+    CANCELLED,
+    COMPLETED,
+    DRAFT,
+    FAILED,
     INACTIVE,
-    Catalog,
-    Engine,
-    Executions,
+    PENDING,
+    RUNNING,
+    ExecutionView,
+    JobRecord,
+    NewMessage,
     Published,
     StartRequest,
+    VersionRow,
     WorkflowFields,
+    WorkflowRecord,
     job_key,
+    variables_problems,
 )
-from services.workflows.store import ExecutionView, NewMessage, VersionRow, WorkflowRecord
+from services.workflows.executions import Executions
+from services.workflows.jobs import Jobs
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 WORKFLOW_STATUSES = {
-    pb.WORKFLOW_STATUS_DRAFT: "draft",
+    pb.WORKFLOW_STATUS_DRAFT: DRAFT,
     pb.WORKFLOW_STATUS_ACTIVE: ACTIVE,
     pb.WORKFLOW_STATUS_INACTIVE: INACTIVE,
     pb.WORKFLOW_STATUS_ARCHIVED: ARCHIVED,
 }
 EXECUTION_STATUSES = {
-    pb.EXECUTION_STATUS_PENDING: "pending",
-    pb.EXECUTION_STATUS_RUNNING: "running",
-    pb.EXECUTION_STATUS_COMPLETED: "completed",
-    pb.EXECUTION_STATUS_FAILED: "failed",
-    pb.EXECUTION_STATUS_CANCELLED: "cancelled",
+    pb.EXECUTION_STATUS_PENDING: PENDING,
+    pb.EXECUTION_STATUS_RUNNING: RUNNING,
+    pb.EXECUTION_STATUS_COMPLETED: COMPLETED,
+    pb.EXECUTION_STATUS_FAILED: FAILED,
+    pb.EXECUTION_STATUS_CANCELLED: CANCELLED,
 }
 _WORKFLOW_ENUM = {name: value for value, name in WORKFLOW_STATUSES.items()}
 _EXECUTION_ENUM = {name: value for value, name in EXECUTION_STATUSES.items()}
@@ -124,13 +132,8 @@ def variables_of(struct: struct_pb2.Struct, field: str, violations: Violations) 
     data = json_object(struct, field, violations)
     if data is None:
         return {}
-    reserved = sorted(RESERVED_NAMES & data.keys())
-    if reserved:
-        violations.add(field, f"{', '.join(reserved)} are reserved names (see docs/workflows.md)")
-    if len(compact_json(data).encode()) > MAX_VARIABLES_BYTES:
-        violations.add(field, f"must be at most {MAX_VARIABLES_BYTES} bytes as JSON")
-    if any(too_deep(value) for value in data.values()):
-        violations.add(field, f"a value nests lists and maps more than {MAX_VALUE_DEPTH} deep")
+    for problem in variables_problems(data):
+        violations.add(field, problem)
     return data
 
 
@@ -202,11 +205,15 @@ def _invalid_message(violations: Violations) -> pb.PublishMessageResponse:
 
 class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     def __init__(
-        self, engine: Engine, catalog: Catalog, executions: Executions, page_tokens: PageTokens
+        self,
+        directory: WorkflowDirectory,
+        executions: Executions,
+        jobs: Jobs,
+        page_tokens: PageTokens,
     ) -> None:
-        self._engine = engine
-        self._catalog = catalog
+        self._directory = directory
         self._executions = executions
+        self._jobs = jobs
         self._tokens = page_tokens
 
     def _version(self, bpmn_xml: str, violations: Violations) -> VersionRow | None:
@@ -214,7 +221,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
             violations.add("workflow.bpmn_xml", "is required")
             return None
         try:
-            return self._catalog.version_row(bpmn_xml)
+            return self._directory.version_row(bpmn_xml)
         except BpmnError as error:
             for problem in error.problems:
                 violations.add("workflow.bpmn_xml", problem.describe())
@@ -237,33 +244,31 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         violations.check()
         assert version is not None
         fields = WorkflowFields(name, given.description, given.bpmn_xml, stages, created_by)
-        workflow = await self._catalog.create(fields, version, key)
+        workflow = await self._directory.create(fields, version, key)
         return pb.CreateWorkflowResponse(workflow=workflow_message(workflow))
 
     async def GetWorkflow(
         self, request: pb.GetWorkflowRequest, context: Context
     ) -> pb.GetWorkflowResponse:
-        workflow_id = self._id(request.workflow_id, "workflow_id")
-        workflow = await self._catalog.get(workflow_id, request.version.strip())
+        workflow_id = required_id(request.workflow_id, "workflow_id")
+        workflow = await self._directory.get(workflow_id, request.version.strip())
         return pb.GetWorkflowResponse(workflow=workflow_message(workflow))
 
     async def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         statuses = _statuses(list(request.statuses), WORKFLOW_STATUSES, "statuses", violations)
         stages = sorted(
             parse_stages(list(request.lifecycle_stages), "lifecycle_stages", violations)
         )
         violations.check()
-        query: list[Any] = [statuses, stages]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
-        found, token = self._tokens.page(
-            await self._catalog.page(statuses, stages, cursor, limit + 1),
-            limit,
-            query,
+        found, token = await self._tokens.read_page(
+            request,
+            [statuses, stages],
+            lambda cursor, limit: self._directory.page(statuses, stages, cursor, limit),
             lambda w: time_and_id(w.created_at, w.id),
+            parse_time_and_id,
         )
         return pb.ListWorkflowsResponse(
             workflows=[workflow_message(w) for w in found], next_page_token=token
@@ -295,41 +300,39 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         version = self._version(given.bpmn_xml, violations) if "bpmn_xml" in paths else None
         violations.check()
         assert workflow_id is not None
-        workflow = await self._catalog.update(workflow_id, fields, version)
+        workflow = await self._directory.update(workflow_id, fields, version)
         return pb.UpdateWorkflowResponse(workflow=workflow_message(workflow))
 
     async def DeleteWorkflow(
         self, request: pb.DeleteWorkflowRequest, context: Context
     ) -> pb.DeleteWorkflowResponse:
-        workflow_id = self._id(request.workflow_id, "workflow_id")
-        cancelled = await self._catalog.delete(workflow_id, request.force)
+        workflow_id = required_id(request.workflow_id, "workflow_id")
+        cancelled = await self._directory.delete(workflow_id, request.force)
         return pb.DeleteWorkflowResponse(cancelled_executions=cancelled)
 
     async def ActivateWorkflow(
         self, request: pb.ActivateWorkflowRequest, context: Context
     ) -> pb.ActivateWorkflowResponse:
-        workflow = await self._catalog.move(self._id(request.workflow_id, "workflow_id"), ACTIVE)
+        workflow = await self._directory.move(
+            required_id(request.workflow_id, "workflow_id"), ACTIVE
+        )
         return pb.ActivateWorkflowResponse(workflow=workflow_message(workflow))
 
     async def DeactivateWorkflow(
         self, request: pb.DeactivateWorkflowRequest, context: Context
     ) -> pb.DeactivateWorkflowResponse:
-        workflow = await self._catalog.move(self._id(request.workflow_id, "workflow_id"), INACTIVE)
+        workflow = await self._directory.move(
+            required_id(request.workflow_id, "workflow_id"), INACTIVE
+        )
         return pb.DeactivateWorkflowResponse(workflow=workflow_message(workflow))
 
     async def ArchiveWorkflow(
         self, request: pb.ArchiveWorkflowRequest, context: Context
     ) -> pb.ArchiveWorkflowResponse:
-        workflow = await self._catalog.move(self._id(request.workflow_id, "workflow_id"), ARCHIVED)
+        workflow = await self._directory.move(
+            required_id(request.workflow_id, "workflow_id"), ARCHIVED
+        )
         return pb.ArchiveWorkflowResponse(workflow=workflow_message(workflow))
-
-    @staticmethod
-    def _id(value: str, field: str) -> uuid.UUID:
-        violations = Violations()
-        parsed = parse_uuid(value, field, violations)
-        violations.check()
-        assert parsed is not None
-        return parsed
 
     # ------------------------------------------------------------ executions
 
@@ -363,25 +366,25 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: Context
     ) -> pb.GetExecutionResponse:
-        view = await self._executions.get(self._id(request.execution_id, "execution_id"))
+        view = await self._executions.get(required_id(request.execution_id, "execution_id"))
         return pb.GetExecutionResponse(execution=execution_message(view))
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
     ) -> pb.ListExecutionsResponse:
         violations = Violations()
-        limit = page_size(request.page_size)
         workflow_id = parse_uuid(request.workflow_id, "workflow_id", violations, required=False)
         user_id = parse_uuid(request.user_id, "user_id", violations, required=False)
         statuses = _statuses(list(request.statuses), EXECUTION_STATUSES, "statuses", violations)
         violations.check()
-        query: list[Any] = [str(workflow_id or ""), str(user_id or ""), statuses]
-        cursor = self._tokens.cursor(request.page_token, query, parse_time_and_id)
-        found, token = self._tokens.page(
-            await self._executions.page(workflow_id, user_id, statuses, cursor, limit + 1),
-            limit,
-            query,
+        found, token = await self._tokens.read_page(
+            request,
+            [str(workflow_id or ""), str(user_id or ""), statuses],
+            lambda cursor, limit: self._executions.page(
+                workflow_id, user_id, statuses, cursor, limit
+            ),
             lambda e: time_and_id(e.started_at, e.id),
+            parse_time_and_id,
         )
         return pb.ListExecutionsResponse(
             executions=[execution_message(e) for e in found], next_page_token=token
@@ -390,7 +393,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
     async def CancelExecution(
         self, request: pb.CancelExecutionRequest, context: Context
     ) -> pb.CancelExecutionResponse:
-        view = await self._executions.cancel(self._id(request.execution_id, "execution_id"))
+        view = await self._executions.cancel(required_id(request.execution_id, "execution_id"))
         return pb.CancelExecutionResponse(execution=execution_message(view))
 
     async def PublishMessage(
@@ -452,7 +455,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         deadline = loop.time() + timeout_for_call(wait.total_seconds(), LONG_POLL_MARGIN_SECONDS)
         left = request.max_jobs_to_activate
         while left > 0:
-            jobs = await self._executions.activate_jobs(job_type, request.worker, left, lease)
+            jobs = await self._jobs.activate(job_type, request.worker, left, lease)
             if jobs:
                 left -= len(jobs)
                 yield pb.ActivateJobsResponse(jobs=[self._job(job, fetch) for job in jobs])
@@ -460,10 +463,10 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            await self._engine.wait_for_jobs(job_type, min(remaining, JOB_POLL_SECONDS))
+            await self._jobs.wait(job_type, min(remaining, JOB_POLL_SECONDS))
 
     @staticmethod
-    def _job(job: Any, fetch: set[str]) -> pb.ActivatedJob:
+    def _job(job: JobRecord, fetch: set[str]) -> pb.ActivatedJob:
         variables = job.variables
         if fetch:
             variables = {k: v for k, v in variables.items() if k in fetch}
@@ -487,7 +490,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         violations = Violations()
         variables = variables_of(request.variables, "variables", violations)
         violations.check()
-        await self._executions.complete_job(request.job_key, variables)
+        await self._jobs.complete(request.job_key, variables)
         return pb.CompleteJobResponse()
 
     async def FailJob(self, request: pb.FailJobRequest, context: Context) -> pb.FailJobResponse:
@@ -496,7 +499,7 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
             violations.add("retries", "must not be negative")
         backoff = _duration(request.retry_backoff, "retry_backoff", violations, MAX_RETRY_BACKOFF)
         violations.check()
-        await self._executions.fail_job(
+        await self._jobs.fail(
             request.job_key, request.retries, request.error_message, backoff or None
         )
         return pb.FailJobResponse()
@@ -508,17 +511,17 @@ class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
         code = check_name(request.error_code, "error_code", violations)
         variables = variables_of(request.variables, "variables", violations)
         violations.check()
-        await self._executions.throw_error(request.job_key, code, request.error_message, variables)
+        await self._jobs.throw_error(request.job_key, code, request.error_message, variables)
         return pb.ThrowErrorResponse()
 
     async def ResolveIncident(
         self, request: pb.ResolveIncidentRequest, context: Context
     ) -> pb.ResolveIncidentResponse:
-        await self._executions.resolve_incident(self._id(request.incident_id, "incident_id"))
+        await self._jobs.resolve_incident(required_id(request.incident_id, "incident_id"))
         return pb.ResolveIncidentResponse()
 
     async def EraseUserData(
         self, request: pb.EraseUserDataRequest, context: Context
     ) -> pb.EraseUserDataResponse:
-        erased = await self._executions.erase_user(self._id(request.user_id, "user_id"))
+        erased = await self._executions.erase_user(required_id(request.user_id, "user_id"))
         return pb.EraseUserDataResponse(erased_count=erased)

@@ -19,12 +19,13 @@ from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
+from runtime.clock import ManualClock
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
-from services.workflows import store
 from services.workflows.bpmn import parse
-from services.workflows.clock import ManualClock
 from services.workflows.service import DEFINITION, build_with
+from services.workflows.stepper import Stepper
+from services.workflows.store.locks import USER_LOCK
 from tests.support import (
     TRACER_PROVIDER,
     ScratchDatabase,
@@ -62,16 +63,28 @@ async def wf_users(wf_env: dict[str, str]) -> AsyncIterator[users_pb2_grpc.UserS
 
 
 @pytest.fixture(scope="session")
+def wf_built() -> list[Stepper]:
+    """The stepper of each workflows service the session built."""
+    return []
+
+
+@pytest.fixture(scope="session")
 async def wf_host(
-    wf_env: dict[str, str], clock: ManualClock, wf_users: Any
+    wf_env: dict[str, str], clock: ManualClock, wf_users: Any, wf_built: list[Stepper]
 ) -> AsyncIterator[ServiceHost]:
-    definition = replace(DEFINITION, build=build_with(clock))
+    definition = replace(DEFINITION, build=build_with(clock, on_built=wf_built.append))
     host = ServiceHost(definition, service_config("workflows", wf_env), TRACER_PROVIDER)
     await host.start()
     try:
         yield host
     finally:
         await host.stop()
+
+
+@pytest.fixture(scope="session")
+def wf_stepper(wf_host: ServiceHost, wf_built: list[Stepper]) -> Stepper:
+    """The stepper of the workflows service `wf` calls."""
+    return wf_built[-1]
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +241,7 @@ async def events_of(host: ServiceHost, execution_id: str) -> list[metrics_pb2.Li
 async def until_waiting_for_user(
     admin: asyncpg.Connection, user: str | uuid.UUID, waiters: int = 1
 ) -> list[tuple[int, datetime]]:
-    """Until `waiters` transactions wait for the user's advisory lock (store.USER_LOCK);
+    """Until `waiters` transactions wait for the user's advisory lock (store.locks.USER_LOCK);
     each one's backend and transaction start, in the order they began to wait."""
     found: list[tuple[int, datetime]] = []
 
@@ -240,7 +253,7 @@ async def until_waiting_for_user(
             " AND l.classid::bigint = $1 AND l.objsubid = 2"
             " AND l.objid::bigint = hashtext($2::uuid::text)::bigint & 4294967295"
             " ORDER BY l.waitstart",
-            store.USER_LOCK,
+            USER_LOCK,
             str(user),
         )
         found[:] = [(row["pid"], row["xact_start"]) for row in rows]

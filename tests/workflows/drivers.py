@@ -19,14 +19,11 @@ from SpiffWorkflow.bpmn.specs.bpmn_process_spec import (  # type: ignore[import-
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow  # type: ignore[import-untyped]
 from SpiffWorkflow.util.task import TaskState  # type: ignore[import-untyped]
 
-from services.workflows.bpmn import Graph, compile_graph, parse
-from services.workflows.engine import (
-    RUNNING,
-    ExecutionState,
-    Interpreter,
-    JobCompleted,
-    Start,
-)
+from services.workflows.bpmn import parse
+from services.workflows.domain import RUNNING
+from services.workflows.graph import Graph, compile_graph
+from services.workflows.interpreter import Interpreter
+from services.workflows.state import ExecutionState, JobCompleted, Start
 
 # What a worker does for a service task: new variables from the element id and the current ones.
 Worker = Callable[[str, dict[str, Any]], dict[str, Any]]

@@ -20,17 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
+from runtime.clock import ManualClock
 from runtime.migrations import acting_as
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
-from services.workflows.clock import ManualClock
-from services.workflows.service import (
-    DEFINITION,
-    RETENTION,
-    RETENTION_BATCH,
-    build_with,
-    maintenance,
-)
+from services.workflows.maintenance import RETENTION, RETENTION_BATCH, maintenance
+from services.workflows.service import DEFINITION, build_with
 from suite.registry import schema_owners
 from tests.metrics.conftest import create_partitions
 from tests.support import (

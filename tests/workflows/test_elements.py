@@ -14,9 +14,9 @@ from google.protobuf import duration_pb2
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct, struct_to_dict
-from services.workflows.clock import ManualClock
 from tests.support import error_info, eventually, rpc_error, violated_fields
 from tests.workflows.bpmn_docs import (
     boundary,

@@ -9,8 +9,8 @@ from datetime import timedelta
 import asyncpg
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.structs import dict_to_struct, struct_to_dict
-from services.workflows.clock import ManualClock
 from tests.workflows.bpmn_docs import call, catch, end, linear, service, start, with_output
 from tests.workflows.conftest import (
     Stub,

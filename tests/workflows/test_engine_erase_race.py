@@ -18,8 +18,9 @@ from lifecycle.users.v1 import users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.database import connection
 from runtime.server import ServiceHost
-from services.workflows import store
-from services.workflows.bpmn import SET_STAGE
+from services.workflows.domain import SET_STAGE
+from services.workflows.store import executions as store
+from services.workflows.store.locks import lock_users_alone
 from tests.support import error_info, rpc_error
 from tests.workflows.bpmn_docs import (
     call,
@@ -152,7 +153,7 @@ async def erasing(host: ServiceHost, user: uuid.UUID, erased: int) -> AsyncItera
     async with connection(host.context.pool) as eraser:
         transaction = eraser.transaction()
         await transaction.start()
-        await store.lock_users_alone(eraser, [user])
+        await lock_users_alone(eraser, [user])
         yield
         assert await store.erase_user(eraser, user) == erased
         await transaction.commit()

@@ -9,8 +9,10 @@ import uuid
 from google.protobuf import duration_pb2
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.structs import struct_to_dict
-from services.workflows.clock import ManualClock
+from services.workflows.stepper import Stepper
+from tests.support import eventually
 from tests.workflows.bpmn_docs import end, linear, service, start
 from tests.workflows.conftest import Stub, advance, deploy, jobs
 from tests.workflows.conftest import start as start_execution
@@ -25,7 +27,9 @@ async def one_task(wf: Stub, retries: int = 3) -> tuple[pb.Workflow, str]:
     return workflow, job_type
 
 
-async def test_activate_jobs_answers_with_a_job_created_while_it_waits(wf: Stub) -> None:
+async def test_activate_jobs_answers_with_a_job_created_while_it_waits(
+    wf: Stub, wf_stepper: Stepper
+) -> None:
     workflow, job_type = await one_task(wf)
     call = wf.ActivateJobs(
         pb.ActivateJobsRequest(
@@ -33,8 +37,12 @@ async def test_activate_jobs_answers_with_a_job_created_while_it_waits(wf: Stub)
         )
     )
     reply = asyncio.ensure_future(call.read())
-    # Let the call make its first, empty, look before the job exists.
-    await asyncio.sleep(0.2)
+    # Until the call made its first, empty, look and waits for a job of its type.
+
+    async def waiting() -> bool:
+        return wf_stepper.waiting_for_jobs(job_type) > 0
+
+    await eventually(waiting)
     assert not reply.done()
     running = await start_execution(wf, workflow)
     answer = await asyncio.wait_for(reply, timeout=30)

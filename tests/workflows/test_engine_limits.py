@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.structs import struct_to_dict
 from services.workflows.bpmn import MAX_NESTING, BpmnError, parse
-from services.workflows.clock import ManualClock
-from services.workflows.engine import MAX_VARIABLES_BYTES
+from services.workflows.domain import MAX_VARIABLES_BYTES
 from services.workflows.expressions import MAX_VALUE_DEPTH
 from tests.support import rpc_error, violated_fields
 from tests.workflows.bpmn_docs import (

@@ -11,12 +11,14 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.database import connection
 from runtime.server import ServiceHost
 from runtime.structs import struct_to_dict
-from services.workflows import store
-from services.workflows.clock import ManualClock
-from services.workflows.service import maintenance
+from services.workflows.domain import NewMessage
+from services.workflows.maintenance import maintenance
+from services.workflows.store import executions, locks, messages
+from services.workflows.store.messages import Waiting
 from tests.workflows.bpmn_docs import catch, end, linear, receive, start
 from tests.workflows.conftest import (
     Stub,
@@ -114,17 +116,17 @@ async def test_a_message_id_kept_for_deduplication_is_never_received_and_expires
     user, name = uuid.uuid4(), fresh_name()
     # Before any execution of the test clock ended: retention removes no execution.
     published = datetime(2029, 6, 1, 12, tzinfo=UTC)
-    message = store.NewMessage(name, user, f"kept-{uuid.uuid4()}", {"secret": 1}, timedelta(0))
-    wanted = [(uuid.uuid4(), user, name)]
+    message = NewMessage(name, user, f"kept-{uuid.uuid4()}", {"secret": 1}, timedelta(0))
+    wanted = [Waiting(uuid.uuid4(), user, name)]
     async with connection(wf_host.context.pool) as conn:
         rolled_back = conn.transaction()
         await rolled_back.start()
         try:
-            assert await store.record_message_ids(conn, [message], published) == {user}
-            assert await store.record_message_ids(conn, [message], published) == set()
+            assert await messages.record_message_ids(conn, [message], published) == {user}
+            assert await messages.record_message_ids(conn, [message], published) == set()
             # A step whose clock was read before the publish, or after it.
             for now in (published - timedelta(seconds=1), published, published + timedelta(days=1)):
-                assert await store.buffered_messages(conn, wanted, now) == {}
+                assert await messages.buffered_messages(conn, wanted, now) == {}
 
             async def kept() -> bool:
                 count = await conn.fetchval(
@@ -152,7 +154,7 @@ async def test_a_publish_waits_for_a_step_of_its_user_then_steps_under_its_lock(
     async with connection(wf_host.context.pool) as stepper:
         step = stepper.transaction()
         await step.start()
-        await store.lock_executions(stepper, [uuid.UUID(running.id)])
+        await executions.lock_executions(stepper, [uuid.UUID(running.id)])
         sent = asyncio.ensure_future(publish(wf, signal, running.user_id, ttl_seconds=60))
         await until_waiting_for_user(admin, user)
         # Queued behind the publish: the publish, holding the lock alone, takes
@@ -174,7 +176,7 @@ async def test_a_step_waits_for_a_publish_of_its_user(
     async with connection(wf_host.context.pool) as publisher:
         publishing = publisher.transaction()
         await publishing.start()
-        await store.lock_users_alone(publisher, [uuid.UUID(running.user_id)])
+        await locks.lock_users_alone(publisher, [uuid.UUID(running.user_id)])
         cancel = pb.CancelExecutionRequest(execution_id=running.id)
         cancelled = asyncio.ensure_future(wf.CancelExecution(cancel))
         await until_waiting_for_user(admin, running.user_id)

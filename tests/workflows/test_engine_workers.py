@@ -12,9 +12,9 @@ import pytest
 
 from lifecycle.users.v1 import users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
-from services.workflows.bpmn import SET_STAGE
-from services.workflows.clock import ManualClock
-from services.workflows.workers import SET_ASIDE
+from runtime.clock import ManualClock
+from services.workflows.domain import SET_STAGE
+from services.workflows.timers import SET_ASIDE
 from tests.support import eventually
 from tests.workflows.bpmn_docs import catch, end, linear, service, start
 from tests.workflows.conftest import (

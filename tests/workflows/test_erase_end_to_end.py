@@ -13,8 +13,8 @@ import grpc
 
 from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.server import ServiceHost
-from services.workflows.clock import ManualClock
 from tests.support import eventually, rpc_error
 from tests.workflows.bpmn_docs import catch, end, linear, start
 from tests.workflows.conftest import (

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.structs import dict_to_struct, struct_to_dict
-from services.workflows.clock import ManualClock
 from tests.workflows.conftest import (
     Stub,
     advance,

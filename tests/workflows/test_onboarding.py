@@ -9,8 +9,8 @@ from typing import Any
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.server import ServiceHost
-from services.workflows.clock import ManualClock
 from tests.support import eventually
 from tests.workflows.bpmn_docs import catch, definitions, end, event_gateway, flow, service, xor
 from tests.workflows.conftest import (

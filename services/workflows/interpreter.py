@@ -1,30 +1,29 @@
-"""The interpreter: moves the tokens of one execution in memory, in answer to
-one trigger, and says what changed. No I/O: the runner (handlers.py) loads the
-state under a row lock, runs this, and writes the outcome in the same
-transaction, so a step is committed whole or not at all.
-
-Tokens are numbered per execution and never reused, so a token names one
-visit of one element; timers, message subscriptions and jobs belong to a token
-and go with it.
+"""The interpreter: the BPMN state machine. It moves the tokens of one
+execution in memory, in answer to triggers, and says what changed (state.py).
+No I/O: the stepper (stepper.py) loads the state under a row lock, runs this,
+and writes the outcome in the same transaction, so a step is committed whole
+or not at all.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from runtime.chains import Chain
 from runtime.structs import compact_json
-from services.workflows.bpmn import (
+from services.workflows.domain import (
+    CANCELLED,
+    COMPLETED,
     EMIT_EVENT,
     EMITTED_EVENT_PREFIX,
+    ENDED_STATUSES,
+    FAILED,
+    MAX_VARIABLES_BYTES,
+    PENDING,
+    RUNNING,
     SET_STAGE,
     UPDATE_ATTRIBUTES,
-    Graph,
-    Node,
 )
 from services.workflows.expressions import (
     BYTES_PER_STEP,
@@ -43,8 +42,34 @@ from services.workflows.expressions import (
     parse_duration,
     plain,
 )
+from services.workflows.graph import Graph, Node
+from services.workflows.state import (
+    Cancel,
+    ChildCompleted,
+    ChildEnded,
+    ChildRequest,
+    ConsumedTimer,
+    EmittedEvent,
+    ErrorThrown,
+    ExecutionState,
+    Fail,
+    HistoryRow,
+    IncidentRow,
+    JobCompleted,
+    JobRow,
+    MessageDelivered,
+    ParentNotice,
+    Reactivate,
+    Start,
+    Step,
+    Subscription,
+    TimerFired,
+    TimerRow,
+    Token,
+    Trigger,
+    UncaughtError,
+)
 
-MAX_VARIABLES_BYTES = 65536
 # Element activations one trigger may cause: a loop with no wait state ends here.
 MAX_ACTIVATIONS = 10_000
 # What activating an element, and merging variables besides their size, cost of
@@ -55,11 +80,6 @@ MERGE_STEPS = 300
 # refused at save time now, but versions saved before keep it in their stored
 # graph, which is run as it was saved, never parsed again.
 PASS_THROUGH = frozenset({"startEvent", "intermediateThrowEvent"})
-
-PENDING, RUNNING = "pending", "running"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-ACTIVE_STATUSES = (PENDING, RUNNING)
-ENDED_STATUSES = (COMPLETED, FAILED, CANCELLED)
 
 
 class VariablesTooLarge(Exception):
@@ -72,187 +92,6 @@ class OutputFailed(Exception):
     def __init__(self, element: str, message: str) -> None:
         super().__init__(message)
         self.element = element
-
-
-@dataclass
-class Token:
-    no: int
-    element: str
-    scope: int | None
-    via: str | None = None
-
-
-@dataclass
-class ExecutionState:
-    id: uuid.UUID
-    workflow_id: uuid.UUID
-    version: str
-    user_id: uuid.UUID
-    status: str
-    variables: dict[str, Any]
-    next_token: int
-    tokens: dict[int, Token]
-    parent: tuple[uuid.UUID, int] | None
-    started_at: datetime
-    completed_at: datetime | None = None
-    error_message: str | None = None
-    last_element: str | None = None
-    # Not stored yet: written with an INSERT.
-    new: bool = False
-    # Whom it works for: the actors of the call that started it.
-    actors: Chain = ()
-
-    @property
-    def current_nodes(self) -> list[str]:
-        return sorted({token.element for token in self.tokens.values()})
-
-
-# ---------------------------------------------------------------- triggers
-
-
-@dataclass(frozen=True)
-class Start:
-    pass
-
-
-@dataclass(frozen=True)
-class TimerFired:
-    token: int
-    element: str
-    # Repetitions of a cycle left after this one; None for unbounded.
-    repeat: int | None = 0
-
-
-@dataclass(frozen=True)
-class MessageDelivered:
-    token: int
-    element: str
-    variables: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JobCompleted:
-    token: int
-    variables: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ErrorThrown:
-    token: int
-    code: str
-    message: str
-    variables: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ChildCompleted:
-    token: int
-    variables: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ChildEnded:
-    """A called execution ended without completing: an incident on the call activity."""
-
-    token: int
-    message: str
-
-
-@dataclass(frozen=True)
-class Reactivate:
-    """Runs the element of a token again (resolving an incident that was not a job's)."""
-
-    token: int
-
-
-@dataclass(frozen=True)
-class Cancel:
-    message: str = ""
-    by_parent: bool = False
-
-
-@dataclass(frozen=True)
-class Fail:
-    message: str
-
-
-Trigger = (
-    Start
-    | TimerFired
-    | MessageDelivered
-    | JobCompleted
-    | ErrorThrown
-    | ChildCompleted
-    | ChildEnded
-    | Reactivate
-    | Cancel
-    | Fail
-)
-
-# ---------------------------------------------------------------- outcome
-
-
-@dataclass(frozen=True)
-class TimerRow:
-    token: int
-    element: str
-    due_at: datetime
-    # Repetitions left after this one (cycles); None for unbounded.
-    repeat: int | None = 0
-    interval: Duration | None = None
-
-
-@dataclass(frozen=True)
-class JobRow:
-    token: int
-    element: str
-    type: str
-    retries: int
-    headers: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class IncidentRow:
-    token: int
-    element: str
-    message: str
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    element: str
-    type: str
-    state: str
-    at: datetime
-
-
-@dataclass(frozen=True)
-class ChildRequest:
-    token: int
-    workflow_id: str
-    variables: dict[str, Any]
-
-
-@dataclass
-class Step:
-    """What one or more triggers changed in one execution."""
-
-    removed: set[int] = field(default_factory=set)
-    added: set[int] = field(default_factory=set)
-    timers: list[TimerRow] = field(default_factory=list)
-    consumed_timers: list[tuple[int, str]] = field(default_factory=list)
-    subscriptions: list[tuple[int, str, str]] = field(default_factory=list)
-    jobs: list[JobRow] = field(default_factory=list)
-    incidents: list[IncidentRow] = field(default_factory=list)
-    history: list[HistoryRow] = field(default_factory=list)
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    children: list[ChildRequest] = field(default_factory=list)
-    cancelled_children: list[int] = field(default_factory=list)
-    # (status, variables, message) the parent execution must learn.
-    parent_notice: tuple[str, dict[str, Any], str] | None = None
-    # A job's error no boundary event caught: (token, message); the job gets the incident.
-    uncaught_error: tuple[int, str] | None = None
-    changed: bool = False
 
 
 class Interpreter:
@@ -306,7 +145,7 @@ class Interpreter:
     def _dispatch(self, trigger: Trigger, token: Token) -> None:
         node = self.graph.nodes[token.element]
         if isinstance(trigger, TimerFired):
-            self.step.consumed_timers.append((token.no, trigger.element))
+            self.step.consumed_timers.append(ConsumedTimer(token.no, trigger.element))
             self._event_fired(token, node, trigger.element, {}, trigger.repeat)
         elif isinstance(trigger, MessageDelivered):
             self._event_fired(token, node, trigger.element, trigger.variables, 0)
@@ -394,7 +233,7 @@ class Interpreter:
                 return
             self._history(node, "completed")
             self.step.events.append(
-                (
+                EmittedEvent(
                     EMITTED_EVENT_PREFIX + task.headers["event"],
                     {**data, "workflow_id": str(self.state.workflow_id), "element_id": node.id},
                 )
@@ -523,7 +362,7 @@ class Interpreter:
 
     def _subscribe(self, token: Token, node: Node) -> None:
         assert node.message is not None
-        self.step.subscriptions.append((token.no, node.id, node.message))
+        self.step.subscriptions.append(Subscription(token.no, node.id, node.message))
 
     def _event_fired(
         self,
@@ -592,7 +431,9 @@ class Interpreter:
                     return
             current = self.state.tokens.get(current.scope) if current.scope else None
         detail = f": {message}" if message else ""
-        self.step.uncaught_error = (token.no, f"error {code!r} thrown and not caught{detail}")
+        self.step.uncaught_error = UncaughtError(
+            token.no, f"error {code!r} thrown and not caught{detail}"
+        )
 
     def incident_at(self, token: int, message: str) -> None:
         self.step.changed = True
@@ -633,7 +474,7 @@ class Interpreter:
         event = {COMPLETED: "execution.completed", FAILED: "execution.failed"}
         self._event(event.get(status, "execution.cancelled"), message)
         if state.parent is not None and notify_parent:
-            self.step.parent_notice = (status, dict(state.variables), message)
+            self.step.parent_notice = ParentNotice(status, dict(state.variables), message)
 
     # ------------------------------------------------------------ tokens
 
@@ -726,4 +567,4 @@ class Interpreter:
         data = {"workflow_id": str(self.state.workflow_id), "workflow_version": self.state.version}
         if message:
             data["error_message"] = message
-        self.step.events.append((event_type, data))
+        self.step.events.append(EmittedEvent(event_type, data))

@@ -1,0 +1,154 @@
+"""The process graph: what a validated BPMN process is made of (elements,
+flows, timers, tasks), stored as JSON beside the XML of its version, and the
+graph the interpreter runs, its expressions compiled. bpmn.py builds it from
+XML; the stepper loads it from a stored version, as it was saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from services.workflows.domain import EMIT_EVENT, UPDATE_ATTRIBUTES
+from services.workflows.expressions import Expression, load_expression
+
+
+@dataclass(frozen=True)
+class Timer:
+    kind: str  # duration, date or cycle
+    value: str  # an ISO-8601 literal, or a CEL expression after '='
+
+
+@dataclass(frozen=True)
+class Task:
+    type: str
+    retries: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    type: str
+    scope: str | None
+    incoming: list[str] = field(default_factory=list)
+    outgoing: list[str] = field(default_factory=list)
+    event: str | None = None
+    default: str | None = None
+    timer: Timer | None = None
+    message: str | None = None
+    task: Task | None = None
+    attached_to: str | None = None
+    interrupting: bool = True
+    boundaries: list[str] = field(default_factory=list)
+    start: str | None = None
+    called: str | None = None
+    error_code: str | None = None
+    # Zeebe output mappings: (variable, CEL expression) set when the element completes.
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Flow:
+    id: str
+    source: str
+    target: str
+    condition: str | None = None
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A validated process, stored as JSON beside the XML of its version."""
+
+    process_id: str
+    start: str
+    nodes: dict[str, Node]
+    flows: dict[str, Flow]
+
+    @property
+    def start_message(self) -> str | None:
+        node = self.nodes[self.start]
+        return node.message if node.event == "message" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "process_id": self.process_id,
+            "start": self.start,
+            "nodes": [asdict(node) for node in self.nodes.values()],
+            "flows": [asdict(flow) for flow in self.flows.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Definition:
+        nodes = {}
+        for raw in data["nodes"]:
+            item = dict(raw)
+            item["timer"] = Timer(**item["timer"]) if item["timer"] else None
+            item["task"] = Task(**item["task"]) if item["task"] else None
+            item["outputs"] = [tuple(pair) for pair in item["outputs"]]
+            nodes[item["id"]] = Node(**item)
+        flows = {raw["id"]: Flow(**raw) for raw in data["flows"]}
+        return cls(data["process_id"], data["start"], nodes, flows)
+
+
+@dataclass(frozen=True)
+class CompiledTimer:
+    kind: str
+    literal: str | None
+    expression: Expression | None
+
+
+@dataclass
+class Graph:
+    """A definition ready to run: its expressions compiled."""
+
+    definition: Definition
+    conditions: dict[str, Expression]
+    timers: dict[str, CompiledTimer]
+    header_expressions: dict[tuple[str, str], Expression]
+    outputs: dict[str, list[tuple[str, Expression]]]
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return self.definition.nodes
+
+    @property
+    def flows(self) -> dict[str, Flow]:
+        return self.definition.flows
+
+    @property
+    def needs_user(self) -> bool:
+        """Whether an expression reads the user's profile (fetched before each step)."""
+        return any(e.uses_user for e in self.expressions())
+
+    def expressions(self) -> list[Expression]:
+        timers = [t.expression for t in self.timers.values() if t.expression]
+        outputs = [e for pairs in self.outputs.values() for _, e in pairs]
+        return [*self.conditions.values(), *timers, *self.header_expressions.values(), *outputs]
+
+
+def compile_graph(definition: Definition) -> Graph:
+    conditions = {
+        flow.id: load_expression(flow.condition)
+        for flow in definition.flows.values()
+        if flow.condition
+    }
+    timers = {}
+    headers: dict[tuple[str, str], Expression] = {}
+    for node in definition.nodes.values():
+        if node.timer is not None:
+            expression = (
+                load_expression(node.timer.value) if node.timer.value.startswith("=") else None
+            )
+            literal = None if expression else node.timer.value
+            timers[node.id] = CompiledTimer(node.timer.kind, literal, expression)
+        if node.task is not None and node.task.type in (UPDATE_ATTRIBUTES, EMIT_EVENT):
+            for key in ("attributes", "data"):
+                if key in node.task.headers:
+                    headers[(node.id, key)] = load_expression(node.task.headers[key])
+    outputs = {
+        node.id: [(target, load_expression(source)) for target, source in node.outputs]
+        for node in definition.nodes.values()
+        if node.outputs
+    }
+    return Graph(definition, conditions, timers, headers, outputs)

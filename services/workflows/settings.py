@@ -1,0 +1,40 @@
+"""Settings of the workflows service, from environment variables (docs/workflows.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from runtime.config import SettingsReader
+
+MAX_BPMN_BYTES_VARIABLE = "LIFECYCLE_WORKFLOWS_MAX_BPMN_BYTES"
+POLL_SECONDS_VARIABLE = "LIFECYCLE_WORKFLOWS_POLL_SECONDS"
+TIMER_BATCH_VARIABLE = "LIFECYCLE_WORKFLOWS_TIMER_BATCH"
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    # The largest BPMN document accepted.
+    max_bpmn_bytes: int = 1 << 20
+    # The longest sleep of the timer and built-in job workers.
+    poll_seconds: float = 1.0
+    # Timers fired per transaction.
+    timer_batch: int = 500
+    # Built-in jobs claimed per round, and how long each is leased to the worker.
+    builtin_job_batch: int = 100
+    builtin_job_lease: timedelta = timedelta(seconds=60)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
+    """The settings `env` (the process environment by default) gives; ConfigError
+    names every bad value."""
+    reader = SettingsReader(env)
+    defaults = WorkflowSettings()
+    settings = WorkflowSettings(
+        max_bpmn_bytes=reader.count(MAX_BPMN_BYTES_VARIABLE, defaults.max_bpmn_bytes),
+        poll_seconds=reader.seconds(POLL_SECONDS_VARIABLE, defaults.poll_seconds),
+        timer_batch=reader.count(TIMER_BATCH_VARIABLE, defaults.timer_batch),
+    )
+    reader.check()
+    return settings

@@ -1,0 +1,1 @@
+"""Fast tests of the use cases' logic, without PostgreSQL nor services."""

@@ -1,0 +1,1 @@
+"""The workflows service's rules, interpreter, stepper decisions and workers, in memory."""
