@@ -1,9 +1,10 @@
 """The users service, as the other services call it: one typed client over its
 protobuf contract. Reads come back as domain values (profiles a condition
-reads, user ids, matches); a failure the caller cannot fix by changing its
-request becomes UNAVAILABLE (USERS_UNAVAILABLE, retry) and a condition that ran
-too long RESOURCE_EXHAUSTED (CONDITION_TIMEOUT), so every service answers its
-own clients alike when the users service cannot."""
+reads, user ids, matches). A users service that does not answer becomes
+UNAVAILABLE (USERS_UNAVAILABLE, retry) and a condition that ran too long
+RESOURCE_EXHAUSTED (CONDITION_TIMEOUT), so every service answers its own
+clients alike when the users service cannot; any other refusal is a fault of
+the suite and stays an error the server reports as INTERNAL."""
 
 from __future__ import annotations
 
@@ -110,12 +111,16 @@ class UsersRefused(Exception):
 
 def _failed(call: str, error: grpc.aio.AioRpcError) -> NoReturn:
     code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        raise Unavailable(
+            f"the users service did not answer {call} ({code.name}); retry",
+            reason="USERS_UNAVAILABLE",
+        ) from error
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         raise ResourceExhausted(error.details() or "", reason="CONDITION_TIMEOUT") from error
-    raise Unavailable(
-        f"the users service did not answer {call} ({code.name}); retry",
-        reason="USERS_UNAVAILABLE",
-    ) from error
+    # Any other answer is a fault of the suite (a refused identity, a request the
+    # caller should not have built): INTERNAL for the caller's client, with a trace id.
+    raise error
 
 
 def _filter(condition: JsonObject, stages: Sequence[str], as_of: datetime) -> dict[str, Any]:

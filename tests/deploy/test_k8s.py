@@ -616,22 +616,44 @@ def test_each_side_allows_only_the_architectures_calls(manifests: tuple[Manifest
 def channels_opened(folder: Path) -> set[str]:
     """The peers the code under `folder` opens channels to. A service reaches a
     peer only through `ServiceClients.channel("<peer>")`, the peer named as
-    it is: a computed name, or a channel made by hand, fails."""
+    it is, or through a typed client of `clients/` that does so: a computed
+    name, or a channel made by hand, fails."""
     peers = set()
     for path in sorted(folder.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-                continue
-            where = f"{path.relative_to(folder.parent)}:{node.lineno}"
-            assert node.func.attr not in ("insecure_channel", "secure_channel"), (
-                f"{where}: use ServiceClients.channel"
+        tree = ast.parse(path.read_text())
+        peers |= _channels_in(tree, f"{path.relative_to(folder.parent)}")
+        for client in _clients_imported(tree):
+            module = REPO / "clients" / f"{client}.py"
+            peers |= _channels_in(ast.parse(module.read_text()), f"clients/{client}.py")
+    return peers
+
+
+def _clients_imported(tree: ast.Module) -> set[str]:
+    """The modules of `clients/` that a module imports."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clients."):
+            names.add((node.module or "").split(".")[1])
+        elif isinstance(node, ast.Import):
+            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("clients.")}
+    return names
+
+
+def _channels_in(tree: ast.Module, source: str) -> set[str]:
+    peers = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        where = f"{source}:{node.lineno}"
+        assert node.func.attr not in ("insecure_channel", "secure_channel"), (
+            f"{where}: use ServiceClients.channel"
+        )
+        if node.func.attr == "channel":
+            [peer] = node.args
+            assert isinstance(peer, ast.Constant) and isinstance(peer.value, str), (
+                f"{where}: name the peer as it is"
             )
-            if node.func.attr == "channel":
-                [peer] = node.args
-                assert isinstance(peer, ast.Constant) and isinstance(peer.value, str), (
-                    f"{where}: name the peer as it is"
-                )
-                peers.add(peer.value)
+            peers.add(peer.value)
     return peers
 
 
@@ -649,6 +671,8 @@ def test_the_call_finder_refuses_what_it_cannot_check(tmp_path: Path) -> None:
     service.mkdir()
     (service / "named.py").write_text('stub = Stub(clients.channel("users"))\n')
     assert channels_opened(service) == {"users"}
+    (service / "named.py").write_text("from clients.users import UsersClient\n")
+    assert channels_opened(service) == {"users"}, "through the typed client"
     (service / "computed.py").write_text("stub = Stub(clients.channel(peer))\n")
     with pytest.raises(AssertionError, match="name the peer"):
         channels_opened(service)
