@@ -4,14 +4,16 @@ The XML is parsed with defusedxml (no DTD, no entities, no network) behind a
 size limit. Only the subset in docs/workflows.md is accepted; each problem is
 reported with the id of the element at fault. Diagram and vendor extension
 elements are ignored, except the Zeebe (and Camunda 7) extensions that name a
-service task's type, its headers and a call activity's workflow.
+task's job type, its headers, its script, its input and output mappings and a
+call activity's workflow (read by bpmn_tasks.py). In a collaboration, only the
+one executable process is read: the other pools and the message flows are
+documentation.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 from xml.etree.ElementTree import Element as XmlElement
@@ -19,17 +21,10 @@ from xml.etree.ElementTree import Element as XmlElement
 import defusedxml.ElementTree as SafeTree
 from defusedxml import DefusedXmlException
 
-from runtime.stages import STAGES
+from services.workflows.bpmn_tasks import BPMN, TASKS, ZEEBE, TaskParser, extension
+from services.workflows.bpmn_tasks import local_name as _local
 from services.workflows.cel_rules import with_article
-from services.workflows.domain import (
-    BUILTIN_PREFIX,
-    BUILTIN_TYPES,
-    EMIT_EVENT,
-    SET_STAGE,
-    UPDATE_ATTRIBUTES,
-)
 from services.workflows.expressions import (
-    RESERVED_NAMES,
     ExpressionError,
     compile_expression,
     parse_cycle,
@@ -37,23 +32,21 @@ from services.workflows.expressions import (
     parse_duration,
     strip_marker,
 )
-from services.workflows.graph import Definition, Flow, Node, Task, Timer
+from services.workflows.graph import Definition, Flow, Node, Timer
+from services.workflows.user_task_rules import read_spec
 
-BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
-ZEEBE = "http://camunda.org/schema/zeebe/1.0"
-CAMUNDA = "http://camunda.org/schema/1.0/bpmn"
 MAX_ELEMENTS = 2000
 # Sub-processes inside sub-processes: the walks over scopes (here and in the
 # engine) recurse once per level, so a deeper document is refused, not run.
 MAX_NESTING = 32
-DEFAULT_RETRIES = 3
 
-ACTIVITIES = frozenset({"serviceTask", "receiveTask", "subProcess", "callActivity"})
+ACTIVITIES = frozenset({"receiveTask", "subProcess", "callActivity", "userTask", *TASKS})
 FLOW_NODES = frozenset(
     {
         "startEvent",
         "endEvent",
         "intermediateCatchEvent",
+        "intermediateThrowEvent",
         "boundaryEvent",
         "exclusiveGateway",
         "parallelGateway",
@@ -88,6 +81,7 @@ ALLOWED_EVENTS: dict[str, set[str | None]] = {
     "startEvent": {None, "timer", "message"},
     "endEvent": {None, "terminate"},
     "intermediateCatchEvent": {"timer", "message"},
+    "intermediateThrowEvent": {None},
     "boundaryEvent": {"timer", "message", "error"},
 }
 
@@ -107,13 +101,6 @@ class BpmnError(Exception):
         self.problems = problems
 
 
-def _local(tag: str) -> tuple[str, str]:
-    if tag.startswith("{"):
-        namespace, _, name = tag[1:].partition("}")
-        return namespace, name
-    return "", tag
-
-
 def parse(xml: str, max_bytes: int) -> Definition:
     """The validated definition of `xml`; BpmnError lists every problem found."""
     size = len(xml.encode("utf-8"))
@@ -130,7 +117,7 @@ def parse(xml: str, max_bytes: int) -> Definition:
     return _Builder(root).build()
 
 
-class _Builder:
+class _Builder(TaskParser):
     def __init__(self, root: XmlElement) -> None:
         self.root = root
         self.problems: list[Problem] = []
@@ -178,10 +165,23 @@ class _Builder:
         # bpmn.io marks its single process not executable by default.
         if not executable and len(processes) == 1:
             executable = processes
-        if len(executable) != 1:
-            found = ", ".join(repr(p.get("id")) for p in executable) or "none"
+        if not executable:
+            hint = ': mark the one to run isExecutable="true"' if processes else ""
             raise BpmnError(
-                [Problem("", f"must have exactly one executable process (found {found})")]
+                [Problem("", f"must have exactly one executable process (found none){hint}")]
+            )
+        if len(executable) > 1:
+            # Zeebe deploys each as a process of its own; a workflow is one process.
+            found = ", ".join(repr(p.get("id")) for p in executable[:10])
+            more = f" and {len(executable) - 10} more" if len(executable) > 10 else ""
+            raise BpmnError(
+                [
+                    Problem(
+                        "",
+                        f"must have exactly one executable process (found {found}{more}):"
+                        " a workflow runs one process; save each as a workflow of its own",
+                    )
+                ]
             )
         return executable[0]
 
@@ -233,8 +233,9 @@ class _Builder:
         if event == "error" and definition is not None:
             error_ref = definition.get("errorRef")
             fields["error_code"] = self.errors.get(error_ref or "") or None
-        if name == "serviceTask":
-            fields["task"] = self._task(element, element_id)
+        fields.update(self.task_fields(element, name, element_id))
+        if name == "userTask":
+            fields["user_task"] = read_spec(element, element_id, self.problem, self.expressions)
         if name == "callActivity":
             fields["called"] = self._called(element, element_id)
         if name == "exclusiveGateway":
@@ -242,7 +243,7 @@ class _Builder:
         if name == "boundaryEvent":
             fields["attached_to"] = element.get("attachedToRef")
             fields["interrupting"] = element.get("cancelActivity", "true") != "false"
-        fields["outputs"] = self._outputs(element, element_id)
+        fields["outputs"] = self.outputs(element, element_id)
         if name == "subProcess":
             if element.get("triggeredByEvent") == "true":
                 self.problem(element_id, "event sub-processes are not supported")
@@ -299,70 +300,9 @@ class _Builder:
             self.problem(element_id, "needs a messageRef to a bpmn:message with a name")
         return name or None
 
-    def _extension(self, element: XmlElement, namespace: str, tag: str) -> Iterator[XmlElement]:
-        for child in element:
-            if _local(child.tag) == (BPMN, "extensionElements"):
-                yield from child.iter(f"{{{namespace}}}{tag}")
-
-    def _task(self, element: XmlElement, element_id: str) -> Task | None:
-        task_type, retries = None, str(DEFAULT_RETRIES)
-        for definition in self._extension(element, ZEEBE, "taskDefinition"):
-            task_type = definition.get("type")
-            retries = definition.get("retries") or retries
-        if task_type is None and element.get(f"{{{CAMUNDA}}}type") == "external":
-            task_type = element.get(f"{{{CAMUNDA}}}topic")
-        headers = {
-            header.get("key", ""): header.get("value", "")
-            for header in self._extension(element, ZEEBE, "header")
-        }
-        task_type = (task_type or "").strip()
-        if not task_type:
-            self.problem(element_id, "a service task needs a type (zeebe:taskDefinition)")
-            return None
-        if not retries.isdigit() or not 1 <= int(retries) <= 100:
-            self.problem(element_id, "retries must be a number from 1 to 100")
-            retries = str(DEFAULT_RETRIES)
-        self._check_builtin(task_type, headers, element_id)
-        return Task(task_type, int(retries), headers)
-
-    def _check_builtin(self, task_type: str, headers: dict[str, str], element_id: str) -> None:
-        if not task_type.startswith(BUILTIN_PREFIX):
-            return
-        if task_type not in BUILTIN_TYPES:
-            known = ", ".join(sorted(BUILTIN_TYPES))
-            self.problem(element_id, f"unknown built-in task type {task_type!r} ({known})")
-        elif task_type == SET_STAGE and headers.get("stage") not in STAGES:
-            self.problem(element_id, f"header 'stage' must be one of {', '.join(STAGES)}")
-        elif task_type == UPDATE_ATTRIBUTES:
-            self._header_expression(headers, "attributes", element_id, required=True)
-        elif task_type == EMIT_EVENT:
-            name = headers.get("event", "")
-            if not name or not all(c.isalnum() or c in "_.-" for c in name) or len(name) > 80:
-                self.problem(element_id, "header 'event' must be a name of letters, digits, _.-")
-            self._header_expression(headers, "data", element_id, required=False)
-
-    def _header_expression(
-        self, headers: dict[str, str], key: str, element_id: str, *, required: bool
-    ) -> None:
-        if key in headers:
-            self.expressions.append((element_id, headers[key]))
-        elif required:
-            self.problem(element_id, f"header {key!r} is required")
-
-    def _outputs(self, element: XmlElement, element_id: str) -> list[tuple[str, str]]:
-        outputs = []
-        for output in self._extension(element, ZEEBE, "output"):
-            target, source = output.get("target", ""), output.get("source", "")
-            if not target.isidentifier() or target in RESERVED_NAMES:
-                self.problem(element_id, f"output target {target!r} is not a usable variable name")
-                continue
-            self.expressions.append((element_id, source))
-            outputs.append((target, source))
-        return outputs
-
     def _called(self, element: XmlElement, element_id: str) -> str | None:
         called = element.get("calledElement")
-        for definition in self._extension(element, ZEEBE, "calledElement"):
+        for definition in extension(element, ZEEBE, "calledElement"):
             called = definition.get("processId") or called
         try:
             return str(uuid.UUID(strip_marker(called or "")))
@@ -492,6 +432,6 @@ class _Builder:
 
 def _with(node: Node, **changes: Any) -> Node:
     data = {**asdict(node), **changes}
-    data["timer"], data["task"] = node.timer, node.task
-    data["outputs"] = node.outputs
+    data["timer"], data["task"], data["script"] = node.timer, node.task, node.script
+    data["outputs"], data["inputs"] = node.outputs, node.inputs
     return Node(**data)

@@ -589,7 +589,10 @@ class _Parser:
         if target is None or len(args) not in _MACRO_ARITY.get(function, ()):
             return Call(("." if leading_dot else "") + function, target, tuple(args), span)
         variable = args[0]
-        if not isinstance(variable, Ident) or variable.leading_dot:
+        if isinstance(variable, Ident) and variable.leading_dot:
+            # `.x` is x of the root scope, not a new variable: a call, not the macro.
+            return Call(function, target, tuple(args), span)
+        if not isinstance(variable, Ident):
             raise CelSyntaxError(f"the variable of {function}() at {span[0]} must be a name")
         macro = "exists_one" if function == "existsOne" else function
         predicate = args[1] if macro != "map" or len(args) == 3 else None

@@ -221,6 +221,20 @@ UPDATE_ATTRIBUTES = "lifecycle.update_attributes"
 EMIT_EVENT = "lifecycle.emit_event"
 BUILTIN_PREFIX = "lifecycle."
 BUILTIN_TYPES = frozenset({SET_STAGE, UPDATE_ATTRIBUTES, EMIT_EVENT})
+
+
+def event_name_problem(name: object) -> str | None:
+    """What makes `name` unusable as an emitted event's name, if anything."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 80
+        or not all(c.isalnum() or c in "_.-" for c in name)
+    ):
+        return "must be a name of letters, digits, _.-"
+    return None
+
+
 # Events emitted by workflows (EMIT_EVENT) are recorded as "workflow.<name>".
 EMITTED_EVENT_PREFIX = EMITTED_PREFIX
 # The built-in types a worker of the service does by calling the users service.

@@ -11,6 +11,7 @@ from typing import Any
 
 from services.workflows.domain import EMIT_EVENT, UPDATE_ATTRIBUTES
 from services.workflows.expressions import Expression, load_expression
+from services.workflows.user_task_rules import UserTaskSpec
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,14 @@ class Task:
     type: str
     retries: int
     headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A script task done by the engine: a CEL expression whose value is the result."""
+
+    expression: str
+    result: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,11 @@ class Node:
     error_code: str | None = None
     # Zeebe output mappings: (variable, CEL expression) set when the element completes.
     outputs: list[tuple[str, str]] = field(default_factory=list)
+    # Zeebe input mappings: local variables of the element, set when it is activated.
+    inputs: list[tuple[str, str]] = field(default_factory=list)
+    script: Script | None = None
+    # A user task's assignment and schedule (user_task_rules.py).
+    user_task: UserTaskSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,12 @@ class Definition:
             item["timer"] = Timer(**item["timer"]) if item["timer"] else None
             item["task"] = Task(**item["task"]) if item["task"] else None
             item["outputs"] = [tuple(pair) for pair in item["outputs"]]
+            # Versions saved before inputs and scripts have neither.
+            item["inputs"] = [tuple(pair) for pair in item.get("inputs", [])]
+            item["script"] = Script(**item["script"]) if item.get("script") else None
+            # Versions saved before user tasks have none.
+            user_task = item.get("user_task")
+            item["user_task"] = UserTaskSpec(**user_task) if user_task else None
             nodes[item["id"]] = Node(**item)
         flows = {raw["id"]: Flow(**raw) for raw in data["flows"]}
         return cls(data["process_id"], data["start"], nodes, flows)
@@ -107,6 +127,10 @@ class Graph:
     timers: dict[str, CompiledTimer]
     header_expressions: dict[tuple[str, str], Expression]
     outputs: dict[str, list[tuple[str, Expression]]]
+    inputs: dict[str, list[tuple[str, Expression]]] = field(default_factory=dict)
+    scripts: dict[str, Expression] = field(default_factory=dict)
+    # A user task's attribute expressions, by (element, field).
+    user_tasks: dict[tuple[str, str], Expression] = field(default_factory=dict)
 
     @property
     def nodes(self) -> dict[str, Node]:
@@ -124,7 +148,16 @@ class Graph:
     def expressions(self) -> list[Expression]:
         timers = [t.expression for t in self.timers.values() if t.expression]
         outputs = [e for pairs in self.outputs.values() for _, e in pairs]
-        return [*self.conditions.values(), *timers, *self.header_expressions.values(), *outputs]
+        inputs = [e for pairs in self.inputs.values() for _, e in pairs]
+        return [
+            *self.conditions.values(),
+            *timers,
+            *self.header_expressions.values(),
+            *outputs,
+            *inputs,
+            *self.scripts.values(),
+            *self.user_tasks.values(),
+        ]
 
 
 def compile_graph(definition: Definition) -> Graph:
@@ -151,4 +184,21 @@ def compile_graph(definition: Definition) -> Graph:
         for node in definition.nodes.values()
         if node.outputs
     }
-    return Graph(definition, conditions, timers, headers, outputs)
+    inputs = {
+        node.id: [(target, load_expression(source)) for target, source in node.inputs]
+        for node in definition.nodes.values()
+        if node.inputs
+    }
+    scripts = {
+        node.id: load_expression(node.script.expression)
+        for node in definition.nodes.values()
+        if node.script is not None
+    }
+    user_tasks = {
+        (node.id, name): load_expression(value)
+        for node in definition.nodes.values()
+        if node.user_task is not None
+        for name, value in asdict(node.user_task).items()
+        if isinstance(value, str) and value.startswith("=")
+    }
+    return Graph(definition, conditions, timers, headers, outputs, inputs, scripts, user_tasks)

@@ -16,14 +16,11 @@ from services.workflows.domain import (
     CANCELLED,
     COMPLETED,
     EMIT_EVENT,
-    EMITTED_EVENT_PREFIX,
     ENDED_STATUSES,
     FAILED,
     MAX_VARIABLES_BYTES,
     PENDING,
     RUNNING,
-    SET_STAGE,
-    UPDATE_ATTRIBUTES,
 )
 from services.workflows.expressions import (
     BYTES_PER_STEP,
@@ -36,13 +33,14 @@ from services.workflows.expressions import (
     WorkBudget,
     evaluate,
     evaluate_bool,
-    evaluate_map,
     parse_cycle,
     parse_date,
     parse_duration,
     plain,
 )
 from services.workflows.graph import Graph, Node
+from services.workflows.interpreter_tasks import MERGE_STEPS, Locals, TaskSteps
+from services.workflows.interpreter_user_tasks import user_task_row
 from services.workflows.state import (
     Cancel,
     ChildCompleted,
@@ -75,11 +73,11 @@ MAX_ACTIVATIONS = 10_000
 # What activating an element, and merging variables besides their size, cost of
 # the step's work budget (expressions.WorkBudget), in cel_cost steps.
 ACTIVATION_STEPS = 200
-MERGE_STEPS = 300
-# Elements a token passes straight through. A none intermediate throw event is
-# refused at save time now, but versions saved before keep it in their stored
-# graph, which is run as it was saved, never parsed again.
+# Elements a token passes straight through (a none intermediate throw event;
+# undefined and manual tasks pass in _activity, applying their mappings).
 PASS_THROUGH = frozenset({"startEvent", "intermediateThrowEvent"})
+# Tasks done at once, without a job (a script task without a job type).
+INLINE_TASKS = frozenset({"task", "manualTask", "scriptTask"})
 
 
 class VariablesTooLarge(Exception):
@@ -94,7 +92,7 @@ class OutputFailed(Exception):
         self.element = element
 
 
-class Interpreter:
+class Interpreter(TaskSteps):
     """Runs triggers against one execution's state, in place."""
 
     def __init__(
@@ -150,8 +148,7 @@ class Interpreter:
         elif isinstance(trigger, MessageDelivered):
             self._event_fired(token, node, trigger.element, trigger.variables, 0)
         elif isinstance(trigger, JobCompleted):
-            self._merge(trigger.variables)
-            self._leave(token, node)
+            self._job_completed(token, node, trigger.variables)
         elif isinstance(trigger, ChildCompleted):
             self._merge_produced(node, trigger.variables, "the called execution's variables")
             self._leave(token, node)
@@ -224,32 +221,29 @@ class Interpreter:
             self._activity(node, scope, via)
 
     def _activity(self, node: Node, scope: int | None, via: str | None) -> None:
+        try:
+            local = self._inputs(node)
+        except ExpressionError as error:
+            self._incident(self._new_token(node, scope, via), str(error))
+            return
         task = node.task
         if task is not None and task.type == EMIT_EVENT:
-            try:
-                data = self._header_map(node, "data")
-            except ExpressionError as error:
-                self._incident(self._new_token(node, scope, via), str(error))
-                return
-            self._history(node, "completed")
-            self.step.events.append(
-                EmittedEvent(
-                    EMITTED_EVENT_PREFIX + task.headers["event"],
-                    {**data, "workflow_id": str(self.state.workflow_id), "element_id": node.id},
-                )
-            )
-            self._take_all(node, scope)
+            self._emit(node, scope, via, local)
             return
-        token = self._new_token(node, scope, via)
+        if task is None and node.type in INLINE_TASKS:
+            self._inline(node, scope, via, local)
+            return
+        token = self._new_token(node, scope, via, local)
         try:
             for boundary_id in node.boundaries:
                 boundary = self.graph.nodes[boundary_id]
                 if boundary.event in ("timer", "message"):
                     self._arm(token, boundary)
             if task is not None:
-                self.step.jobs.append(
-                    JobRow(token.no, node.id, task.type, task.retries, self._job_headers(node))
-                )
+                headers = self._job_headers(node, local)
+                self.step.jobs.append(JobRow(token.no, node.id, task.type, task.retries, headers))
+            if node.user_task is not None:
+                self.step.user_tasks.append(user_task_row(self, token, node))
         except ExpressionError as error:
             self._incident(token, str(error))
             return
@@ -264,19 +258,6 @@ class Interpreter:
                 ChildRequest(token.no, node.called, dict(self.state.variables))
             )
         self._history(node, "activated")
-
-    def _job_headers(self, node: Node) -> dict[str, Any]:
-        task = node.task
-        assert task is not None
-        if task.type == SET_STAGE:
-            return {"stage": task.headers["stage"]}
-        if task.type == UPDATE_ATTRIBUTES:
-            return {"attributes": self._header_map(node, "attributes")}
-        return dict(task.headers)
-
-    def _header_map(self, node: Node, key: str) -> dict[str, Any]:
-        expression = self.graph.header_expressions.get((node.id, key))
-        return evaluate_map(expression, self._context(expression)) if expression else {}
 
     # ------------------------------------------------------------ gateways
 
@@ -478,9 +459,11 @@ class Interpreter:
 
     # ------------------------------------------------------------ tokens
 
-    def _new_token(self, node: Node, scope: int | None, via: str | None = None) -> Token:
+    def _new_token(
+        self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
+    ) -> Token:
         state = self.state
-        token = Token(state.next_token, node.id, scope, via)
+        token = Token(state.next_token, node.id, scope, via, local)
         state.next_token += 1
         state.tokens[token.no] = token
         self.step.added.add(token.no)
@@ -500,8 +483,10 @@ class Interpreter:
         node = self.graph.nodes[token.element]
         if node.type == "callActivity" and record == "terminated":
             self.step.cancelled_children.append(no)
+        if node.user_task is not None and no in self.step.removed:
+            self.step.closed_user_tasks.append(no)
         if record is not None:
-            self._history(node, record)
+            self._history(node, record, token.variables)
 
     def _pass(self, node: Node, scope: int | None) -> None:
         self._history(node, "completed")
@@ -529,9 +514,16 @@ class Interpreter:
         self.state.variables = merged
         self._scope = None
 
-    def _context(self, expression: Expression) -> Scope:
+    def _context(self, expression: Expression, local: Locals = None) -> Scope:
+        """What an expression sees: the variables, and an element's local ones over them."""
         if expression.uses_user and self.profile is None:
             raise ExpressionError("the user's profile could not be read (erased?)")
+        if local:
+            variables = {**self.state.variables, **local}
+            values = {**variables, "vars": variables, "now": self.now}
+            if self.profile is not None:
+                values["user"] = self.profile
+            return Scope(values, self.work)
         if self._scope is None:
             variables = self.state.variables
             values = {**variables, "vars": variables, "now": self.now}
@@ -540,17 +532,17 @@ class Interpreter:
             self._scope = Scope(values, self.work)
         return self._scope
 
-    def _history(self, node: Node, state: str) -> None:
+    def _history(self, node: Node, state: str, local: Locals = None) -> None:
         if state == "completed" and node.id in self.graph.outputs:
-            self._apply_outputs(node)
+            self._apply_outputs(node, local)
         self.state.last_element = node.id
         self.step.history.append(HistoryRow(node.id, node.type, state, self.now))
 
-    def _apply_outputs(self, node: Node) -> None:
+    def _apply_outputs(self, node: Node, local: Locals) -> None:
         values = {}
         for target, expression in self.graph.outputs[node.id]:
             try:
-                values[target] = plain(evaluate(expression, self._context(expression)))
+                values[target] = plain(evaluate(expression, self._context(expression, local)))
             except ExpressionError as error:
                 raise OutputFailed(node.id, f"output {target!r} of {node.id!r}: {error}") from error
         self._merge_produced(node, values, "the outputs")

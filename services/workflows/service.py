@@ -23,6 +23,7 @@ from services.workflows.settings import WorkflowSettings, load_settings
 from services.workflows.stepper import Stepper
 from services.workflows.store.jobs import WAITING_USERS_CALLS
 from services.workflows.timers import DueTimers
+from services.workflows.user_tasks import UserTasks
 from services.workflows.workers import BuiltinJobWorker, TimerWorker
 
 
@@ -44,6 +45,7 @@ def build_with(
             Executions(stepper),
             Jobs(stepper),
             context.page_tokens,
+            UserTasks(stepper),
         )
 
         def register(server: grpc.aio.Server) -> None:

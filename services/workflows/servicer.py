@@ -47,6 +47,8 @@ from services.workflows.domain import (
 )
 from services.workflows.executions import Executions
 from services.workflows.jobs import Jobs
+from services.workflows.servicer_user_tasks import UserTaskRpcs
+from services.workflows.user_tasks import UserTasks
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -203,18 +205,20 @@ def _invalid_message(violations: Violations) -> pb.PublishMessageResponse:
     return pb.PublishMessageResponse(error=error)
 
 
-class WorkflowServicer(workflows_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(UserTaskRpcs, workflows_pb2_grpc.WorkflowServiceServicer):
     def __init__(
         self,
         directory: WorkflowDirectory,
         executions: Executions,
         jobs: Jobs,
         page_tokens: PageTokens,
+        user_tasks: UserTasks,
     ) -> None:
         self._directory = directory
         self._executions = executions
         self._jobs = jobs
         self._tokens = page_tokens
+        self._user_tasks = user_tasks
 
     def _version(self, bpmn_xml: str, violations: Violations) -> VersionRow | None:
         if not bpmn_xml.strip():

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from runtime.chains import Chain
 from services.workflows.expressions import Duration
+from services.workflows.user_task_rules import Assignment
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Token:
     element: str
     scope: int | None
     via: str | None = None
+    # Local variables of its element (input mappings); None when it has none.
+    variables: dict[str, Any] | None = None
 
 
 @dataclass
@@ -156,6 +159,16 @@ class JobRow:
 
 
 @dataclass(frozen=True)
+class UserTaskRow:
+    """A user task reached: its record is created with the token's step."""
+
+    token: int
+    element: str
+    assignment: Assignment
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class IncidentRow:
     token: int
     element: str
@@ -222,6 +235,9 @@ class Step:
     consumed_timers: list[ConsumedTimer] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)
     jobs: list[JobRow] = field(default_factory=list)
+    user_tasks: list[UserTaskRow] = field(default_factory=list)
+    # Tokens of user tasks removed (their records are cancelled unless completed).
+    closed_user_tasks: list[int] = field(default_factory=list)
     incidents: list[IncidentRow] = field(default_factory=list)
     history: list[HistoryRow] = field(default_factory=list)
     events: list[EmittedEvent] = field(default_factory=list)

@@ -58,6 +58,7 @@ from services.workflows.store import steps
 from services.workflows.store.definitions import WorkflowVersion
 from services.workflows.store.executions import NewExecution, TokenKey
 from services.workflows.store.messages import Waiting
+from services.workflows.store.user_tasks import ClosedUserTask, new_user_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -531,7 +532,9 @@ def collect(
     w.consumed_timers += [steps.TimerKey(execution_id, no, el) for no, el in step.consumed_timers]
     for no in sorted(step.added):
         token = alive[no]
-        w.tokens.append(steps.NewToken(execution_id, no, token.element, token.scope, token.via))
+        w.tokens.append(
+            steps.NewToken(execution_id, no, token.element, token.scope, token.via, token.variables)
+        )
     for timer in step.timers:
         if timer.token in alive:
             w.timers.append(
@@ -560,6 +563,10 @@ def collect(
                 )
             )
             notes.job_types.add(job.type)
+    for task in step.user_tasks:
+        if task.token in alive:
+            w.user_tasks.append(new_user_task(state, task, now))
+    w.closed_user_tasks += [ClosedUserTask(execution_id, no, now) for no in step.closed_user_tasks]
     w.incidents += [
         steps.NewIncident(execution_id, i.token, i.element, False, i.message, now)
         for i in step.incidents

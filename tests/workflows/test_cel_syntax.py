@@ -332,3 +332,10 @@ def test_each_node_knows_where_it_is() -> None:
     source = "size(vars.items.map(x, x.price)) > (limit)"
     spans = {source[n.span[0] : n.span[1]] for n in walk(parse(source))}
     assert {"vars.items", "x.price", "(limit)", "vars.items.map(x, x.price)"} <= spans
+
+
+def test_a_root_scoped_name_in_a_macro_is_a_call_not_a_variable() -> None:
+    """Found by the edit test: `[].all(.x, 0)` is valid CEL syntax that declares no
+    variable; it reads as a call of `all`, which the checks then refuse by name."""
+    tree = parse("[].all(.x, 0)")
+    assert isinstance(tree, Call) and tree.function == "all"

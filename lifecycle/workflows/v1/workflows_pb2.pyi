@@ -98,6 +98,37 @@ CONFLICT_POLICY_ALLOW_PARALLEL: ConflictPolicy.ValueType  # 3
 """Start another one beside it."""
 Global___ConflictPolicy: _TypeAlias = ConflictPolicy  # noqa: Y015
 
+class _UserTaskState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UserTaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserTaskState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USER_TASK_STATE_UNSPECIFIED: _UserTaskState.ValueType  # 0
+    USER_TASK_STATE_CREATED: _UserTaskState.ValueType  # 1
+    """Open, nobody has it."""
+    USER_TASK_STATE_ASSIGNED: _UserTaskState.ValueType  # 2
+    """Open, `assignee` has it."""
+    USER_TASK_STATE_COMPLETED: _UserTaskState.ValueType  # 3
+    USER_TASK_STATE_CANCELLED: _UserTaskState.ValueType  # 4
+    """Its token went (the execution ended or was cancelled, a boundary event
+    interrupted the task).
+    """
+
+class UserTaskState(_UserTaskState, metaclass=_UserTaskStateEnumTypeWrapper): ...
+
+USER_TASK_STATE_UNSPECIFIED: UserTaskState.ValueType  # 0
+USER_TASK_STATE_CREATED: UserTaskState.ValueType  # 1
+"""Open, nobody has it."""
+USER_TASK_STATE_ASSIGNED: UserTaskState.ValueType  # 2
+"""Open, `assignee` has it."""
+USER_TASK_STATE_COMPLETED: UserTaskState.ValueType  # 3
+USER_TASK_STATE_CANCELLED: UserTaskState.ValueType  # 4
+"""Its token went (the execution ended or was cancelled, a boundary event
+interrupted the task).
+"""
+Global___UserTaskState: _TypeAlias = UserTaskState  # noqa: Y015
+
 @_typing.final
 class Workflow(_message.Message):
     """A BPMN workflow definition. The id stays the same across versions."""
@@ -1296,3 +1327,349 @@ class EraseUserDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseUserDataResponse: _TypeAlias = EraseUserDataResponse  # noqa: Y015
+
+@_typing.final
+class UserTask(_message.Message):
+    """The record of a user task a token reached."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
+    ELEMENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_GROUPS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_USERS_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_TIME_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    COMPLETION_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    execution_id: _builtins.str
+    workflow_id: _builtins.str
+    workflow_version: _builtins.str
+    element_id: _builtins.str
+    user_id: _builtins.str
+    """The execution's user: whom the task is about."""
+    state: Global___UserTaskState.ValueType
+    assignee: _builtins.str
+    @_builtins.property
+    def candidate_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def candidate_users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def follow_up_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def variables(self) -> _struct_pb2.Struct:
+        """Its input mappings' values, or the execution's variables when it was created."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def completion_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was completed or cancelled."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        workflow_version: _builtins.str = ...,
+        element_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        state: Global___UserTaskState.ValueType = ...,
+        assignee: _builtins.str = ...,
+        candidate_groups: _abc.Iterable[_builtins.str] | None = ...,
+        candidate_users: _abc.Iterable[_builtins.str] | None = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        follow_up_time: _timestamp_pb2.Timestamp | None = ...,
+        variables: _struct_pb2.Struct | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        completion_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion_time", b"completion_time", "create_time", b"create_time", "due_time", b"due_time", "follow_up_time", b"follow_up_time", "variables", b"variables"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "candidate_groups", b"candidate_groups", "candidate_users", b"candidate_users", "completion_time", b"completion_time", "create_time", b"create_time", "due_time", b"due_time", "element_id", b"element_id", "execution_id", b"execution_id", "follow_up_time", b"follow_up_time", "id", b"id", "state", b"state", "user_id", b"user_id", "variables", b"variables", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserTask: _TypeAlias = UserTask  # noqa: Y015
+
+@_typing.final
+class ListUserTasksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_GROUP_FIELD_NUMBER: _builtins.int
+    CANDIDATE_USER_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    assignee: _builtins.str
+    candidate_group: _builtins.str
+    """Tasks whose candidate groups include this one."""
+    candidate_user: _builtins.str
+    """Tasks whose candidate users include this one."""
+    user_id: _builtins.str
+    execution_id: _builtins.str
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___UserTaskState.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        assignee: _builtins.str = ...,
+        candidate_group: _builtins.str = ...,
+        candidate_user: _builtins.str = ...,
+        states: _abc.Iterable[Global___UserTaskState.ValueType] | None = ...,
+        user_id: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "candidate_group", b"candidate_group", "candidate_user", b"candidate_user", "execution_id", b"execution_id", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserTasksRequest: _TypeAlias = ListUserTasksRequest  # noqa: Y015
+
+@_typing.final
+class ListUserTasksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def user_tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserTask]: ...
+    def __init__(
+        self,
+        *,
+        user_tasks: _abc.Iterable[Global___UserTask] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "user_tasks", b"user_tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserTasksResponse: _TypeAlias = ListUserTasksResponse  # noqa: Y015
+
+@_typing.final
+class GetUserTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_ID_FIELD_NUMBER: _builtins.int
+    user_task_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task_id", b"user_task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserTaskRequest: _TypeAlias = GetUserTaskRequest  # noqa: Y015
+
+@_typing.final
+class GetUserTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_task(self) -> Global___UserTask: ...
+    def __init__(
+        self,
+        *,
+        user_task: Global___UserTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserTaskResponse: _TypeAlias = GetUserTaskResponse  # noqa: Y015
+
+@_typing.final
+class ClaimUserTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    user_task_id: _builtins.str
+    assignee: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_task_id: _builtins.str = ...,
+        assignee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "user_task_id", b"user_task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimUserTaskRequest: _TypeAlias = ClaimUserTaskRequest  # noqa: Y015
+
+@_typing.final
+class ClaimUserTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_task(self) -> Global___UserTask: ...
+    def __init__(
+        self,
+        *,
+        user_task: Global___UserTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimUserTaskResponse: _TypeAlias = ClaimUserTaskResponse  # noqa: Y015
+
+@_typing.final
+class UnclaimUserTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_ID_FIELD_NUMBER: _builtins.int
+    user_task_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task_id", b"user_task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnclaimUserTaskRequest: _TypeAlias = UnclaimUserTaskRequest  # noqa: Y015
+
+@_typing.final
+class UnclaimUserTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_task(self) -> Global___UserTask: ...
+    def __init__(
+        self,
+        *,
+        user_task: Global___UserTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnclaimUserTaskResponse: _TypeAlias = UnclaimUserTaskResponse  # noqa: Y015
+
+@_typing.final
+class AssignUserTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    user_task_id: _builtins.str
+    assignee: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_task_id: _builtins.str = ...,
+        assignee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "user_task_id", b"user_task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignUserTaskRequest: _TypeAlias = AssignUserTaskRequest  # noqa: Y015
+
+@_typing.final
+class AssignUserTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_task(self) -> Global___UserTask: ...
+    def __init__(
+        self,
+        *,
+        user_task: Global___UserTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignUserTaskResponse: _TypeAlias = AssignUserTaskResponse  # noqa: Y015
+
+@_typing.final
+class CompleteUserTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_ID_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    user_task_id: _builtins.str
+    @_builtins.property
+    def variables(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        user_task_id: _builtins.str = ...,
+        variables: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variables", b"variables"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task_id", b"user_task_id", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteUserTaskRequest: _TypeAlias = CompleteUserTaskRequest  # noqa: Y015
+
+@_typing.final
+class CompleteUserTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_task(self) -> Global___UserTask: ...
+    def __init__(
+        self,
+        *,
+        user_task: Global___UserTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_task", b"user_task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteUserTaskResponse: _TypeAlias = CompleteUserTaskResponse  # noqa: Y015

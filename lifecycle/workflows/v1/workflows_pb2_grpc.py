@@ -133,6 +133,36 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ResolveIncidentRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ResolveIncidentResponse.FromString,
                 _registered_method=True)
+        self.ListUserTasks = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/ListUserTasks',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListUserTasksRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListUserTasksResponse.FromString,
+                _registered_method=True)
+        self.GetUserTask = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/GetUserTask',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetUserTaskRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetUserTaskResponse.FromString,
+                _registered_method=True)
+        self.ClaimUserTask = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/ClaimUserTask',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ClaimUserTaskRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ClaimUserTaskResponse.FromString,
+                _registered_method=True)
+        self.UnclaimUserTask = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/UnclaimUserTask',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UnclaimUserTaskRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UnclaimUserTaskResponse.FromString,
+                _registered_method=True)
+        self.AssignUserTask = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/AssignUserTask',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.AssignUserTaskRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.AssignUserTaskResponse.FromString,
+                _registered_method=True)
+        self.CompleteUserTask = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/CompleteUserTask',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CompleteUserTaskRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CompleteUserTaskResponse.FromString,
+                _registered_method=True)
         self.EraseUserData = channel.unary_unary(
                 '/lifecycle.workflows.v1.WorkflowService/EraseUserData',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.EraseUserDataRequest.SerializeToString,
@@ -281,6 +311,50 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUserTasks(self, request, context):
+        """User tasks (docs/workflows.md, "User tasks"): the records bpmn:userTask
+        elements create while their token waits. Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimUserTask(self, request, context):
+        """Takes an open task for `assignee`: FAILED_PRECONDITION if another has it;
+        claiming it again for the same assignee changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnclaimUserTask(self, request, context):
+        """Gives an open task back: nobody has it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignUserTask(self, request, context):
+        """Gives an open task to `assignee`, whoever had it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteUserTask(self, request, context):
+        """Completes an open task: its variables are merged as a job's, and its
+        token moves on, in one transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseUserData(self, request, context):
         """Cancels and removes a user's executions (part of a user's erase).
         """
@@ -385,6 +459,36 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ResolveIncident,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ResolveIncidentRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ResolveIncidentResponse.SerializeToString,
+            ),
+            'ListUserTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserTasks,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListUserTasksRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListUserTasksResponse.SerializeToString,
+            ),
+            'GetUserTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserTask,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetUserTaskRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetUserTaskResponse.SerializeToString,
+            ),
+            'ClaimUserTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimUserTask,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ClaimUserTaskRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ClaimUserTaskResponse.SerializeToString,
+            ),
+            'UnclaimUserTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnclaimUserTask,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UnclaimUserTaskRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UnclaimUserTaskResponse.SerializeToString,
+            ),
+            'AssignUserTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignUserTask,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.AssignUserTaskRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.AssignUserTaskResponse.SerializeToString,
+            ),
+            'CompleteUserTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteUserTask,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CompleteUserTaskRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CompleteUserTaskResponse.SerializeToString,
             ),
             'EraseUserData': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseUserData,
@@ -909,6 +1013,168 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/ResolveIncident',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ResolveIncidentRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ResolveIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/ListUserTasks',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListUserTasksRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListUserTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/GetUserTask',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetUserTaskRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetUserTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimUserTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/ClaimUserTask',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ClaimUserTaskRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ClaimUserTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnclaimUserTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/UnclaimUserTask',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UnclaimUserTaskRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UnclaimUserTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignUserTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/AssignUserTask',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.AssignUserTaskRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.AssignUserTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteUserTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/CompleteUserTask',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CompleteUserTaskRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CompleteUserTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,23 @@ class WorkflowServiceStub:
     """Throws a BPMN error caught by an error boundary event; uncaught, it is an incident."""
     ResolveIncident: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ResolveIncidentRequest, _workflows_pb2.ResolveIncidentResponse]
     """Retries what raised the incident."""
+    ListUserTasks: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListUserTasksRequest, _workflows_pb2.ListUserTasksResponse]
+    """User tasks (docs/workflows.md, "User tasks"): the records bpmn:userTask
+    elements create while their token waits. Newest first.
+    """
+    GetUserTask: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetUserTaskRequest, _workflows_pb2.GetUserTaskResponse]
+    ClaimUserTask: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ClaimUserTaskRequest, _workflows_pb2.ClaimUserTaskResponse]
+    """Takes an open task for `assignee`: FAILED_PRECONDITION if another has it;
+    claiming it again for the same assignee changes nothing.
+    """
+    UnclaimUserTask: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.UnclaimUserTaskRequest, _workflows_pb2.UnclaimUserTaskResponse]
+    """Gives an open task back: nobody has it."""
+    AssignUserTask: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.AssignUserTaskRequest, _workflows_pb2.AssignUserTaskResponse]
+    """Gives an open task to `assignee`, whoever had it."""
+    CompleteUserTask: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.CompleteUserTaskRequest, _workflows_pb2.CompleteUserTaskResponse]
+    """Completes an open task: its variables are merged as a job's, and its
+    token moves on, in one transaction.
+    """
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.EraseUserDataRequest, _workflows_pb2.EraseUserDataResponse]
     """Cancels and removes a user's executions (part of a user's erase)."""
 
@@ -137,6 +154,23 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Throws a BPMN error caught by an error boundary event; uncaught, it is an incident."""
     ResolveIncident: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ResolveIncidentRequest, _workflows_pb2.ResolveIncidentResponse]  # type: ignore[assignment]
     """Retries what raised the incident."""
+    ListUserTasks: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListUserTasksRequest, _workflows_pb2.ListUserTasksResponse]  # type: ignore[assignment]
+    """User tasks (docs/workflows.md, "User tasks"): the records bpmn:userTask
+    elements create while their token waits. Newest first.
+    """
+    GetUserTask: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetUserTaskRequest, _workflows_pb2.GetUserTaskResponse]  # type: ignore[assignment]
+    ClaimUserTask: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ClaimUserTaskRequest, _workflows_pb2.ClaimUserTaskResponse]  # type: ignore[assignment]
+    """Takes an open task for `assignee`: FAILED_PRECONDITION if another has it;
+    claiming it again for the same assignee changes nothing.
+    """
+    UnclaimUserTask: _aio.UnaryUnaryMultiCallable[_workflows_pb2.UnclaimUserTaskRequest, _workflows_pb2.UnclaimUserTaskResponse]  # type: ignore[assignment]
+    """Gives an open task back: nobody has it."""
+    AssignUserTask: _aio.UnaryUnaryMultiCallable[_workflows_pb2.AssignUserTaskRequest, _workflows_pb2.AssignUserTaskResponse]  # type: ignore[assignment]
+    """Gives an open task to `assignee`, whoever had it."""
+    CompleteUserTask: _aio.UnaryUnaryMultiCallable[_workflows_pb2.CompleteUserTaskRequest, _workflows_pb2.CompleteUserTaskResponse]  # type: ignore[assignment]
+    """Completes an open task: its variables are merged as a job's, and its
+    token moves on, in one transaction.
+    """
     EraseUserData: _aio.UnaryUnaryMultiCallable[_workflows_pb2.EraseUserDataRequest, _workflows_pb2.EraseUserDataResponse]  # type: ignore[assignment]
     """Cancels and removes a user's executions (part of a user's erase)."""
 
@@ -304,6 +338,59 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.ResolveIncidentResponse, _abc.Awaitable[_workflows_pb2.ResolveIncidentResponse]]:
         """Retries what raised the incident."""
+
+    @_abc_1.abstractmethod
+    def ListUserTasks(
+        self,
+        request: _workflows_pb2.ListUserTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.ListUserTasksResponse, _abc.Awaitable[_workflows_pb2.ListUserTasksResponse]]:
+        """User tasks (docs/workflows.md, "User tasks"): the records bpmn:userTask
+        elements create while their token waits. Newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUserTask(
+        self,
+        request: _workflows_pb2.GetUserTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.GetUserTaskResponse, _abc.Awaitable[_workflows_pb2.GetUserTaskResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimUserTask(
+        self,
+        request: _workflows_pb2.ClaimUserTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.ClaimUserTaskResponse, _abc.Awaitable[_workflows_pb2.ClaimUserTaskResponse]]:
+        """Takes an open task for `assignee`: FAILED_PRECONDITION if another has it;
+        claiming it again for the same assignee changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def UnclaimUserTask(
+        self,
+        request: _workflows_pb2.UnclaimUserTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.UnclaimUserTaskResponse, _abc.Awaitable[_workflows_pb2.UnclaimUserTaskResponse]]:
+        """Gives an open task back: nobody has it."""
+
+    @_abc_1.abstractmethod
+    def AssignUserTask(
+        self,
+        request: _workflows_pb2.AssignUserTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.AssignUserTaskResponse, _abc.Awaitable[_workflows_pb2.AssignUserTaskResponse]]:
+        """Gives an open task to `assignee`, whoever had it."""
+
+    @_abc_1.abstractmethod
+    def CompleteUserTask(
+        self,
+        request: _workflows_pb2.CompleteUserTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.CompleteUserTaskResponse, _abc.Awaitable[_workflows_pb2.CompleteUserTaskResponse]]:
+        """Completes an open task: its variables are merged as a job's, and its
+        token moves on, in one transaction.
+        """
 
     @_abc_1.abstractmethod
     def EraseUserData(

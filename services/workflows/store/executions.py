@@ -62,7 +62,8 @@ _STATE = (
     "e.id, e.workflow_id, e.workflow_version, e.user_id, e.status, e.variables, e.next_token,"
     " e.parent_execution_id, e.parent_token, e.started_at, e.current_node_id, e.actors,"
     " (SELECT coalesce(json_agg(json_build_array(t.token, t.element_id, t.scope_token,"
-    "  t.arrived_via)), '[]') FROM execution_tokens t WHERE t.execution_id = e.id) AS tokens"
+    "  t.arrived_via, t.variables)), '[]') FROM execution_tokens t"
+    "  WHERE t.execution_id = e.id) AS tokens"
 )
 
 
@@ -76,7 +77,7 @@ def _state(row: asyncpg.Record) -> ExecutionState:
         status=row["status"],
         variables=row["variables"] or {},
         next_token=row["next_token"],
-        tokens={t[0]: Token(t[0], t[1], t[2], t[3]) for t in row["tokens"]},
+        tokens={t[0]: Token(t[0], t[1], t[2], t[3], t[4]) for t in row["tokens"]},
         parent=(parent, row["parent_token"]) if parent else None,
         started_at=row["started_at"],
         last_element=row["current_node_id"],

@@ -63,8 +63,11 @@ async def activate_jobs(
         "  ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
         " UPDATE jobs j SET state = 'activated', available_at = $4, worker = $5"
         " FROM due JOIN workflow_executions e ON e.id = due.execution_id"
+        " JOIN execution_tokens t ON t.execution_id = due.execution_id AND t.token = due.token"
         " WHERE j.execution_id = due.execution_id AND j.token = due.token"
-        f" RETURNING {_JOB}, e.variables, e.actors",
+        # The element's local variables (its inputs) over the execution's.
+        f" RETURNING {_JOB}, e.variables || coalesce(t.variables, '{{}}') AS variables,"
+        " e.actors",
         list(job_types),
         limit,
         now,

@@ -12,8 +12,10 @@ from typing import Any, NamedTuple
 from runtime.database import Executor
 from runtime.telemetry import current_traceparent
 from services.workflows.state import ExecutionState
+from services.workflows.store import user_tasks
 from services.workflows.store.executions import TokenKey, current_node
 from services.workflows.store.statement import Statement
+from services.workflows.store.user_tasks import ClosedUserTask, NewUserTask
 
 # Each row type's fields are its table's columns, in order.
 
@@ -30,6 +32,8 @@ class NewToken(NamedTuple):
     element_id: str
     scope_token: int | None
     arrived_via: str | None
+    # Its element's local variables (input mappings).
+    variables: dict[str, Any] | None = None
 
 
 class NewTimer(NamedTuple):
@@ -99,6 +103,8 @@ class Writes:
     incidents: list[NewIncident] = field(default_factory=list)
     history: list[NewHistory] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
+    user_tasks: list[NewUserTask] = field(default_factory=list)
+    closed_user_tasks: list[ClosedUserTask] = field(default_factory=list)
 
 
 _UPDATE_TYPES = ("uuid", "text", "jsonb", "text", "timestamptz", "text", "int")
@@ -108,7 +114,8 @@ _Insert = tuple[str, str, Sequence[NamedTuple], tuple[str, ...], str]
 
 def _inserts(w: Writes) -> tuple[_Insert, ...]:
     return (
-        ("tokens", "execution_tokens", w.tokens, ("uuid", "int", "text", "int", "text"), ""),
+        ("tokens", "execution_tokens", w.tokens, ("uuid", "int", "text", "int", "text", "jsonb"),
+         ""),
         ("timers", "timers", w.timers, ("uuid", "int", "text", "timestamptz", "int"),
          " ON CONFLICT (execution_id, token, element_id)"
          " DO UPDATE SET due_at = excluded.due_at, repeat = excluded.repeat"),
@@ -168,6 +175,7 @@ async def write(conn: Executor, w: Writes) -> None:
                 f"INSERT INTO {table} ({columns}{extra}) SELECT r.*{value}"
                 f" FROM {q.unnest(rows, types)} AS r({columns}){conflict}",
             )
+    user_tasks.add_writes(q, w.user_tasks, w.closed_user_tasks)
     if w.deliveries:
         q.add(
             "deliveries",
