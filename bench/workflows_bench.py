@@ -6,6 +6,10 @@
 - in-process engine: instances per second of one BPMN (a fork, a join, a
   gateway, six service tasks completed by an in-memory worker), ours against
   SpiffWorkflow 3.x running the same document (target: at least 10x);
+- in-process engine, a second BPMN: an inclusive fork and join (two of three
+  branches taken) then a parallel multi-instance service task over 100 items
+  (each instance's job completed by the in-memory worker, the outputs
+  collected), ours against SpiffWorkflow on the same document;
 - through gRPC with persistence: StartExecution of a 5-node workflow (start,
   exclusive gateway, one built-in service task, merging exclusive gateway,
   end; every call runs all five) beside an empty grpc.aio call (target: 1,000
@@ -42,7 +46,7 @@ from tests.support import free_port
 from tests.workflows.bpmn_docs import catch, emit, end, flow, linear, start, xor
 from tests.workflows.bpmn_docs import definitions as document
 from tests.workflows.drivers import our_graph, run_ours, run_spiff, same_run, spiff_spec
-from tests.workflows.test_differential import FORK_JOIN, counting_worker
+from tests.workflows.test_differential import FORK_JOIN, INCLUSIVE_MULTI, counting_worker
 
 BUILTIN_TASK = "lifecycle.emit_event"
 FIVE_NODES = document(
@@ -97,6 +101,28 @@ def in_process(instances: int) -> tuple[float, float]:
     started = time.perf_counter()
     for n in range(fewer):
         run_spiff(spec, {"score": n % 10}, counting_worker)
+    return ours, fewer / (time.perf_counter() - started)
+
+
+MULTI_ITEMS = 100
+
+
+def in_process_multi(instances: int) -> tuple[float, float]:
+    """Instances per second of INCLUSIVE_MULTI with 100 items: (ours, SpiffWorkflow's)."""
+    graph, spec = our_graph(INCLUSIVE_MULTI), spiff_spec(INCLUSIVE_MULTI, "inclusive_multi")
+    variables = {"score": 7, "items": list(range(MULTI_ITEMS))}
+    ours_run = run_ours(graph, variables, counting_worker)
+    assert same_run(graph, ours_run, run_spiff(spec, variables, counting_worker))
+    assert ours_run[1].count("each") == MULTI_ITEMS + 1
+    count = max(20, instances // 20)
+    started = time.perf_counter()
+    for n in range(count):
+        run_ours(graph, {**variables, "score": n % 10}, counting_worker)
+    ours = count / (time.perf_counter() - started)
+    fewer = max(5, count // 20)
+    started = time.perf_counter()
+    for n in range(fewer):
+        run_spiff(spec, {**variables, "score": n % 10}, counting_worker)
     return ours, fewer / (time.perf_counter() - started)
 
 
@@ -188,6 +214,7 @@ async def measure_timers(database_url: str, timers: int, concurrency: int) -> li
 
 async def main(calls: int, concurrency: int, timers: int, instances: int) -> None:
     ours, spiff = in_process(instances)
+    multi_ours, multi_spiff = in_process_multi(instances)
     with server_url() as url:
         async with scratch_database(url) as database_url:
             empty = await measure_empty("empty unary call (limit)", calls, concurrency, None)
@@ -202,6 +229,13 @@ async def main(calls: int, concurrency: int, timers: int, instances: int) -> Non
     print(f"{'in-process, ours':<28} {ours:10.0f} instances/s")
     print(f"{'in-process, SpiffWorkflow':<28} {spiff:10.0f} instances/s")
     print(f"{'':<28} {ours / spiff:10.1f}x SpiffWorkflow  (target >= 10x)")
+    print(
+        f"  second BPMN: inclusive fork and join, then a parallel multi-instance service task"
+        f" over {MULTI_ITEMS} items"
+    )
+    print(f"{'in-process MI, ours':<28} {multi_ours:10.1f} instances/s")
+    print(f"{'in-process MI, SpiffWorkflow':<28} {multi_spiff:10.1f} instances/s")
+    print(f"{'':<28} {multi_ours / multi_spiff:10.1f}x SpiffWorkflow")
     print(empty.line())
     print(executions.line(empty), "  (target >= 1000/s)")
     p99 = lateness[min(len(lateness) - 1, int(0.99 * len(lateness)))]

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -72,12 +72,13 @@ def interrupt_and_check_nothing_is_left(
 
 
 @pytest.fixture
-def scratch_url(server_url: str) -> Iterator[str]:
-    database = asyncio.run(create_database(server_url, f"lifecycle_up_{secrets.token_hex(4)}"))
+async def scratch_url(server_url: str) -> AsyncIterator[str]:
+    """On the tests' event loop (see tests/test_demo.py `scratch`)."""
+    database = await create_database(server_url, f"lifecycle_up_{secrets.token_hex(4)}")
     try:
         yield database.admin_url
     finally:
-        asyncio.run(drop_database(server_url, database))
+        await drop_database(server_url, database)
 
 
 def test_up_runs_every_service_in_its_own_process_and_ctrl_c_stops_them(scratch_url: str) -> None:

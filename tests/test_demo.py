@@ -8,9 +8,8 @@ import asyncio
 import contextlib
 import re
 import secrets
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -27,16 +26,19 @@ STAGE_ROWS = r"^(Acquisition|Activation|Retention|Revenue|Referral)\s+(\d+)"
 
 
 @pytest.fixture
-def scratch(server_url: str) -> Iterator[ScratchDatabase]:
-    """The suite's database; the demo makes `<it>_demo` beside it, dropped too."""
+async def scratch(server_url: str) -> AsyncIterator[ScratchDatabase]:
+    """The suite's database; the demo makes `<it>_demo` beside it, dropped too.
+    On the tests' event loop, never blocking it: a DROP DATABASE waits for every
+    backend of the server, and one writing to the servers other tests keep
+    running on this loop waits until the loop reads."""
     name = f"lifecycle_demo_{secrets.token_hex(4)}"
-    database = asyncio.run(create_database(server_url, name))
+    database = await create_database(server_url, name)
     demo = ScratchDatabase(with_database(server_url, f"{name}_demo"), f"{name}_demo")
     try:
         yield database
     finally:
         for made in (database, demo):
-            asyncio.run(drop_database(server_url, made))
+            await drop_database(server_url, made)
 
 
 async def users_in(url: str) -> int | None:
@@ -57,7 +59,7 @@ def funnel_of(out: str) -> dict[str, str]:
     return dict(re.findall(STAGE_ROWS, table, re.M))
 
 
-def test_the_demo_replays_a_product_and_reports_its_funnel(
+async def test_the_demo_replays_a_product_and_reports_its_funnel(
     scratch: ScratchDatabase, tmp_path: Path
 ) -> None:
     env = suite_environment(
@@ -65,26 +67,9 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(
     )
     for name in ("USERS", "WORKFLOWS", "SEGMENTS", "TRIGGERS", "METRICS"):
         env[f"LIFECYCLE_{name}_ADDRESS"] = f"127.0.0.1:{env[f'LIFECYCLE_{name}_PORT']}"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "suite.cli",
-            "demo",
-            "--users",
-            "150",
-            "--days",
-            "5",
-            "--day-seconds",
-            "0.4",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out, err = await demo_output(
+        ["demo", "--users", "150", "--days", "5", "--day-seconds", "0.4"], env, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
     assert "starting the suite for the demo" in out
     funnel = funnel_of(out)
     assert funnel["Acquisition"] == "150"
@@ -99,7 +84,7 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(
     assert int(totals["workflow executions started"].replace(",", "")) >= 150
     # The services it started log to a file of the data folder: the terminal
     # shows the demo's own lines, and its report comes last.
-    assert [line for line in (out + result.stderr).splitlines() if line.startswith("{")] == []
+    assert [line for line in (out + err).splitlines() if line.startswith("{")] == []
     assert re.fullmatch(r"[a-z ]+: [\d,]+", out.rstrip().splitlines()[-1])
     logs = (tmp_path / DEMO_LOG).read_text()
     assert f"(its logs: {tmp_path / DEMO_LOG})" in out
@@ -108,6 +93,15 @@ def test_the_demo_replays_a_product_and_reports_its_funnel(
 
 async def demo_run(command: list[str], env: dict[str, str]) -> str:
     """What `lifecycle <command>` printed; fails the test if it fails."""
+    out, _ = await demo_output(command, env)
+    return out
+
+
+async def demo_output(
+    command: list[str], env: dict[str, str], timeout: float = 120
+) -> tuple[str, str]:
+    """What `lifecycle <command>` printed on stdout and stderr; fails the test if it fails.
+    It runs beside the event loop, which goes on serving the tests' servers."""
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "suite.cli", *command),
         env=env,
@@ -115,13 +109,13 @@ async def demo_run(command: list[str], env: dict[str, str]) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
     assert process.returncode == 0, err.decode()[-3000:]
-    return out.decode()
+    return out.decode(), err.decode()
 
 
 async def test_the_demo_uses_the_suite_that_runs(own_database: ScratchDatabase) -> None:

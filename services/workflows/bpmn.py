@@ -12,7 +12,6 @@ documentation.
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,7 +20,9 @@ from xml.etree.ElementTree import Element as XmlElement
 import defusedxml.ElementTree as SafeTree
 from defusedxml import DefusedXmlException
 
-from services.workflows.bpmn_tasks import BPMN, TASKS, ZEEBE, TaskParser, extension
+from services.workflows.bpmn_events import EventDefinitions, EventParser, link_target
+from services.workflows.bpmn_markers import read_marker
+from services.workflows.bpmn_tasks import BPMN, TASKS, TaskParser
 from services.workflows.bpmn_tasks import local_name as _local
 from services.workflows.cel_rules import with_article
 from services.workflows.expressions import (
@@ -30,7 +31,6 @@ from services.workflows.expressions import (
     parse_cycle,
     parse_date,
     parse_duration,
-    strip_marker,
 )
 from services.workflows.graph import Definition, Flow, Node, Timer
 from services.workflows.user_task_rules import read_spec
@@ -50,10 +50,13 @@ FLOW_NODES = frozenset(
         "boundaryEvent",
         "exclusiveGateway",
         "parallelGateway",
+        "inclusiveGateway",
         "eventBasedGateway",
         *ACTIVITIES,
     }
 )
+# Gateways whose outgoing flows take conditions.
+CONDITIONAL = frozenset({"exclusiveGateway", "inclusiveGateway"})
 # Elements that carry no behaviour: accepted and ignored.
 IGNORED = frozenset(
     {
@@ -69,6 +72,9 @@ IGNORED = frozenset(
         "property",
         "incoming",
         "outgoing",
+        # Read with their activity (bpmn_markers.py).
+        "multiInstanceLoopCharacteristics",
+        "standardLoopCharacteristics",
     }
 )
 EVENT_DEFINITIONS = {
@@ -76,13 +82,16 @@ EVENT_DEFINITIONS = {
     "messageEventDefinition": "message",
     "terminateEventDefinition": "terminate",
     "errorEventDefinition": "error",
+    "signalEventDefinition": "signal",
+    "escalationEventDefinition": "escalation",
+    "linkEventDefinition": "link",
 }
 ALLOWED_EVENTS: dict[str, set[str | None]] = {
-    "startEvent": {None, "timer", "message"},
-    "endEvent": {None, "terminate"},
-    "intermediateCatchEvent": {"timer", "message"},
-    "intermediateThrowEvent": {None},
-    "boundaryEvent": {"timer", "message", "error"},
+    "startEvent": {None, "timer", "message", "signal"},
+    "endEvent": {None, "terminate", "signal", "escalation"},
+    "intermediateCatchEvent": {"timer", "message", "signal", "link"},
+    "intermediateThrowEvent": {None, "signal", "escalation", "link"},
+    "boundaryEvent": {"timer", "message", "error", "signal", "escalation"},
 }
 
 
@@ -117,7 +126,7 @@ def parse(xml: str, max_bytes: int) -> Definition:
     return _Builder(root).build()
 
 
-class _Builder(TaskParser):
+class _Builder(TaskParser, EventParser):
     def __init__(self, root: XmlElement) -> None:
         self.root = root
         self.problems: list[Problem] = []
@@ -127,6 +136,7 @@ class _Builder(TaskParser):
         self.errors: dict[str, str] = {}
         self.expressions: list[tuple[str, str]] = []
         self.seen_ids: set[str] = set()
+        self.definitions = EventDefinitions(root)
 
     def problem(self, element_id: str, message: str) -> None:
         self.problems.append(Problem(element_id, message))
@@ -219,12 +229,10 @@ class _Builder(TaskParser):
     def _node(
         self, element: XmlElement, name: str, element_id: str, scope: str | None, depth: int
     ) -> None:
-        children = [_local(c.tag) for c in element]
-        for namespace, child in children:
-            if namespace == BPMN and child.endswith("LoopCharacteristics"):
-                self.problem(element_id, "loop and multi-instance markers are not supported")
+        # A multi-instance marker (bpmn_markers.py).
+        multi = read_marker(element, name, element_id, self.problem, self.expressions)
         event, definition = self._event(element, name, element_id)
-        fields: dict[str, Any] = {"event": event}
+        fields: dict[str, Any] = {"event": event, "multi": multi}
         if event == "timer" and definition is not None:
             fields["timer"] = self._timer(definition, element_id)
         if event == "message" or name == "receiveTask":
@@ -234,11 +242,12 @@ class _Builder(TaskParser):
             error_ref = definition.get("errorRef")
             fields["error_code"] = self.errors.get(error_ref or "") or None
         fields.update(self.task_fields(element, name, element_id))
+        fields.update(self.event_fields(element, name, element_id, event, definition))
         if name == "userTask":
             fields["user_task"] = read_spec(element, element_id, self.problem, self.expressions)
         if name == "callActivity":
-            fields["called"] = self._called(element, element_id)
-        if name == "exclusiveGateway":
+            fields.update(self.called_fields(element, element_id))
+        if name in ("exclusiveGateway", "inclusiveGateway"):
             fields["default"] = element.get("default")
         if name == "boundaryEvent":
             fields["attached_to"] = element.get("attachedToRef")
@@ -300,16 +309,6 @@ class _Builder(TaskParser):
             self.problem(element_id, "needs a messageRef to a bpmn:message with a name")
         return name or None
 
-    def _called(self, element: XmlElement, element_id: str) -> str | None:
-        called = element.get("calledElement")
-        for definition in extension(element, ZEEBE, "calledElement"):
-            called = definition.get("processId") or called
-        try:
-            return str(uuid.UUID(strip_marker(called or "")))
-        except ValueError:
-            self.problem(element_id, "a call activity must name the workflow id (a UUID) it calls")
-            return None
-
     def _connect(self) -> None:
         for flow in self.flows.values():
             source, target = self.nodes.get(flow.source), self.nodes.get(flow.target)
@@ -354,9 +353,10 @@ class _Builder(TaskParser):
         return starts[0].id if len(starts) == 1 else None
 
     def _check_nodes(self) -> None:
+        self.check_events(self.nodes)
         for node in self.nodes.values():
             self._check_connections(node)
-            if node.type == "exclusiveGateway":
+            if node.type in ("exclusiveGateway", "inclusiveGateway"):
                 self._check_exclusive(node)
             if node.type == "eventBasedGateway":
                 self._check_event_gateway(node)
@@ -369,20 +369,30 @@ class _Builder(TaskParser):
                 self.problem(node.id, "an error boundary event is always interrupting")
         for flow in self.flows.values():
             source = self.nodes.get(flow.source)
-            if flow.condition and source and source.type != "exclusiveGateway":
-                self.problem(flow.id, "conditions are only for flows out of exclusive gateways")
+            if flow.condition and source and source.type not in CONDITIONAL:
+                self.problem(
+                    flow.id, "conditions are only for flows out of exclusive and inclusive gateways"
+                )
 
     def _check_connections(self, node: Node) -> None:
-        takes_incoming = node.type not in ("startEvent", "boundaryEvent")
-        gives_outgoing = node.type != "endEvent"
+        # A link catch event is entered by its throw, a link throw leaves by it.
+        linked = node.event == "link"
+        takes_incoming = node.type not in ("startEvent", "boundaryEvent") and not (
+            linked and node.type == "intermediateCatchEvent"
+        )
+        gives_outgoing = node.type != "endEvent" and not (
+            linked and node.type == "intermediateThrowEvent"
+        )
         if takes_incoming and not node.incoming:
             self.problem(node.id, "has no incoming sequence flow")
         if not takes_incoming and node.incoming:
-            self.problem(node.id, f"{with_article(node.type)} cannot have incoming sequence flows")
+            kind = "a link catch event" if linked else with_article(node.type)
+            self.problem(node.id, f"{kind} cannot have incoming sequence flows")
         if gives_outgoing and not node.outgoing:
             self.problem(node.id, "has no outgoing sequence flow")
         if not gives_outgoing and node.outgoing:
-            self.problem(node.id, "an end event cannot have outgoing sequence flows")
+            kind = "a link throw event" if linked else "an end event"
+            self.problem(node.id, f"{kind} cannot have outgoing sequence flows")
 
     def _check_exclusive(self, node: Node) -> None:
         if node.default is not None:
@@ -426,6 +436,8 @@ class _Builder(TaskParser):
             queue.extend(node.boundaries)
             if node.start:
                 queue.append(node.start)
+            if node.event == "link" and node.type == "intermediateThrowEvent":
+                queue.append(link_target(self.nodes, node) or "")
         for node_id in self.nodes.keys() - reached:
             self.problem(node_id, "cannot be reached from the start event")
 
@@ -434,4 +446,5 @@ def _with(node: Node, **changes: Any) -> Node:
     data = {**asdict(node), **changes}
     data["timer"], data["task"], data["script"] = node.timer, node.task, node.script
     data["outputs"], data["inputs"] = node.outputs, node.inputs
+    data["multi"] = node.multi
     return Node(**data)

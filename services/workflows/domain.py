@@ -186,6 +186,9 @@ class NewMessage:
     message_id: str | None
     variables: dict[str, Any]
     ttl: timedelta
+    # The key subscriptions wait on (zeebe:subscription correlationKey), within
+    # the user; None: the user id.
+    correlation_key: str | None = None
 
 
 def publish_waves(users: Sequence[uuid.UUID]) -> list[list[int]]:

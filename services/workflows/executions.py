@@ -277,7 +277,7 @@ class Executions:
         duplicates = {m.user_id for m in keyed if m.user_id not in fresh}
         going = [m for m in live if m.user_id not in duplicates]
         waiting = await message_store.subscribers(
-            conn, [Correlation(m.user_id, m.name) for m in going]
+            conn, [Correlation(m.user_id, m.name, m.correlation_key) for m in going]
         )
         starting = await message_start_workflows(conn, {m.name for m in going})
         publisher = current_caller().actors

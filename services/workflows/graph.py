@@ -11,6 +11,7 @@ from typing import Any
 
 from services.workflows.domain import EMIT_EVENT, UPDATE_ATTRIBUTES
 from services.workflows.expressions import Expression, load_expression
+from services.workflows.multi_spec import CompiledMulti, MultiInstance, compile_multi
 from services.workflows.user_task_rules import UserTaskSpec
 
 
@@ -60,6 +61,20 @@ class Node:
     script: Script | None = None
     # A user task's assignment and schedule (user_task_rules.py).
     user_task: UserTaskSpec | None = None
+    # Signal, escalation and link events (bpmn_events.py): the signal's name
+    # (static or '=expr'), the escalation code (None: a catch-all boundary),
+    # the link's name.
+    signal: str | None = None
+    escalation_code: str | None = None
+    link: str | None = None
+    # zeebe:subscription correlationKey ('=expr'); None: the user id.
+    correlation_key: str | None = None
+    # A call activity naming the BPMN process id rather than the workflow id,
+    # and whether all the child's variables reach the parent.
+    called_process: str | None = None
+    propagate_all: bool = True
+    # A multi-instance marker (multi_spec.py, interpreter_multi.py).
+    multi: MultiInstance | None = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +99,17 @@ class Definition:
         node = self.nodes[self.start]
         return node.message if node.event == "message" else None
 
+    @property
+    def start_signal(self) -> str | None:
+        node = self.nodes[self.start]
+        return node.signal if node.event == "signal" else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "process_id": self.process_id,
             "start": self.start,
+            # Read by the database (workflow_versions.start_signal).
+            "start_signal": self.start_signal,
             "nodes": [asdict(node) for node in self.nodes.values()],
             "flows": [asdict(flow) for flow in self.flows.values()],
         }
@@ -106,6 +128,8 @@ class Definition:
             # Versions saved before user tasks have none.
             user_task = item.get("user_task")
             item["user_task"] = UserTaskSpec(**user_task) if user_task else None
+            # Versions saved before multi-instance markers have none.
+            item["multi"] = MultiInstance(**item["multi"]) if item.get("multi") else None
             nodes[item["id"]] = Node(**item)
         flows = {raw["id"]: Flow(**raw) for raw in data["flows"]}
         return cls(data["process_id"], data["start"], nodes, flows)
@@ -131,6 +155,8 @@ class Graph:
     scripts: dict[str, Expression] = field(default_factory=dict)
     # A user task's attribute expressions, by (element, field).
     user_tasks: dict[tuple[str, str], Expression] = field(default_factory=dict)
+    # Multi-instance markers' expressions, by element.
+    multi: dict[str, CompiledMulti] = field(default_factory=dict)
 
     @property
     def nodes(self) -> dict[str, Node]:
@@ -157,6 +183,7 @@ class Graph:
             *inputs,
             *self.scripts.values(),
             *self.user_tasks.values(),
+            *(e for spec in self.multi.values() for e in spec.expressions()),
         ]
 
 
@@ -201,4 +228,6 @@ def compile_graph(definition: Definition) -> Graph:
         for name, value in asdict(node.user_task).items()
         if isinstance(value, str) and value.startswith("=")
     }
-    return Graph(definition, conditions, timers, headers, outputs, inputs, scripts, user_tasks)
+    graph = Graph(definition, conditions, timers, headers, outputs, inputs, scripts, user_tasks)
+    graph.multi = compile_multi(definition)
+    return graph

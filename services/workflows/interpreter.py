@@ -39,6 +39,9 @@ from services.workflows.expressions import (
     plain,
 )
 from services.workflows.graph import Graph, Node
+from services.workflows.interpreter_events import OWN_EVENTS, EventSteps
+from services.workflows.interpreter_gateways import GatewaySteps
+from services.workflows.interpreter_multi import MultiSteps, is_marker
 from services.workflows.interpreter_tasks import MERGE_STEPS, Locals, TaskSteps
 from services.workflows.interpreter_user_tasks import user_task_row
 from services.workflows.state import (
@@ -49,6 +52,7 @@ from services.workflows.state import (
     ConsumedTimer,
     EmittedEvent,
     ErrorThrown,
+    EscalationRaised,
     ExecutionState,
     Fail,
     HistoryRow,
@@ -92,7 +96,7 @@ class OutputFailed(Exception):
         self.element = element
 
 
-class Interpreter(TaskSteps):
+class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
     """Runs triggers against one execution's state, in place."""
 
     def __init__(
@@ -113,6 +117,8 @@ class Interpreter(TaskSteps):
         self.work = WorkBudget()
         # What expressions read, until the variables change.
         self._scope: Scope | None = None
+        # The token whose scope the current activation or trigger is in (multi-instance locals).
+        self._at: int | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -132,7 +138,7 @@ class Interpreter(TaskSteps):
                 self._start()
             elif (token := state.tokens.get(trigger.token)) is not None:
                 self._dispatch(trigger, token)
-            self._drain()
+            self._drain_settled()
         except OutputFailed as error:
             self._finish(FAILED, str(error))
             # It failed there, whatever branches the failure ended after it.
@@ -142,6 +148,7 @@ class Interpreter(TaskSteps):
 
     def _dispatch(self, trigger: Trigger, token: Token) -> None:
         node = self.graph.nodes[token.element]
+        self._at = token.no
         if isinstance(trigger, TimerFired):
             self.step.consumed_timers.append(ConsumedTimer(token.no, trigger.element))
             self._event_fired(token, node, trigger.element, {}, trigger.repeat)
@@ -150,8 +157,9 @@ class Interpreter(TaskSteps):
         elif isinstance(trigger, JobCompleted):
             self._job_completed(token, node, trigger.variables)
         elif isinstance(trigger, ChildCompleted):
-            self._merge_produced(node, trigger.variables, "the called execution's variables")
-            self._leave(token, node)
+            self._child_completed(token, node, self._child_variables(token, trigger.variables))
+        elif isinstance(trigger, EscalationRaised):
+            self.escalated_by_child(token, trigger.code)
         elif isinstance(trigger, ErrorThrown):
             self._merge(trigger.variables)
             self._throw(token, node, trigger.code, trigger.message)
@@ -196,10 +204,13 @@ class Interpreter(TaskSteps):
                     " (a loop with no wait state?)",
                 )
                 return
+            self._at = scope
             self._activate(self.graph.nodes[element], scope, via)
 
     def _activate(self, node: Node, scope: int | None, via: str | None) -> None:
         kind = node.type
+        if node.event in OWN_EVENTS and self._event_activated(node, scope, via):
+            return
         if kind in PASS_THROUGH:
             self._pass(node, scope)
         elif kind == "endEvent":
@@ -211,6 +222,8 @@ class Interpreter(TaskSteps):
             self._exclusive(node, scope, via)
         elif kind == "parallelGateway":
             self._parallel(node, scope, via)
+        elif kind == "inclusiveGateway":
+            self._inclusive(node, scope, via)
         elif kind in ("eventBasedGateway", "intermediateCatchEvent"):
             token = self._new_token(node, scope, via)
             targets = [node]
@@ -221,8 +234,11 @@ class Interpreter(TaskSteps):
             self._activity(node, scope, via)
 
     def _activity(self, node: Node, scope: int | None, via: str | None) -> None:
+        if self._multi_body(node, scope):
+            self._activate_body(node, scope, via)  # interpreter_multi.py
+            return
         try:
-            local = self._inputs(node)
+            local = self._inputs(node, self._instance_seed(node, scope, via))
         except ExpressionError as error:
             self._incident(self._new_token(node, scope, via), str(error))
             return
@@ -235,9 +251,10 @@ class Interpreter(TaskSteps):
             return
         token = self._new_token(node, scope, via, local)
         try:
-            for boundary_id in node.boundaries:
+            # A multi-instance activity's boundary events are its body's.
+            for boundary_id in () if node.multi else node.boundaries:
                 boundary = self.graph.nodes[boundary_id]
-                if boundary.event in ("timer", "message"):
+                if boundary.event in ("timer", "message", "signal"):
                     self._arm(token, boundary)
             if task is not None:
                 headers = self._job_headers(node, local)
@@ -253,9 +270,13 @@ class Interpreter(TaskSteps):
             assert node.start is not None
             self._enqueue(node.start, token.no, None)
         elif node.type == "callActivity":
-            assert node.called is not None
             self.step.children.append(
-                ChildRequest(token.no, node.called, dict(self.state.variables))
+                ChildRequest(
+                    token.no,
+                    node.called or "",
+                    {**self.state.variables, **(token.variables or {})},
+                    process_id=node.called_process,
+                )
             )
         self._history(node, "activated")
 
@@ -317,6 +338,8 @@ class Interpreter(TaskSteps):
             self._arm_timer(token, node)
         elif node.event == "message":
             self._subscribe(token, node)
+        elif node.event == "signal":
+            self._subscribe_signal(token, node)
 
     def _arm_timer(self, token: Token, node: Node) -> None:
         timer = self.graph.timers[node.id]
@@ -343,7 +366,8 @@ class Interpreter(TaskSteps):
 
     def _subscribe(self, token: Token, node: Node) -> None:
         assert node.message is not None
-        self.step.subscriptions.append(Subscription(token.no, node.id, node.message))
+        if self.correlation_key(token, node):
+            self.step.subscriptions.append(Subscription(token.no, node.id, node.message))
 
     def _event_fired(
         self,
@@ -397,13 +421,15 @@ class Interpreter(TaskSteps):
 
     def _leave(self, token: Token, node: Node) -> None:
         self._remove(token.no, record="completed")
+        if self._instance_left(token, node):
+            return  # a multi-instance instance: its body goes on
         self._take_all(node, token.scope)
 
     def _throw(self, token: Token, node: Node, code: str, message: str) -> None:
         current: Token | None = token
         while current is not None:
             host = self.graph.nodes[current.element]
-            for boundary_id in host.boundaries:
+            for boundary_id in () if self._is_instance(current) else host.boundaries:
                 boundary = self.graph.nodes[boundary_id]
                 if boundary.event == "error" and boundary.error_code in (None, code):
                     self._remove(current.no, record="terminated")
@@ -485,7 +511,7 @@ class Interpreter(TaskSteps):
             self.step.cancelled_children.append(no)
         if node.user_task is not None and no in self.step.removed:
             self.step.closed_user_tasks.append(no)
-        if record is not None:
+        if record is not None and not is_marker(token):
             self._history(node, record, token.variables)
 
     def _pass(self, node: Node, scope: int | None) -> None:
@@ -516,6 +542,7 @@ class Interpreter(TaskSteps):
 
     def _context(self, expression: Expression, local: Locals = None) -> Scope:
         """What an expression sees: the variables, and an element's local ones over them."""
+        local = self._visible(local)
         if expression.uses_user and self.profile is None:
             raise ExpressionError("the user's profile could not be read (erased?)")
         if local:

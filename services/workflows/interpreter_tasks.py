@@ -54,6 +54,9 @@ class TaskSteps:
         def _incident(self, token: Token, message: str) -> None: ...
         def _history(self, node: Node, state: str, local: Locals = None) -> None: ...
         def _take_all(self, node: Node, scope: int | None) -> None: ...
+        def _done_inline(
+            self, node: Node, scope: int | None, via: str | None, local: Locals
+        ) -> None: ...
         def _new_token(
             self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
         ) -> Token: ...
@@ -69,13 +72,14 @@ class TaskSteps:
             token.variables = {**(local or {}), **kept}
         self._leave(token, node)
 
-    def _inputs(self, node: Node) -> Locals:
+    def _inputs(self, node: Node, seed: Locals = None) -> Locals:
         """The element's local variables, from its input mappings in order (each
-        sees the ones before it); None without any."""
+        sees the ones before it) over `seed` (a multi-instance instance's); None
+        without any."""
         mappings = self.graph.inputs.get(node.id)
         if not mappings:
-            return None
-        local: dict[str, Any] = {}
+            return dict(seed) if seed else None
+        local: dict[str, Any] = dict(seed or {})
         for target, expression in mappings:
             try:
                 local[target] = plain(evaluate(expression, self._context(expression, local)))
@@ -108,7 +112,7 @@ class TaskSteps:
                 {**data, "workflow_id": str(self.state.workflow_id), "element_id": node.id},
             )
         )
-        self._take_all(node, scope)
+        self._done_inline(node, scope, via, local)
 
     def _inline(self, node: Node, scope: int | None, via: str | None, local: Locals) -> None:
         """An undefined or manual task passes; a script task sets its result."""
@@ -122,7 +126,7 @@ class TaskSteps:
                 return
             local = self._produced(node, local, {node.script.result: value}, "the script's result")
         self._history(node, "completed", local)
-        self._take_all(node, scope)
+        self._done_inline(node, scope, via, local)
 
     def _produced(self, node: Node, local: Locals, variables: dict[str, Any], what: str) -> Locals:
         """Variables an element made (a script's result), set as Zeebe sets them:

@@ -20,6 +20,7 @@ from services.workflows.maintenance import maintenance
 from services.workflows.peers import UsersPeer
 from services.workflows.servicer import WorkflowServicer
 from services.workflows.settings import WorkflowSettings, load_settings
+from services.workflows.signals import Signals
 from services.workflows.stepper import Stepper
 from services.workflows.store.jobs import WAITING_USERS_CALLS
 from services.workflows.timers import DueTimers
@@ -46,6 +47,7 @@ def build_with(
             Jobs(stepper),
             context.page_tokens,
             UserTasks(stepper),
+            signals=Signals(stepper),
         )
 
         def register(server: grpc.aio.Server) -> None:

@@ -47,7 +47,9 @@ from services.workflows.domain import (
 )
 from services.workflows.executions import Executions
 from services.workflows.jobs import Jobs
+from services.workflows.servicer_signals import SignalRpcs
 from services.workflows.servicer_user_tasks import UserTaskRpcs
+from services.workflows.signals import Signals
 from services.workflows.user_tasks import UserTasks
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -172,13 +174,20 @@ def _message(
     """A message to publish (None without a user); problems go to `violations`
     under `prefix` + the field's name."""
     name = check_name(request.name, f"{prefix}name", violations)
-    user_id = parse_uuid(request.correlation_key, f"{prefix}correlation_key", violations)
+    key: str | None = None
+    if request.user_id:
+        # A correlation key within the user (zeebe:subscription correlationKey).
+        user_id = parse_uuid(request.user_id, f"{prefix}user_id", violations)
+        key = check_name(request.correlation_key, f"{prefix}correlation_key", violations)
+        key = None if user_id is not None and key == str(user_id) else key
+    else:
+        user_id = parse_uuid(request.correlation_key, f"{prefix}correlation_key", violations)
     variables = variables_of(request.variables, f"{prefix}variables", violations)
     message_id = check_name(request.message_id, f"{prefix}message_id", violations, required=False)
     ttl = _duration(request.time_to_live, f"{prefix}time_to_live", violations, MAX_TTL)
     if user_id is None:
         return None
-    return NewMessage(name, user_id, message_id or None, variables, ttl)
+    return NewMessage(name, user_id, message_id or None, variables, ttl, key)
 
 
 def _published(published: Published) -> pb.PublishMessageResponse:
@@ -205,7 +214,7 @@ def _invalid_message(violations: Violations) -> pb.PublishMessageResponse:
     return pb.PublishMessageResponse(error=error)
 
 
-class WorkflowServicer(UserTaskRpcs, workflows_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServiceServicer):
     def __init__(
         self,
         directory: WorkflowDirectory,
@@ -213,7 +222,10 @@ class WorkflowServicer(UserTaskRpcs, workflows_pb2_grpc.WorkflowServiceServicer)
         jobs: Jobs,
         page_tokens: PageTokens,
         user_tasks: UserTasks,
+        *,
+        signals: Signals,
     ) -> None:
+        self._signals = signals
         self._directory = directory
         self._executions = executions
         self._jobs = jobs

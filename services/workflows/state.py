@@ -106,6 +106,14 @@ class ChildEnded:
 
 
 @dataclass(frozen=True)
+class EscalationRaised:
+    """An escalation a called execution did not catch, at its call activity."""
+
+    token: int
+    code: str
+
+
+@dataclass(frozen=True)
 class Reactivate:
     """Runs the element of a token again (resolving an incident that was not a job's)."""
 
@@ -131,6 +139,7 @@ Trigger = (
     | ErrorThrown
     | ChildCompleted
     | ChildEnded
+    | EscalationRaised
     | Reactivate
     | Cancel
     | Fail
@@ -223,6 +232,8 @@ class ChildRequest:
     token: int
     workflow_id: str
     variables: dict[str, Any]
+    # A call by BPMN process id (workflow_id is empty): resolved when it starts.
+    process_id: str | None = None
 
 
 @dataclass

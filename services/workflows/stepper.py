@@ -51,6 +51,12 @@ from services.workflows.state import (
     Trigger,
     UncaughtError,
 )
+from services.workflows.stepper_events import (
+    correlation_key,
+    event_follow_ups,
+    resolve_calls,
+    signal_rows,
+)
 from services.workflows.store import definitions as workflow_store
 from services.workflows.store import executions as execution_store
 from services.workflows.store import messages as message_store
@@ -118,6 +124,8 @@ class _Subscribed(NamedTuple):
     name: str
     token: int
     element: str
+    # Its correlation key; None: the user id.
+    key: str | None = None
 
 
 def new_state(
@@ -406,8 +414,9 @@ class Stepper:
             children += [(run, child) for child in step.children[done[0] :]]
             cancelled += [TokenKey(execution_id, no) for no in step.cancelled_children[done[1] :]]
             for token, element, name in step.subscriptions[done[2] :]:
+                key = correlation_key(run, token, element)
                 subscribed.append(
-                    _Subscribed(execution_id, run.state.user_id, name, token, element)
+                    _Subscribed(execution_id, run.state.user_id, name, token, element, key)
                 )
             done[:] = [len(step.children), len(step.cancelled_children), len(step.subscriptions)]
             if step.parent_notice is not None:
@@ -423,6 +432,7 @@ class Stepper:
                 queue[execution_id].append(Cancel("its caller was interrupted", by_parent=True))
         if subscribed:
             await self._deliver_buffered(conn, result, subscribed, queue, now)
+        await event_follow_ups(conn, result, queue, now, new_state)
         return queue
 
     async def _start_children(
@@ -434,6 +444,7 @@ class Stepper:
     ) -> list[uuid.UUID]:
         """Inserts the executions call activities start; an incident on a call
         activity whose workflow is not active."""
+        children = await resolve_calls(conn, children)
         workflows = await workflow_store.startable(
             conn, [uuid.UUID(child.workflow_id) for _, child in children]
         )
@@ -472,7 +483,7 @@ class Stepper:
     ) -> None:
         """Hands each new subscription the oldest buffered message it has not had."""
         found = await message_store.buffered_messages(
-            conn, [Waiting(s.execution_id, s.user_id, s.name) for s in subscribed], now
+            conn, [Waiting(s.execution_id, s.user_id, s.name, s.key) for s in subscribed], now
         )
         deliveries = []
         for s in subscribed:
@@ -543,10 +554,13 @@ def collect(
             if notes.earliest_timer is None or timer.due_at < notes.earliest_timer:
                 notes.earliest_timer = timer.due_at
     w.subscriptions += [
-        steps.NewSubscription(execution_id, token, element, name, state.user_id)
+        steps.NewSubscription(
+            execution_id, token, element, name, state.user_id, correlation_key(run, token, element)
+        )
         for token, element, name in step.subscriptions
         if token in alive
     ]
+    w.signal_subscriptions += signal_rows(run, alive)
     for job in step.jobs:
         if job.token in alive:
             w.jobs.append(

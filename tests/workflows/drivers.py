@@ -23,7 +23,7 @@ from services.workflows.bpmn import parse
 from services.workflows.domain import RUNNING
 from services.workflows.graph import Graph, compile_graph
 from services.workflows.interpreter import Interpreter
-from services.workflows.state import ExecutionState, JobCompleted, Start
+from services.workflows.state import ExecutionState, JobCompleted, Start, Token
 
 # What a worker does for a service task: new variables from the element id and the current ones.
 Worker = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -58,21 +58,32 @@ def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
     run = Interpreter(graph, state, NOW)
     run.run(Start())
     while state.status == RUNNING:
-        waiting = sorted(
-            t.no for t in state.tokens.values() if graph.nodes[t.element].type == "serviceTask"
-        )
+        waiting = [
+            t.no
+            for t in state.tokens.values()
+            if graph.nodes[t.element].type == "serviceTask" and _is_job(graph, t)
+        ]
         if not waiting:
             break
-        token = waiting[0]
-        element = state.tokens[token].element
-        run.run(JobCompleted(token, worker(element, state.variables)))
+        token = state.tokens[min(waiting)]
+        # A multi-instance instance's job sees its local variables (its element).
+        variables = {**state.variables, **(token.variables or {})}
+        run.run(JobCompleted(token.no, worker(token.element, variables)))
     return state.status, [h.element for h in run.step.history if h.state == "completed"]
+
+
+def _is_job(graph: Graph, token: Token) -> bool:
+    """Whether a service task's token waits for its job: on a multi-instance
+    task, an instance's (not its body's nor a completed instance's marker)."""
+    return graph.nodes[token.element].multi is None or (token.via or "").startswith("#")
 
 
 def same_run(graph: Graph, ours: Run, theirs: Run) -> bool:
     """The same final status and the same completions in the same order, except
-    where parallel branches make the order arbitrary: there, each element as often."""
-    if any(node.type == "parallelGateway" for node in graph.nodes.values()):
+    where parallel branches (parallel and inclusive gateways, parallel
+    multi-instance) make the order arbitrary: there, each element as often."""
+    unordered = ("parallelGateway", "inclusiveGateway")
+    if any(node.type in unordered or node.multi for node in graph.nodes.values()):
         return ours[0] == theirs[0] and Counter(ours[1]) == Counter(theirs[1])
     return ours == theirs
 

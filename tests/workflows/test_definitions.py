@@ -191,7 +191,7 @@ BAD_DOCUMENTS = {
         "'m': needs a messageRef",
     ),
     "call activity without workflow": (
-        linear(start(), call("c", "not-a-uuid"), end()),
+        linear(start(), call("c", ""), end()),
         "'c': a call activity",
     ),
     "cycle on an interrupting boundary": (
@@ -211,7 +211,7 @@ BAD_DOCUMENTS = {
         definitions(
             start(), emit("t"), end(), flow("f1", "start", "t"), flow("f2", "t", "end", "x > 1")
         ),
-        "'f2': conditions are only for flows out of exclusive gateways",
+        "'f2': conditions are only for flows out of exclusive and inclusive gateways",
     ),
     "multi-instance": (
         linear(
@@ -221,18 +221,18 @@ BAD_DOCUMENTS = {
             "</bpmn:serviceTask>",
             end(),
         ),
-        "'mi': loop and multi-instance",
+        "'mi': a multi-instance marker needs zeebe:loopCharacteristics",
     ),
     "sub-processes nested too deep": (DEEP_SUBPROCESSES, "'sub33': sub-processes nest more"),
     # A none intermediate throw event passes (test_tasks.py); others are refused.
-    "signal intermediate throw event": (
+    "signal without a signal": (
         linear(
             start(),
             '<bpmn:intermediateThrowEvent id="throw"><bpmn:signalEventDefinition/>'
             "</bpmn:intermediateThrowEvent>",
             end(),
         ),
-        "'throw': a signalEventDefinition intermediateThrowEvent is not supported",
+        "'throw': needs a signalRef to a bpmn:signal with a name",
     ),
 }
 

@@ -1,6 +1,7 @@
 """Differential test: on processes both engines support (gateways with
-conditions and defaults, parallel fork and join, loops through back-edges,
-embedded sub-processes, service tasks), our interpreter takes the same path as
+conditions and defaults, parallel fork and join, inclusive fork and join,
+parallel multi-instance, loops through back-edges, embedded sub-processes,
+service tasks), our interpreter takes the same path as
 SpiffWorkflow 3.x for generated variables: the same elements completed in the
 same order, or, in a process with parallel branches, the same elements as
 often."""
@@ -126,14 +127,58 @@ NESTED = definitions(
     process_id="nested",
 )
 
+# An inclusive fork (every true condition, the default when none) and its join,
+# then a parallel multi-instance task over `items`: written with both Zeebe's
+# zeebe:loopCharacteristics and BPMN's data references, which SpiffWorkflow reads.
+MULTI = (
+    '<bpmn:serviceTask id="each" name="Each"><bpmn:extensionElements>'
+    '<zeebe:taskDefinition type="t"/></bpmn:extensionElements>'
+    "<bpmn:multiInstanceLoopCharacteristics><bpmn:extensionElements>"
+    '<zeebe:loopCharacteristics inputCollection="=items" inputElement="item"'
+    ' outputCollection="results" outputElement="=result"/></bpmn:extensionElements>'
+    "<bpmn:loopDataInputRef>items</bpmn:loopDataInputRef>"
+    "<bpmn:loopDataOutputRef>results</bpmn:loopDataOutputRef>"
+    '<bpmn:inputDataItem id="item" name="item"/><bpmn:outputDataItem id="result" name="result"/>'
+    "</bpmn:multiInstanceLoopCharacteristics></bpmn:serviceTask>"
+)
+INCLUSIVE_MULTI = definitions(
+    start(),
+    '<bpmn:inclusiveGateway id="fork" default="to_c"/>',
+    service("a", "t"),
+    service("b", "t"),
+    service("c", "t"),
+    '<bpmn:inclusiveGateway id="join"/>',
+    MULTI,
+    end(),
+    flow("f0", "start", "fork"),
+    flow("to_a", "fork", "a", "score >= 3"),
+    flow("to_b", "fork", "b", "score >= 6"),
+    flow("to_c", "fork", "c"),
+    flow("fa", "a", "join"),
+    flow("fb", "b", "join"),
+    flow("fc", "c", "join"),
+    flow("f1", "join", "each"),
+    flow("f2", "each", "end"),
+    process_id="inclusive_multi",
+)
+
 
 def counting_worker(element: str, variables: dict[str, Any]) -> dict[str, Any]:
     if element == "attempt":
         return {"tries": variables["tries"] + 1}
+    if element == "each":
+        # SpiffWorkflow also asks its multi-instance task itself, without an item.
+        return {"result": variables["item"] * 2} if "item" in variables else {}
     return {f"done_{element}": True}
 
 
-PROCESSES = {"routing": ROUTING, "forkjoin": FORK_JOIN, "loop": LOOP, "nested": NESTED}
+PROCESSES = {
+    "routing": ROUTING,
+    "forkjoin": FORK_JOIN,
+    "loop": LOOP,
+    "nested": NESTED,
+    "inclusive_multi": INCLUSIVE_MULTI,
+}
 VARIABLES = {
     "routing": st.fixed_dictionaries(
         {"amount": st.integers(-5, 5000), "country": st.sampled_from(["DE", "FR", "US"])}
@@ -143,6 +188,9 @@ VARIABLES = {
         {"tries": st.just(0), "limit": st.integers(1, 6), "goal": st.integers(1, 6)}
     ),
     "nested": st.fixed_dictionaries({"flag": st.integers(0, 2)}),
+    "inclusive_multi": st.fixed_dictionaries(
+        {"score": st.integers(0, 10), "items": st.lists(st.integers(-50, 50), max_size=6)}
+    ),
 }
 
 

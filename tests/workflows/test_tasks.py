@@ -199,7 +199,6 @@ async def test_job_based_tasks_are_jobs_like_service_tasks(wf: Stub, kind: str) 
             "'calc': expression",
         ),
         ('<bpmn:complexGateway id="approve"/>', "'approve': complexGateway is not supported"),
-        ('<bpmn:inclusiveGateway id="any"/>', "'any': inclusiveGateway is not supported"),
         (
             element("callActivity", "sub", inputs={"x": "=1"}),
             "'sub': input mappings on a callActivity are not supported",

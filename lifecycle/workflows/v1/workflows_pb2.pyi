@@ -858,10 +858,17 @@ class PublishMessageRequest(_message.Message):
     VARIABLES_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     correlation_key: _builtins.str
-    """The user id."""
+    """The user id; or, with `user_id`, the key the user's subscriptions wait on
+    (a message's zeebe:subscription correlationKey, docs/workflows.md).
+    """
     message_id: _builtins.str
+    user_id: _builtins.str
+    """The user whose executions the message is for, when `correlation_key` is
+    not the user id. Empty: `correlation_key` is the user id.
+    """
     @_builtins.property
     def variables(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -874,10 +881,11 @@ class PublishMessageRequest(_message.Message):
         variables: _struct_pb2.Struct | None = ...,
         message_id: _builtins.str = ...,
         time_to_live: _duration_pb2.Duration | None = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time_to_live", b"time_to_live", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "message_id", b"message_id", "name", b"name", "time_to_live", b"time_to_live", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "message_id", b"message_id", "name", b"name", "time_to_live", b"time_to_live", "user_id", b"user_id", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,6 +1002,76 @@ class PublishMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishMessagesResponse: _TypeAlias = PublishMessagesResponse  # noqa: Y015
+
+@_typing.final
+class BroadcastSignalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_NAME_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    signal_name: _builtins.str
+    """The signal's name (bpmn:signal name), at most 255 characters."""
+    request_id: _builtins.str
+    """UUID; a repeated request_id answers what the first call did, and does nothing."""
+    @_builtins.property
+    def variables(self) -> _struct_pb2.Struct:
+        """Merged into the variables of every execution the signal reaches, and
+        the variables of those it starts.
+        """
+
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The users (UUIDs, at most 1000) for whom the workflows a signal start
+        event of this name starts run: one execution each.
+        """
+
+    def __init__(
+        self,
+        *,
+        signal_name: _builtins.str = ...,
+        variables: _struct_pb2.Struct | None = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variables", b"variables"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "signal_name", b"signal_name", "user_ids", b"user_ids", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BroadcastSignalRequest: _TypeAlias = BroadcastSignalRequest  # noqa: Y015
+
+@_typing.final
+class BroadcastSignalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERED_COUNT_FIELD_NUMBER: _builtins.int
+    STARTED_COUNT_FIELD_NUMBER: _builtins.int
+    START_WORKFLOW_COUNT_FIELD_NUMBER: _builtins.int
+    delivered_count: _builtins.int
+    """Tokens the signal reached (catch and boundary events)."""
+    started_count: _builtins.int
+    """Executions started (signal start events, one per user and workflow)."""
+    start_workflow_count: _builtins.int
+    """Active workflows whose start event waits for this signal (started for
+    `user_ids`; none is started without users).
+    """
+    def __init__(
+        self,
+        *,
+        delivered_count: _builtins.int = ...,
+        started_count: _builtins.int = ...,
+        start_workflow_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_count", b"delivered_count", "start_workflow_count", b"start_workflow_count", "started_count", b"started_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BroadcastSignalResponse: _TypeAlias = BroadcastSignalResponse  # noqa: Y015
 
 @_typing.final
 class ActivateJobsRequest(_message.Message):

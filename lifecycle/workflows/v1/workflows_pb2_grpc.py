@@ -108,6 +108,11 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesResponse.FromString,
                 _registered_method=True)
+        self.BroadcastSignal = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/BroadcastSignal',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.BroadcastSignalRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.BroadcastSignalResponse.FromString,
+                _registered_method=True)
         self.ActivateJobs = channel.unary_stream(
                 '/lifecycle.workflows.v1.WorkflowService/ActivateJobs',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ActivateJobsRequest.SerializeToString,
@@ -275,6 +280,16 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BroadcastSignal(self, request, context):
+        """Broadcasts a signal: every token waiting at a signal catch or boundary
+        event of that name gets it, and the active workflows whose start event
+        is a signal start event of that name start, once for each of `user_ids`
+        (an execution belongs to a user: without users, none starts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ActivateJobs(self, request, context):
         """Long-polls for jobs of a type; streams batches of activated jobs until
         `request_timeout` passes or `max_jobs_to_activate` were sent.
@@ -434,6 +449,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.PublishMessages,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesResponse.SerializeToString,
+            ),
+            'BroadcastSignal': grpc.unary_unary_rpc_method_handler(
+                    servicer.BroadcastSignal,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.BroadcastSignalRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.BroadcastSignalResponse.SerializeToString,
             ),
             'ActivateJobs': grpc.unary_stream_rpc_method_handler(
                     servicer.ActivateJobs,
@@ -878,6 +898,33 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/PublishMessages',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.PublishMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BroadcastSignal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/BroadcastSignal',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.BroadcastSignalRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.BroadcastSignalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,12 @@ class WorkflowServiceStub:
     give it, in order: the bulk path (the triggers service's outbox sends its
     events this way, as the concatenation of one-message requests).
     """
+    BroadcastSignal: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.BroadcastSignalRequest, _workflows_pb2.BroadcastSignalResponse]
+    """Broadcasts a signal: every token waiting at a signal catch or boundary
+    event of that name gets it, and the active workflows whose start event
+    is a signal start event of that name start, once for each of `user_ids`
+    (an execution belongs to a user: without users, none starts).
+    """
     ActivateJobs: _grpc.UnaryStreamMultiCallable[_workflows_pb2.ActivateJobsRequest, _workflows_pb2.ActivateJobsResponse]
     """Long-polls for jobs of a type; streams batches of activated jobs until
     `request_timeout` passes or `max_jobs_to_activate` were sent.
@@ -140,6 +146,12 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Publishes up to 1000 messages, each with the outcome PublishMessage would
     give it, in order: the bulk path (the triggers service's outbox sends its
     events this way, as the concatenation of one-message requests).
+    """
+    BroadcastSignal: _aio.UnaryUnaryMultiCallable[_workflows_pb2.BroadcastSignalRequest, _workflows_pb2.BroadcastSignalResponse]  # type: ignore[assignment]
+    """Broadcasts a signal: every token waiting at a signal catch or boundary
+    event of that name gets it, and the active workflows whose start event
+    is a signal start event of that name start, once for each of `user_ids`
+    (an execution belongs to a user: without users, none starts).
     """
     ActivateJobs: _aio.UnaryStreamMultiCallable[_workflows_pb2.ActivateJobsRequest, _workflows_pb2.ActivateJobsResponse]  # type: ignore[assignment]
     """Long-polls for jobs of a type; streams batches of activated jobs until
@@ -294,6 +306,18 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Publishes up to 1000 messages, each with the outcome PublishMessage would
         give it, in order: the bulk path (the triggers service's outbox sends its
         events this way, as the concatenation of one-message requests).
+        """
+
+    @_abc_1.abstractmethod
+    def BroadcastSignal(
+        self,
+        request: _workflows_pb2.BroadcastSignalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.BroadcastSignalResponse, _abc.Awaitable[_workflows_pb2.BroadcastSignalResponse]]:
+        """Broadcasts a signal: every token waiting at a signal catch or boundary
+        event of that name gets it, and the active workflows whose start event
+        is a signal start event of that name start, once for each of `user_ids`
+        (an execution belongs to a user: without users, none starts).
         """
 
     @_abc_1.abstractmethod

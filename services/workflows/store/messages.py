@@ -30,6 +30,8 @@ class Waiting(NamedTuple):
     execution_id: uuid.UUID
     user_id: uuid.UUID
     name: str
+    # Its correlation key; None: the user id.
+    key: str | None = None
 
 
 class Subscriber(NamedTuple):
@@ -45,6 +47,12 @@ class Correlation(NamedTuple):
 
     user_id: uuid.UUID
     name: str
+    # The message's correlation key; None: the user id.
+    key: str | None = None
+
+
+# A subscription's or a message's key: its correlation key, else its user id.
+_KEY = "coalesce({0}.correlation_key, {0}.user_id::text)"
 
 
 async def buffered_messages(
@@ -54,14 +62,17 @@ async def buffered_messages(
     buffered message it has not had yet."""
     rows = await conn.fetch(
         "SELECT DISTINCT ON (w.execution_id, w.name) w.execution_id, m.id, m.name, m.variables"
-        " FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS w(execution_id, user_id, name)"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::text[])"
+        " AS w(execution_id, user_id, name, correlation_key)"
         " JOIN messages m ON m.user_id = w.user_id AND m.name = w.name AND m.expires_at > $4"
+        f"  AND {_KEY.format('m')} = {_KEY.format('w')}"
         "  AND NOT (w.execution_id = ANY(m.delivered_to))"
         " ORDER BY w.execution_id, w.name, m.id",
         [w.execution_id for w in wanted],
         [w.user_id for w in wanted],
         [w.name for w in wanted],
         now,
+        [w.key for w in wanted],
     )
     return {
         (row["execution_id"], row["name"]): Buffered(row["id"], row["name"], row["variables"])
@@ -70,7 +81,8 @@ async def buffered_messages(
 
 
 _INSERT_MESSAGES = (
-    "INSERT INTO messages (name, user_id, message_id, variables, published_at, expires_at)"
+    "INSERT INTO messages"
+    " (name, user_id, message_id, variables, published_at, expires_at, correlation_key)"
 )
 
 
@@ -92,7 +104,7 @@ async def record_message_ids(
     whatever time it read."""
     rows = await conn.fetch(
         f"{_INSERT_MESSAGES} SELECT r.name, r.user_id, r.message_id, '{{}}'::jsonb,"
-        " $4::timestamptz, '-infinity'::timestamptz"
+        " $4::timestamptz, '-infinity'::timestamptz, NULL"
         " FROM unnest($1::text[], $2::uuid[], $3::text[]) AS r(name, user_id, message_id)"
         " ON CONFLICT (message_id) DO NOTHING RETURNING user_id",
         *_message_keys(messages),
@@ -108,14 +120,16 @@ async def buffer_messages(
     transaction recorded becomes the buffered message."""
     await conn.execute(
         f"{_INSERT_MESSAGES} SELECT r.name, r.user_id, r.message_id, r.variables,"
-        " $5::timestamptz, $5::timestamptz + r.ttl"
-        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $6::interval[])"
-        " AS r(name, user_id, message_id, variables, ttl) ON CONFLICT (message_id)"
-        " DO UPDATE SET variables = excluded.variables, expires_at = excluded.expires_at",
+        " $5::timestamptz, $5::timestamptz + r.ttl, r.correlation_key"
+        " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $6::interval[],"
+        " $7::text[]) AS r(name, user_id, message_id, variables, ttl, correlation_key)"
+        " ON CONFLICT (message_id) DO UPDATE SET variables = excluded.variables,"
+        " expires_at = excluded.expires_at, correlation_key = excluded.correlation_key",
         *_message_keys(messages),
         [m.variables for m in messages],
         now,
         [m.ttl for m in messages],
+        [m.correlation_key for m in messages],
     )
 
 
@@ -126,11 +140,14 @@ async def subscribers(
     each execution, with its element."""
     rows = await conn.fetch(
         "SELECT DISTINCT ON (s.execution_id) s.user_id, s.execution_id, s.token, s.element_id"
-        " FROM message_subscriptions s JOIN unnest($1::uuid[], $2::text[]) AS w(user_id, name)"
+        " FROM message_subscriptions s"
+        " JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS w(user_id, name, correlation_key)"
         " ON s.user_id = w.user_id AND s.message_name = w.name"
+        f" AND {_KEY.format('s')} = {_KEY.format('w')}"
         " ORDER BY s.execution_id, s.token",
         [w.user_id for w in wanted],
         [w.name for w in wanted],
+        [w.key for w in wanted],
     )
     found: dict[uuid.UUID, list[Subscriber]] = defaultdict(list)
     for row in rows:

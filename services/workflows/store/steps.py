@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 from runtime.database import Executor
 from runtime.telemetry import current_traceparent
 from services.workflows.state import ExecutionState
-from services.workflows.store import user_tasks
+from services.workflows.store import signals, user_tasks
 from services.workflows.store.executions import TokenKey, current_node
+from services.workflows.store.signals import NewSignalSubscription
 from services.workflows.store.statement import Statement
 from services.workflows.store.user_tasks import ClosedUserTask, NewUserTask
 
@@ -51,6 +52,8 @@ class NewSubscription(NamedTuple):
     element_id: str
     message_name: str
     user_id: uuid.UUID
+    # zeebe:subscription correlationKey's value; None: the user id.
+    correlation_key: str | None = None
 
 
 class NewJob(NamedTuple):
@@ -105,6 +108,7 @@ class Writes:
     deliveries: list[Delivery] = field(default_factory=list)
     user_tasks: list[NewUserTask] = field(default_factory=list)
     closed_user_tasks: list[ClosedUserTask] = field(default_factory=list)
+    signal_subscriptions: list[NewSignalSubscription] = field(default_factory=list)
 
 
 _UPDATE_TYPES = ("uuid", "text", "jsonb", "text", "timestamptz", "text", "int")
@@ -120,7 +124,7 @@ def _inserts(w: Writes) -> tuple[_Insert, ...]:
          " ON CONFLICT (execution_id, token, element_id)"
          " DO UPDATE SET due_at = excluded.due_at, repeat = excluded.repeat"),
         ("subscriptions", "message_subscriptions", w.subscriptions,
-         ("uuid", "int", "text", "text", "uuid"), " ON CONFLICT DO NOTHING"),
+         ("uuid", "int", "text", "text", "uuid", "text"), " ON CONFLICT DO NOTHING"),
         ("jobs", "jobs", w.jobs,
          ("uuid", "int", "text", "text", "uuid", "uuid", "jsonb", "int", "timestamptz"), ""),
         ("incidents", "incidents", w.incidents,
@@ -176,6 +180,7 @@ async def write(conn: Executor, w: Writes) -> None:
                 f" FROM {q.unnest(rows, types)} AS r({columns}){conflict}",
             )
     user_tasks.add_writes(q, w.user_tasks, w.closed_user_tasks)
+    signals.add_writes(q, w.signal_subscriptions)
     if w.deliveries:
         q.add(
             "deliveries",
