@@ -9,7 +9,8 @@
 - in-process engine, a second BPMN: an inclusive fork and join (two of three
   branches taken) then a parallel multi-instance service task over 100 items
   (each instance's job completed by the in-memory worker, the outputs
-  collected), ours against SpiffWorkflow on the same document;
+  collected), ours against SpiffWorkflow on the same document, and our time
+  per item at 100 and at 1,000 items (flat when a step's cost is linear);
 - through gRPC with persistence: StartExecution of a 5-node workflow (start,
   exclusive gateway, one built-in service task, merging exclusive gateway,
   end; every call runs all five) beside an empty grpc.aio call (target: 1,000
@@ -105,6 +106,8 @@ def in_process(instances: int) -> tuple[float, float]:
 
 
 MULTI_ITEMS = 100
+# The same model over ten times the items: the time per item should stay flat.
+MULTI_ITEMS_LARGE = 1000
 
 
 def in_process_multi(instances: int) -> tuple[float, float]:
@@ -124,6 +127,17 @@ def in_process_multi(instances: int) -> tuple[float, float]:
     for n in range(fewer):
         run_spiff(spec, {**variables, "score": n % 10}, counting_worker)
     return ours, fewer / (time.perf_counter() - started)
+
+
+def multi_per_item(items: int, runs: int) -> float:
+    """Microseconds per item of one INCLUSIVE_MULTI instance over `items` items (ours)."""
+    graph = our_graph(INCLUSIVE_MULTI)
+    variables = {"score": 7, "items": list(range(items))}
+    started = time.perf_counter()
+    for _ in range(runs):
+        status, _completed = run_ours(graph, variables, counting_worker)
+        assert status == "completed"
+    return (time.perf_counter() - started) / runs / items * 1e6
 
 
 def workflows_service(database_url: str) -> Any:
@@ -215,6 +229,8 @@ async def measure_timers(database_url: str, timers: int, concurrency: int) -> li
 async def main(calls: int, concurrency: int, timers: int, instances: int) -> None:
     ours, spiff = in_process(instances)
     multi_ours, multi_spiff = in_process_multi(instances)
+    small = multi_per_item(MULTI_ITEMS, max(20, instances // 20))
+    large = multi_per_item(MULTI_ITEMS_LARGE, max(2, instances // 200))
     with server_url() as url:
         async with scratch_database(url) as database_url:
             empty = await measure_empty("empty unary call (limit)", calls, concurrency, None)
@@ -236,6 +252,10 @@ async def main(calls: int, concurrency: int, timers: int, instances: int) -> Non
     print(f"{'in-process MI, ours':<28} {multi_ours:10.1f} instances/s")
     print(f"{'in-process MI, SpiffWorkflow':<28} {multi_spiff:10.1f} instances/s")
     print(f"{'':<28} {multi_ours / multi_spiff:10.1f}x SpiffWorkflow")
+    print(
+        f"{'in-process MI, per item':<28} {small:10.1f} us at {MULTI_ITEMS} items,"
+        f" {large:.1f} us at {MULTI_ITEMS_LARGE:,} items ({large / small:.2f}x; flat is linear)"
+    )
     print(empty.line())
     print(executions.line(empty), "  (target >= 1000/s)")
     p99 = lateness[min(len(lateness) - 1, int(0.99 * len(lateness)))]

@@ -20,6 +20,7 @@ from xml.etree.ElementTree import Element as XmlElement
 import defusedxml.ElementTree as SafeTree
 from defusedxml import DefusedXmlException
 
+from services.workflows.bpmn_esp import EspParser
 from services.workflows.bpmn_events import EventDefinitions, EventParser, link_target
 from services.workflows.bpmn_markers import read_marker
 from services.workflows.bpmn_tasks import BPMN, TASKS, TaskParser
@@ -87,8 +88,8 @@ EVENT_DEFINITIONS = {
     "linkEventDefinition": "link",
 }
 ALLOWED_EVENTS: dict[str, set[str | None]] = {
-    "startEvent": {None, "timer", "message", "signal"},
-    "endEvent": {None, "terminate", "signal", "escalation"},
+    "startEvent": {None, "timer", "message", "signal", "error", "escalation"},
+    "endEvent": {None, "terminate", "signal", "escalation", "error"},
     "intermediateCatchEvent": {"timer", "message", "signal", "link"},
     "intermediateThrowEvent": {None, "signal", "escalation", "link"},
     "boundaryEvent": {"timer", "message", "error", "signal", "escalation"},
@@ -126,7 +127,7 @@ def parse(xml: str, max_bytes: int) -> Definition:
     return _Builder(root).build()
 
 
-class _Builder(TaskParser, EventParser):
+class _Builder(TaskParser, EventParser, EspParser):
     def __init__(self, root: XmlElement) -> None:
         self.root = root
         self.problems: list[Problem] = []
@@ -137,6 +138,8 @@ class _Builder(TaskParser, EventParser):
         self.expressions: list[tuple[str, str]] = []
         self.seen_ids: set[str] = set()
         self.definitions = EventDefinitions(root)
+        # Event sub-processes, by id (bpmn_esp.py).
+        self.triggered: set[str] = set()
 
     def problem(self, element_id: str, message: str) -> None:
         self.problems.append(Problem(element_id, message))
@@ -242,7 +245,8 @@ class _Builder(TaskParser, EventParser):
             error_ref = definition.get("errorRef")
             fields["error_code"] = self.errors.get(error_ref or "") or None
         fields.update(self.task_fields(element, name, element_id))
-        fields.update(self.event_fields(element, name, element_id, event, definition))
+        esp = name == "startEvent" and scope in self.triggered
+        fields.update(self.event_fields(element, name, element_id, event, definition, in_esp=esp))
         if name == "userTask":
             fields["user_task"] = read_spec(element, element_id, self.problem, self.expressions)
         if name == "callActivity":
@@ -252,10 +256,13 @@ class _Builder(TaskParser, EventParser):
         if name == "boundaryEvent":
             fields["attached_to"] = element.get("attachedToRef")
             fields["interrupting"] = element.get("cancelActivity", "true") != "false"
+        if name == "startEvent":
+            fields["interrupting"] = element.get("isInterrupting", "true") != "false"
         fields["outputs"] = self.outputs(element, element_id)
         if name == "subProcess":
             if element.get("triggeredByEvent") == "true":
-                self.problem(element_id, "event sub-processes are not supported")
+                fields["triggered"] = True
+                self.triggered.add(element_id)
             if depth == MAX_NESTING:
                 raise BpmnError(
                     [Problem(element_id, f"sub-processes nest more than {MAX_NESTING} deep")]
@@ -344,7 +351,7 @@ class _Builder(TaskParser, EventParser):
                 continue
             start = starts[0]
             if scope is not None:
-                if start.event is not None:
+                if start.event is not None and scope not in self.triggered:
                     self.problem(start.id, "a sub-process starts with a none start event")
                 self.nodes[scope] = _with(self.nodes[scope], start=start.id)
             elif start.timer is not None and start.timer.kind == "cycle":
@@ -354,6 +361,7 @@ class _Builder(TaskParser, EventParser):
 
     def _check_nodes(self) -> None:
         self.check_events(self.nodes)
+        self.check_event_subprocesses()
         for node in self.nodes.values():
             self._check_connections(node)
             if node.type in ("exclusiveGateway", "inclusiveGateway"):
@@ -380,6 +388,8 @@ class _Builder(TaskParser, EventParser):
         takes_incoming = node.type not in ("startEvent", "boundaryEvent") and not (
             linked and node.type == "intermediateCatchEvent"
         )
+        if node.triggered:
+            return  # bpmn_esp.py: no flows at all
         gives_outgoing = node.type != "endEvent" and not (
             linked and node.type == "intermediateThrowEvent"
         )
@@ -425,7 +435,9 @@ class _Builder(TaskParser, EventParser):
 
     def _check_reachable(self, start: str | None) -> None:
         reached: set[str] = set()
+        # Event sub-processes start by their event.
         queue = deque([start] if start else [])
+        queue.extend(self.triggered)
         while queue:
             node_id = queue.popleft()
             if node_id in reached or node_id not in self.nodes:

@@ -71,12 +71,16 @@ class EventParser:
         element_id: str,
         event: str | None,
         definition: XmlElement | None,
+        *,
+        in_esp: bool = False,
     ) -> dict[str, Any]:
+        """`in_esp`: the start event of an event sub-process (bpmn_esp.py)."""
         fields: dict[str, Any] = {}
         if definition is not None and event == "signal":
             fields["signal"] = self._signal(definition, name, element_id)
         elif definition is not None and event == "escalation":
-            fields["escalation_code"] = self._escalation(definition, name, element_id)
+            catch = name == "boundaryEvent" or in_esp
+            fields["escalation_code"] = self._escalation(definition, catch, element_id)
         elif definition is not None and event == "link":
             link = (definition.get("name") or "").strip()
             if not link:
@@ -85,7 +89,7 @@ class EventParser:
         if event == "message" or name == "receiveTask":
             source = definition if definition is not None else element
             key = self.definitions.correlation_keys.get(source.get("messageRef") or "")
-            if key is not None and name != "startEvent":
+            if key is not None and (name != "startEvent" or in_esp):
                 self._dynamic(element_id, key, "a correlation key")
                 fields["correlation_key"] = key
         return fields
@@ -115,10 +119,10 @@ class EventParser:
         except ExpressionError:
             pass  # reported with the other expressions
 
-    def _escalation(self, definition: XmlElement, name: str, element_id: str) -> str | None:
+    def _escalation(self, definition: XmlElement, catch: bool, element_id: str) -> str | None:
         ref = definition.get("escalationRef")
         code = self.definitions.escalations.get(ref or "")
-        if name == "boundaryEvent" and not ref:
+        if catch and not ref:
             return None  # catches every escalation
         if not code:
             self.problem(

@@ -75,6 +75,8 @@ class Node:
     propagate_all: bool = True
     # A multi-instance marker (multi_spec.py, interpreter_multi.py).
     multi: MultiInstance | None = None
+    # An event sub-process (triggeredByEvent; bpmn_esp.py, interpreter_esp.py).
+    triggered: bool = False
 
 
 @dataclass(frozen=True)

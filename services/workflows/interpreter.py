@@ -39,6 +39,7 @@ from services.workflows.expressions import (
     plain,
 )
 from services.workflows.graph import Graph, Node
+from services.workflows.interpreter_esp import EspSteps
 from services.workflows.interpreter_events import OWN_EVENTS, EventSteps
 from services.workflows.interpreter_gateways import GatewaySteps
 from services.workflows.interpreter_multi import MultiSteps, is_marker
@@ -71,6 +72,7 @@ from services.workflows.state import (
     Trigger,
     UncaughtError,
 )
+from services.workflows.token_index import TokenIndex
 
 # Element activations one trigger may cause: a loop with no wait state ends here.
 MAX_ACTIVATIONS = 10_000
@@ -96,7 +98,7 @@ class OutputFailed(Exception):
         self.element = element
 
 
-class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
+class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
     """Runs triggers against one execution's state, in place."""
 
     def __init__(
@@ -119,6 +121,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         self._scope: Scope | None = None
         # The token whose scope the current activation or trigger is in (multi-instance locals).
         self._at: int | None = None
+        self.index = TokenIndex(state)  # state.tokens by scope and element
 
     # ------------------------------------------------------------ entry
 
@@ -182,6 +185,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         if self.state.status == PENDING:
             self.state.status = RUNNING
             self._event("execution.started")
+            self.open_event_subprocesses(None)  # interpreter_esp.py
 
     # ------------------------------------------------------------ the token loop
 
@@ -211,8 +215,12 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         kind = node.type
         if node.event in OWN_EVENTS and self._event_activated(node, scope, via):
             return
+        if kind == "startEvent" and self.listen_again(node, scope):
+            return  # an event sub-process's listener (its incident resolved)
         if kind in PASS_THROUGH:
             self._pass(node, scope)
+        elif kind == "endEvent" and node.event == "error":
+            self.throw_error_end(node, scope, via)  # interpreter_esp.py
         elif kind == "endEvent":
             self._history(node, "completed")
             if node.event == "terminate":
@@ -269,6 +277,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         elif node.type == "subProcess":
             assert node.start is not None
             self._enqueue(node.start, token.no, None)
+            self.open_event_subprocesses(token)
         elif node.type == "callActivity":
             self.step.children.append(
                 ChildRequest(
@@ -306,11 +315,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
     def _parallel(self, node: Node, scope: int | None, via: str | None) -> None:
         if len(node.incoming) > 1:
             arrived = self._new_token(node, scope, via)
-            waiting = [
-                t
-                for t in self.state.tokens.values()
-                if t.element == node.id and t.scope == scope and t.no != arrived.no
-            ]
+            waiting = [t for t in self.index.at(node.id) if t.scope == scope and t.no != arrived.no]
             waiting.append(arrived)
             first: dict[str, Token] = {}
             for token in sorted(waiting, key=lambda t: t.no):
@@ -380,6 +385,8 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         """A timer or message of `element` came for `token` at `node`."""
         event = self.graph.nodes[element]
         self._merge(variables)
+        if self.event_subprocess_fired(token, node, repeat):
+            return
         if node.type == "startEvent":
             self._remove(token.no, record="completed")
             self._begin()
@@ -426,17 +433,8 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         self._take_all(node, token.scope)
 
     def _throw(self, token: Token, node: Node, code: str, message: str) -> None:
-        current: Token | None = token
-        while current is not None:
-            host = self.graph.nodes[current.element]
-            for boundary_id in () if self._is_instance(current) else host.boundaries:
-                boundary = self.graph.nodes[boundary_id]
-                if boundary.event == "error" and boundary.error_code in (None, code):
-                    self._remove(current.no, record="terminated")
-                    self._history(boundary, "completed")
-                    self._take_all(boundary, current.scope)
-                    return
-            current = self.state.tokens.get(current.scope) if current.scope else None
+        if self.catch_error(token, code):  # boundary events, event sub-processes
+            return
         detail = f": {message}" if message else ""
         self.step.uncaught_error = UncaughtError(
             token.no, f"error {code!r} thrown and not caught{detail}"
@@ -454,18 +452,20 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
     def _scope_may_end(self, scope: int | None) -> None:
         if self._pending.get(scope, 0) > 0:
             return
-        if any(t.scope == scope for t in self.state.tokens.values()):
-            return
+        if self.index.has_children(scope) and not self.only_listeners_left(scope):
+            return  # interpreter_esp.py: an event sub-process's listener does not count
         if scope is None:
             self._finish(COMPLETED, "")
             return
         token = self.state.tokens[scope]
         self._leave(token, self.graph.nodes[token.element])
+        if self.graph.nodes[token.element].triggered:
+            self._scope_may_end(token.scope)  # an event sub-process ended
 
     def _terminate_scope(self, scope: int | None) -> None:
-        for token in [t for t in self.state.tokens.values() if t.scope == scope]:
-            if token.no in self.state.tokens:
-                self._remove(token.no, record="terminated")
+        for no in self.index.children(scope):
+            if no in self.state.tokens:
+                self._remove(no, record="terminated")
         self._queue = deque(item for item in self._queue if item[1] != scope)
         self._pending[scope] = 0
 
@@ -491,15 +491,15 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps):
         state = self.state
         token = Token(state.next_token, node.id, scope, via, local)
         state.next_token += 1
-        state.tokens[token.no] = token
+        self.index.add(token)
         self.step.added.add(token.no)
         return token
 
     def _remove(self, no: int, *, record: str | None) -> None:
         """Removes a token, the tokens inside it, and cancels the execution it called."""
         state = self.state
-        token = state.tokens.pop(no)
-        for inner in [t.no for t in state.tokens.values() if t.scope == no]:
+        token = self.index.pop(no)
+        for inner in self.index.children(no):
             if inner in state.tokens:
                 self._remove(inner, record="terminated")
         if no in self.step.added:

@@ -103,6 +103,7 @@ class EventSteps:
         def _history(self, node: Node, state: str, local: Locals = None) -> None: ...
         def _take_all(self, node: Node, scope: int | None) -> None: ...
         def _pass(self, node: Node, scope: int | None) -> None: ...
+        def escalation_subprocess(self, scope: Token | None, code: str) -> tuple[bool, bool]: ...
         def _remove(self, no: int, *, record: str | None) -> None: ...
         def _new_token(
             self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
@@ -194,7 +195,13 @@ class EventSteps:
                 self._history(boundary, "completed")
                 self._take_all(boundary, current.scope)
                 return boundary.interrupting
+            caught, interrupting = self.escalation_subprocess(current, code)
+            if caught:
+                return interrupting
             current = self.state.tokens.get(current.scope) if current.scope is not None else None
+        caught, interrupting = self.escalation_subprocess(None, code)
+        if caught:
+            return interrupting
         if self.state.parent is not None:
             self.events.escalations.append(EscalationNotice(code, element))
         return False

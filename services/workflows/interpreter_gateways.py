@@ -24,6 +24,7 @@ from services.workflows.expressions import Expression, ExpressionError, Scope, e
 from services.workflows.graph import Graph, Node
 from services.workflows.interpreter_tasks import Locals
 from services.workflows.state import ExecutionState, Token
+from services.workflows.token_index import TokenIndex
 
 INCLUSIVE = "inclusiveGateway"
 NO_FLOW_TAKEN = "no condition of an outgoing flow is true and none is default"
@@ -93,6 +94,7 @@ class GatewaySteps:
     state: ExecutionState
     _at: int | None
     _reaching: dict[tuple[str, str], frozenset[str]]
+    index: TokenIndex
 
     if TYPE_CHECKING:
 
@@ -143,11 +145,7 @@ class GatewaySteps:
     def _arrivals(self, node: Node, scope: int | None) -> dict[str, Token]:
         """The first token waiting at the join on each incoming flow."""
         first: dict[str, Token] = {}
-        waiting = [
-            t
-            for t in self.state.tokens.values()
-            if t.element == node.id and t.scope == scope and t.via in node.incoming
-        ]
+        waiting = [t for t in self.index.at(node.id) if t.scope == scope and t.via in node.incoming]
         for token in sorted(waiting, key=lambda t: t.no):
             assert token.via is not None
             first.setdefault(token.via, token)
@@ -172,8 +170,8 @@ class GatewaySteps:
         if not joins:
             return False
         waiting: dict[tuple[str, int | None], None] = {}
-        for token in self.state.tokens.values():
-            if token.element in joins and token.via in self.graph.nodes[token.element].incoming:
+        for token in self.index.at_any(joins):
+            if token.via in self.graph.nodes[token.element].incoming:
                 waiting[(token.element, token.scope)] = None
         cache = getattr(self, "_reaching", None)
         if cache is None:
@@ -182,7 +180,8 @@ class GatewaySteps:
         for element, scope in waiting:
             node = self.graph.nodes[element]
             arrived = self._arrivals(node, scope)
-            live = [t.element for t in self.state.tokens.values() if t.scope == scope]
+            tokens = self.state.tokens
+            live = [tokens[no].element for no in self.index.children(scope)]
             if join_blocked(self.graph, element, arrived, live, cache):
                 continue
             for token in arrived.values():

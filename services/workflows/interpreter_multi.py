@@ -39,10 +39,10 @@ from services.workflows.expressions import (
 from services.workflows.graph import Graph, Node
 from services.workflows.multi_spec import LOOP_COUNTER, MAX_INSTANCES, MultiInstance
 from services.workflows.state import ExecutionState, HistoryRow, Step, Token
+from services.workflows.token_index import MARKER, TokenIndex
 
 # How an instance token arrived (`#3`), and a completed instance's marker (`=3`).
 INSTANCE = "#"
-MARKER = "="
 Locals = dict[str, Any] | None
 
 
@@ -78,6 +78,7 @@ class MultiSteps:
     step: Step
     _at: int | None
     _activations: int
+    index: TokenIndex
 
     if TYPE_CHECKING:
         now: datetime
@@ -240,11 +241,7 @@ class MultiSteps:
         assert multi is not None
         body = self.state.tokens[body_no]
         count = len((body.variables or {}).get("items", []))
-        done = 1 + sum(
-            1
-            for t in self.state.tokens.values()
-            if t.scope == body_no and t.via is not None and t.via[0] == MARKER
-        )
+        done = 1 + self.index.markers(body_no)  # this one and those before
         value = None
         self._at = body_no  # what it sees: its locals over the enclosing instances'
         if spec.output is not None:
@@ -269,15 +266,17 @@ class MultiSteps:
                 message = f"completionCondition of {node.id!r}: {error}"
                 raise OutputFailed(node.id, message) from error
         if finished:
-            markers = [t for t in self.state.tokens.values() if t.scope == body_no and is_marker(t)]
+            tokens = self.state.tokens
+            markers = [t for no in self.index.children(body_no) if is_marker(t := tokens[no])]
             self._finish_body(node, body, collected(count, markers))
         elif multi.sequential:
             self._enqueue(node.id, body_no, f"{INSTANCE}{done + 1}")
 
     def _finish_body(self, node: Node, body: Token, outputs: list[Any]) -> None:
         """Every instance done, or the completion condition true: the others end."""
-        for token in [t for t in self.state.tokens.values() if t.scope == body.no]:
-            if token.no in self.state.tokens:
+        tokens = self.state.tokens
+        for token in [tokens[no] for no in self.index.children(body.no)]:
+            if token.no in tokens:
                 self._remove(token.no, record=None if is_marker(token) else "terminated")
         self._remove(body.no, record=None)
         self._end_body(node, body.scope, outputs)

@@ -5,6 +5,7 @@ order they completed."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import uuid
 from collections import Counter
@@ -57,15 +58,23 @@ def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
     state = new_execution(variables)
     run = Interpreter(graph, state, NOW)
     run.run(Start())
+    # The tokens waiting for a job (a heap, the oldest first; stale entries
+    # dropped when seen): tokens are numbered in order and never reused, so only
+    # those a run added can be new, and picking the oldest costs no scan of
+    # every token (a 1,000-instance multi-instance would make that quadratic).
+    waiting: list[int] = []
+    seen = 1
     while state.status == RUNNING:
-        waiting = [
-            t.no
-            for t in state.tokens.values()
-            if graph.nodes[t.element].type == "serviceTask" and _is_job(graph, t)
-        ]
+        for no in range(seen, state.next_token):
+            token = state.tokens.get(no)
+            if token and graph.nodes[token.element].type == "serviceTask" and _is_job(graph, token):
+                heapq.heappush(waiting, no)
+        seen = state.next_token
+        while waiting and waiting[0] not in state.tokens:
+            heapq.heappop(waiting)
         if not waiting:
             break
-        token = state.tokens[min(waiting)]
+        token = state.tokens[waiting[0]]
         # A multi-instance instance's job sees its local variables (its element).
         variables = {**state.variables, **(token.variables or {})}
         run.run(JobCompleted(token.no, worker(token.element, variables)))

@@ -38,5 +38,5 @@ def test_bpmn_problems_read_with_the_right_article() -> None:
         parse(BAD, 1 << 20)
     problems = [problem.describe() for problem in raised.value.problems]
     assert "an ioSpecification has no id" in problems
-    assert "element 'start': an error startEvent is not supported" in problems
+    assert "element 'start': an error startEvent is only for event sub-processes" in problems
     assert not any(" a ioSpecification" in p or " a error" in p for p in problems)
