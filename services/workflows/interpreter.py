@@ -32,7 +32,6 @@ from services.workflows.expressions import (
     StepTooLong,
     WorkBudget,
     evaluate,
-    evaluate_bool,
     parse_cycle,
     parse_date,
     parse_duration,
@@ -41,7 +40,7 @@ from services.workflows.expressions import (
 from services.workflows.graph import Graph, Node
 from services.workflows.interpreter_esp import EspSteps
 from services.workflows.interpreter_events import OWN_EVENTS, EventSteps
-from services.workflows.interpreter_gateways import GatewaySteps
+from services.workflows.interpreter_gateways import NO_FLOW_TAKEN, GatewaySteps
 from services.workflows.interpreter_multi import MultiSteps, is_marker
 from services.workflows.interpreter_tasks import MERGE_STEPS, Locals, TaskSteps
 from services.workflows.interpreter_user_tasks import user_task_row
@@ -292,25 +291,16 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
     # ------------------------------------------------------------ gateways
 
     def _exclusive(self, node: Node, scope: int | None, via: str | None) -> None:
-        chosen = None
         try:
-            for flow_id in node.outgoing:
-                condition = self.graph.conditions.get(flow_id)
-                if flow_id == node.default:
-                    continue
-                if condition is None or evaluate_bool(condition, self._context(condition)):
-                    chosen = flow_id
-                    break
+            chosen = self._flows_chosen(node, first_only=True)
         except ExpressionError as error:
             self._incident(self._new_token(node, scope, via), str(error))
             return
-        chosen = chosen or node.default
-        if chosen is None:
-            token = self._new_token(node, scope, via)
-            self._incident(token, "no condition of an outgoing flow is true and none is default")
+        if not chosen:
+            self._incident(self._new_token(node, scope, via), NO_FLOW_TAKEN)
             return
         self._history(node, "completed")
-        self._take(chosen, scope)
+        self._take(chosen[0], scope)
 
     def _parallel(self, node: Node, scope: int | None, via: str | None) -> None:
         if len(node.incoming) > 1:

@@ -121,26 +121,32 @@ class GatewaySteps:
         self._fork(node, scope)
 
     def _fork(self, node: Node, scope: int | None) -> None:
-        taken = []
         try:
-            for flow_id in node.outgoing:
-                condition = self.graph.conditions.get(flow_id)
-                if flow_id == node.default:
-                    continue
-                if condition is None or evaluate_bool(condition, self._context(condition)):
-                    taken.append(flow_id)
+            taken = self._flows_chosen(node, first_only=False)
         except ExpressionError as error:
             # Resolving the incident runs the fork again (a token arriving by no flow).
             self._incident(self._new_token(node, scope), str(error))
             return
-        if not taken and node.default is not None:
-            taken.append(node.default)
         if not taken:
             self._incident(self._new_token(node, scope), NO_FLOW_TAKEN)
             return
         self._history(node, "completed")
         for flow_id in taken:
             self._take(flow_id, scope)
+
+    def _flows_chosen(self, node: Node, *, first_only: bool) -> list[str]:
+        """The outgoing flows whose condition holds (for an exclusive gateway, the
+        first), or else the default flow, if any; ExpressionError as evaluated."""
+        taken = []
+        for flow_id in node.outgoing:
+            if flow_id == node.default:
+                continue
+            condition = self.graph.conditions.get(flow_id)
+            if condition is None or evaluate_bool(condition, self._context(condition)):
+                taken.append(flow_id)
+                if first_only:
+                    break
+        return taken or ([node.default] if node.default is not None else [])
 
     def _arrivals(self, node: Node, scope: int | None) -> dict[str, Token]:
         """The first token waiting at the join on each incoming flow."""
