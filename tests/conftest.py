@@ -81,13 +81,12 @@ async def own_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
 
 
 @pytest.fixture(scope="session")
-def ports() -> dict[str, int]:
-    return {name: free_port() for name in DEFINITIONS}
-
-
-@pytest.fixture(scope="session")
-def suite_env(database: ScratchDatabase, ports: dict[str, int]) -> dict[str, str]:
-    return service_env(database, ports)
+def suite_env(database: ScratchDatabase) -> dict[str, str]:
+    """The session's users service, alone: its peers are at port 1, where nothing
+    listens, so that its relay delivers nothing and the lifecycle events it
+    writes stay in its outbox for the tests to read (a free port reserved for a
+    peer could be bound later by another test's service)."""
+    return service_env(database, {"users": free_port()})
 
 
 @pytest.fixture(scope="session")
