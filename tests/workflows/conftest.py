@@ -31,9 +31,11 @@ from tests.support import (
     ScratchDatabase,
     eventually,
     free_port,
+    rpc_error,
     running,
     service_config,
     service_env,
+    violated_fields,
 )
 
 if TYPE_CHECKING:
@@ -102,6 +104,29 @@ async def deploy(stub: Stub, bpmn: str, name: str = "test workflow") -> pb.Workf
         pb.ActivateWorkflowRequest(workflow_id=created.workflow.id)
     )
     return activated.workflow
+
+
+async def incident_of(stub: Stub, execution_id: str) -> pb.Incident:
+    """The execution's one incident, once it has it."""
+    found: list[pb.Incident] = []
+
+    async def raised() -> bool:
+        found[:] = (await execution(stub, execution_id)).incidents
+        return bool(found)
+
+    await eventually(raised)
+    (incident,) = found
+    return incident
+
+
+async def refused(stub: Stub, bpmn: str) -> str:
+    """The message of the INVALID_ARGUMENT that saving `bpmn` gets, naming the document."""
+    error = await rpc_error(
+        stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=pb.Workflow(name="x", bpmn_xml=bpmn)))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert set(violated_fields(error)) == {"workflow.bpmn_xml"}
+    return error.details() or ""
 
 
 async def deploy_stored(

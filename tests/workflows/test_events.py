@@ -28,6 +28,7 @@ from tests.workflows.conftest import (
     execution,
     jobs,
     path,
+    refused,
     until_status,
 )
 from tests.workflows.conftest import start as start_execution
@@ -61,15 +62,6 @@ ESCALATION = '<bpmn:escalationEventDefinition id="EscDef_{0}" escalationRef="Esc
 
 def link(id: str, name: str) -> str:
     return f'<bpmn:linkEventDefinition id="LinkDef_{id}" name="{name}"/>'
-
-
-async def refused(wf: Stub, bpmn: str) -> str:
-    error = await rpc_error(
-        wf.CreateWorkflow(pb.CreateWorkflowRequest(workflow=pb.Workflow(name="x", bpmn_xml=bpmn)))
-    )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert set(violated_fields(error)) == {"workflow.bpmn_xml"}
-    return error.details() or ""
 
 
 async def broadcast(

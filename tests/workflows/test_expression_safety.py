@@ -18,9 +18,8 @@ from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
 from runtime.server import ServiceHost
 from services.workflows.cel_cost import STEP_BUDGET
-from tests.support import rpc_error, violated_fields
 from tests.workflows.bpmn_docs import definitions, emit, end, flow, linear, start, with_output, xor
-from tests.workflows.conftest import Stub, deploy, execution
+from tests.workflows.conftest import Stub, deploy, execution, refused
 from tests.workflows.conftest import start as start_execution
 from tests.workflows.test_expression_rules import HOSTILE
 
@@ -53,15 +52,6 @@ def gateway_on(condition: str) -> str:
         flow("otherwise", "check", "e2"),
         flow("f3", "costly", "e1"),
     )
-
-
-async def refused(wf: Stub, bpmn: str) -> str:
-    error = await rpc_error(
-        wf.CreateWorkflow(pb.CreateWorkflowRequest(workflow=pb.Workflow(name="x", bpmn_xml=bpmn)))
-    )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert set(violated_fields(error)) == {"workflow.bpmn_xml"}
-    return error.details() or ""
 
 
 async def test_the_costly_expression_of_the_issue_is_refused_when_saved(wf: Stub) -> None:

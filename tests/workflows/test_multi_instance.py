@@ -27,13 +27,14 @@ from tests.workflows.conftest import (
     advance,
     deploy,
     execution,
+    incident_of,
     jobs,
     path,
+    refused,
     start,
     until_status,
     until_waiting_at,
 )
-from tests.workflows.test_tasks import incident_of, refused
 
 COMPLETED = pb.EXECUTION_STATUS_COMPLETED
 RUNNING = pb.EXECUTION_STATUS_RUNNING

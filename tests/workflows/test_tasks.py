@@ -11,22 +11,22 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import grpc
 import pytest
 
 from lifecycle.common.v1 import stage_pb2
 from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from runtime.structs import dict_to_struct, struct_to_dict
-from tests.support import eventually, rpc_error, violated_fields
 from tests.workflows.bpmn_docs import HEAD, boundary, definitions, end, flow, linear, start
 from tests.workflows.conftest import (
     Stub,
     deploy,
     execution,
+    incident_of,
     jobs,
     new_user,
     path,
+    refused,
     until_status,
 )
 from tests.workflows.conftest import start as start_execution
@@ -71,27 +71,6 @@ def element(
     inner = "".join(parts)
     extensions = f"<bpmn:extensionElements>{inner}</bpmn:extensionElements>" if inner else ""
     return f'<bpmn:{kind} id="{id}" name="{id.title()}">{extensions}</bpmn:{kind}>'
-
-
-async def refused(wf: Stub, bpmn: str) -> str:
-    error = await rpc_error(
-        wf.CreateWorkflow(pb.CreateWorkflowRequest(workflow=pb.Workflow(name="x", bpmn_xml=bpmn)))
-    )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert set(violated_fields(error)) == {"workflow.bpmn_xml"}
-    return error.details() or ""
-
-
-async def incident_of(wf: Stub, execution_id: str) -> pb.Incident:
-    found: list[pb.Incident] = []
-
-    async def raised() -> bool:
-        found[:] = (await execution(wf, execution_id)).incidents
-        return bool(found)
-
-    await eventually(raised)
-    (incident,) = found
-    return incident
 
 
 # ---------------------------------------------------------------- 1. pass through
