@@ -109,15 +109,27 @@ class UsersRefused(Exception):
         return cls(error.code(), reason_of(error), error.details() or "")
 
 
+# The calls that run a condition as SQL: RESOURCE_EXHAUSTED is the condition's timeout.
+_CONDITION_CALLS = frozenset({"MatchUserIds", "CountUsers"})
+# What a users service that is down, overloaded or too slow answers: try again later.
+_NOT_ANSWERED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
 def _failed(call: str, error: grpc.aio.AioRpcError) -> NoReturn:
     code = error.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and call in _CONDITION_CALLS:
+        raise ResourceExhausted(error.details() or "", reason="CONDITION_TIMEOUT") from error
+    if code in _NOT_ANSWERED:
         raise Unavailable(
             f"the users service did not answer {call} ({code.name}); retry",
             reason="USERS_UNAVAILABLE",
         ) from error
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        raise ResourceExhausted(error.details() or "", reason="CONDITION_TIMEOUT") from error
     # Any other answer is a fault of the suite (a refused identity, a request the
     # caller should not have built): INTERNAL for the caller's client, with a trace id.
     raise error
