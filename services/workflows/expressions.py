@@ -36,6 +36,9 @@ MAX_VALUE_DEPTH = 24
 # (bench/RESULTS.md, expressions). A loop of elements that evaluate nothing
 # ends at the engine's MAX_ACTIVATIONS first.
 STEP_WORK_BUDGET = 3_000_000
+# The work between two pauses of a long step, in which the service answers its
+# other calls: about 10 ms.
+SLICE_STEPS = 300_000
 # What an evaluation costs besides its estimate (reading its names, estimating).
 EVALUATION_STEPS = 150
 # What converting the variables for the CEL library costs besides their size.
@@ -121,6 +124,14 @@ class WorkBudget:
     def __init__(self, steps: int = STEP_WORK_BUDGET) -> None:
         self.limit = steps
         self.left = steps
+        self._next_pause = steps - SLICE_STEPS
+
+    def pause_due(self) -> bool:
+        """Whether a slice of work was spent since the last pause (and so, a pause now)."""
+        if self.left > self._next_pause:
+            return False
+        self._next_pause = self.left - SLICE_STEPS
+        return True
 
     def spend(self, steps: int) -> None:
         self.left -= steps

@@ -8,6 +8,7 @@ or not at all.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -125,6 +126,12 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
     # ------------------------------------------------------------ entry
 
     def run(self, trigger: Trigger) -> None:
+        for _ in self.steps(trigger):
+            pass
+
+    def steps(self, trigger: Trigger) -> Iterator[None]:
+        """Runs the trigger, pausing (yielding) after each slice of work, so
+        that a caller on an event loop can let other calls run meanwhile."""
         state = self.state
         if state.status in ENDED_STATUSES:
             return
@@ -140,7 +147,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
                 self._start()
             elif (token := state.tokens.get(trigger.token)) is not None:
                 self._dispatch(trigger, token)
-            self._drain_settled()
+            yield from self._drain_settled()
         except OutputFailed as error:
             self._finish(FAILED, str(error))
             # It failed there, whatever branches the failure ended after it.
@@ -192,8 +199,10 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
         self._queue.append((element, scope, via))
         self._pending[scope] = self._pending.get(scope, 0) + 1
 
-    def _drain(self) -> None:
+    def _drain(self) -> Iterator[None]:
         while self._queue and self.state.status not in ENDED_STATUSES:
+            if self.work.pause_due():
+                yield
             element, scope, via = self._queue.popleft()
             self._pending[scope] -= 1
             if scope is not None and scope not in self.state.tokens:

@@ -16,7 +16,7 @@ on a flow that already has one wait for its next round, as at a parallel join.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from services.workflows.domain import ENDED_STATUSES
@@ -103,7 +103,7 @@ class GatewaySteps:
         def _history(self, node: Node, state: str, local: Locals = None) -> None: ...
         def _take(self, flow_id: str, scope: int | None) -> None: ...
         def _remove(self, no: int, *, record: str | None) -> None: ...
-        def _drain(self) -> None: ...
+        def _drain(self) -> Iterator[None]: ...
         def _new_token(
             self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
         ) -> Token: ...
@@ -157,12 +157,12 @@ class GatewaySteps:
             first.setdefault(token.via, token)
         return first
 
-    def _drain_settled(self) -> None:
+    def _drain_settled(self) -> Iterator[None]:
         """Runs the queue, then fires the inclusive joins no token can still
-        reach, until nothing changes."""
-        self._drain()
+        reach, until nothing changes; pauses where _drain does."""
+        yield from self._drain()
         while self.state.status not in ENDED_STATUSES and self._settle_joins():
-            self._drain()
+            yield from self._drain()
 
     def _settle_joins(self) -> bool:
         known = self.graph.__dict__

@@ -364,7 +364,8 @@ class Stepper:
                 run = Interpreter(graph, state, now, profiles.get(state.user_id))
                 result.runs[execution_id] = run
             for trigger in items:
-                run.run(trigger)
+                for _ in run.steps(trigger):
+                    await asyncio.sleep(0)  # a long step lets the service's other calls run
 
     async def _read_profiles(
         self,
