@@ -49,6 +49,7 @@ from services.workflows.state import (
     Cancel,
     ChildCompleted,
     ChildEnded,
+    ChildErrorThrown,
     ChildRequest,
     ConsumedTimer,
     EmittedEvent,
@@ -174,6 +175,9 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
             self._throw(token, node, trigger.code, trigger.message)
         elif isinstance(trigger, ChildEnded):
             self._incident(token, trigger.message)
+        elif isinstance(trigger, ChildErrorThrown):
+            if not self.catch_error(token, trigger.code):
+                self.error_to_caller(trigger.code, trigger.message)
         elif isinstance(trigger, Reactivate):
             self._remove(token.no, record=None)
             self._enqueue(token.element, token.scope, token.via)
@@ -438,6 +442,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
         self.step.uncaught_error = UncaughtError(
             token.no, f"error {code!r} thrown and not caught{detail}"
         )
+        self.error_to_caller(code, message)
 
     def incident_at(self, token: int, message: str) -> None:
         self.step.changed = True
@@ -475,6 +480,9 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
                 self._remove(token.no, record="terminated" if status != COMPLETED else None)
         self._queue.clear()
         state.status = status
+        # An ended execution has no incident (a caller caught its error, say).
+        self.step.uncaught_error = None
+        self.step.incidents.clear()
         state.completed_at = self.now
         state.error_message = message or None
         event = {COMPLETED: "execution.completed", FAILED: "execution.failed"}

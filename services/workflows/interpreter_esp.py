@@ -17,7 +17,9 @@ error end events (a mixin, no I/O).
   then the error event sub-processes inside it (the process's last); by code
   first, then one catching every code. An error event sub-process interrupts
   its scope. Uncaught: a job's error is its incident (jobs.py), an error end
-  event's an incident on the end event.
+  event's an incident on the end event; with a caller, the error is thrown
+  again at its call activity, and if a caller catches it this execution is
+  cancelled, its incident with it.
 - An escalation looks, at each sub-process level outwards and then in the
   process, for a boundary event, then an escalation event sub-process.
 """
@@ -75,6 +77,7 @@ class EspSteps:
     if TYPE_CHECKING:
 
         def _incident(self, token: Token, message: str) -> None: ...
+        def error_to_caller(self, code: str, message: str) -> None: ...
         def _history(self, node: Node, state: str, local: Locals = None) -> None: ...
         def _take_all(self, node: Node, scope: int | None) -> None: ...
         def _remove(self, no: int, *, record: str | None) -> None: ...
@@ -250,3 +253,4 @@ class EspSteps:
             self._incident(
                 token, f"error {node.error_code!r} thrown by the end event and not caught"
             )
+            self.error_to_caller(node.error_code, "")

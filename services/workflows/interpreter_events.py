@@ -54,6 +54,13 @@ class EscalationNotice(NamedTuple):
     element: str
 
 
+class ErrorNotice(NamedTuple):
+    """An error nothing in this execution caught, for its caller to catch."""
+
+    code: str
+    message: str
+
+
 @dataclass
 class EventOutcome:
     """What a step did with events, for the stepper: subscriptions to write,
@@ -62,6 +69,7 @@ class EventOutcome:
     signal_subscriptions: list[SignalSubscription] = field(default_factory=list)
     signals: list[str] = field(default_factory=list)
     escalations: list[EscalationNotice] = field(default_factory=list)
+    errors: list[ErrorNotice] = field(default_factory=list)
     # Message subscriptions' correlation keys, by (token, element).
     correlation_keys: dict[tuple[int, str], str] = field(default_factory=dict)
 
@@ -217,6 +225,12 @@ class EventSteps:
             if boundary.escalation_code is None:
                 catch_all = boundary
         return catch_all
+
+    def error_to_caller(self, code: str, message: str) -> None:
+        """An error uncaught here goes to the caller's call activity, if any: caught
+        there (or further up), this execution is cancelled with its incident."""
+        if self.state.parent is not None:
+            self.events.errors.append(ErrorNotice(code, message))
 
     def escalated_by_child(self, token: Token, code: str) -> None:
         """An escalation a called execution did not catch, at its call activity."""

@@ -106,6 +106,15 @@ class ChildEnded:
 
 
 @dataclass(frozen=True)
+class ChildErrorThrown:
+    """An error a called execution did not catch, thrown again at its call activity."""
+
+    token: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class EscalationRaised:
     """An escalation a called execution did not catch, at its call activity."""
 
@@ -139,6 +148,7 @@ Trigger = (
     | ErrorThrown
     | ChildCompleted
     | ChildEnded
+    | ChildErrorThrown
     | EscalationRaised
     | Reactivate
     | Cancel

@@ -1,7 +1,7 @@
 """What a step's events ask of other executions (a part of the stepper's
-follow-ups, stepper.py): escalations a called execution did not catch go to
-its call activity; signals thrown are broadcast in the same step, to every
-token waiting for them (one statement finds them) and to the active
+follow-ups, stepper.py): errors and escalations a called execution did not
+catch go to its call activity; signals thrown are broadcast in the same step,
+to every token waiting for them (one statement finds them) and to the active
 workflows a signal of that name starts, for the thrower's user; call
 activities naming a BPMN process id find their workflow.
 """
@@ -18,6 +18,7 @@ import asyncpg
 
 from services.workflows.interpreter import Interpreter
 from services.workflows.state import (
+    ChildErrorThrown,
     ChildRequest,
     EscalationRaised,
     ExecutionState,
@@ -43,15 +44,17 @@ async def event_follow_ups(
     now: datetime,
     new_state: NewState,
 ) -> None:
-    """Adds to `queue` the triggers the runs' escalations and signals give."""
+    """Adds to `queue` the triggers the runs' errors, escalations and signals give."""
     thrown: list[tuple[Interpreter, str]] = []
     for run in list(result.runs.values()):
         events = run.events
-        for notice in events.escalations:
+        if events.escalations or events.errors:
             assert run.state.parent is not None
             parent, token = run.state.parent
-            queue[parent].append(EscalationRaised(token, notice.code))
-        events.escalations.clear()
+            queue[parent] += [EscalationRaised(token, e.code) for e in events.escalations]
+            queue[parent] += [ChildErrorThrown(token, e.code, e.message) for e in events.errors]
+            events.escalations.clear()
+            events.errors.clear()
         thrown += [(run, name) for name in events.signals]
         events.signals.clear()
     if not thrown:
