@@ -102,6 +102,51 @@ async def test_the_join_does_not_wait_for_a_branch_that_ended_elsewhere(wf: Stub
     assert path(done)[-1] == "alone"
 
 
+async def test_branches_completing_at_once_pass_the_join_once(wf: Stub) -> None:
+    kind = job_type()
+    bpmn = diamond({"a": "=true", "b": "=true", "c": "=true"}, task_type=kind)
+    workflow = await deploy(wf, bpmn)
+    started = [await start(wf, workflow) for _ in range(5)]
+    found = await jobs(wf, kind, count=15)
+    assert len(found) == 15
+    # Every branch's job completed twice at once, across the five executions.
+    outcomes = await asyncio.gather(
+        *(complete(wf, each) for each in found + found), return_exceptions=True
+    )
+    assert sum(isinstance(o, grpc.aio.AioRpcError) for o in outcomes) == 15
+    for each in started:
+        done = await until_status(wf, each.id, COMPLETED)
+        assert path(done).count("join") == 1 and path(done).count("end") == 1
+
+
+async def test_a_join_holding_a_branch_survives_a_restart(wf_env: dict[str, str]) -> None:
+    env = {**wf_env, "LIFECYCLE_WORKFLOWS_PORT": str(free_port())}
+    definition = replace(DEFINITION, build=build_with(ManualClock()))
+    kind = job_type()
+    bpmn = diamond({"a": "=true", "b": "=true"}, task_type=kind)
+    host = ServiceHost(definition, service_config("workflows", env), TRACER_PROVIDER)
+    await host.start()
+    try:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            stub = workflows_pb2_grpc.WorkflowServiceStub(channel)
+            started = await start(stub, await deploy(stub, bpmn))
+            found = {j.element_id: j for j in await jobs(stub, kind, count=2)}
+            await complete(stub, found["a"])
+            await until_waiting_at(stub, started.id, "b", "join")
+    finally:
+        await host.stop()
+    host = ServiceHost(definition, service_config("workflows", env), TRACER_PROVIDER)
+    await host.start()
+    try:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            stub = workflows_pb2_grpc.WorkflowServiceStub(channel)
+            await complete(stub, found["b"])
+            done = await until_status(stub, started.id, COMPLETED)
+    finally:
+        await host.stop()
+    assert path(done).count("join") == 1
+
+
 # ---------------------------------------------------------------- multi-instance
 
 
