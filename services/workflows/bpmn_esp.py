@@ -42,12 +42,15 @@ class EspParser:
                 self._check_start(node)
             if node.type != "subProcess" or not node.triggered:
                 continue
-            if node.incoming or node.outgoing:
-                self.problem(node.id, "an event sub-process cannot have sequence flows")
-            if node.boundaries:
-                self.problem(node.id, "an event sub-process cannot have boundary events")
-            if node.multi is not None:
-                self.problem(node.id, "an event sub-process cannot be multi-instance")
+            refused = {
+                "have sequence flows": node.incoming or node.outgoing,
+                "have boundary events": node.boundaries,
+                "have input mappings": node.inputs,
+                "be multi-instance": node.multi is not None,
+            }
+            for what, present in refused.items():
+                if present:
+                    self.problem(node.id, f"an event sub-process cannot {what}")
             enclosing = self.nodes.get(node.scope or "")
             if enclosing is not None and enclosing.triggered:
                 self.problem(

@@ -137,14 +137,19 @@ class EventParser:
     def called_fields(self, element: XmlElement, element_id: str) -> dict[str, Any]:
         """A call activity's workflow id, or BPMN process id, and propagation."""
         called = element.get("calledElement")
-        propagate = "true"
+        flags = {"propagateAllChildVariables": "true", "propagateAllParentVariables": "true"}
         for definition in extension(element, ZEEBE, "calledElement"):
             called = definition.get("processId") or called
-            propagate = definition.get("propagateAllChildVariables") or propagate
-        if propagate not in ("true", "false"):
-            self.problem(element_id, "propagateAllChildVariables must be true or false")
+            for flag, given in flags.items():
+                flags[flag] = definition.get(flag) or given
+        for flag, given in flags.items():
+            if given not in ("true", "false"):
+                self.problem(element_id, f"{flag} must be true or false")
         value = strip_marker(called or "").strip()
-        fields: dict[str, Any] = {"propagate_all": propagate != "false"}
+        fields: dict[str, Any] = {
+            "propagate_all": flags["propagateAllChildVariables"] != "false",
+            "propagate_parent": flags["propagateAllParentVariables"] != "false",
+        }
         try:
             fields["called"] = str(uuid.UUID(value))
         except ValueError:

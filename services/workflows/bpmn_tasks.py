@@ -52,8 +52,9 @@ JOB_TASKS = frozenset({"serviceTask", "sendTask", "businessRuleTask"})
 # Tasks a token passes straight through.
 PASSING_TASKS = frozenset({"task", "manualTask"})
 TASKS = frozenset({*JOB_TASKS, *PASSING_TASKS, "scriptTask"})
-# Elements that take input mappings (their local variables).
-TAKES_INPUTS = frozenset({*TASKS, "userTask"})
+# Elements that take input mappings (their local variables); a sub-process's
+# are seen by everything inside it.
+TAKES_INPUTS = frozenset({*TASKS, "userTask", "receiveTask", "subProcess", "callActivity"})
 # A mark for an input whose value is known only when the element runs.
 DYNAMIC = object()
 

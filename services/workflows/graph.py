@@ -70,9 +70,11 @@ class Node:
     # zeebe:subscription correlationKey ('=expr'); None: the user id.
     correlation_key: str | None = None
     # A call activity naming the BPMN process id rather than the workflow id,
-    # and whether all the child's variables reach the parent.
+    # whether all the child's variables reach the parent, and whether all the
+    # parent's reach the child (else only the call activity's inputs).
     called_process: str | None = None
     propagate_all: bool = True
+    propagate_parent: bool = True
     # A multi-instance marker (multi_spec.py, interpreter_multi.py).
     multi: MultiInstance | None = None
     # An event sub-process (triggeredByEvent; bpmn_esp.py, interpreter_esp.py).
@@ -159,6 +161,9 @@ class Graph:
     user_tasks: dict[tuple[str, str], Expression] = field(default_factory=dict)
     # Multi-instance markers' expressions, by element.
     multi: dict[str, CompiledMulti] = field(default_factory=dict)
+    # Whether a scope has local variables the elements inside it see (a
+    # multi-instance instance's, a sub-process's inputs).
+    scoped_locals: bool = False
 
     @property
     def nodes(self) -> dict[str, Node]:
@@ -232,4 +237,7 @@ def compile_graph(definition: Definition) -> Graph:
     }
     graph = Graph(definition, conditions, timers, headers, outputs, inputs, scripts, user_tasks)
     graph.multi = compile_multi(definition)
+    graph.scoped_locals = bool(graph.multi) or any(
+        definition.nodes[element].type == "subProcess" for element in inputs
+    )
     return graph

@@ -295,11 +295,17 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
                 ChildRequest(
                     token.no,
                     node.called or "",
-                    {**self.state.variables, **(token.variables or {})},
+                    self._called_variables(node, token),
                     process_id=node.called_process,
                 )
             )
         self._history(node, "activated")
+
+    def _called_variables(self, node: Node, token: Token) -> dict[str, Any]:
+        """What a called execution starts with: the caller's variables (unless
+        propagateAllParentVariables is false), the call activity's inputs over them."""
+        parent = self.state.variables if node.propagate_parent else {}
+        return {**parent, **(token.variables or {})}
 
     # ------------------------------------------------------------ gateways
 

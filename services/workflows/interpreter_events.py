@@ -124,8 +124,8 @@ class EventSteps:
             found = self.__dict__["_events"] = EventOutcome()
         return found
 
-    def _evaluated(self, node: Node, value: str, what: str) -> str:
-        scope = self._context(_compiled(value)) if value.startswith("=") else None
+    def _evaluated(self, node: Node, value: str, what: str, local: Locals = None) -> str:
+        scope = self._context(_compiled(value), local) if value.startswith("=") else None
         return static_or_evaluated(node, value, what, scope)
 
     # ------------------------------------------------------------ reaching an event
@@ -181,7 +181,7 @@ class EventSteps:
         if node.correlation_key is None:
             return True
         try:
-            key = self._evaluated(node, node.correlation_key, "correlation key")
+            key = self._evaluated(node, node.correlation_key, "correlation key", token.variables)
         except ExpressionError as error:
             self._incident(token, str(error))
             return False

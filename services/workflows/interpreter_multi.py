@@ -157,7 +157,7 @@ class MultiSteps:
         """The local variables an activation of `node` in `scope` starts with: an
         instance's, or, inside a multi-instance sub-process, the input element and
         counter its job or called execution should see; None for none."""
-        if not self.graph.multi:
+        if not self.graph.scoped_locals:
             return None
         seed: dict[str, Any] = {}
         if node.task is not None or node.type in ("userTask", "callActivity"):
@@ -175,11 +175,11 @@ class MultiSteps:
         found: list[dict[str, Any]] = []
         token = self.state.tokens.get(at) if at is not None else None
         while token is not None:
-            if token.variables and self._is_instance(token):
+            if token.variables and self._has_locals(token):
                 local = token.variables
-                if visible_only:
-                    multi = self.graph.nodes[token.element].multi
-                    names = {LOOP_COUNTER, multi.input_element if multi else None}
+                multi = self.graph.nodes[token.element].multi
+                if visible_only and multi is not None:
+                    names = {LOOP_COUNTER, multi.input_element, *self._input_names(token)}
                     local = {k: v for k, v in local.items() if k in names}
                 found.append(local)
             token = self.state.tokens.get(token.scope) if token.scope is not None else None
@@ -188,10 +188,21 @@ class MultiSteps:
             merged.update(local)
         return merged
 
+    def _has_locals(self, scope: Token) -> bool:
+        """Whether the scope token's variables are seen inside it: a
+        multi-instance instance's, a sub-process's (its inputs), not a body's."""
+        if self._is_instance(scope):
+            return True
+        node = self.graph.nodes[scope.element]
+        return node.type == "subProcess" and node.multi is None
+
+    def _input_names(self, token: Token) -> set[str]:
+        return {target for target, _ in self.graph.inputs.get(token.element, ())}
+
     def _visible(self, local: Locals) -> Locals:
         """An expression's local variables: the element's over those of the
-        multi-instance instances it runs in."""
-        if not self.graph.multi:
+        scopes (multi-instance instances, sub-processes) it runs in."""
+        if not self.graph.scoped_locals:
             return local
         enclosing = self._enclosing(self._at)
         if not enclosing:

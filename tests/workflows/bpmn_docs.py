@@ -147,10 +147,22 @@ def call(id: str, workflow_id: str) -> str:
 
 def with_output(element: str, target: str, source: str) -> str:
     """The element with a Zeebe output mapping, set when it completes."""
+    return _with_mappings(element, [("output", target, source)])
+
+
+def with_inputs(element: str, **inputs: str) -> str:
+    """The element with Zeebe input mappings (target=source), its local variables."""
+    return _with_mappings(element, [("input", t, s) for t, s in inputs.items()])
+
+
+def _with_mappings(element: str, mappings: list[tuple[str, str, str]]) -> str:
+    items = "".join(
+        f"<zeebe:{kind} source={quoteattr(source)} target={quoteattr(target)}/>"
+        for kind, target, source in mappings
+    )
     mapping = (
-        "<bpmn:extensionElements><zeebe:ioMapping>"
-        f"<zeebe:output source={quoteattr(source)} target={quoteattr(target)}/>"
-        "</zeebe:ioMapping></bpmn:extensionElements>"
+        f"<bpmn:extensionElements><zeebe:ioMapping>{items}</zeebe:ioMapping>"
+        "</bpmn:extensionElements>"
     )
     if element.endswith("/>"):
         tag = element[1:].split(maxsplit=1)[0]

@@ -179,8 +179,8 @@ async def test_job_based_tasks_are_jobs_like_service_tasks(wf: Stub, kind: str) 
         ),
         ('<bpmn:complexGateway id="approve"/>', "'approve': complexGateway is not supported"),
         (
-            element("callActivity", "sub", inputs={"x": "=1"}),
-            "'sub': input mappings on a callActivity are not supported",
+            element("exclusiveGateway", "sub", inputs={"x": "=1"}),
+            "'sub': input mappings on an exclusiveGateway are not supported",
         ),
     ],
 )
