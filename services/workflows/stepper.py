@@ -303,17 +303,20 @@ class Stepper:
             queue[execution_id].extend(items)
         profiles: dict[uuid.UUID, Profile] = {}
         handled: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for _ in range(MAX_FOLLOW_ROUNDS):
+        for round_no in range(MAX_FOLLOW_ROUNDS):
             if not queue:
                 break
+            # Only the step's own triggers may be left for later: another
+            # execution's (a message thrown, a child's end) would be lost.
+            first = round_no == 0
             await self._run_round(
                 conn,
                 result,
                 queue,
                 profiles,
                 now,
-                skip_locked=skip_locked,
-                skip_unreadable_profiles=skip_unreadable_profiles,
+                skip_locked=skip_locked and first,
+                skip_unreadable_profiles=skip_unreadable_profiles and first,
             )
             queue = await self._follow_ups(conn, result, handled, now)
         else:
