@@ -50,7 +50,7 @@ from tests.support import (
     service_env,
     whole_suite,
 )
-from tests.workflows.bpmn_docs import end, linear, service, start
+from tests.workflows.bpmn_docs import end, linear, service, signal_event, start, with_signal
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -396,6 +396,56 @@ async def test_the_loop_runs_with_authentication_on(secured: Secured) -> None:
         return bool(events.events)
 
     await eventually(recorded)
+
+
+async def test_a_signal_trigger_broadcasts_as_the_triggers_service(secured: Secured) -> None:
+    """The starter's BroadcastSignal carries the triggers service's identity,
+    which BroadcastSignal's access admits."""
+    admin = secured.token("*")
+    name = f"auth_{uuid.uuid4().hex[:8]}"
+    workflows = secured.stub("workflows")
+    created = await workflows.CreateWorkflow(
+        workflows_pb2.CreateWorkflowRequest(
+            workflow=workflows_pb2.Workflow(
+                name="on signal",
+                bpmn_xml=with_signal(linear(signal_event("startEvent", "start"), end()), name),
+            )
+        ),
+        metadata=bearer(admin),
+    )
+    await workflows.ActivateWorkflow(
+        workflows_pb2.ActivateWorkflowRequest(workflow_id=created.workflow.id),
+        metadata=bearer(admin),
+    )
+    user = await secured.users().CreateUser(
+        users_pb2.CreateUserRequest(user=users_pb2.User(email=f"{uuid.uuid4().hex}@example.com")),
+        metadata=bearer(admin),
+    )
+    triggers = secured.stub("triggers")
+    trigger = await triggers.CreateTrigger(
+        triggers_pb2.CreateTriggerRequest(
+            trigger=triggers_pb2.Trigger(name="signal", event_type=name, signal_name=name)
+        ),
+        metadata=bearer(admin),
+    )
+    await triggers.TrackEvent(
+        triggers_pb2.TrackEventRequest(
+            event=triggers_pb2.Event(user_id=user.user.id, event_type=name, message_id=name)
+        ),
+        metadata=bearer(secured.token("events:track")),
+    )
+    found: list[triggers_pb2.TriggerExecution] = []
+
+    async def answered() -> bool:
+        reply = await triggers.ListTriggerExecutions(
+            triggers_pb2.ListTriggerExecutionsRequest(trigger_id=trigger.trigger.id),
+            metadata=bearer(admin),
+        )
+        found[:] = [e for e in reply.trigger_executions if e.HasField("signal") or e.skip_reason]
+        return bool(found)
+
+    await eventually(answered)
+    assert [(e.skip_reason, e.signal.started_count) for e in found] == [("", 1)]
 
 
 def test_local_keys_are_readable_by_their_owner_only(tmp_path: Path) -> None:

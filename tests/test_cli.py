@@ -335,8 +335,8 @@ def test_outbox_shows_the_workflow_starts_that_wait_for_the_workflows_service(
         conn = await asyncpg.connect(scratch_url)
         try:
             trigger = await conn.fetchval(
-                "INSERT INTO triggers.triggers (name, event_type, conditions)"
-                " VALUES ('signup', 'signup', '{}') RETURNING id"
+                "INSERT INTO triggers.triggers (name, event_type, conditions, workflow_id)"
+                " VALUES ('signup', 'signup', '{}', gen_random_uuid()) RETURNING id"
             )
             await conn.execute(
                 "INSERT INTO triggers.pending_starts"

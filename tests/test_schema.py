@@ -214,6 +214,17 @@ DEVIATIONS: dict[str, tuple[set[Fact], set[Fact]]] = {
                 ("nullable", "trigger_executions", "message_id", "YES"),
                 ("column", "trigger_executions", "skip_reason", "text", "0", ""),
                 ("nullable", "trigger_executions", "skip_reason", "YES"),
+                # A trigger's action may be a signal, and a firing records its broadcast
+                # (services/triggers/migrations/0004_signal_actions.sql).
+                ("column", "triggers", "signal_name", "character varying", "255", ""),
+                ("nullable", "triggers", "signal_name", "YES"),
+                ("constraint", "triggers", "CHECK workflow_id IS NULL <> signal_name IS NULL"),
+                ("column", "trigger_executions", "signal_name", "character varying", "255", ""),
+                ("nullable", "trigger_executions", "signal_name", "YES"),
+                ("column", "trigger_executions", "signal_delivered", "integer", "0", ""),
+                ("nullable", "trigger_executions", "signal_delivered", "YES"),
+                ("column", "trigger_executions", "signal_started", "integer", "0", ""),
+                ("nullable", "trigger_executions", "signal_started", "YES"),
             },
         ),
     ),

@@ -68,13 +68,22 @@ class Reentry:
 
 
 @dataclass(frozen=True)
+class Action:
+    """What a firing does, exactly one of: start a workflow for the event's
+    user, or broadcast a signal for them."""
+
+    workflow_id: uuid.UUID | None = None
+    signal_name: str | None = None
+
+
+@dataclass(frozen=True)
 class Trigger:
     id: uuid.UUID
     name: str
     event_type: str
     # As authored; {} always holds.
     conditions: JsonObject
-    workflow_id: uuid.UUID
+    action: Action
     enabled: bool
     reentry: Reentry
     created_at: datetime
@@ -88,7 +97,7 @@ class TriggerFields:
     name: str | None = None
     event_type: str | None = None
     conditions: JsonObject | None = None
-    workflow_id: uuid.UUID | None = None
+    action: Action | None = None
     reentry: Reentry | None = None
 
 
@@ -148,7 +157,7 @@ class CompiledTrigger:
     """An enabled trigger as the ingest path evaluates it."""
 
     id: uuid.UUID
-    workflow_id: uuid.UUID
+    action: Action
     reentry: Reentry
     evaluator: Evaluator | None
 
@@ -191,7 +200,7 @@ def compile_trigger(trigger: Trigger) -> CompiledTrigger:
     condition = parse_trigger_condition(trigger.conditions, "conditions")
     return CompiledTrigger(
         trigger.id,
-        trigger.workflow_id,
+        trigger.action,
         trigger.reentry,
         Evaluator(condition) if condition is not None else None,
     )
@@ -324,11 +333,23 @@ class TriggerExecution:
     skip_reason: str | None
     event_type: str | None
     message_id: str | None
+    # The broadcast, once answered, for a trigger whose action is a signal.
+    signal: SignalOutcome | None = None
+
+
+@dataclass(frozen=True)
+class SignalOutcome:
+    """A signal a firing broadcast, and what the workflows service answered."""
+
+    name: str
+    delivered: int
+    started: int
 
 
 @dataclass(frozen=True)
 class PendingStart:
-    """A workflow start a firing asked for, waiting for the workflows service."""
+    """A call a firing asked for, waiting for the workflows service: a workflow
+    start, or a signal's broadcast when `signal_name` is set."""
 
     trigger_execution_id: uuid.UUID
     executed_at: datetime
@@ -340,12 +361,14 @@ class PendingStart:
     attempts: int
     # Whom the start is made for.
     actors: Chain
+    signal_name: str | None = None
 
 
 @dataclass(frozen=True)
 class Settled:
-    """A start the workflows service answered: an execution, or a refusal."""
+    """A call the workflows service answered: an execution, a broadcast, or a refusal."""
 
     start: PendingStart
     workflow_execution_id: uuid.UUID | None = None
     skip_reason: str | None = None
+    signal: SignalOutcome | None = None

@@ -1,16 +1,18 @@
 """The triggers service's use cases: the triggers themselves, the trigger
 executions, a user's erase, the events tracked (Ingestor, which batches the
-calls for the pipeline of ingest.py) and the workflow starts firings ask for.
-Each runs in one unit of work; a change of `triggers` reaches every replica's
-cache through the version of the table (ingest.TriggerCache).
+calls for the pipeline of ingest.py) and the workflow starts and signal
+broadcasts firings ask for. Each runs in one unit of work; a change of
+`triggers` reaches every replica's cache through the version of the table
+(ingest.TriggerCache).
 
 The starts are an outbox whose answers matter: StartExecution returns the
 execution's id (`trigger_executions.workflow_execution_id`), or refuses for a
 reason the firing records (`skip_reason`: the workflow is not active, was
-deleted, the user runs it already, was erased). A start is claimed under a
-lease with FOR UPDATE SKIP LOCKED, so replicas share the work and a crashed
-one's starts come back; a start that failed is retried with backoff. The
-settled firing is recorded as a `trigger.fired` lifecycle event attributed to
+deleted, the user runs it already, was erased); a broadcast returns the tokens
+it reached and the executions it started (`signal_*`). A start is claimed
+under a lease with FOR UPDATE SKIP LOCKED, so replicas share the work and a
+crashed one's starts come back; a start that failed is retried with backoff.
+The settled firing is recorded as a `trigger.fired` lifecycle event attributed to
 the actors of the call that tracked the event and to the triggers service.
 """
 
@@ -71,8 +73,7 @@ class TriggerDirectory:
         self._workflows = workflows
 
     async def create(self, fields: TriggerFields, key: RequestKey | None) -> Trigger:
-        assert fields.workflow_id is not None
-        await self._workflows.check_startable(fields.workflow_id, "trigger.workflow_id")
+        await self._check_action(fields)
         async with self._context.unit_of_work() as uow:
             if key is not None and (stored := await idempotency.claim(uow.conn, key)) is not None:
                 trigger_id = uuid.UUID(json.loads(stored)["trigger_id"])
@@ -89,6 +90,11 @@ class TriggerDirectory:
                 await idempotency.store(uow.conn, key, reply)
             return trigger
 
+    async def _check_action(self, fields: TriggerFields) -> None:
+        """A workflow to start must exist; a signal may have no listener yet."""
+        if fields.action is not None and fields.action.workflow_id is not None:
+            await self._workflows.check_startable(fields.action.workflow_id, "trigger.workflow_id")
+
     async def get(self, trigger_id: uuid.UUID) -> Trigger:
         trigger = await store.get_trigger(self._context.pool, trigger_id)
         if trigger is None:
@@ -101,8 +107,7 @@ class TriggerDirectory:
         return await store.list_triggers(self._context.pool, where, cursor, limit)
 
     async def update(self, trigger_id: uuid.UUID, fields: TriggerFields) -> Trigger:
-        if fields.workflow_id is not None:
-            await self._workflows.check_startable(fields.workflow_id, "trigger.workflow_id")
+        await self._check_action(fields)
         async with self._context.unit_of_work() as uow:
             trigger = await store.update_trigger(uow.conn, trigger_id, fields)
         if trigger is None:
@@ -154,8 +159,8 @@ class SentStarts:
 
 
 class WorkflowStarts:
-    """Sends the workflow starts that firings wrote to `pending_starts` and writes
-    the answers back into their trigger executions."""
+    """Sends the workflow starts and signal broadcasts that firings wrote to
+    `pending_starts` and writes the answers back into their trigger executions."""
 
     def __init__(
         self,
@@ -213,11 +218,18 @@ def _fired(settled: Sequence[Settled]) -> EventBatch:
     events = EventBatch(PRODUCER)
     for answer in settled:
         start = answer.start
-        data: dict[str, str] = {"trigger_id": str(start.trigger_id), "event_type": start.event_type}
+        data: dict[str, str | int] = {
+            "trigger_id": str(start.trigger_id),
+            "event_type": start.event_type,
+        }
         if answer.workflow_execution_id is not None:
             data["workflow_execution_id"] = str(answer.workflow_execution_id)
         if answer.skip_reason is not None:
             data["skip_reason"] = answer.skip_reason
+        if answer.signal is not None:
+            data["signal_name"] = answer.signal.name
+            data["delivered_count"] = answer.signal.delivered
+            data["started_count"] = answer.signal.started
         events.add(
             "trigger.fired",
             start.executed_at,

@@ -6,10 +6,10 @@ service (one BatchGetUserProfiles per 1000 users; GetUser for emails), every
 enabled trigger of each event's type is evaluated in Python against the
 event, the user's profile and the attribute change it reports, and then one
 transaction stores the new events (deduplicated by message_id), a
-trigger execution per evaluation, the firings' workflow starts (the starter
-sends them), and the outbox messages: the event as a PublishMessage to the
-workflows service and as a `tracked.<type>` lifecycle event to the metrics
-service. An event is acknowledged once that transaction committed.
+trigger execution per evaluation, the firings' workflow starts and signal
+broadcasts (the starter sends them), and the outbox messages: the event as a
+PublishMessage to the workflows service and as a `tracked.<type>` lifecycle
+event to the metrics service. An event is acknowledged once that transaction committed.
 
 Calls arriving while every lane is busy wait and are written together by the
 next free lane (group commit, handlers.Ingestor): one users call and one
@@ -139,16 +139,28 @@ def _event_variable(event: Event) -> struct_pb2.Struct:
     return variable
 
 
-def _start_request(
+def _action_request(
     trigger: CompiledTrigger, user_id: uuid.UUID, variable: struct_pb2.Struct, request_id: str
 ) -> bytes:
-    """StartExecution, idempotent on the trigger execution's id."""
-    request = workflows_pb2.StartExecutionRequest(
-        workflow_id=str(trigger.workflow_id),
-        user_id=str(user_id),
-        request_id=request_id,
-        conflict_policy=workflows_pb2.CONFLICT_POLICY_FAIL,
-    )
+    """The call a firing makes, idempotent on the trigger execution's id:
+    StartExecution of the trigger's workflow, or BroadcastSignal of its signal
+    for the user alone (a firing is one user's). Both carry the same variables."""
+    action = trigger.action
+    request: workflows_pb2.StartExecutionRequest | workflows_pb2.BroadcastSignalRequest
+    if action.signal_name is not None:
+        request = workflows_pb2.BroadcastSignalRequest(
+            signal_name=action.signal_name,
+            user_ids=[str(user_id)],
+            request_id=request_id,
+            restrict_to_users=True,
+        )
+    else:
+        request = workflows_pb2.StartExecutionRequest(
+            workflow_id=str(action.workflow_id),
+            user_id=str(user_id),
+            request_id=request_id,
+            conflict_policy=workflows_pb2.CONFLICT_POLICY_FAIL,
+        )
     request.variables.fields["event"].struct_value.CopyFrom(variable)
     request.variables.fields["trigger_id"].string_value = str(trigger.id)
     return request.SerializeToString()
@@ -174,7 +186,7 @@ class _Evaluated:
 
     events: store.EventRows = field(default_factory=lambda: store.EventRows([], [], [], [], []))
     evaluations: store.EvaluationRows = field(
-        default_factory=lambda: store.EvaluationRows([], [], [], [], [], [], [], [], [])
+        default_factory=lambda: store.EvaluationRows([], [], [], [], [], [], [], [], [], [])
     )
     variables: dict[str, struct_pb2.Struct] = field(default_factory=dict)
 
@@ -204,6 +216,7 @@ class _Evaluated:
         rows.claims.append(decision.claim)
         rows.skips.append(decision.skip)
         rows.requests.append(request)
+        rows.signals.append(trigger.action.signal_name)
         rows.traceparents.append(event.traceparent)
         rows.actors.append(event.actors)
 
@@ -319,7 +332,7 @@ class IngestPipeline:
                 execution_id = new_event_id()
                 request = None
                 if met and decision.skip is None:
-                    request = _start_request(trigger, user_id, variable, execution_id)
+                    request = _action_request(trigger, user_id, variable, execution_id)
                 batch.add_evaluation(
                     event, trigger, execution_id, met=met, decision=decision, request=request
                 )

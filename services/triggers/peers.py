@@ -1,8 +1,9 @@
 """What the triggers service asks the other services directly: the users an
 event names (BatchGetUserProfiles, GetUser by email), whether a workflow
-exists (GetWorkflow), and the workflow starts firings asked for
-(StartExecution, sent by the starter from `pending_starts`). Other calls that
-must happen go through the outbox instead.
+exists (GetWorkflow), and the calls firings asked for (StartExecution, or
+BroadcastSignal for a trigger whose action is a signal, sent by the starter
+from `pending_starts`). Other calls that must happen go through the outbox
+instead.
 
 The use cases see the users service as `Users`, the little they ask of it;
 `clients.users.UsersClient` is that over gRPC."""
@@ -20,9 +21,10 @@ from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.errors import InvalidArgument, Unavailable, reason_of
 from runtime.identity import acting_for, calling_as
 from runtime.telemetry import joined
-from services.triggers.domain import PRODUCER, PendingStart, Settled, UserView
+from services.triggers.domain import PRODUCER, PendingStart, Settled, SignalOutcome, UserView
 
 START_EXECUTION = f"/{GRPC_SERVICES['workflows']}/StartExecution"
+BROADCAST_SIGNAL = f"/{GRPC_SERVICES['workflows']}/BroadcastSignal"
 # The workflows service's answers about a start itself: retrying cannot change them.
 _REFUSALS = frozenset(
     {
@@ -86,22 +88,29 @@ class Workflows:
             raise InvalidArgument.field(field, f"workflow {workflow_id} is archived")
 
     async def start(self, start: PendingStart) -> Settled | str:
-        """The answer to one start, or why it should be tried again (Unreachable:
-        the service could not be reached). The call runs in the trace of the event
-        that caused it, on behalf of the actors of the call that tracked it; its
-        request_id is the trigger execution's id, so a retry after a lost answer
-        returns the execution the first attempt started."""
+        """The answer to one start or broadcast, or why it should be tried again
+        (Unreachable: the service could not be reached). The call runs in the
+        trace of the event that caused it, on behalf of the actors of the call
+        that tracked it; its request_id is the trigger execution's id, so a retry
+        after a lost answer returns what the first attempt did, and does nothing
+        again."""
+        signal = start.signal_name
         call = self._clients.channel("workflows").unary_unary(
-            START_EXECUTION,
+            START_EXECUTION if signal is None else BROADCAST_SIGNAL,
             request_serializer=None,
-            response_deserializer=workflows_pb2.StartExecutionResponse.FromString,
+            response_deserializer=None,
         )
         try:
             with joined(start.traceparent), calling_as(acting_for(PRODUCER, start.actors)):
-                reply = await call(start.request, timeout=self._clients.timeout())
+                reply: bytes = await call(start.request, timeout=self._clients.timeout())
         except grpc.aio.AioRpcError as error:
             if error.code() in _REFUSALS:
                 return Settled(start, skip_reason=_refusal(error))
             why = f"{error.code().name}: {error.details()}"
             return Unreachable(why) if error.code() == grpc.StatusCode.UNAVAILABLE else why
-        return Settled(start, workflow_execution_id=uuid.UUID(reply.execution.id))
+        if signal is None:
+            started = workflows_pb2.StartExecutionResponse.FromString(reply)
+            return Settled(start, workflow_execution_id=uuid.UUID(started.execution.id))
+        broadcast = workflows_pb2.BroadcastSignalResponse.FromString(reply)
+        outcome = SignalOutcome(signal, broadcast.delivered_count, broadcast.started_count)
+        return Settled(start, signal=outcome)

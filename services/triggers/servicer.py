@@ -34,6 +34,7 @@ from services.triggers.domain import (
     ONCE_PER_PERIOD,
     ONCE_PER_USER,
     USER_ERASED,
+    Action,
     Event,
     Outcome,
     Reentry,
@@ -51,7 +52,9 @@ from services.triggers.handlers import Ingestor, TriggerDirectory, TriggerHistor
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-UPDATABLE = ("name", "event_type", "conditions", "workflow_id", "reentry")
+UPDATABLE = ("name", "event_type", "conditions", "workflow_id", "signal_name", "reentry")
+# The fields of a trigger's action, exactly one of them set.
+ACTIONS = ("workflow_id", "signal_name")
 MAX_EVENTS = 5000
 MAX_EMAIL_LENGTH = 255
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -74,7 +77,8 @@ def trigger_message(trigger: Trigger) -> pb.Trigger:
         name=trigger.name,
         event_type=trigger.event_type,
         conditions=dict_to_struct(trigger.conditions),
-        workflow_id=str(trigger.workflow_id),
+        workflow_id=str(trigger.action.workflow_id or ""),
+        signal_name=trigger.action.signal_name or "",
         enabled=trigger.enabled,
         reentry=pb.ReentryPolicy(mode=_MODE_VALUES[trigger.reentry.mode]),
         create_time=timestamp(trigger.created_at),
@@ -86,6 +90,7 @@ def trigger_message(trigger: Trigger) -> pb.Trigger:
 
 
 def execution_message(execution: TriggerExecution) -> pb.TriggerExecution:
+    signal = execution.signal
     return pb.TriggerExecution(
         id=str(execution.id),
         trigger_id=str(execution.trigger_id),
@@ -97,6 +102,13 @@ def execution_message(execution: TriggerExecution) -> pb.TriggerExecution:
         skip_reason=execution.skip_reason or "",
         event_type=execution.event_type or "",
         message_id=execution.message_id or "",
+        signal=pb.SignalBroadcast(
+            signal_name=signal.name,
+            delivered_count=signal.delivered,
+            started_count=signal.started,
+        )
+        if signal is not None
+        else None,
     )
 
 
@@ -121,6 +133,28 @@ def _reentry(given: pb.Trigger, violations: Violations) -> Reentry:
     return check_reentry(mode, period, "trigger.reentry", violations)
 
 
+def _action(given: pb.Trigger, paths: set[str], violations: Violations) -> Action | None:
+    """The action the paths set (None: none of its fields): exactly one of
+    workflow_id and signal_name, the one set replacing the other."""
+    named = [path for path in ACTIONS if path in paths]
+    if not named:
+        return None
+    chosen = [path for path in named if getattr(given, path)]
+    if len(chosen) > 1:
+        violations.add("trigger.signal_name", "set either workflow_id or signal_name, not both")
+    elif not chosen:
+        violations.add(
+            f"trigger.{named[0]}",
+            "is required: a trigger starts a workflow (workflow_id) or broadcasts a signal"
+            " (signal_name)",
+        )
+    elif chosen == ["signal_name"]:
+        return Action(signal_name=check_name(given.signal_name, "trigger.signal_name", violations))
+    else:
+        return Action(workflow_id=parse_uuid(given.workflow_id, "trigger.workflow_id", violations))
+    return None
+
+
 def _fields(given: pb.Trigger, paths: set[str], violations: Violations) -> TriggerFields:
     return TriggerFields(
         name=check_name(given.name, "trigger.name", violations) if "name" in paths else None,
@@ -128,9 +162,7 @@ def _fields(given: pb.Trigger, paths: set[str], violations: Violations) -> Trigg
         if "event_type" in paths
         else None,
         conditions=_conditions(given, violations) if "conditions" in paths else None,
-        workflow_id=parse_uuid(given.workflow_id, "trigger.workflow_id", violations)
-        if "workflow_id" in paths
-        else None,
+        action=_action(given, paths, violations),
         reentry=_reentry(given, violations) if "reentry" in paths else None,
     )
 
@@ -138,7 +170,7 @@ def _fields(given: pb.Trigger, paths: set[str], violations: Violations) -> Trigg
 def _update_paths(request: pb.UpdateTriggerRequest, violations: Violations) -> set[str]:
     given = request.trigger
     if not request.HasField("update_mask"):
-        paths = {p for p in ("name", "event_type", "workflow_id") if getattr(given, p)}
+        paths = {p for p in ("name", "event_type", *ACTIONS) if getattr(given, p)}
         paths |= {p for p in ("conditions", "reentry") if given.HasField(p)}
     else:
         paths = set(request.update_mask.paths)

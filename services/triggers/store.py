@@ -17,9 +17,11 @@ from runtime.chains import Chain, stored
 from runtime.database import Executor
 from services.triggers.domain import (
     REENTRY_LIMIT,
+    Action,
     PendingStart,
     Reentry,
     Settled,
+    SignalOutcome,
     Trigger,
     TriggerExecution,
     TriggerFields,
@@ -31,8 +33,8 @@ from services.triggers.domain import (
 ERASE_LOCK = 0x6C74_0065
 
 _TRIGGER_COLUMNS = (
-    "id, name, event_type, conditions, workflow_id, enabled, reentry_mode, reentry_period,"
-    " created_at, updated_at"
+    "id, name, event_type, conditions, workflow_id, signal_name, enabled, reentry_mode,"
+    " reentry_period, created_at, updated_at"
 )
 
 
@@ -42,7 +44,7 @@ def _trigger(row: asyncpg.Record) -> Trigger:
         name=row["name"],
         event_type=row["event_type"],
         conditions=row["conditions"],
-        workflow_id=row["workflow_id"],
+        action=Action(row["workflow_id"], row["signal_name"]),
         enabled=row["enabled"],
         reentry=Reentry(row["reentry_mode"], row["reentry_period"]),
         created_at=row["created_at"],
@@ -51,15 +53,16 @@ def _trigger(row: asyncpg.Record) -> Trigger:
 
 
 async def insert_trigger(conn: asyncpg.Connection, fields: TriggerFields) -> Trigger:
-    assert fields.reentry is not None
+    assert fields.reentry is not None and fields.action is not None
     row = await conn.fetchrow(
-        "INSERT INTO triggers"
-        " (name, event_type, conditions, workflow_id, enabled, reentry_mode, reentry_period)"
-        f" VALUES ($1, $2, $3, $4, true, $5, $6) RETURNING {_TRIGGER_COLUMNS}",
+        "INSERT INTO triggers (name, event_type, conditions, workflow_id, signal_name, enabled,"
+        " reentry_mode, reentry_period)"
+        f" VALUES ($1, $2, $3, $4, $5, true, $6, $7) RETURNING {_TRIGGER_COLUMNS}",
         fields.name,
         fields.event_type,
         fields.conditions,
-        fields.workflow_id,
+        fields.action.workflow_id,
+        fields.action.signal_name,
         fields.reentry.mode,
         fields.reentry.period,
     )
@@ -98,10 +101,13 @@ async def list_triggers(
 async def update_trigger(
     conn: asyncpg.Connection, trigger_id: uuid.UUID, fields: TriggerFields
 ) -> Trigger | None:
-    reentry = fields.reentry
+    reentry, action = fields.reentry, fields.action
+    # A new action replaces the old one whole: the one of the two it sets, the other cleared.
     row = await conn.fetchrow(
         "UPDATE triggers SET name = coalesce($2, name), event_type = coalesce($3, event_type),"
-        " conditions = coalesce($4, conditions), workflow_id = coalesce($5, workflow_id),"
+        " conditions = coalesce($4, conditions),"
+        " workflow_id = CASE WHEN $8 THEN $5 ELSE workflow_id END,"
+        " signal_name = CASE WHEN $8 THEN $9 ELSE signal_name END,"
         " reentry_mode = coalesce($6, reentry_mode),"
         " reentry_period = CASE WHEN $6::text IS NULL THEN reentry_period ELSE $7 END"
         f" WHERE id = $1 RETURNING {_TRIGGER_COLUMNS}",
@@ -109,9 +115,11 @@ async def update_trigger(
         fields.name,
         fields.event_type,
         fields.conditions,
-        fields.workflow_id,
+        action.workflow_id if action else None,
         reentry.mode if reentry else None,
         reentry.period if reentry else None,
+        action is not None,
+        action.signal_name if action else None,
     )
     return _trigger(row) if row else None
 
@@ -174,8 +182,10 @@ class EvaluationRows:
     claims: list[bool]
     # A reason decided before the statement (a repeat within the batch).
     skips: list[str | None]
-    # The StartExecution request when the trigger would start its workflow.
+    # The StartExecution (or BroadcastSignal) request when the trigger fires.
     requests: list[bytes | None]
+    # The signal a firing broadcasts (None: it starts a workflow).
+    signals: list[str | None]
     traceparents: list[str | None]
     # Whom the starts are made for: the actors of the event's call.
     actors: list[Chain]
@@ -205,8 +215,8 @@ WITH erased AS (
 ), evaluated AS (
   SELECT v.*, a.user_id, a.event_type, a.data
   FROM unnest($7::text[], $8::uuid[], $9::uuid[], $10::boolean[], $11::boolean[],
-              $12::text[], $13::bytea[], $14::text[], $15::jsonb[])
-    AS v(message_id, trigger_id, id, met, claim, skip, request, traceparent, actors)
+              $12::text[], $13::bytea[], $14::text[], $15::jsonb[], $16::text[])
+    AS v(message_id, trigger_id, id, met, claim, skip, request, traceparent, actors, signal)
   JOIN accepted a USING (message_id)
   WHERE v.trigger_id IN (SELECT id FROM present)
 ), admitted AS (
@@ -228,9 +238,9 @@ WITH erased AS (
   RETURNING id, condition_met, skip_reason
 ), started AS (
   INSERT INTO pending_starts (trigger_execution_id, executed_at, trigger_id, user_id,
-                              event_type, request, traceparent, actors)
+                              event_type, request, traceparent, actors, signal_name)
   SELECT v.id, $6, v.trigger_id, v.user_id, v.event_type, v.request, v.traceparent,
-         {stored("v.actors")}
+         {stored("v.actors")}, v.signal
   FROM recorded r JOIN evaluated v ON v.id = r.id
   WHERE r.condition_met AND r.skip_reason IS NULL
   RETURNING 1
@@ -277,6 +287,7 @@ async def record(
         evaluations.requests,
         evaluations.traceparents,
         evaluations.actors,
+        evaluations.signals,
     )
     assert row is not None
     return Recorded(set(row["accepted"]), set(row["erased"]), row["starts"])
@@ -285,11 +296,14 @@ async def record(
 # ------------------------------------------------------------------ starts
 
 
-# The starts as `lifecycle outbox` shows them: calls waiting for the workflows service.
+# The starts and broadcasts as `lifecycle outbox` shows them: calls waiting for
+# the workflows service.
 WAITING_STARTS = """
-SELECT 'pending' AS kind, 'workflows.start_execution' AS topic, count(*) AS messages,
-       min(executed_at) AS oldest, max(last_error) AS last_error
-FROM pending_starts HAVING count(*) > 0
+SELECT 'pending' AS kind,
+       CASE WHEN signal_name IS NULL THEN 'workflows.start_execution'
+            ELSE 'workflows.broadcast_signal' END AS topic,
+       count(*) AS messages, min(executed_at) AS oldest, max(last_error) AS last_error
+FROM pending_starts GROUP BY 2
 """
 
 _CLAIM_STARTS = """
@@ -301,7 +315,7 @@ UPDATE pending_starts p SET available_at = now() + make_interval(secs => $2),
                             attempts = p.attempts + 1
 FROM due WHERE p.trigger_execution_id = due.trigger_execution_id
 RETURNING p.trigger_execution_id, p.executed_at, p.trigger_id, p.user_id, p.event_type,
-          p.request, p.traceparent, p.attempts, p.actors
+          p.request, p.traceparent, p.attempts, p.actors, p.signal_name
 """
 
 
@@ -313,16 +327,22 @@ async def claim_starts(conn: Executor, limit: int, lease_seconds: float) -> list
 
 async def settle_starts(conn: asyncpg.Connection, settled: Sequence[Settled]) -> None:
     """Writes the answers into the trigger executions and forgets the starts."""
+    signals = [s.signal for s in settled]
     await conn.execute(
         "UPDATE trigger_executions t SET workflow_execution_id = s.execution_id,"
-        " skip_reason = s.skip_reason"
-        " FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[])"
-        "   AS s(id, executed_at, execution_id, skip_reason)"
+        " skip_reason = s.skip_reason, signal_name = s.signal_name,"
+        " signal_delivered = s.delivered, signal_started = s.started"
+        " FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],"
+        "             $6::int[], $7::int[])"
+        "   AS s(id, executed_at, execution_id, skip_reason, signal_name, delivered, started)"
         " WHERE t.id = s.id AND t.executed_at = s.executed_at",
         [s.start.trigger_execution_id for s in settled],
         [s.start.executed_at for s in settled],
         [s.workflow_execution_id for s in settled],
         [s.skip_reason for s in settled],
+        [signal.name if signal else None for signal in signals],
+        [signal.delivered if signal else None for signal in signals],
+        [signal.started if signal else None for signal in signals],
     )
     await conn.execute(
         "DELETE FROM pending_starts WHERE trigger_execution_id = ANY($1::uuid[])",
@@ -367,12 +387,22 @@ async def list_executions(
     params.append(limit)
     rows = await conn.fetch(
         "SELECT id, trigger_id, user_id, event_data, condition_met, workflow_execution_id,"
-        " executed_at, skip_reason, event_type, message_id FROM trigger_executions"
+        " executed_at, skip_reason, event_type, message_id, signal_name, signal_delivered,"
+        " signal_started FROM trigger_executions"
         f" WHERE {' AND '.join(where) or 'true'}"
         f" ORDER BY executed_at DESC, id DESC LIMIT ${len(params)}",
         *params,
     )
-    return [TriggerExecution(**dict(row)) for row in rows]
+    return [_execution(row) for row in rows]
+
+
+def _execution(row: asyncpg.Record) -> TriggerExecution:
+    fields = dict(row)
+    name, delivered, started = (
+        fields.pop(column) for column in ("signal_name", "signal_delivered", "signal_started")
+    )
+    signal = SignalOutcome(name, delivered, started) if name is not None else None
+    return TriggerExecution(**fields, signal=signal)
 
 
 # ------------------------------------------------------------------ erase and retention

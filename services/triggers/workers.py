@@ -1,5 +1,5 @@
 """The triggers service's background loop: the starter, which sends the
-workflow starts that firings wrote (handlers.WorkflowStarts).
+workflow starts and signal broadcasts that firings wrote (handlers.WorkflowStarts).
 
 An ingest that committed starts wakes it. While the workflows service is
 unreachable it rests, backing off, rather than trying again on every ingest

@@ -20,10 +20,12 @@ from xml.etree.ElementTree import Element as XmlElement
 import defusedxml.ElementTree as SafeTree
 from defusedxml import DefusedXmlException
 
+from services.workflows.bpmn_campaigns import campaign_problems, read_segment
+from services.workflows.bpmn_compensation import CompensationParser, without_flows
 from services.workflows.bpmn_esp import EspParser
 from services.workflows.bpmn_events import EventDefinitions, EventParser, link_target
 from services.workflows.bpmn_markers import read_marker
-from services.workflows.bpmn_tasks import BPMN, TASKS, TaskParser
+from services.workflows.bpmn_tasks import BPMN, JOB_EVENTS, TASKS, TaskParser
 from services.workflows.bpmn_tasks import local_name as _local
 from services.workflows.cel_rules import with_article
 from services.workflows.expressions import (
@@ -86,13 +88,14 @@ EVENT_DEFINITIONS = {
     "signalEventDefinition": "signal",
     "escalationEventDefinition": "escalation",
     "linkEventDefinition": "link",
+    "compensateEventDefinition": "compensation",
 }
 ALLOWED_EVENTS: dict[str, set[str | None]] = {
     "startEvent": {None, "timer", "message", "signal", "error", "escalation"},
-    "endEvent": {None, "terminate", "signal", "escalation", "error"},
+    "endEvent": {None, "terminate", "message", "signal", "escalation", "error", "compensation"},
     "intermediateCatchEvent": {"timer", "message", "signal", "link"},
-    "intermediateThrowEvent": {None, "signal", "escalation", "link"},
-    "boundaryEvent": {"timer", "message", "error", "signal", "escalation"},
+    "intermediateThrowEvent": {None, "message", "signal", "escalation", "link", "compensation"},
+    "boundaryEvent": {"timer", "message", "error", "signal", "escalation", "compensation"},
 }
 
 
@@ -127,7 +130,7 @@ def parse(xml: str, max_bytes: int) -> Definition:
     return _Builder(root).build()
 
 
-class _Builder(TaskParser, EventParser, EspParser):
+class _Builder(TaskParser, EventParser, EspParser, CompensationParser):
     def __init__(self, root: XmlElement) -> None:
         self.root = root
         self.problems: list[Problem] = []
@@ -161,6 +164,7 @@ class _Builder(TaskParser, EventParser, EspParser):
         self._connect()
         start = self._check_scopes()
         self._check_nodes()
+        self.check_compensation(process)  # bpmn_compensation.py
         self._check_reachable(start)
         for element_id, source in self.expressions:
             try:
@@ -238,15 +242,17 @@ class _Builder(TaskParser, EventParser, EspParser):
         fields: dict[str, Any] = {"event": event, "multi": multi}
         if event == "timer" and definition is not None:
             fields["timer"] = self._timer(definition, element_id)
-        if event == "message" or name == "receiveTask":
+        # A message throw or end event is a job (bpmn_tasks.py): its messageRef is documentation.
+        if (event == "message" and name not in JOB_EVENTS) or name == "receiveTask":
             source = definition if definition is not None else element
             fields["message"] = self._message(source, element_id)
         if event == "error" and definition is not None:
             error_ref = definition.get("errorRef")
             fields["error_code"] = self.errors.get(error_ref or "") or None
-        fields.update(self.task_fields(element, name, element_id))
+        fields.update(self.task_fields(element, name, element_id, event))
         esp = name == "startEvent" and scope in self.triggered
         fields.update(self.event_fields(element, name, element_id, event, definition, in_esp=esp))
+        fields.update(self.compensation_fields(element, name, element_id, definition))
         if name == "userTask":
             fields["user_task"] = read_spec(element, element_id, self.problem, self.expressions)
         if name == "callActivity":
@@ -258,6 +264,8 @@ class _Builder(TaskParser, EventParser, EspParser):
             fields["interrupting"] = element.get("cancelActivity", "true") != "false"
         if name == "startEvent":
             fields["interrupting"] = element.get("isInterrupting", "true") != "false"
+            if scope is None:
+                fields["segment"] = read_segment(element)  # a campaign's (bpmn_campaigns.py)
         fields["outputs"] = self.outputs(element, element_id)
         if name == "subProcess":
             if element.get("triggeredByEvent") == "true":
@@ -354,8 +362,9 @@ class _Builder(TaskParser, EventParser, EspParser):
                 if start.event is not None and scope not in self.triggered:
                     self.problem(start.id, "a sub-process starts with a none start event")
                 self.nodes[scope] = _with(self.nodes[scope], start=start.id)
-            elif start.timer is not None and start.timer.kind == "cycle":
-                self.problem(start.id, "a timer start event takes a duration or a date")
+            else:
+                for message in campaign_problems(start):
+                    self.problem(start.id, message)
         starts = scopes[None]
         return starts[0].id if len(starts) == 1 else None
 
@@ -388,8 +397,8 @@ class _Builder(TaskParser, EventParser, EspParser):
         takes_incoming = node.type not in ("startEvent", "boundaryEvent") and not (
             linked and node.type == "intermediateCatchEvent"
         )
-        if node.triggered:
-            return  # bpmn_esp.py: no flows at all
+        if node.triggered or without_flows(node):
+            return  # bpmn_esp.py, bpmn_compensation.py: no flows at all
         gives_outgoing = node.type != "endEvent" and not (
             linked and node.type == "intermediateThrowEvent"
         )
@@ -438,6 +447,8 @@ class _Builder(TaskParser, EventParser, EspParser):
         # Event sub-processes start by their event.
         queue = deque([start] if start else [])
         queue.extend(self.triggered)
+        # Compensation handlers run when a compensation event is thrown.
+        queue.extend(n.id for n in self.nodes.values() if n.for_compensation)
         while queue:
             node_id = queue.popleft()
             if node_id in reached or node_id not in self.nodes:

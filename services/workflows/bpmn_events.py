@@ -86,7 +86,7 @@ class EventParser:
             if not link:
                 self.problem(element_id, "a link event needs a name (linkEventDefinition name)")
             fields["link"] = link or None
-        if event == "message" or name == "receiveTask":
+        if (event == "message" and name not in THROWING) or name == "receiveTask":
             source = definition if definition is not None else element
             key = self.definitions.correlation_keys.get(source.get("messageRef") or "")
             if key is not None and (name != "startEvent" or in_esp):

@@ -8,6 +8,8 @@ workflow is saved.
   (`zeebe:calledDecision`) is refused.
 - `scriptTask` is a job too with a `zeebe:taskDefinition`, or evaluates
   `zeebe:script expression` into `resultVariable` in the engine.
+- Message intermediate throw and end events are jobs as in Zeebe, like a send
+  task (`zeebe:taskDefinition`, headers, inputs; refused without a type).
 - `zeebe:ioMapping`: inputs are local variables of the element (seen by its
   job, its built-in task and its output mappings, never by the process);
   outputs are set in the process when it completes.
@@ -27,6 +29,7 @@ from services.workflows.domain import (
     BUILTIN_PREFIX,
     BUILTIN_TYPES,
     EMIT_EVENT,
+    PUBLISH_MESSAGE,
     SET_STAGE,
     UPDATE_ATTRIBUTES,
     event_name_problem,
@@ -41,6 +44,7 @@ from services.workflows.expressions import (
     plain,
 )
 from services.workflows.graph import Script, Task
+from services.workflows.publish_rules import RULES, VARIABLES, problem_of
 
 BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 ZEEBE = "http://camunda.org/schema/zeebe/1.0"
@@ -52,8 +56,10 @@ JOB_TASKS = frozenset({"serviceTask", "sendTask", "businessRuleTask"})
 # Tasks a token passes straight through.
 PASSING_TASKS = frozenset({"task", "manualTask"})
 TASKS = frozenset({*JOB_TASKS, *PASSING_TASKS, "scriptTask"})
-# Elements that take input mappings (their local variables); a sub-process's
-# are seen by everything inside it.
+# Events that are jobs when they throw a message (Zeebe's message throw and end events).
+JOB_EVENTS = frozenset({"intermediateThrowEvent", "endEvent"})
+# Elements that take input mappings (their local variables), as job events do;
+# a sub-process's are seen by everything inside it.
 TAKES_INPUTS = frozenset({*TASKS, "userTask", "receiveTask", "subProcess", "callActivity"})
 # A mark for an input whose value is known only when the element runs.
 DYNAMIC = object()
@@ -93,9 +99,16 @@ class TaskParser:
     def problem(self, element_id: str, message: str) -> None:
         raise NotImplementedError
 
-    def task_fields(self, element: XmlElement, name: str, element_id: str) -> dict[str, Any]:
-        """The node fields of a task: its job (`task`) or script, and its inputs."""
-        fields: dict[str, Any] = {"inputs": self.inputs(element, name, element_id)}
+    def task_fields(
+        self, element: XmlElement, name: str, element_id: str, event: str | None = None
+    ) -> dict[str, Any]:
+        """The node fields of a task or a message throw event: its job (`task`)
+        or script, and its inputs."""
+        job_event = event == "message" and name in JOB_EVENTS
+        inputs = self._mappings(element, element_id, "input", name in TAKES_INPUTS or job_event)
+        fields: dict[str, Any] = {"inputs": inputs}
+        if job_event:
+            fields["task"] = self._task(element, name, element_id, inputs)
         if name not in TASKS:
             return fields
         definitions = list(extension(element, ZEEBE, "taskDefinition"))
@@ -163,6 +176,8 @@ class TaskParser:
                 "sendTask": "a send task",
                 "businessRuleTask": "a business rule task",
                 "scriptTask": "a script task",
+                "intermediateThrowEvent": "a message intermediate throw event",
+                "endEvent": "a message end event",
             }[name]
             self.problem(element_id, f"{kind} needs a type (zeebe:taskDefinition)")
             return None
@@ -187,6 +202,9 @@ class TaskParser:
         elif task_type == EMIT_EVENT:
             self._check_event(headers, inputs, element_id)
             self._map_parameter(headers, inputs, "data", element_id, required=False)
+        elif task_type == PUBLISH_MESSAGE:
+            self._check_publish(headers, inputs, element_id)
+            self._map_parameter(headers, inputs, VARIABLES, element_id, required=False)
 
     def _check_stage(
         self, headers: dict[str, str], inputs: dict[str, str], element_id: str
@@ -216,6 +234,22 @@ class TaskParser:
         elif problem := event_name_problem(headers.get("event", "")):
             self.problem(element_id, f"header 'event' {problem}")
 
+    def _check_publish(
+        self, headers: dict[str, str], inputs: dict[str, str], element_id: str
+    ) -> None:
+        """lifecycle.publish_message's static parameters (publish_rules.py)."""
+        for key in RULES:
+            if key in inputs:
+                value = static_value(inputs[key])
+                problem = None if value is DYNAMIC else problem_of(key, value)
+                where = f"input {key!r}"
+            elif key in headers:
+                problem, where = problem_of(key, headers[key]), f"header {key!r}"
+            else:
+                problem, where = problem_of(key, None), f"header {key!r} (or an input {key!r})"
+            if problem is not None:
+                self.problem(element_id, f"{where} {problem}")
+
     def _map_parameter(
         self,
         headers: dict[str, str],
@@ -234,18 +268,16 @@ class TaskParser:
         elif key not in headers and required:
             self.problem(element_id, f"header {key!r} is required (or an input {key!r})")
 
-    def inputs(self, element: XmlElement, name: str, element_id: str) -> list[tuple[str, str]]:
-        return self._mappings(element, name, element_id, "input")
-
     def outputs(self, element: XmlElement, element_id: str) -> list[tuple[str, str]]:
-        return self._mappings(element, "", element_id, "output")
+        return self._mappings(element, element_id, "output", True)
 
     def _mappings(
-        self, element: XmlElement, name: str, element_id: str, kind: str
+        self, element: XmlElement, element_id: str, kind: str, allowed: bool
     ) -> list[tuple[str, str]]:
         found = list(extension(element, ZEEBE, kind))
-        if kind == "input" and found and name not in TAKES_INPUTS:
-            self.problem(element_id, f"input mappings on {with_article(name)} are not supported")
+        if found and not allowed:
+            name = local_name(element.tag)[1]
+            self.problem(element_id, f"{kind} mappings on {with_article(name)} are not supported")
             return []
         mappings = []
         for mapping in found:

@@ -19,7 +19,9 @@ from runtime import idempotency
 from runtime.database import UnitOfWork
 from runtime.errors import FailedPrecondition, NotFound
 from runtime.idempotency import RequestKey
+from runtime.identity import current_caller
 from services.workflows.bpmn import BpmnError, parse
+from services.workflows.campaigns import Campaigns
 from services.workflows.domain import (
     ARCHIVED,
     DRAFT,
@@ -31,9 +33,12 @@ from services.workflows.domain import (
     workflow_not_found,
 )
 from services.workflows.state import Cancel, Trigger
-from services.workflows.stepper import Notes, Stepper
+from services.workflows.step_rows import Notes
+from services.workflows.stepper import Stepper
 from services.workflows.store import definitions as store
+from services.workflows.store.campaigns import CycleRow
 from services.workflows.store.executions import running_executions
+from services.workflows.store.statistics import ElementCounts, element_counts
 
 # BpmnError: what version_row raises for a document it refuses.
 __all__ = ["BpmnError", "WorkflowDirectory"]
@@ -42,9 +47,10 @@ __all__ = ["BpmnError", "WorkflowDirectory"]
 class WorkflowDirectory:
     """The workflow definitions, in their versions."""
 
-    def __init__(self, stepper: Stepper, max_bpmn_bytes: int) -> None:
+    def __init__(self, stepper: Stepper, max_bpmn_bytes: int, campaigns: Campaigns) -> None:
         self._stepper = stepper
         self._max_bpmn_bytes = max_bpmn_bytes
+        self._campaigns = campaigns
 
     def version_row(self, bpmn_xml: str) -> VersionRow:
         """Parses and validates the BPMN; raises BpmnError."""
@@ -98,6 +104,18 @@ class WorkflowDirectory:
             return found
         return _found(await store.get_workflow(pool, workflow_id), workflow_id)
 
+    async def statistics(
+        self, workflow_id: uuid.UUID, version: str
+    ) -> tuple[str, list[ElementCounts]]:
+        """The version counted (the current one when `version` is empty) and its
+        per-element counts."""
+        counted = (await self.get(workflow_id, version)).version
+        return counted, await element_counts(self._stepper.context.pool, workflow_id, counted)
+
+    async def campaign_cycles(self, workflow_id: uuid.UUID, limit: int) -> list[CycleRow]:
+        """A recurring campaign's scheduled cycle, then its latest."""
+        return await self._campaigns.recent(workflow_id, limit)
+
     async def page(
         self,
         statuses: list[str],
@@ -133,7 +151,7 @@ class WorkflowDirectory:
                         number = next_version(current.version)
                     await store.save_version(uow.conn, workflow_id, number, version)
                     bpmn = version.bpmn_xml
-            return await store.update_workflow(
+            updated = await store.update_workflow(
                 uow.conn,
                 workflow_id,
                 name=fields.get("name", current.name),
@@ -142,6 +160,9 @@ class WorkflowDirectory:
                 bpmn_xml=bpmn,
                 version=number,
             )
+            if number != current.version:  # a new version supersedes the campaign's
+                await self._campaigns.follow(uow.conn, updated, current_caller().actors)
+            return updated
 
         return await self._stepper.transaction(work)
 
@@ -160,7 +181,9 @@ class WorkflowDirectory:
                     reason="ILLEGAL_STATUS_CHANGE",
                     metadata={"from": current.status, "to": target},
                 )
-            return await store.set_status(uow.conn, workflow_id, target)
+            moved = await store.set_status(uow.conn, workflow_id, target)
+            await self._campaigns.follow(uow.conn, moved, current_caller().actors)
+            return moved
 
         return await self._stepper.transaction(work)
 

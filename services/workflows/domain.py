@@ -168,6 +168,9 @@ class StartRequest:
     exclusive: bool
     # The actors of the call: the execution works for them.
     actors: Chain
+    # A campaign cycle's start: the version the cycle began on, which starts
+    # whatever the workflow's status is since (a cycle that began finishes).
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,18 @@ class Published:
 SET_STAGE = "lifecycle.set_stage"
 UPDATE_ATTRIBUTES = "lifecycle.update_attributes"
 EMIT_EVENT = "lifecycle.emit_event"
+PUBLISH_MESSAGE = "lifecycle.publish_message"
 BUILTIN_PREFIX = "lifecycle."
-BUILTIN_TYPES = frozenset({SET_STAGE, UPDATE_ATTRIBUTES, EMIT_EVENT})
+BUILTIN_TYPES = frozenset({SET_STAGE, UPDATE_ATTRIBUTES, EMIT_EVENT, PUBLISH_MESSAGE})
+# The built-in types done within the step that reaches their element, in its
+# transaction (no job): an event emitted, a message published, exactly once.
+INLINE_BUILTINS = frozenset({EMIT_EVENT, PUBLISH_MESSAGE})
+# The parameters of each built-in type that are CEL giving a map (a header is an expression).
+MAP_PARAMETERS = {
+    UPDATE_ATTRIBUTES: ("attributes",),
+    EMIT_EVENT: ("data",),
+    PUBLISH_MESSAGE: ("variables",),
+}
 
 
 def event_name_problem(name: object) -> str | None:

@@ -35,7 +35,8 @@ from services.workflows.domain import (
 )
 from services.workflows.interpreter import Interpreter
 from services.workflows.state import Cancel, ExecutionState, MessageDelivered, Trigger
-from services.workflows.stepper import Notes, Stepper, by_starter, new_state
+from services.workflows.step_rows import Notes
+from services.workflows.stepper import Stepper, by_starter, new_state
 from services.workflows.store import executions as store
 from services.workflows.store import messages as message_store
 from services.workflows.store.definitions import message_start_workflows
@@ -62,7 +63,7 @@ def startable_version(check: StartCheck, request: StartRequest) -> str:
     """The version a start runs on, if its workflow may start for its user."""
     if check.found is None:
         raise workflow_not_found(request.workflow_id)
-    if check.found.status != ACTIVE:
+    if check.found.status != ACTIVE and request.version is None:
         raise FailedPrecondition(
             f"workflow {request.workflow_id} is {check.found.status}; only active workflows start",
             reason="WORKFLOW_NOT_ACTIVE",
@@ -70,7 +71,7 @@ def startable_version(check: StartCheck, request: StartRequest) -> str:
         )
     if check.erased:
         raise FailedPrecondition(f"user {request.user_id} was erased", reason="USER_ERASED")
-    return check.found.version
+    return request.version or check.found.version
 
 
 class Executions:
@@ -104,7 +105,7 @@ class Executions:
             return [await self._start_alone_now(requests[0])]
         try:
             return await self._stepper.transaction(
-                lambda uow, notes: self._start_batch(requests, uow, notes)
+                lambda uow, notes: self.start_batch(requests, uow, notes)
             )
         except (asyncpg.PostgresError, ServiceError) as error:
             # One start spoiled the batch (a request_id taken meanwhile, a user
@@ -118,9 +119,12 @@ class Executions:
             lambda uow, notes: self._start_alone(request, uow, notes)
         )
 
-    async def _start_batch(
+    async def start_batch(
         self, requests: Sequence[StartRequest], uow: UnitOfWork, notes: Notes
     ) -> list[Outcome | Exception]:
+        """Starts written in the caller's transaction (a group commit's, a campaign
+        page's): each start's execution, or ALONE for one already made under its
+        request_id (or left to a transaction of its own), or why it cannot start."""
         stepper = self._stepper
         now = stepper.clock.now()
         await lock_users(uow.conn, [r.user_id for r in requests])

@@ -24,6 +24,7 @@ from runtime.structs import compact_json
 from services.workflows import cel_rules
 from services.workflows.cel_cost import STEP_BUDGET, estimate
 from services.workflows.cel_syntax import MAX_SYNTAX_DEPTH, CelSyntaxError, Expr, depth, parse
+from services.workflows.cron import Cron, CronError, looks_like_cron, parse_cron
 
 # Well under the nesting at which the CEL library's evaluator exhausts its stack.
 MAX_EXPRESSION_CHARS = 4096
@@ -309,23 +310,38 @@ def parse_date(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+# When a cycle fires next after a moment: its ISO-8601 interval, or its cron rules.
+Recurrence = Duration | Cron
+
+
 @dataclass(frozen=True)
 class Cycle:
-    """R[n]/[start/]duration: n repetitions (None: unbounded)."""
+    """R[n]/[start/]duration: n repetitions (None: unbounded); or a cron
+    expression, unbounded, whose `interval` is its rules (cron.py)."""
 
     repetitions: int | None
     start: datetime | None
-    interval: Duration
+    interval: Recurrence
+
+
+_NOT_A_CYCLE = (
+    "is not an ISO-8601 cycle such as R3/PT1H nor a cron expression such as 0 0 9 * * MON"
+)
 
 
 def parse_cycle(text: str) -> Cycle:
+    if looks_like_cron(text):
+        try:
+            return Cycle(None, None, parse_cron(text))
+        except CronError as error:
+            raise ExpressionError(str(error)) from error
     match = _CYCLE.match(text.strip())
     if match is None:
-        raise ExpressionError(f"{text!r} is not an ISO-8601 cycle such as R3/PT1H")
+        raise ExpressionError(f"{text!r} {_NOT_A_CYCLE}")
     count, rest = match.groups()
     parts = rest.split("/")
     if len(parts) > 2:
-        raise ExpressionError(f"{text!r} is not an ISO-8601 cycle such as R3/PT1H")
+        raise ExpressionError(f"{text!r} {_NOT_A_CYCLE}")
     start = parse_date(parts[0]) if len(parts) == 2 else None
     interval = parse_duration(parts[-1])
     if interval.approximate_seconds <= 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from services.workflows.domain import EMIT_EVENT, UPDATE_ATTRIBUTES
+from services.workflows.domain import MAP_PARAMETERS
 from services.workflows.expressions import Expression, load_expression
 from services.workflows.multi_spec import CompiledMulti, MultiInstance, compile_multi
 from services.workflows.user_task_rules import UserTaskSpec
@@ -79,6 +79,15 @@ class Node:
     multi: MultiInstance | None = None
     # An event sub-process (triggeredByEvent; bpmn_esp.py, interpreter_esp.py).
     triggered: bool = False
+    # The segment a timer cycle start event names: the workflow is a recurring
+    # campaign (bpmn_campaigns.py, campaigns.py).
+    segment: str | None = None
+    # Compensation (bpmn_compensation.py, interpreter_compensation.py): a
+    # compensation boundary event's handler, a compensation throw or end
+    # event's activityRef (None: every activity), and a handler's marker.
+    handler: str | None = None
+    activity_ref: str | None = None
+    for_compensation: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,8 +218,8 @@ def compile_graph(definition: Definition) -> Graph:
             )
             literal = None if expression else node.timer.value
             timers[node.id] = CompiledTimer(node.timer.kind, literal, expression)
-        if node.task is not None and node.task.type in (UPDATE_ATTRIBUTES, EMIT_EVENT):
-            for key in ("attributes", "data"):
+        if node.task is not None:
+            for key in MAP_PARAMETERS.get(node.task.type, ()):
                 if key in node.task.headers:
                     headers[(node.id, key)] = load_expression(node.task.headers[key])
     outputs = {

@@ -9,42 +9,39 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from runtime.structs import compact_json
 from services.workflows.domain import (
     CANCELLED,
     COMPLETED,
-    EMIT_EVENT,
     ENDED_STATUSES,
     FAILED,
+    INLINE_BUILTINS,
     MAX_VARIABLES_BYTES,
     PENDING,
     RUNNING,
 )
 from services.workflows.expressions import (
     BYTES_PER_STEP,
-    Cycle,
-    Duration,
     Expression,
     ExpressionError,
     Scope,
     StepTooLong,
     WorkBudget,
     evaluate,
-    parse_cycle,
-    parse_date,
-    parse_duration,
     plain,
 )
 from services.workflows.graph import Graph, Node
+from services.workflows.interpreter_compensation import CompensationSteps
 from services.workflows.interpreter_esp import EspSteps
 from services.workflows.interpreter_events import OWN_EVENTS, EventSteps
 from services.workflows.interpreter_gateways import NO_FLOW_TAKEN, GatewaySteps
 from services.workflows.interpreter_multi import MultiSteps, is_marker
 from services.workflows.interpreter_tasks import MERGE_STEPS, Locals, TaskSteps
 from services.workflows.interpreter_user_tasks import user_task_row
+from services.workflows.interpreter_waits import WaitSteps
 from services.workflows.state import (
     Cancel,
     ChildCompleted,
@@ -66,9 +63,7 @@ from services.workflows.state import (
     Reactivate,
     Start,
     Step,
-    Subscription,
     TimerFired,
-    TimerRow,
     Token,
     Trigger,
     UncaughtError,
@@ -99,7 +94,9 @@ class OutputFailed(Exception):
         self.element = element
 
 
-class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
+class Interpreter(
+    TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps, CompensationSteps, WaitSteps
+):
     """Runs triggers against one execution's state, in place."""
 
     def __init__(
@@ -163,7 +160,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
             self.step.consumed_timers.append(ConsumedTimer(token.no, trigger.element))
             self._event_fired(token, node, trigger.element, {}, trigger.repeat)
         elif isinstance(trigger, MessageDelivered):
-            self._event_fired(token, node, trigger.element, trigger.variables, 0)
+            self._event_fired(token, node, trigger.element, self.delivered(trigger), 0)
         elif isinstance(trigger, JobCompleted):
             self._job_completed(token, node, trigger.variables)
         elif isinstance(trigger, ChildCompleted):
@@ -185,7 +182,7 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
     def _start(self) -> None:
         state = self.state
         start = self.graph.nodes[self.graph.definition.start]
-        if start.event == "timer" and state.status == PENDING and not state.tokens:
+        if start.timer and not start.segment and state.status == PENDING and not state.tokens:
             self._arm_all(self._new_token(start, None), [start])
             return
         self._begin()
@@ -225,8 +222,10 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
 
     def _activate(self, node: Node, scope: int | None, via: str | None) -> None:
         kind = node.type
-        if node.event in OWN_EVENTS and self._event_activated(node, scope, via):
-            return
+        if (node.event in OWN_EVENTS and self._event_activated(node, scope, via)) or (
+            node.event == "compensation" and self.compensation_thrown(node, scope, via)
+        ):
+            return  # interpreter_events.py, interpreter_compensation.py
         if kind == "startEvent" and self.listen_again(node, scope):
             return  # an event sub-process's listener (its incident resolved)
         if kind in PASS_THROUGH:
@@ -263,8 +262,8 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
             self._incident(self._new_token(node, scope, via), str(error))
             return
         task = node.task
-        if task is not None and task.type == EMIT_EVENT:
-            self._emit(node, scope, via, local)
+        if task is not None and task.type in INLINE_BUILTINS:
+            self._builtin_inline(node, scope, via, local)
             return
         if task is None and node.type in INLINE_TASKS:
             self._inline(node, scope, via, local)
@@ -337,106 +336,12 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
         self._history(node, "completed")
         self._take_all(node, scope)
 
-    # ------------------------------------------------------------ waits
-
-    def _arm_all(self, token: Token, nodes: list[Node]) -> None:
-        try:
-            for node in nodes:
-                self._arm(token, node)
-        except ExpressionError as error:
-            self._incident(token, str(error))
-
-    def _arm(self, token: Token, node: Node) -> None:
-        """Opens the wait of a catch event for `token` (the event's or its gateway's or host's)."""
-        if node.event == "timer":
-            self._arm_timer(token, node)
-        elif node.event == "message":
-            self._subscribe(token, node)
-        elif node.event == "signal":
-            self._subscribe_signal(token, node)
-
-    def _arm_timer(self, token: Token, node: Node) -> None:
-        timer = self.graph.timers[node.id]
-        value: Any = timer.literal
-        if timer.expression is not None:
-            value = evaluate(timer.expression, self._context(timer.expression))
-        self.step.timers.append(self._timer_row(token.no, node.id, timer.kind, value))
-
-    def _timer_row(self, token: int, element: str, kind: str, value: Any) -> TimerRow:
-        if isinstance(value, timedelta):
-            return TimerRow(token, element, self.now + value)
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            return TimerRow(token, element, value)
-        if not isinstance(value, str):
-            raise ExpressionError(f"a {kind} timer needs a string, got {type(value).__name__}")
-        if kind == "duration":
-            return TimerRow(token, element, parse_duration(value).after(self.now))
-        if kind == "date":
-            return TimerRow(token, element, parse_date(value))
-        cycle: Cycle = parse_cycle(value)
-        first = cycle.start or cycle.interval.after(self.now)
-        repeat = None if cycle.repetitions is None else cycle.repetitions - 1
-        return TimerRow(token, element, first, repeat, cycle.interval)
-
-    def _subscribe(self, token: Token, node: Node) -> None:
-        assert node.message is not None
-        if self.correlation_key(token, node):
-            self.step.subscriptions.append(Subscription(token.no, node.id, node.message))
-
-    def _event_fired(
-        self,
-        token: Token,
-        node: Node,
-        element: str,
-        variables: dict[str, Any],
-        repeat: int | None,
-    ) -> None:
-        """A timer or message of `element` came for `token` at `node`."""
-        event = self.graph.nodes[element]
-        self._merge(variables)
-        if self.event_subprocess_fired(token, node, repeat):
-            return
-        if node.type == "startEvent":
-            self._remove(token.no, record="completed")
-            self._begin()
-            self._take_all(node, None)
-        elif node.type == "eventBasedGateway":
-            self._remove(token.no, record="completed")
-            self._history(event, "completed")
-            self._take_all(event, token.scope)
-        elif event.type == "boundaryEvent":
-            self._boundary(token, event, repeat)
-        else:
-            self._leave(token, node)
-
-    def _boundary(self, host: Token, event: Node, repeat: int | None) -> None:
-        if event.interrupting:
-            self._remove(host.no, record="terminated")
-        elif event.event == "timer" and (repeat is None or repeat > 0):
-            # A non-interrupting cycle fires again until its repetitions run out.
-            try:
-                interval = self._cycle_interval(event)
-            except ExpressionError as error:
-                self._incident(host, str(error))
-                interval = None
-            if interval is not None:
-                left = None if repeat is None else repeat - 1
-                due = interval.after(self.now)
-                self.step.timers.append(TimerRow(host.no, event.id, due, left, interval))
-        self._history(event, "completed")
-        self._take_all(event, host.scope)
-
-    def _cycle_interval(self, event: Node) -> Duration | None:
-        timer = self.graph.timers[event.id]
-        value: Any = timer.literal
-        if timer.expression is not None:
-            value = evaluate(timer.expression, self._context(timer.expression))
-        return parse_cycle(value).interval if isinstance(value, str) else None
-
     # ------------------------------------------------------------ leaving and errors
 
     def _leave(self, token: Token, node: Node) -> None:
         self._remove(token.no, record="completed")
+        if self.compensation_left(node, token.scope):
+            return  # a compensation handler: its throw event goes on
         if self._instance_left(token, node):
             return  # a multi-instance instance: its body goes on
         self._take_all(node, token.scope)
@@ -524,6 +429,8 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
             self.step.cancelled_children.append(no)
         if node.user_task is not None and no in self.step.removed:
             self.step.closed_user_tasks.append(no)
+        if record == "terminated":
+            self.scope_terminated(no)
         if record is not None and not is_marker(token):
             self._history(node, record, token.variables)
 
@@ -534,6 +441,8 @@ class Interpreter(TaskSteps, EventSteps, GatewaySteps, MultiSteps, EspSteps):
     def _take_all(self, node: Node, scope: int | None) -> None:
         for flow_id in node.outgoing:
             self._take(flow_id, scope)
+        if node.type == "endEvent":
+            self._scope_may_end(scope)  # a message end event's job (or built-in) done
 
     def _take(self, flow_id: str, scope: int | None) -> None:
         self._enqueue(self.graph.flows[flow_id].target, scope, flow_id)

@@ -3,6 +3,9 @@ events, correlation keys and call activities' variables (a mixin, no I/O).
 
 - A link throw event jumps to the catch link event of its name in its scope,
   which passes straight through.
+- A message throw or end event is a job, as a send task is (as in Zeebe; or
+  the built-in lifecycle.publish_message, whose message the stepper publishes
+  in the same step: stepper_messages.py).
 - A signal catch or boundary event subscribes its token to the signal's name
   (evaluated when reached); a signal delivered to it is a MessageDelivered
   trigger, as a message is. A signal throw or end event records the name: the
@@ -28,13 +31,14 @@ from services.workflows.expressions import (
     load_expression,
 )
 from services.workflows.graph import Graph, Node
-from services.workflows.state import ExecutionState, Step, Token
+from services.workflows.publish_rules import ThrownMessage
+from services.workflows.state import ExecutionState, MessageDelivered, Step, Token
 
 if TYPE_CHECKING:
     from services.workflows.interpreter_tasks import Locals
 
 # The event kinds this module handles when their element is reached.
-OWN_EVENTS = frozenset({"signal", "escalation", "link"})
+OWN_EVENTS = frozenset({"signal", "escalation", "link", "message"})
 THROWING = frozenset({"intermediateThrowEvent", "endEvent"})
 MAX_KEY = 255
 
@@ -64,10 +68,12 @@ class ErrorNotice(NamedTuple):
 @dataclass
 class EventOutcome:
     """What a step did with events, for the stepper: subscriptions to write,
-    signals to broadcast and escalations for the parent (taken by the follow-ups)."""
+    signals to broadcast, messages to publish and escalations for the parent
+    (taken by the follow-ups)."""
 
     signal_subscriptions: list[SignalSubscription] = field(default_factory=list)
     signals: list[str] = field(default_factory=list)
+    messages: list[ThrownMessage] = field(default_factory=list)
     escalations: list[EscalationNotice] = field(default_factory=list)
     errors: list[ErrorNotice] = field(default_factory=list)
     # Message subscriptions' correlation keys, by (token, element).
@@ -113,6 +119,7 @@ class EventSteps:
         def _pass(self, node: Node, scope: int | None) -> None: ...
         def escalation_subprocess(self, scope: Token | None, code: str) -> tuple[bool, bool]: ...
         def _remove(self, no: int, *, record: str | None) -> None: ...
+        def _activity(self, node: Node, scope: int | None, via: str | None) -> None: ...
         def _new_token(
             self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
         ) -> Token: ...
@@ -131,8 +138,9 @@ class EventSteps:
     # ------------------------------------------------------------ reaching an event
 
     def _event_activated(self, node: Node, scope: int | None, via: str | None) -> bool:
-        """A signal, escalation or link event reached; True when it is done with
-        (a link, an escalation that interrupted its scope, an incident), False
+        """A signal, escalation, link or message event reached; True when it is
+        done with (a link, a message thrown, an escalation that interrupted its
+        scope, an incident), False
         when the element goes on as a none event of its kind."""
         if node.event == "link":
             if node.type == "intermediateThrowEvent":
@@ -143,6 +151,9 @@ class EventSteps:
             return True
         if node.type not in THROWING:
             return False
+        if node.event == "message":
+            self._activity(node, scope, via)  # a job, or lifecycle.publish_message
+            return True
         if node.event == "signal":
             assert node.signal is not None
             try:
@@ -174,6 +185,16 @@ class EventSteps:
         assert node.signal is not None
         name = self._evaluated(node, node.signal, "signal name")
         self.events.signal_subscriptions.append(SignalSubscription(token.no, node.id, name))
+
+    def delivered(self, trigger: MessageDelivered) -> dict[str, Any]:
+        """The variables a message (or signal) brings, to merge: a thrown
+        message's are merged here, at its catch element, as an output mapping's
+        would be (too large fails this execution there, not the thrower's step)."""
+        if not trigger.thrown:
+            return trigger.variables
+        what = "the variables of the message"
+        self._merge_produced(self.graph.nodes[trigger.element], trigger.variables, what)
+        return {}
 
     def correlation_key(self, token: Token, node: Node) -> bool:
         """Evaluates a message catch's correlation key for its subscription;

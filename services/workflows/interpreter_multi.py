@@ -91,6 +91,7 @@ class MultiSteps:
         def _remove(self, no: int, *, record: str | None) -> None: ...
         def _arm(self, token: Token, node: Node) -> None: ...
         def _merge_produced(self, node: Node, variables: dict[str, Any], what: str) -> None: ...
+        def compensation_left(self, node: Node, scope: int | None) -> bool: ...
         def _new_token(
             self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
         ) -> Token: ...
@@ -224,6 +225,8 @@ class MultiSteps:
 
     def _done_inline(self, node: Node, scope: int | None, via: str | None, local: Locals) -> None:
         """An element done at once (no token) takes its flows, or ends its instance."""
+        if self.compensation_left(node, scope):
+            return  # interpreter_compensation.py: a compensation handler
         if (
             node.multi is not None
             and (via or "").startswith(INSTANCE)

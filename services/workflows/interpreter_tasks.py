@@ -1,8 +1,9 @@
 """What the interpreter (interpreter.py) does for tasks and their data: input
 mappings (an element's local variables, which never reach the process unless
 an output mapping puts them there), the built-in tasks' parameters (an input
-or a header, the input winning), script tasks, and the variables a job or a
-script gives back, set as Zeebe sets them.
+or a header, the input winning), the built-in tasks done within the step
+(emit an event, publish a message), script tasks, and the variables a job or
+a script gives back, set as Zeebe sets them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.stages import STAGES
 from runtime.structs import compact_json
 from services.workflows.domain import (
+    EMIT_EVENT,
     EMITTED_EVENT_PREFIX,
     MAX_VARIABLES_BYTES,
     SET_STAGE,
@@ -29,7 +31,11 @@ from services.workflows.expressions import (
     plain,
 )
 from services.workflows.graph import Graph, Node
+from services.workflows.publish_rules import VARIABLES, ThrownMessage, thrown_message
 from services.workflows.state import EmittedEvent, ExecutionState, Step, Token
+
+if TYPE_CHECKING:
+    from services.workflows.interpreter_events import EventOutcome
 
 # What merging variables costs besides their size, in cel_cost steps.
 MERGE_STEPS = 300
@@ -48,6 +54,8 @@ class TaskSteps:
     if TYPE_CHECKING:
 
         def _context(self, expression: Expression, local: Locals = None) -> Scope: ...
+        @property
+        def events(self) -> EventOutcome: ...
         def _merge(self, variables: dict[str, Any]) -> None: ...
         def _merge_produced(self, node: Node, variables: dict[str, Any], what: str) -> None: ...
         def _leave(self, token: Token, node: Node) -> None: ...
@@ -94,25 +102,50 @@ class TaskSteps:
             )
         return local
 
-    def _emit(self, node: Node, scope: int | None, via: str | None, local: Locals) -> None:
+    def _builtin_inline(
+        self, node: Node, scope: int | None, via: str | None, local: Locals
+    ) -> None:
+        """A built-in task done within the step (INLINE_BUILTINS): its event is
+        emitted, or its message published (the stepper does it in the step's
+        transaction, stepper_messages.py), and the element completes; a bad
+        parameter is an incident on it."""
         task = node.task
         assert task is not None
+        made: EmittedEvent | ThrownMessage
         try:
-            name = _parameter(local, "event", task.headers)
-            if problem := event_name_problem(name):
-                raise ExpressionError(f"parameter 'event' {problem} (got {name!r})")
-            data = self._map_parameter(node, "data", local)
+            if task.type == EMIT_EVENT:
+                made = self._emitted(node, local)
+            else:
+                made = self._thrown(node, local)
         except ExpressionError as error:
             self._incident(self._new_token(node, scope, via, local), str(error))
             return
         self._history(node, "completed", local)
-        self.step.events.append(
-            EmittedEvent(
-                EMITTED_EVENT_PREFIX + name,
-                {**data, "workflow_id": str(self.state.workflow_id), "element_id": node.id},
-            )
-        )
+        if isinstance(made, EmittedEvent):
+            self.step.events.append(made)
+        else:
+            self.events.messages.append(made)
         self._done_inline(node, scope, via, local)
+
+    def _thrown(self, node: Node, local: Locals) -> ThrownMessage:
+        """lifecycle.publish_message's message (publish_rules.py)."""
+        assert node.task is not None
+        headers = node.task.headers
+        variables = self._map_parameter(node, VARIABLES, local)
+        return thrown_message(
+            lambda key: _parameter(local, key, headers), variables, self.state.user_id
+        )
+
+    def _emitted(self, node: Node, local: Locals) -> EmittedEvent:
+        assert node.task is not None
+        name = _parameter(local, "event", node.task.headers)
+        if problem := event_name_problem(name):
+            raise ExpressionError(f"parameter 'event' {problem} (got {name!r})")
+        data = self._map_parameter(node, "data", local)
+        return EmittedEvent(
+            EMITTED_EVENT_PREFIX + name,
+            {**data, "workflow_id": str(self.state.workflow_id), "element_id": node.id},
+        )
 
     def _inline(self, node: Node, scope: int | None, via: str | None, local: Locals) -> None:
         """An undefined or manual task passes; a script task sets its result."""

@@ -38,7 +38,8 @@ from services.workflows.state import (
     Reactivate,
     Trigger,
 )
-from services.workflows.stepper import CONNECTION_ERRORS, Notes, Stepper, by_engine
+from services.workflows.step_rows import Notes
+from services.workflows.stepper import CONNECTION_ERRORS, Stepper, by_engine
 from services.workflows.store import executions as execution_store
 from services.workflows.store import incidents as incident_store
 from services.workflows.store import jobs as store

@@ -13,11 +13,13 @@ from lifecycle.workflows.v1 import workflows_pb2_grpc
 from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.lifecycle_events import DESTINATIONS, RECORD_EVENTS
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
+from services.workflows.campaigns import Campaigns
 from services.workflows.definitions import WorkflowDirectory
 from services.workflows.executions import Executions
 from services.workflows.jobs import BuiltinJobs, Jobs
 from services.workflows.maintenance import maintenance
 from services.workflows.peers import UsersPeer
+from services.workflows.segments_peer import SegmentsPeer
 from services.workflows.servicer import WorkflowServicer
 from services.workflows.settings import WorkflowSettings, load_settings
 from services.workflows.signals import Signals
@@ -25,7 +27,7 @@ from services.workflows.stepper import Stepper
 from services.workflows.store.jobs import WAITING_USERS_CALLS
 from services.workflows.timers import DueTimers
 from services.workflows.user_tasks import UserTasks
-from services.workflows.workers import BuiltinJobWorker, TimerWorker
+from services.workflows.workers import BuiltinJobWorker, CampaignWorker, TimerWorker
 
 
 def build_with(
@@ -41,9 +43,13 @@ def build_with(
         chosen = settings or load_settings()
         users = UsersPeer(UsersClient(context.clients))
         stepper = Stepper(context, clock, users.profile)
+        executions = Executions(stepper)
+        campaigns = Campaigns(
+            stepper, executions, SegmentsPeer(context.clients), chosen.campaign_page_size
+        )
         servicer = WorkflowServicer(
-            WorkflowDirectory(stepper, chosen.max_bpmn_bytes),
-            Executions(stepper),
+            WorkflowDirectory(stepper, chosen.max_bpmn_bytes, campaigns),
+            executions,
             Jobs(stepper),
             context.page_tokens,
             UserTasks(stepper),
@@ -60,6 +66,7 @@ def build_with(
                 chosen.builtin_job_batch,
                 chosen.poll_seconds,
             ),
+            CampaignWorker(campaigns, chosen.poll_seconds),
         ]
         if on_built is not None:
             on_built(stepper)
@@ -73,7 +80,7 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     build=build_with(),
     destinations={RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS]},
-    calls=frozenset({"users"}),
+    calls=frozenset({"users", "segments"}),
     maintenance=maintenance,
     waiting=WAITING_USERS_CALLS,
     batch_items=frozenset({"lifecycle.workflows.v1.PublishMessagesRequest.messages"}),

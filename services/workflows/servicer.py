@@ -47,6 +47,7 @@ from services.workflows.domain import (
 )
 from services.workflows.executions import Executions
 from services.workflows.jobs import Jobs
+from services.workflows.servicer_campaigns import RECENT_CYCLES, cycle_message
 from services.workflows.servicer_signals import SignalRpcs
 from services.workflows.servicer_user_tasks import UserTaskRpcs
 from services.workflows.signals import Signals
@@ -268,7 +269,10 @@ class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServ
     ) -> pb.GetWorkflowResponse:
         workflow_id = required_id(request.workflow_id, "workflow_id")
         workflow = await self._directory.get(workflow_id, request.version.strip())
-        return pb.GetWorkflowResponse(workflow=workflow_message(workflow))
+        cycles = await self._directory.campaign_cycles(workflow_id, RECENT_CYCLES)
+        return pb.GetWorkflowResponse(
+            workflow=workflow_message(workflow), campaign_cycles=map(cycle_message, cycles)
+        )
 
     async def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: Context
@@ -404,6 +408,15 @@ class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServ
         )
         return pb.ListExecutionsResponse(
             executions=[execution_message(e) for e in found], next_page_token=token
+        )
+
+    async def GetWorkflowStatistics(
+        self, request: pb.GetWorkflowStatisticsRequest, context: Context
+    ) -> pb.GetWorkflowStatisticsResponse:
+        workflow_id = required_id(request.workflow_id, "workflow_id")
+        version, counts = await self._directory.statistics(workflow_id, request.version.strip())
+        return pb.GetWorkflowStatisticsResponse(
+            version=version, elements=[pb.ElementStatistics(**c._asdict()) for c in counts]
         )
 
     async def CancelExecution(

@@ -36,6 +36,8 @@ class SignalRpcs:
         users: dict[uuid.UUID, None] = {}
         if len(request.user_ids) > MAX_USERS:
             violations.add("user_ids", f"must hold at most {MAX_USERS} users")
+        elif request.restrict_to_users and not request.user_ids:
+            violations.add("user_ids", "is required with restrict_to_users")
         else:
             for n, value in enumerate(request.user_ids):
                 user = parse_uuid(value, f"user_ids[{n}]", violations)
@@ -44,7 +46,14 @@ class SignalRpcs:
         key = request_key(request, METHOD, violations)
         violations.check()
         done = await self._signals.broadcast(
-            SignalBroadcast(name, variables, list(users), key, current_caller().actors)
+            SignalBroadcast(
+                name,
+                variables,
+                list(users),
+                key,
+                current_caller().actors,
+                restrict_to_users=request.restrict_to_users,
+            )
         )
         return pb.BroadcastSignalResponse(
             delivered_count=done.delivered,

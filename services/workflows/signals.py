@@ -6,7 +6,9 @@ are stepped in batches of executions, a transaction each, through the
 stepper, waiting for the row locks (a cancel that commits first leaves
 nothing to deliver to). The starts, the subscribers' snapshot and the
 request_id are one transaction: a repeated request_id answers what the first
-call did and does nothing again.
+call did and does nothing again, once that call delivered to every batch; a
+call that stopped before (the service stopped, say) is only half-way, and its
+retry delivers again to the tokens still waiting for the signal.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from runtime.idempotency import RequestKey
 from services.workflows.domain import ENDED_STATUSES
 from services.workflows.interpreter import VariablesTooLarge
 from services.workflows.state import MessageDelivered, Trigger
-from services.workflows.stepper import Notes, Stepper, new_state
+from services.workflows.step_rows import Notes
+from services.workflows.stepper import Stepper, new_state
 from services.workflows.store import executions as execution_store
 from services.workflows.store import signals as signal_store
 from services.workflows.store.executions import NewExecution
@@ -48,6 +51,8 @@ class SignalBroadcast:
     user_ids: Sequence[uuid.UUID]
     key: RequestKey | None
     actors: Chain
+    # Only the executions of `user_ids` get it (a trigger's signal for its event's user).
+    restrict_to_users: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,16 @@ class Broadcasted:
     delivered: int
     started: int
     start_workflows: int
+    # False while the call delivers: its answer is stored before (with its starts).
+    complete: bool = True
 
     def encoded(self) -> bytes:
-        return json.dumps([self.delivered, self.started, self.start_workflows]).encode()
+        fields = [self.delivered, self.started, self.start_workflows, self.complete]
+        return json.dumps(fields).encode()
 
     @classmethod
     def decoded(cls, data: bytes) -> Broadcasted:
-        delivered, started, start_workflows = json.loads(data)
-        return cls(delivered, started, start_workflows)
+        return cls(*json.loads(data))
 
 
 class Signals:
@@ -99,9 +106,18 @@ class Signals:
         self, request: SignalBroadcast, uow: UnitOfWork, notes: Notes
     ) -> Broadcasted | tuple[int, int, list[SignalSubscriber]]:
         conn, stepper = uow.conn, self._stepper
+        subscribers = partial(
+            signal_store.subscribers,
+            conn,
+            [request.name],
+            request.user_ids if request.restrict_to_users else None,
+        )
         if request.key is not None and (stored := await idempotency.claim(conn, request.key)):
-            return Broadcasted.decoded(stored)
-        subscribers = await signal_store.subscribers(conn, [request.name])
+            earlier = Broadcasted.decoded(stored)
+            if earlier.complete:
+                return earlier
+            return earlier.started, earlier.start_workflows, await subscribers()
+        waiting = await subscribers()  # before the starts: theirs are not reached
         workflows = (await signal_store.signal_start_workflows(conn, [request.name])).get(
             request.name, []
         )
@@ -129,9 +145,9 @@ class Signals:
             advanced = await stepper.advance_request(uow, notes, {}, new)
             started = len(new) - len(advanced.conflicts)
         if request.key is not None:
-            provisional = Broadcasted(0, started, len(workflows))
+            provisional = Broadcasted(0, started, len(workflows), complete=False)
             await idempotency.store(conn, request.key, provisional.encoded())
-        return started, len(workflows), subscribers
+        return started, len(workflows), waiting
 
     async def _deliver(
         self, chunk: dict[uuid.UUID, list[SignalSubscriber]], variables: dict[str, Any]

@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from runtime.chains import Chain
-from services.workflows.expressions import Duration
+from services.workflows.compensation_log import CompensationLog
+from services.workflows.expressions import Recurrence
 from services.workflows.user_task_rules import Assignment
 
 
@@ -48,6 +49,8 @@ class ExecutionState:
     new: bool = False
     # Whom it works for: the actors of the call that started it.
     actors: Chain = ()
+    # Completions of activities with a compensation boundary event.
+    compensations: CompensationLog = field(default_factory=CompensationLog)
 
     @property
     def current_nodes(self) -> list[str]:
@@ -75,6 +78,9 @@ class MessageDelivered:
     token: int
     element: str
     variables: dict[str, Any]
+    # A workflow's message (lifecycle.publish_message): variables that would
+    # make the receiver's too large fail the receiver, not the thrower's step.
+    thrown: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ class TimerRow:
     due_at: datetime
     # Repetitions left after this one (cycles); None for unbounded.
     repeat: int | None = 0
-    interval: Duration | None = None
+    interval: Recurrence | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ follow-ups, stepper.py): errors and escalations a called execution did not
 catch go to its call activity; signals thrown are broadcast in the same step,
 to every token waiting for them (one statement finds them) and to the active
 workflows a signal of that name starts, for the thrower's user; call
-activities naming a BPMN process id find their workflow.
+activities naming a BPMN process id find their workflow; messages thrown
+are published in the same step (stepper_messages.py).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from services.workflows.state import (
     EscalationRaised,
     ExecutionState,
     MessageDelivered,
-    Start,
     Trigger,
 )
-from services.workflows.store import executions as execution_store
+from services.workflows.stepper_messages import publish_thrown, start_executions
 from services.workflows.store import signals as signal_store
 from services.workflows.store.executions import NewExecution
 from services.workflows.store.signals import NewSignalSubscription, SignalSubscriber
@@ -44,7 +44,9 @@ async def event_follow_ups(
     now: datetime,
     new_state: NewState,
 ) -> None:
-    """Adds to `queue` the triggers the runs' errors, escalations and signals give."""
+    """Adds to `queue` the triggers the runs' errors, escalations, signals and
+    messages (stepper_messages.py) give."""
+    await publish_thrown(conn, result, queue, now, new_state)
     thrown: list[tuple[Interpreter, str]] = []
     for run in list(result.runs.values()):
         events = run.events
@@ -95,13 +97,7 @@ async def _signal_starts(
                 workflow_id, version, run.state.user_id, {}, now, actors=run.state.actors
             )
             new.append(NewExecution(state, exclusive=True))
-    if not new:
-        return
-    inserted = await execution_store.insert_executions(conn, new)
-    for execution in new:
-        if execution.state.id in inserted:
-            result.states[execution.state.id] = execution.state
-            queue[execution.state.id].append(Start())
+    await start_executions(conn, result, queue, new)
 
 
 def signal_rows(run: Interpreter, alive: Iterable[int]) -> list[NewSignalSubscription]:

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 from runtime.database import UnitOfWork
 from services.workflows.state import TimerFired, Trigger
-from services.workflows.stepper import CONNECTION_ERRORS, Advance, Notes, Stepper, by_engine
+from services.workflows.step_rows import Notes
+from services.workflows.stepper import CONNECTION_ERRORS, Advance, Stepper, by_engine
 from services.workflows.store import timers as store
 from services.workflows.store.timers import DueTimer
 

@@ -12,7 +12,8 @@ from typing import Any
 from runtime.database import UnitOfWork
 from runtime.errors import FailedPrecondition
 from services.workflows.state import JobCompleted
-from services.workflows.stepper import Notes, Stepper
+from services.workflows.step_rows import Notes
+from services.workflows.stepper import Stepper
 from services.workflows.store import executions as execution_store
 from services.workflows.store import user_tasks as store
 from services.workflows.user_task_rules import (

@@ -4,6 +4,8 @@ TimerWorker fires due timers (timers.py); it sleeps until the next one is
 due, at most a poll interval, and wakes when a commit arms an earlier one or
 the clock jumps. BuiltinJobWorker does the built-in service tasks that call
 the users service (jobs.BuiltinJobs); a commit that creates such jobs wakes it.
+CampaignWorker begins the due cycles of recurring campaigns and starts their
+segments' members, a page per round (campaigns.py).
 
 Neither stops on one bad execution (a bug, a stored graph it cannot run): the
 use cases do a batch that fails again one execution at a time, and set aside
@@ -17,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from runtime.worker import Pause, PollingWorker
+from services.workflows.campaigns import Campaigns
 from services.workflows.jobs import BuiltinJobs
 from services.workflows.timers import DueTimers
 
@@ -52,6 +55,28 @@ class TimerWorker(PollingWorker):
         now = self._timers.now()
         self._next_wake = due if due is not None else now + timedelta(seconds=self.poll_interval)
         return min(self.poll_interval, (self._next_wake - now).total_seconds())
+
+
+class CampaignWorker(PollingWorker):
+    """Begins due campaign cycles and starts their members, a page per round
+    (campaigns.py); sleeps until the next is due, at most a poll interval."""
+
+    name = "workflow-campaigns"
+
+    def __init__(self, campaigns: Campaigns, poll_seconds: float) -> None:
+        super().__init__(poll_seconds)
+        self._campaigns = campaigns
+        campaigns.on_clock_change(self.wake)
+
+    async def round(self) -> Pause:
+        if await self._campaigns.run_due():
+            return 0
+        due = await self._campaigns.next_due()
+        if due is None:
+            return self.poll_interval
+        # Due already: another replica holds that cycle for now.
+        wait = (due - self._campaigns.now()).total_seconds()
+        return min(self.poll_interval, wait) if wait > 0 else BUSY_PAUSE_SECONDS
 
 
 class BuiltinJobWorker(PollingWorker):

@@ -232,7 +232,8 @@ async def settled(
     async def done() -> bool:
         found[:] = await executions_of(triggers, trigger_id=trigger_id, user_id=user_id)
         return len(found) == count and all(
-            e.workflow_execution_id or e.skip_reason or not e.condition_met for e in found
+            e.workflow_execution_id or e.HasField("signal") or e.skip_reason or not e.condition_met
+            for e in found
         )
 
     await eventually(done)

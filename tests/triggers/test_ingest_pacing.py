@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 from conditions import Evaluator, UserProfile
 from runtime.pacing import EVALUATIONS_PER_TURN
 from services.triggers.domain import (
+    Action,
     CompiledTrigger,
     Event,
     Reentry,
@@ -53,7 +54,7 @@ def big_spender() -> CompiledTrigger:
         {"v": 1, "attr": "amount", "op": "gt", "value": 100, "src": "event"}, "conditions"
     )
     assert condition is not None
-    return CompiledTrigger(uuid.uuid4(), uuid.uuid4(), Reentry(), Evaluator(condition))
+    return CompiledTrigger(uuid.uuid4(), Action(uuid.uuid4()), Reentry(), Evaluator(condition))
 
 
 async def test_a_batch_of_evaluations_lets_other_tasks_run() -> None:

@@ -197,3 +197,16 @@ def linear(*elements: str) -> str:
     """A process whose elements (each with an id) run one after the other."""
     ids = [re.search(r'id="([^"]+)"', e).group(1) for e in elements]  # type: ignore[union-attr]
     return definitions(*elements, *chain(*ids))
+
+
+def signal_event(kind: str, id: str) -> str:
+    """A signal event (`startEvent`, `intermediateCatchEvent`, ...) of the
+    document's signal (`with_signal`)."""
+    definition = f'<bpmn:signalEventDefinition id="SignalDef_{id}" signalRef="Signal_1"/>'
+    return f'<bpmn:{kind} id="{id}">{definition}</bpmn:{kind}>'
+
+
+def with_signal(bpmn: str, name: str) -> str:
+    """The document with its signal, named `name`, among the root elements."""
+    root = f'<bpmn:signal id="Signal_1" name="{name}"/>'
+    return bpmn.replace("<bpmndi:BPMNDiagram", f"{root}<bpmndi:BPMNDiagram", 1)

@@ -1,7 +1,7 @@
 """The same process run in memory by our interpreter and by SpiffWorkflow, with
 service tasks completed by a worker function: for the differential test and the
 in-process benchmark. Each run gives its final status and the elements in the
-order they completed."""
+order they completed (and, played, the variables it ended with)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from SpiffWorkflow.bpmn.parser.BpmnParser import BpmnParser  # type: ignore[impo
 from SpiffWorkflow.bpmn.specs.bpmn_process_spec import (  # type: ignore[import-untyped]
     BpmnProcessSpec,
 )
+from SpiffWorkflow.bpmn.specs.defaults import (  # type: ignore[import-untyped]
+    ManualTask,
+    NoneTask,
+)
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow  # type: ignore[import-untyped]
 from SpiffWorkflow.util.task import TaskState  # type: ignore[import-untyped]
 
@@ -30,6 +34,8 @@ from services.workflows.state import ExecutionState, JobCompleted, Start, Token
 Worker = Callable[[str, dict[str, Any]], dict[str, Any]]
 # A run's final status and the elements in the order they completed.
 Run = tuple[str, list[str]]
+# A run and the process variables it ended with.
+Played = tuple[Run, dict[str, Any]]
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -55,6 +61,10 @@ def new_execution(variables: dict[str, Any]) -> ExecutionState:
 
 
 def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
+    return play_ours(graph, variables, worker)[0]
+
+
+def play_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Played:
     state = new_execution(variables)
     run = Interpreter(graph, state, NOW)
     run.run(Start())
@@ -78,7 +88,8 @@ def run_ours(graph: Graph, variables: dict[str, Any], worker: Worker) -> Run:
         # A multi-instance instance's job sees its local variables (its element).
         variables = {**state.variables, **(token.variables or {})}
         run.run(JobCompleted(token.no, worker(token.element, variables)))
-    return state.status, [h.element for h in run.step.history if h.state == "completed"]
+    completed = [h.element for h in run.step.history if h.state == "completed"]
+    return (state.status, completed), state.variables
 
 
 def _is_job(graph: Graph, token: Token) -> bool:
@@ -119,6 +130,13 @@ def spiff_spec(bpmn: str, process_id: str) -> SpiffSpec:
 
 
 def run_spiff(spec: SpiffSpec, variables: dict[str, Any], worker: Worker) -> Run:
+    return play_spiff(spec, variables, worker)[0]
+
+
+def play_spiff(spec: SpiffSpec, variables: dict[str, Any], worker: Worker) -> Played:
+    """Spiff leaves service tasks, and also undefined and manual ones, to the
+    host: `worker` does the service tasks, the others just complete, as they
+    pass through in our engine. Script tasks run their Python."""
     workflow = BpmnWorkflow(*spec)
     for task in workflow.get_tasks():
         task.data.update(variables)
@@ -130,7 +148,8 @@ def run_spiff(spec: SpiffSpec, variables: dict[str, Any], worker: Worker) -> Run
         if not tasks:
             break
         task = tasks[0]
-        task.data.update(worker(task.task_spec.bpmn_id, dict(task.data)))
+        if not isinstance(task.task_spec, NoneTask | ManualTask):
+            task.data.update(worker(task.task_spec.bpmn_id, dict(task.data)))
         if task.state == TaskState.STARTED:
             task.complete()
         else:
@@ -141,4 +160,4 @@ def run_spiff(spec: SpiffSpec, variables: dict[str, Any], worker: Worker) -> Run
         key=lambda t: t.internal_data[COMPLETION_ORDER],
     )
     status = "completed" if workflow.is_completed() else "running"
-    return status, [t.task_spec.bpmn_id for t in completed]
+    return (status, [t.task_spec.bpmn_id for t in completed]), dict(workflow.data)

@@ -1,14 +1,15 @@
 """Differential test: on processes both engines support (gateways with
 conditions and defaults, parallel fork and join, inclusive fork and join,
 parallel multi-instance, loops through back-edges, embedded sub-processes,
-service tasks), our interpreter takes the same path as
-SpiffWorkflow 3.x for generated variables: the same elements completed in the
-same order, or, in a process with parallel branches, the same elements as
-often."""
+service tasks, undefined and manual tasks, script tasks), our interpreter
+takes the same path as SpiffWorkflow 3.x for generated variables: the same
+elements completed in the same order, or, in a process with parallel
+branches, the same elements as often; and computes the same variables."""
 
 from __future__ import annotations
 
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +28,8 @@ from tests.workflows.bpmn_docs import (
 )
 from tests.workflows.drivers import (
     our_graph,
+    play_ours,
+    play_spiff,
     run_ours,
     run_spiff,
     same_run,
@@ -163,6 +166,39 @@ INCLUSIVE_MULTI = definitions(
 )
 
 
+def script_task(id: str, result: str, cel: str, python: str) -> str:
+    """A script task with a script for each engine: Zeebe's CEL expression
+    (ours), and the same computation in Python (SpiffWorkflow's)."""
+    return (
+        f'<bpmn:scriptTask id="{id}" scriptFormat="python"><bpmn:extensionElements>'
+        f'<zeebe:script expression={quoteattr("=" + cel)} resultVariable="{result}"/>'
+        f"</bpmn:extensionElements><bpmn:script>{escape(f'{result} = {python}')}</bpmn:script>"
+        "</bpmn:scriptTask>"
+    )
+
+
+# Undefined and manual tasks pass through (Spiff's host completes them); each
+# script task sets a variable that the gateway after it reads.
+SCRIPTED = definitions(
+    start(),
+    '<bpmn:task id="note"/>',
+    '<bpmn:manualTask id="review"/>',
+    script_task("score", "score", "amount * 2 + bonus", "amount * 2 + bonus"),
+    xor("gate", default="low"),
+    '<bpmn:task id="high_note"/>',
+    '<bpmn:manualTask id="low_review"/>',
+    script_task("label", "tier", '"gold" + "-" + country', '"gold" + "-" + country'),
+    end("e1"),
+    end("e2"),
+    *chain("start", "note", "review", "score", "gate"),
+    flow("high", "gate", "high_note", "score > 100"),
+    flow("low", "gate", "low_review"),
+    *chain("high_note", "label", "e1", prefix="h"),
+    flow("f_low", "low_review", "e2"),
+    process_id="scripted",
+)
+
+
 def counting_worker(element: str, variables: dict[str, Any]) -> dict[str, Any]:
     if element == "attempt":
         return {"tries": variables["tries"] + 1}
@@ -178,6 +214,7 @@ PROCESSES = {
     "loop": LOOP,
     "nested": NESTED,
     "inclusive_multi": INCLUSIVE_MULTI,
+    "scripted": SCRIPTED,
 }
 VARIABLES = {
     "routing": st.fixed_dictionaries(
@@ -191,7 +228,19 @@ VARIABLES = {
     "inclusive_multi": st.fixed_dictionaries(
         {"score": st.integers(0, 10), "items": st.lists(st.integers(-50, 50), max_size=6)}
     ),
+    "scripted": st.fixed_dictionaries(
+        {
+            "amount": st.integers(-100, 200),
+            "bonus": st.integers(0, 5),
+            "country": st.sampled_from(["DE", "FR", "US"]),
+        }
+    ),
 }
+
+# The variables a run computes, compared at its end: what the loop counted and
+# the script tasks set (the workers' other outputs differ by driver: Spiff also
+# asks a worker for a sub-process, and gathers no multi-instance output here).
+RESULTS = {"loop": ("tries",), "scripted": ("score", "tier")}
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
@@ -202,9 +251,13 @@ def test_our_engine_takes_the_same_path_as_spiffworkflow(name: str) -> None:
     @settings(max_examples=40, deadline=None)
     @given(VARIABLES[name])
     def same_path(variables: dict[str, Any]) -> None:
-        ours = run_ours(graph, variables, counting_worker)
-        theirs = run_spiff(spec, variables, counting_worker)
+        ours, our_variables = play_ours(graph, variables, counting_worker)
+        theirs, their_variables = play_spiff(spec, variables, counting_worker)
         assert same_run(graph, ours, theirs), (variables, ours, theirs)
+        compared = RESULTS.get(name, ())
+        assert {v: our_variables.get(v) for v in compared} == {
+            v: their_variables.get(v) for v in compared
+        }
         assert ours[0] == "completed"
 
     same_path()
@@ -226,6 +279,11 @@ SEQUENCES = [
         {"flag": 1},
         ["start", "s_in", "in_gate", "in_yes", "e_in1", "sub", "after_sub", "end"],
     ),
+    (
+        "scripted",
+        {"amount": 60, "bonus": 1, "country": "FR"},
+        ["start", "note", "review", "score", "gate", "high_note", "label", "e1"],
+    ),
 ]
 
 
@@ -238,3 +296,13 @@ def test_both_engines_report_completions_in_the_order_they_happened(
     assert run_ours(graph, variables, counting_worker) == ("completed", expected)
     assert run_spiff(spec, variables, counting_worker) == ("completed", expected)
     assert not same_run(graph, ("completed", expected), ("completed", expected[::-1]))
+
+
+def test_both_engines_compute_the_same_script_results() -> None:
+    graph, spec = our_graph(SCRIPTED), spiff_spec(SCRIPTED, "scripted")
+    variables = {"amount": 60, "bonus": 1, "country": "FR"}
+    for _, computed in (
+        play_ours(graph, variables, counting_worker),
+        play_spiff(spec, variables, counting_worker),
+    ):
+        assert (computed["score"], computed["tier"]) == (121, "gold-FR")

@@ -5,18 +5,12 @@ deletes old finished executions in batches."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
@@ -38,6 +32,7 @@ from tests.support import (
 )
 from tests.workflows.bpmn_docs import catch, definitions, emit, end, flow, linear, start, xor
 from tests.workflows.conftest import Stub, advance, deploy
+from tests.workflows.service_processes import service_process
 
 EXECUTIONS = 1000
 CRASH_WORKFLOW = definitions(
@@ -62,32 +57,6 @@ CRASH_WORKFLOW = definitions(
 def expected_path(n: int) -> list[str]:
     branch = ["even", "e_even"] if n % 2 == 0 else ["odd", "e_odd"]
     return ["start", "begin", "pause", "parity", *branch]
-
-
-@asynccontextmanager
-async def service_process(env: dict[str, str]) -> AsyncIterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "suite.cli", "serve", "workflows"],
-        env={**os.environ, **env, "LIFECYCLE_LOG_LEVEL": "ERROR"},
-        stderr=subprocess.DEVNULL,
-    )
-    address = env["LIFECYCLE_WORKFLOWS_ADDRESS"]
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(200):
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.05)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
 
 
 async def test_killing_the_service_mid_run_loses_nothing_and_fires_no_timer_twice(

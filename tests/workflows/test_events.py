@@ -17,9 +17,13 @@ import pytest
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
 from runtime.clock import ManualClock
+from runtime.errors import Violations
+from runtime.idempotency import request_key
 from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct, struct_to_dict
 from services.workflows.service import DEFINITION, build_with
+from services.workflows.signals import METHOD, SignalBroadcast, Signals
+from services.workflows.stepper import Stepper
 from tests.support import TRACER_PROVIDER, free_port, rpc_error, service_config, violated_fields
 from tests.workflows.bpmn_docs import chain, definitions, end, receive, service, start
 from tests.workflows.conftest import (
@@ -328,6 +332,28 @@ async def test_a_broadcast_reaches_every_waiting_execution_in_one_call(wf: Stub)
         assert done.status == COMPLETED
         assert struct_to_dict(done.variables) == {"reason": "launch"}
     assert (await broadcast(wf, name)).delivered_count == 0
+
+
+async def test_a_broadcast_stopped_half_way_delivers_on_its_retry(
+    wf: Stub, wf_stepper: Stepper
+) -> None:
+    name = unique("resume")
+    workflow = await deploy(wf, signal_catch(name))
+    waiting = [await start_execution(wf, workflow) for _ in range(3)]
+    request = pb.BroadcastSignalRequest(signal_name=name, request_id=str(uuid.uuid4()))
+    signals = Signals(wf_stepper)
+
+    async def stopped(*_: object) -> int:
+        raise ConnectionResetError("the service stopped")
+
+    signals._deliver = stopped  # type: ignore[method-assign,assignment]
+    key = request_key(request, METHOD, Violations())
+    with pytest.raises(ConnectionResetError):
+        await signals.broadcast(SignalBroadcast(name, {}, [], key, ()))
+    assert [(await execution(wf, e.id)).status for e in waiting] == [RUNNING] * 3
+    assert (await wf.BroadcastSignal(request)).delivered_count == 3
+    assert [(await execution(wf, e.id)).status for e in waiting] == [COMPLETED] * 3
+    assert (await wf.BroadcastSignal(request)).delivered_count == 3  # the answer, again
 
 
 async def test_a_signal_boundary_event_interrupting_or_not(wf: Stub) -> None:

@@ -82,14 +82,23 @@ class Trigger(_message.Message):
     REENTRY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SIGNAL_NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     event_type: _builtins.str
     """An event type ("signup") or a prefix pattern ("billing.*")."""
     workflow_id: _builtins.str
-    """The workflow to start."""
+    """The action, exactly one of workflow_id and signal_name: the workflow to
+    start for the event's user,
+    """
     enabled: _builtins.bool
     """Output only: change it with Enable/DisableTrigger."""
+    signal_name: _builtins.str
+    """or the signal (bpmn:signal name, at most 255 characters) to broadcast for
+    the event's user: it reaches that user's executions waiting for it and
+    starts, for that user, the workflows a signal start event of this name
+    starts (BroadcastSignal with restrict_to_users).
+    """
     @_builtins.property
     def conditions(self) -> _struct_pb2.Struct:
         """A condition of the shared condition language over the event, the user
@@ -114,10 +123,11 @@ class Trigger(_message.Message):
         reentry: Global___ReentryPolicy | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        signal_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "reentry", b"reentry", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "enabled", b"enabled", "event_type", b"event_type", "id", b"id", "name", b"name", "reentry", b"reentry", "update_time", b"update_time", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "create_time", b"create_time", "enabled", b"enabled", "event_type", b"event_type", "id", b"id", "name", b"name", "reentry", b"reentry", "signal_name", b"signal_name", "update_time", b"update_time", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,7 +282,9 @@ class UpdateTriggerRequest(_message.Message):
     def trigger(self) -> Global___Trigger: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths: name, event_type, conditions, workflow_id, reentry."""
+        """Paths: name, event_type, conditions, workflow_id, signal_name, reentry.
+        Setting one of workflow_id and signal_name clears the other.
+        """
 
     def __init__(
         self,
@@ -610,12 +622,13 @@ class TriggerExecution(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _builtins.int
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     trigger_id: _builtins.str
     user_id: _builtins.str
     condition_met: _builtins.bool
     workflow_execution_id: _builtins.str
-    """Set once the workflow execution started."""
+    """Set once the workflow execution started (a trigger that starts a workflow)."""
     skip_reason: _builtins.str
     """Why nothing started, when the condition held but no execution did:
     REENTRY_LIMIT, or the workflows service's reason (WORKFLOW_NOT_ACTIVE,
@@ -629,6 +642,12 @@ class TriggerExecution(_message.Message):
     def event_data(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def execute_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signal(self) -> Global___SignalBroadcast:
+        """Set once the signal was broadcast, for a trigger whose action is a signal
+        (workflow_execution_id stays empty).
+        """
+
     def __init__(
         self,
         *,
@@ -642,14 +661,44 @@ class TriggerExecution(_message.Message):
         skip_reason: _builtins.str = ...,
         event_type: _builtins.str = ...,
         message_id: _builtins.str = ...,
+        signal: Global___SignalBroadcast | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_data", b"event_data", "execute_time", b"execute_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_data", b"event_data", "execute_time", b"execute_time", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition_met", b"condition_met", "event_data", b"event_data", "event_type", b"event_type", "execute_time", b"execute_time", "id", b"id", "message_id", b"message_id", "skip_reason", b"skip_reason", "trigger_id", b"trigger_id", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition_met", b"condition_met", "event_data", b"event_data", "event_type", b"event_type", "execute_time", b"execute_time", "id", b"id", "message_id", b"message_id", "signal", b"signal", "skip_reason", b"skip_reason", "trigger_id", b"trigger_id", "user_id", b"user_id", "workflow_execution_id", b"workflow_execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TriggerExecution: _TypeAlias = TriggerExecution  # noqa: Y015
+
+@_typing.final
+class SignalBroadcast(_message.Message):
+    """A signal a trigger broadcast for the event's user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_NAME_FIELD_NUMBER: _builtins.int
+    DELIVERED_COUNT_FIELD_NUMBER: _builtins.int
+    STARTED_COUNT_FIELD_NUMBER: _builtins.int
+    signal_name: _builtins.str
+    delivered_count: _builtins.int
+    """Tokens of the user's executions the signal reached."""
+    started_count: _builtins.int
+    """Executions it started for the user (signal start events)."""
+    def __init__(
+        self,
+        *,
+        signal_name: _builtins.str = ...,
+        delivered_count: _builtins.int = ...,
+        started_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_count", b"delivered_count", "signal_name", b"signal_name", "started_count", b"started_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalBroadcast: _TypeAlias = SignalBroadcast  # noqa: Y015
 
 @_typing.final
 class ListTriggerExecutionsRequest(_message.Message):

@@ -45,6 +45,33 @@ WORKFLOW_STATUS_INACTIVE: WorkflowStatus.ValueType  # 3
 WORKFLOW_STATUS_ARCHIVED: WorkflowStatus.ValueType  # 4
 Global___WorkflowStatus: _TypeAlias = WorkflowStatus  # noqa: Y015
 
+class _CampaignCycleState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CampaignCycleStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CampaignCycleState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAMPAIGN_CYCLE_STATE_UNSPECIFIED: _CampaignCycleState.ValueType  # 0
+    CAMPAIGN_CYCLE_STATE_SCHEDULED: _CampaignCycleState.ValueType  # 1
+    """Due at `cycle_time`, while the workflow stays active."""
+    CAMPAIGN_CYCLE_STATE_RUNNING: _CampaignCycleState.ValueType  # 2
+    """Starting its segment's members, a page at a time."""
+    CAMPAIGN_CYCLE_STATE_COMPLETED: _CampaignCycleState.ValueType  # 3
+    CAMPAIGN_CYCLE_STATE_FAILED: _CampaignCycleState.ValueType  # 4
+    """It could not go on (its segment does not exist): `error_message` says why."""
+
+class CampaignCycleState(_CampaignCycleState, metaclass=_CampaignCycleStateEnumTypeWrapper): ...
+
+CAMPAIGN_CYCLE_STATE_UNSPECIFIED: CampaignCycleState.ValueType  # 0
+CAMPAIGN_CYCLE_STATE_SCHEDULED: CampaignCycleState.ValueType  # 1
+"""Due at `cycle_time`, while the workflow stays active."""
+CAMPAIGN_CYCLE_STATE_RUNNING: CampaignCycleState.ValueType  # 2
+"""Starting its segment's members, a page at a time."""
+CAMPAIGN_CYCLE_STATE_COMPLETED: CampaignCycleState.ValueType  # 3
+CAMPAIGN_CYCLE_STATE_FAILED: CampaignCycleState.ValueType  # 4
+"""It could not go on (its segment does not exist): `error_message` says why."""
+Global___CampaignCycleState: _TypeAlias = CampaignCycleState  # noqa: Y015
+
 class _ExecutionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -258,20 +285,78 @@ class GetWorkflowResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOW_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_CYCLES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def workflow(self) -> Global___Workflow: ...
+    @_builtins.property
+    def campaign_cycles(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignCycle]:
+        """A recurring campaign's cycles (a workflow whose start event is a timer
+        cycle), up to 11: the scheduled one first, then the latest that began,
+        newest first. Empty for any other workflow.
+        """
+
     def __init__(
         self,
         *,
         workflow: Global___Workflow | None = ...,
+        campaign_cycles: _abc.Iterable[Global___CampaignCycle] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_cycles", b"campaign_cycles", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWorkflowResponse: _TypeAlias = GetWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class CampaignCycle(_message.Message):
+    """One cycle of a recurring campaign (docs/workflows.md, "Recurring campaigns")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_TIME_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STARTED_COUNT_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    workflow_version: _builtins.str
+    """The version whose start event it follows, on which its executions run."""
+    segment_id: _builtins.str
+    """UUID of the segment whose members it starts."""
+    state: Global___CampaignCycleState.ValueType
+    started_count: _builtins.int
+    """Executions it started so far."""
+    error_message: _builtins.str
+    """Why it failed, or, while running, why its last call to the segments service failed."""
+    @_builtins.property
+    def cycle_time(self) -> _timestamp_pb2.Timestamp:
+        """The cycle's moment, which identifies it within the workflow."""
+
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp:
+        """Set once it completed or failed."""
+
+    def __init__(
+        self,
+        *,
+        cycle_time: _timestamp_pb2.Timestamp | None = ...,
+        workflow_version: _builtins.str = ...,
+        segment_id: _builtins.str = ...,
+        state: Global___CampaignCycleState.ValueType = ...,
+        started_count: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cycle_time", b"cycle_time", "finish_time", b"finish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_time", b"cycle_time", "error_message", b"error_message", "finish_time", b"finish_time", "segment_id", b"segment_id", "started_count", b"started_count", "state", b"state", "workflow_version", b"workflow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignCycle: _TypeAlias = CampaignCycle  # noqa: Y015
 
 @_typing.final
 class ListWorkflowsRequest(_message.Message):
@@ -811,6 +896,88 @@ class ListExecutionsResponse(_message.Message):
 Global___ListExecutionsResponse: _TypeAlias = ListExecutionsResponse  # noqa: Y015
 
 @_typing.final
+class GetWorkflowStatisticsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    version: _builtins.str
+    """Empty: the workflow's current version."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkflowStatisticsRequest: _TypeAlias = GetWorkflowStatisticsRequest  # noqa: Y015
+
+@_typing.final
+class ElementStatistics(_message.Message):
+    """What the executions of one workflow version did at one BPMN element."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ELEMENT_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    element_id: _builtins.str
+    active: _builtins.int
+    """Executions with a token waiting at the element now."""
+    completed: _builtins.int
+    """Times the element was completed (its history rows), by any execution."""
+    incidents: _builtins.int
+    """Incidents at the element not resolved yet."""
+    def __init__(
+        self,
+        *,
+        element_id: _builtins.str = ...,
+        active: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        incidents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "completed", b"completed", "element_id", b"element_id", "incidents", b"incidents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ElementStatistics: _TypeAlias = ElementStatistics  # noqa: Y015
+
+@_typing.final
+class GetWorkflowStatisticsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ELEMENTS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The version counted (the current one when the request named none)."""
+    @_builtins.property
+    def elements(self) -> _containers.RepeatedCompositeFieldContainer[Global___ElementStatistics]:
+        """The elements with any count above zero, ordered by element id."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        elements: _abc.Iterable[Global___ElementStatistics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elements", b"elements", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkflowStatisticsResponse: _TypeAlias = GetWorkflowStatisticsResponse  # noqa: Y015
+
+@_typing.final
 class CancelExecutionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1011,10 +1178,16 @@ class BroadcastSignalRequest(_message.Message):
     VARIABLES_FIELD_NUMBER: _builtins.int
     USER_IDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESTRICT_TO_USERS_FIELD_NUMBER: _builtins.int
     signal_name: _builtins.str
     """The signal's name (bpmn:signal name), at most 255 characters."""
     request_id: _builtins.str
     """UUID; a repeated request_id answers what the first call did, and does nothing."""
+    restrict_to_users: _builtins.bool
+    """When set, the signal reaches only the executions of `user_ids` (a signal
+    for these users, as a trigger's action sends); otherwise every token
+    waiting for it, whoever's execution it is.
+    """
     @_builtins.property
     def variables(self) -> _struct_pb2.Struct:
         """Merged into the variables of every execution the signal reaches, and
@@ -1034,10 +1207,11 @@ class BroadcastSignalRequest(_message.Message):
         variables: _struct_pb2.Struct | None = ...,
         user_ids: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        restrict_to_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "signal_name", b"signal_name", "user_ids", b"user_ids", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "restrict_to_users", b"restrict_to_users", "signal_name", b"signal_name", "user_ids", b"user_ids", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

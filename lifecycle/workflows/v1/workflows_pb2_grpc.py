@@ -93,6 +93,11 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionsRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionsResponse.FromString,
                 _registered_method=True)
+        self.GetWorkflowStatistics = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/GetWorkflowStatistics',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsResponse.FromString,
+                _registered_method=True)
         self.CancelExecution = channel.unary_unary(
                 '/lifecycle.workflows.v1.WorkflowService/CancelExecution',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CancelExecutionRequest.SerializeToString,
@@ -253,6 +258,14 @@ class WorkflowServiceServicer:
 
     def ListExecutions(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflowStatistics(self, request, context):
+        """Per element of a workflow version: the executions waiting there now, the
+        times it was completed and its open incidents (the console's heatmap).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -434,6 +447,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListExecutions,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionsRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionsResponse.SerializeToString,
+            ),
+            'GetWorkflowStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflowStatistics,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsResponse.SerializeToString,
             ),
             'CancelExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelExecution,
@@ -817,6 +835,33 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/ListExecutions',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionsRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflowStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/GetWorkflowStatistics',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,10 @@ class WorkflowServiceStub:
     """Starts an execution of a workflow for a user; idempotent on `request_id`."""
     GetExecution: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetExecutionRequest, _workflows_pb2.GetExecutionResponse]
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListExecutionsRequest, _workflows_pb2.ListExecutionsResponse]
+    GetWorkflowStatistics: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowStatisticsRequest, _workflows_pb2.GetWorkflowStatisticsResponse]
+    """Per element of a workflow version: the executions waiting there now, the
+    times it was completed and its open incidents (the console's heatmap).
+    """
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.CancelExecutionRequest, _workflows_pb2.CancelExecutionResponse]
     PublishMessage: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessageRequest, _workflows_pb2.PublishMessageResponse]
     """Delivers a message to every execution of the user (correlation key)
@@ -137,6 +141,10 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Starts an execution of a workflow for a user; idempotent on `request_id`."""
     GetExecution: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetExecutionRequest, _workflows_pb2.GetExecutionResponse]  # type: ignore[assignment]
     ListExecutions: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListExecutionsRequest, _workflows_pb2.ListExecutionsResponse]  # type: ignore[assignment]
+    GetWorkflowStatistics: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowStatisticsRequest, _workflows_pb2.GetWorkflowStatisticsResponse]  # type: ignore[assignment]
+    """Per element of a workflow version: the executions waiting there now, the
+    times it was completed and its open incidents (the console's heatmap).
+    """
     CancelExecution: _aio.UnaryUnaryMultiCallable[_workflows_pb2.CancelExecutionRequest, _workflows_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     PublishMessage: _aio.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessageRequest, _workflows_pb2.PublishMessageResponse]  # type: ignore[assignment]
     """Delivers a message to every execution of the user (correlation key)
@@ -279,6 +287,16 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflows_pb2.ListExecutionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.ListExecutionsResponse, _abc.Awaitable[_workflows_pb2.ListExecutionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetWorkflowStatistics(
+        self,
+        request: _workflows_pb2.GetWorkflowStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.GetWorkflowStatisticsResponse, _abc.Awaitable[_workflows_pb2.GetWorkflowStatisticsResponse]]:
+        """Per element of a workflow version: the executions waiting there now, the
+        times it was completed and its open incidents (the console's heatmap).
+        """
 
     @_abc_1.abstractmethod
     def CancelExecution(

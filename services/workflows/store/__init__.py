@@ -10,5 +10,7 @@ messages     buffered messages and subscriptions
 timers       due timers
 jobs         jobs: activation, retries, failures
 incidents    incidents
+campaigns    recurring campaigns' cycles: schedule, cursor, outcome
 retention    what `lifecycle maintenance` deletes
+statistics   per-element counts of a workflow version (the console's heatmap)
 """

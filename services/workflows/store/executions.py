@@ -14,8 +14,10 @@ import asyncpg
 from runtime import tombstones
 from runtime.chains import stored
 from runtime.database import Executor
+from services.workflows.compensation_log import CompensationLog
 from services.workflows.domain import ExecutionView, HistoryStep, IncidentRecord
 from services.workflows.state import ExecutionState, Token
+from services.workflows.store import compensations
 from services.workflows.store.definitions import WorkflowState
 from services.workflows.store.incidents import INCIDENT_COLUMNS
 from services.workflows.store.locks import SHARED, USER_LOCK, lock_users_alone, lock_users_sql
@@ -63,7 +65,7 @@ _STATE = (
     " e.parent_execution_id, e.parent_token, e.started_at, e.current_node_id, e.actors,"
     " (SELECT coalesce(json_agg(json_build_array(t.token, t.element_id, t.scope_token,"
     "  t.arrived_via, t.variables)), '[]') FROM execution_tokens t"
-    "  WHERE t.execution_id = e.id) AS tokens"
+    "  WHERE t.execution_id = e.id) AS tokens, " + compensations.LOAD
 )
 
 
@@ -82,6 +84,7 @@ def _state(row: asyncpg.Record) -> ExecutionState:
         started_at=row["started_at"],
         last_element=row["current_node_id"],
         actors=tuple(row["actors"]),
+        compensations=CompensationLog.load(row["compensations"]),
     )
 
 

@@ -134,12 +134,13 @@ async def buffer_messages(
 
 
 async def subscribers(
-    conn: asyncpg.Connection, wanted: Sequence[Correlation]
+    conn: asyncpg.Connection, wanted: Sequence[Correlation], *, every: bool = False
 ) -> dict[uuid.UUID, list[Subscriber]]:
     """Who waits for each (user, message name), by user: the oldest token of
-    each execution, with its element."""
+    each execution, with its element (`every`: each waiting token, in order)."""
+    distinct = "" if every else "DISTINCT ON (s.execution_id) "
     rows = await conn.fetch(
-        "SELECT DISTINCT ON (s.execution_id) s.user_id, s.execution_id, s.token, s.element_id"
+        f"SELECT {distinct}s.user_id, s.execution_id, s.token, s.element_id"
         " FROM message_subscriptions s"
         " JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS w(user_id, name, correlation_key)"
         " ON s.user_id = w.user_id AND s.message_name = w.name"

@@ -42,12 +42,18 @@ def add_writes(q: Statement, rows: Sequence[NewSignalSubscription]) -> None:
         )
 
 
-async def subscribers(conn: Executor, names: Iterable[str]) -> list[SignalSubscriber]:
-    """Every token waiting for a signal of these names, in execution order."""
+async def subscribers(
+    conn: Executor, names: Iterable[str], users: Sequence[uuid.UUID] | None = None
+) -> list[SignalSubscriber]:
+    """Every token waiting for a signal of these names (of the executions of
+    `users` only, when given), in execution order."""
     rows = await conn.fetch(
         "SELECT execution_id, token, element_id, signal_name FROM signal_subscriptions"
-        " WHERE signal_name = ANY($1::text[]) ORDER BY execution_id, token, element_id",
+        " WHERE signal_name = ANY($1::text[]) AND ($2::uuid[] IS NULL OR execution_id IN"
+        "   (SELECT id FROM workflow_executions WHERE user_id = ANY($2::uuid[])))"
+        " ORDER BY execution_id, token, element_id",
         list(set(names)),
+        None if users is None else list(users),
     )
     return [
         SignalSubscriber(r["execution_id"], r["token"], r["element_id"], r["signal_name"])

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from runtime.database import Executor
 from runtime.telemetry import current_traceparent
 from services.workflows.state import ExecutionState
-from services.workflows.store import signals, user_tasks
+from services.workflows.store import compensations, signals, user_tasks
 from services.workflows.store.executions import TokenKey, current_node
 from services.workflows.store.signals import NewSignalSubscription
 from services.workflows.store.statement import Statement
@@ -181,6 +181,7 @@ async def write(conn: Executor, w: Writes) -> None:
             )
     user_tasks.add_writes(q, w.user_tasks, w.closed_user_tasks)
     signals.add_writes(q, w.signal_subscriptions)
+    compensations.add_writes(q, w.updated)
     if w.deliveries:
         q.add(
             "deliveries",

@@ -20,6 +20,7 @@ from services.triggers.domain import (
     ONCE_PER_PERIOD,
     ONCE_PER_USER,
     REENTRY_LIMIT,
+    Action,
     CompiledTrigger,
     EntryClaims,
     EntryDecision,
@@ -38,7 +39,7 @@ HOUR = timedelta(hours=1)
 def trigger(reentry: Reentry, conditions: dict[str, object] | None = None) -> CompiledTrigger:
     condition = parse_trigger_condition(conditions or {}, "conditions")
     evaluator = Evaluator(condition) if condition is not None else None
-    return CompiledTrigger(uuid.uuid4(), uuid.uuid4(), reentry, evaluator)
+    return CompiledTrigger(uuid.uuid4(), Action(uuid.uuid4()), reentry, evaluator)
 
 
 # ------------------------------------------------------------------ policies

@@ -6,6 +6,7 @@ import pytest
 
 from runtime.config import ConfigError
 from services.workflows.settings import (
+    CAMPAIGN_PAGE_VARIABLE,
     MAX_BPMN_BYTES_VARIABLE,
     POLL_SECONDS_VARIABLE,
     TIMER_BATCH_VARIABLE,
@@ -47,3 +48,10 @@ def test_two_bad_values_are_both_named() -> None:
     assert POLL_SECONDS_VARIABLE in str(raised.value)
     assert TIMER_BATCH_VARIABLE in str(raised.value)
     assert MAX_BPMN_BYTES_VARIABLE not in str(raised.value)
+
+
+def test_a_campaign_page_is_at_most_what_the_segments_service_gives() -> None:
+    assert load_settings({CAMPAIGN_PAGE_VARIABLE: "50"}).campaign_page_size == 50
+    with pytest.raises(ConfigError) as raised:
+        load_settings({CAMPAIGN_PAGE_VARIABLE: "1001"})
+    assert f"{CAMPAIGN_PAGE_VARIABLE} must be at most 1000" in str(raised.value)

@@ -36,11 +36,10 @@ from services.workflows.state import (
     Start,
     TimerFired,
 )
+from services.workflows.step_rows import Notes, collect
 from services.workflows.stepper import (
     TRANSACTION_ATTEMPTS,
-    Notes,
     Stepper,
-    collect,
     new_state,
     parent_trigger,
 )
