@@ -1,5 +1,6 @@
 # One image for the whole suite; the command picks what a container runs:
 #   lifecycle serve <service>   one service (users, workflows, segments, triggers, metrics)
+#   lifecycle serve console     the operations console (HTTP, 8080)
 #   lifecycle migrate           the migrations (a Job before each rollout)
 #   lifecycle maintenance       partitions ahead, retention (a daily CronJob)
 # Dependencies come from requirements.lock (`make lock`), installed by hash and
@@ -21,6 +22,7 @@ COPY pyproject.toml README.md ./
 COPY lifecycle ./lifecycle
 COPY clients ./clients
 COPY conditions ./conditions
+COPY console ./console
 COPY runtime ./runtime
 COPY services ./services
 COPY suite ./suite
@@ -43,6 +45,6 @@ RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
     && chmod 0700 /var/run/lifecycle/tls
 COPY --from=build /opt/lifecycle /opt/lifecycle
 USER 10001:10001
-EXPOSE 50051 50052 50053 50054 50055
+EXPOSE 50051 50052 50053 50054 50055 8080
 ENTRYPOINT ["lifecycle"]
 CMD ["--help"]

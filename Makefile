@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint protos venv clean lock manifests
+.PHONY: run test lint protos venv clean lock manifests assets
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,20 @@ lock: venv
 # The per-service Kubernetes manifests (deploy/k8s/base/generated) from their template.
 manifests: venv
 	$(PY) deploy/k8s/generate.py
+
+# The console's front-end libraries, rebuilt from console/assets/package-lock.json
+# (npm ci) and copied, with the licences of every package they bundle, to
+# console/static/vendor, which is committed: running the console needs no npm.
+ASSETS := console/assets
+VENDOR := console/static/vendor
+assets:
+	cd $(ASSETS) && npm ci --ignore-scripts --no-audit --no-fund
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/licenses
+	cp $(ASSETS)/node_modules/bpmn-js/dist/bpmn-viewer.production.min.js $(VENDOR)/
+	cp $(ASSETS)/node_modules/bpmn-js/dist/assets/diagram-js.css $(ASSETS)/node_modules/bpmn-js/dist/assets/bpmn-js.css $(VENDOR)/
+	cp $(ASSETS)/node_modules/chart.js/dist/chart.umd.min.js $(VENDOR)/
+	cd $(ASSETS)/node_modules && for license in $$(find . -maxdepth 3 -iname 'LICENSE*' -not -path '*/node_modules/*/node_modules/*'); do \
+		cp "$$license" "$(CURDIR)/$(VENDOR)/licenses/$$(dirname "$$license" | sed 's|^\./||; s|/|__|g').$$(basename "$$license")"; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

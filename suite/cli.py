@@ -2,7 +2,7 @@
 
 lifecycle up [--tls]         the whole suite, each service in its own process (mutual TLS)
 lifecycle tls init [--dir D] a local CA and a certificate per service and for a client
-lifecycle serve <service>    one service (what a container runs)
+lifecycle serve <service>    one service, or the console (what a container runs)
 lifecycle migrate            apply every service's migrations
 lifecycle maintenance        create partitions ahead, expire idempotency keys, retention
 lifecycle outbox [retry]     every call waiting for another service; send dead letters again
@@ -24,6 +24,8 @@ from typing import Any
 import asyncpg
 from opentelemetry import trace
 
+from console.config import CONSOLE
+from console.serve import serve as serve_console
 from runtime import idempotency
 from runtime.config import (
     SERVICE_NAMES,
@@ -218,6 +220,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(service: str) -> int:
+    if service == CONSOLE:
+        serve_console()
+        return 0
     config = load_service_config(service)
     configure_logging(config.telemetry.service_name, config.log_level)
     provider = create_tracer_provider(config.telemetry)
@@ -253,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run the whole suite")
-    up.add_argument("services", nargs="*", choices=[*SERVICE_NAMES, []], help="only these services")
+    up.add_argument(
+        "services", nargs="*", choices=[*SERVICE_NAMES, CONSOLE, []], help="only these services"
+    )
     up.add_argument(
         "--auth",
         action="store_true",
@@ -275,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--ttl", default="1h", help="how long it is valid: 90s, 30m, 1h, 7d")
     token.add_argument("--subject", default="developer", help="who it names (the actor)")
-    serve = commands.add_parser("serve", help="run one service")
-    serve.add_argument("service", choices=SERVICE_NAMES)
+    serve = commands.add_parser("serve", help="run one service, or the console")
+    serve.add_argument("service", choices=[*SERVICE_NAMES, CONSOLE])
     commands.add_parser("migrate", help="apply the migrations of every service")
     commands.add_parser(
         "maintenance", help="create partitions ahead, expire idempotency keys, retention"
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "up":
-            return _up(args.services or list(SERVICE_NAMES), args.auth, args.tls)
+            return _up(args.services or [*SERVICE_NAMES, CONSOLE], args.auth, args.tls)
         if args.command == "tls":
             return _tls_init(args.dir)
         if args.command == "token":

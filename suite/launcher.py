@@ -32,7 +32,15 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime.config import PAGE_TOKEN_SECRET, TlsConfig, load_service_config, load_tls_config
+from console.config import CONSOLE, load_console_config
+from console.serve import until_answering, url_of
+from runtime.config import (
+    PAGE_TOKEN_SECRET,
+    SERVICE_NAMES,
+    TlsConfig,
+    load_service_config,
+    load_tls_config,
+)
 from runtime.tls import open_channel
 from suite.certificates import CLIENT, LocalCertificates
 from suite.database import data_dir
@@ -81,13 +89,13 @@ async def _ready(address: str, process: asyncio.subprocess.Process, tls: TlsConf
 
 
 async def _wait_ready(
-    address: str, process: asyncio.subprocess.Process, tls: TlsConfig | None
+    address: str, ready: Awaitable[bool], process: asyncio.subprocess.Process
 ) -> None:
-    """Until the service's readiness check answers SERVING; fails if the process
+    """Until the service's readiness check (`ready`) answers; fails if the process
     exits or is not ready in time."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            if await _ready(address, process, tls):
+            if await ready:
                 return
     except TimeoutError:
         raise RuntimeError(
@@ -136,7 +144,7 @@ class Supervisor:
         # How the supervisor itself calls the services (their health).
         self._tls = load_tls_config(self._env)
         self._processes: dict[str, asyncio.subprocess.Process] = {}
-        self._grace = load_service_config(self._services[0], self._env).shutdown_grace
+        self._grace = load_service_config(SERVICE_NAMES[0], self._env).shutdown_grace
 
     async def run(self) -> int:
         """Runs the suite, restarting what exits, until Ctrl-C or SIGTERM."""
@@ -168,7 +176,7 @@ class Supervisor:
                 )
                 await _unless(stop, asyncio.sleep(delay))
                 process = await self._start(name)
-                if await _unless(stop, _ready(self._address(name), process, self._tls)):
+                if await _unless(stop, self._ready(name, process)):
                     print(f"{name} is back", flush=True)
 
     @contextlib.asynccontextmanager
@@ -185,7 +193,7 @@ class Supervisor:
             await self._start(name)
         await asyncio.gather(
             *(
-                _wait_ready(self._address(name), process, self._tls)
+                _wait_ready(self._address(name), self._ready(name, process), process)
                 for name, process in self._processes.items()
             )
         )
@@ -212,11 +220,20 @@ class Supervisor:
         return process
 
     def _service_env(self, name: str) -> dict[str, str]:
-        if self._certificates is None:
+        # The console calls the services as the suite's client (self._env has its certificate).
+        if self._certificates is None or name == CONSOLE:
             return self._env
         return {**self._env, **self._certificates.environment(name)}
 
+    def _ready(self, name: str, process: asyncio.subprocess.Process) -> Awaitable[bool]:
+        """Whether the process became ready: the console answers HTTP, services their health."""
+        if name == CONSOLE:
+            return until_answering(load_console_config(self._env), process)
+        return _ready(self._address(name), process, self._tls)
+
     def _address(self, name: str) -> str:
+        if name == CONSOLE:
+            return url_of(load_console_config(self._env))
         config = load_service_config(name, self._env)
         host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host  # noqa: S104
         return f"{host}:{config.port}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import httpx
 import psutil
 import pytest
 from cryptography import x509
@@ -50,6 +51,7 @@ def suite_environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
     for name in SERVICE_NAMES:
         env[f"LIFECYCLE_{name.upper()}_PORT"] = str(free_port())
+    env["LIFECYCLE_CONSOLE_PORT"] = str(free_port())
     env["LIFECYCLE_SHUTDOWN_GRACE_SECONDS"] = "3"
     env.update(extra)
     return env
@@ -88,9 +90,13 @@ def test_up_runs_every_service_in_its_own_process_and_ctrl_c_stops_them(scratch_
         lines = read_until_up(process)
         for name in SERVICE_NAMES:
             assert f"  {name:<10} 127.0.0.1:{env[f'LIFECYCLE_{name.upper()}_PORT']}" in lines
+        console = f"http://127.0.0.1:{env['LIFECYCLE_CONSOLE_PORT']}"
+        assert f"  console    {console}" in lines
         services = [p for p in psutil.Process(process.pid).children() if "serve" in p.cmdline()]
-        assert sorted(p.cmdline()[-1] for p in services) == sorted(SERVICE_NAMES)
-        interrupt_and_check_nothing_is_left(process, len(SERVICE_NAMES))
+        assert sorted(p.cmdline()[-1] for p in services) == sorted([*SERVICE_NAMES, "console"])
+        # The console is a client of the services: its workflows page lists theirs.
+        assert "<h1>Workflows</h1>" in httpx.get(f"{console}/workflows").text
+        interrupt_and_check_nothing_is_left(process, len(SERVICE_NAMES) + 1)
     finally:
         if process.poll() is None:
             process.kill()
