@@ -24,6 +24,7 @@ from services.workflows.servicer import WorkflowServicer
 from services.workflows.settings import WorkflowSettings, load_settings
 from services.workflows.signals import Signals
 from services.workflows.stepper import Stepper
+from services.workflows.store.campaigns import WAITING_CYCLES
 from services.workflows.store.jobs import WAITING_USERS_CALLS
 from services.workflows.timers import DueTimers
 from services.workflows.user_tasks import UserTasks
@@ -82,6 +83,6 @@ DEFINITION = ServiceDefinition(
     destinations={RECORD_EVENTS: DESTINATIONS[RECORD_EVENTS]},
     calls=frozenset({"users", "segments"}),
     maintenance=maintenance,
-    waiting=WAITING_USERS_CALLS,
+    waiting=f"({WAITING_USERS_CALLS}) UNION ALL ({WAITING_CYCLES})",
     batch_items=frozenset({"lifecycle.workflows.v1.PublishMessagesRequest.messages"}),
 )

@@ -10,6 +10,8 @@ a page of 3 members, so that the 8 members of a segment take 3 pages."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -298,6 +300,22 @@ async def test_a_restart_mid_cycle_resumes_at_its_cursor(suite: Suite) -> None:
     await deactivate(suite, workflow.id)
 
 
+async def outbox_report(suite: Suite) -> str:
+    """What `lifecycle outbox --service workflows` prints for the suite's database."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "suite.cli",
+        "outbox",
+        "--service",
+        "workflows",
+        env={**os.environ, "LIFECYCLE_DATABASE_URL": suite.env["LIFECYCLE_DATABASE_URL"]},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    return out.decode()
+
+
 async def test_a_cycle_waits_for_the_segments_service(suite: Suite) -> None:
     segment_id, members = await segment_of(suite)
     due = suite.clock.now() + timedelta(minutes=5)
@@ -312,6 +330,8 @@ async def test_a_cycle_waits_for_the_segments_service(suite: Suite) -> None:
     await eventually(waiting)
     assert (await cycle_at(suite, workflow.id, due)).state == pb.CAMPAIGN_CYCLE_STATE_RUNNING
     assert await executions_per_user(suite, workflow.id) == {}
+    listed = await outbox_report(suite)
+    assert f"workflows: pending segments.list_segment_members: 1 messages, oldest {due}" in listed
 
     await suite.start("segments")
 

@@ -32,6 +32,15 @@ class CycleRow:
     finished_at: datetime | None
 
 
+# For `lifecycle outbox`: the cycles that wait for the segments service (their
+# last ListSegmentMembers failed), in the rows of every outbox report.
+WAITING_CYCLES = """
+SELECT 'pending' AS kind, 'segments.list_segment_members' AS topic, count(*) AS messages,
+       min(due_at) AS oldest, max(error_message) AS last_error
+FROM campaign_cycles WHERE status = 'running' AND error_message IS NOT NULL
+GROUP BY 1, 2
+"""
+
 _COLUMNS = (
     "workflow_id, due_at, workflow_version, segment_id, cycle, repetitions_left, status,"
     " page_token, started_count, failures, error_message, actors, finished_at"
