@@ -441,6 +441,10 @@ class _Builder(TaskParser, EventParser, EspParser, CompensationParser):
                 self.problem(node.id, f"leads to {target.id!r}, which is not a catch event")
             elif len(target.incoming) != 1:
                 self.problem(target.id, "an event after an event-based gateway takes one flow")
+            elif target.inputs:
+                self.problem(
+                    target.id, "an event after an event-based gateway takes no input mappings"
+                )
 
     def _check_reachable(self, start: str | None) -> None:
         reached: set[str] = set()

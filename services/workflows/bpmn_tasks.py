@@ -60,7 +60,9 @@ TASKS = frozenset({*JOB_TASKS, *PASSING_TASKS, "scriptTask"})
 JOB_EVENTS = frozenset({"intermediateThrowEvent", "endEvent"})
 # Elements that take input mappings (their local variables), as job events do;
 # a sub-process's are seen by everything inside it.
-TAKES_INPUTS = frozenset({*TASKS, "userTask", "receiveTask", "subProcess", "callActivity"})
+TAKES_INPUTS = frozenset(
+    {*TASKS, "userTask", "receiveTask", "subProcess", "callActivity", "intermediateCatchEvent"}
+)
 # A mark for an input whose value is known only when the element runs.
 DYNAMIC = object()
 

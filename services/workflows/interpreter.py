@@ -243,12 +243,11 @@ class Interpreter(
             self._parallel(node, scope, via)
         elif kind == "inclusiveGateway":
             self._inclusive(node, scope, via)
-        elif kind in ("eventBasedGateway", "intermediateCatchEvent"):
-            token = self._new_token(node, scope, via)
-            targets = [node]
-            if kind == "eventBasedGateway":
-                targets = [self.graph.nodes[self.graph.flows[f].target] for f in node.outgoing]
-            self._arm_all(token, targets)
+        elif kind == "eventBasedGateway":
+            targets = [self.graph.nodes[self.graph.flows[f].target] for f in node.outgoing]
+            self._arm_all(self._new_token(node, scope, via), targets)
+        elif kind == "intermediateCatchEvent":
+            self.catch(node, scope, via)  # interpreter_waits.py
         else:
             self._activity(node, scope, via)
 
@@ -256,10 +255,8 @@ class Interpreter(
         if self._multi_body(node, scope):
             self._activate_body(node, scope, via)  # interpreter_multi.py
             return
-        try:
-            local = self._inputs(node, self._instance_seed(node, scope, via))
-        except ExpressionError as error:
-            self._incident(self._new_token(node, scope, via), str(error))
+        activated, local = self.activation_locals(node, scope, via)
+        if not activated:
             return
         task = node.task
         if task is not None and task.type in INLINE_BUILTINS:
@@ -299,6 +296,18 @@ class Interpreter(
                 )
             )
         self._history(node, "activated")
+
+    def activation_locals(
+        self, node: Node, scope: int | None, via: str | None
+    ) -> tuple[bool, Locals]:
+        """(True, the element's local variables) as it is activated: its
+        inputs over what its scope gives it; (False, None) after an incident
+        naming the input that failed."""
+        try:
+            return True, self._inputs(node, self._instance_seed(node, scope, via))
+        except ExpressionError as error:
+            self._incident(self._new_token(node, scope, via), str(error))
+            return False, None
 
     def _called_variables(self, node: Node, token: Token) -> dict[str, Any]:
         """What a called execution starts with: the caller's variables (unless

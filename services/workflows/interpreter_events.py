@@ -183,7 +183,7 @@ class EventSteps:
 
     def _subscribe_signal(self, token: Token, node: Node) -> None:
         assert node.signal is not None
-        name = self._evaluated(node, node.signal, "signal name")
+        name = self._evaluated(node, node.signal, "signal name", token.variables)
         self.events.signal_subscriptions.append(SignalSubscription(token.no, node.id, name))
 
     def delivered(self, trigger: MessageDelivered) -> dict[str, Any]:

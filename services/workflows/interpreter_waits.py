@@ -50,7 +50,20 @@ class WaitSteps:
         def _begin(self) -> None: ...
         def _subscribe_signal(self, token: Token, node: Node) -> None: ...
         def correlation_key(self, token: Token, node: Node) -> bool: ...
+        def activation_locals(
+            self, node: Node, scope: int | None, via: str | None
+        ) -> tuple[bool, Locals]: ...
+        def _new_token(
+            self, node: Node, scope: int | None, via: str | None = None, local: Locals = None
+        ) -> Token: ...
         def event_subprocess_fired(self, token: Token, node: Node, repeat: int | None) -> bool: ...
+
+    def catch(self, node: Node, scope: int | None, via: str | None) -> None:
+        """An intermediate catch event reached: its inputs are local variables
+        its timer, correlation key, signal name and outputs see; then it waits."""
+        activated, local = self.activation_locals(node, scope, via)
+        if activated:
+            self._arm_all(self._new_token(node, scope, via, local), [node])
 
     def _arm_all(self, token: Token, nodes: list[Node]) -> None:
         try:
@@ -72,7 +85,7 @@ class WaitSteps:
         timer = self.graph.timers[node.id]
         value: Any = timer.literal
         if timer.expression is not None:
-            value = evaluate(timer.expression, self._context(timer.expression))
+            value = evaluate(timer.expression, self._context(timer.expression, token.variables))
         self.step.timers.append(self._timer_row(token.no, node.id, timer.kind, value))
 
     def _timer_row(self, token: int, element: str, kind: str, value: Any) -> TimerRow:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import uuid
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.clock import ManualClock
 from runtime.structs import struct_to_dict
 from tests.workflows.bpmn_docs import (
+    catch,
     chain,
     definitions,
     end,
@@ -25,6 +27,7 @@ from tests.workflows.bpmn_docs import (
 from tests.workflows.bpmn_esp_docs import esp, on_message
 from tests.workflows.conftest import (
     Stub,
+    advance,
     deploy,
     execution,
     incident_of,
@@ -32,6 +35,7 @@ from tests.workflows.conftest import (
     path,
     refused,
     until_status,
+    until_waiting_at,
 )
 from tests.workflows.conftest import start as start_execution
 
@@ -106,6 +110,57 @@ async def test_a_receive_task_correlates_on_its_input(wf: Stub) -> None:
     assert await send("order-7") == 1
     done = await until_status(wf, started.id, COMPLETED)
     assert "orderKey" not in struct_to_dict(done.variables)
+
+
+async def test_a_catch_event_reads_its_inputs_in_its_key_its_timer_and_its_outputs(
+    wf: Stub, clock: ManualClock
+) -> None:
+    paid = with_inputs(catch("paid", message="payment"), orderKey='="order-" + string(order)')
+    paid = paid.replace(
+        "</zeebe:ioMapping>",
+        '<zeebe:output source="=orderKey" target="paidFor"/></zeebe:ioMapping>',
+    )
+    later = with_inputs(
+        '<bpmn:intermediateCatchEvent id="later"><bpmn:timerEventDefinition>'
+        "<bpmn:timeDuration>=wait</bpmn:timeDuration></bpmn:timerEventDefinition>"
+        "</bpmn:intermediateCatchEvent>",
+        wait='="PT" + string(minutes) + "M"',
+    )
+    bpmn = definitions(start(), paid, later, end(), *chain("start", "paid", "later", "end"))
+    bpmn = bpmn.replace(
+        '<bpmn:message id="Msg_payment" name="payment"/>',
+        '<bpmn:message id="Msg_payment" name="payment"><bpmn:extensionElements>'
+        '<zeebe:subscription correlationKey="=orderKey"/></bpmn:extensionElements>'
+        "</bpmn:message>",
+    )
+    user = str(uuid.uuid4())
+    started = await start_execution(wf, await deploy(wf, bpmn), user, order=7, minutes=30)
+    request = pb.PublishMessageRequest(name="payment", correlation_key="order-7", user_id=user)
+    assert (await wf.PublishMessage(request)).delivered_count == 1
+    await until_waiting_at(wf, started.id, "later")
+    await advance(clock, minutes=29)
+    assert list((await execution(wf, started.id)).current_node_ids) == ["later"]
+    await advance(clock, minutes=2)
+    done = await until_status(wf, started.id, COMPLETED)
+    assert struct_to_dict(done.variables) == {"order": 7, "minutes": 30, "paidFor": "order-7"}
+
+
+async def test_input_mappings_after_an_event_based_gateway_are_refused(wf: Stub) -> None:
+    bpmn = definitions(
+        start(),
+        '<bpmn:eventBasedGateway id="which"/>',
+        with_inputs(catch("paid", message="payment"), x="=1"),
+        catch("late", duration="PT1H"),
+        end(),
+        end("gave_up"),
+        *chain("start", "which", "paid", "end"),
+        flow("to_late", "which", "late"),
+        flow("from_late", "late", "gave_up"),
+    )
+    assert (
+        "element 'paid': an event after an event-based gateway takes no input mappings"
+        in await refused(wf, bpmn)
+    )
 
 
 def calling(child_id: str, propagate: str) -> str:
