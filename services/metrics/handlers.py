@@ -29,6 +29,14 @@ from runtime.isolation import item_fault, refusal_text, write_apart
 from runtime.server import ServiceContext
 from runtime.stages import STAGES
 from services.metrics import store
+from services.metrics.analytics import (
+    Cohort,
+    FunnelQuery,
+    FunnelResult,
+    RetentionQuery,
+    funnel_result,
+    retention_result,
+)
 from services.metrics.domain import (
     EVENT_METRICS,
     EVENTS_TABLE,
@@ -260,7 +268,8 @@ class FunnelStep:
 
 
 class Reports:
-    """RunRollup, GetMetrics, GetStageFunnel and GetStageSnapshot."""
+    """RunRollup, GetMetrics, GetStageFunnel, GetStageSnapshot, GetEventFunnel
+    and GetRetention."""
 
     def __init__(self, context: ServiceContext, rollups: Rollups, clock: Clock) -> None:
         self._context = context
@@ -305,6 +314,19 @@ class Reports:
             FunnelStep(stage, entered, converted / previous if previous else 0.0)
             for stage, entered, previous, converted in rows
         ]
+
+    async def event_funnel(self, query: FunnelQuery) -> FunnelResult:
+        """From the log, as GetStageFunnel: a range reaching archived days is refused."""
+        pool = self._context.pool
+        await require_logged(pool, query.first)
+        return funnel_result(query, await store.event_funnel(pool, query))
+
+    async def retention(self, query: RetentionQuery) -> list[Cohort]:
+        """Periods that have not begun yet (by the service's clock) are left out."""
+        pool = self._context.pool
+        await require_logged(pool, query.first)
+        today = self._clock.now().astimezone(UTC).date()
+        return retention_result(query, await store.retention(pool, query), today)
 
     async def snapshot(self) -> Snapshot:
         """The population at the end of the last whole day rolled up, plus the

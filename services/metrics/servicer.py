@@ -15,6 +15,12 @@ from runtime.pagination import PageTokens, parse_time_and_number, time_and_id
 from runtime.parsing import optional_time, parse_uuid
 from runtime.stages import stage_name, stage_value
 from runtime.structs import compact_json, dict_to_struct, json_object, timestamp
+from services.metrics.analytics import (
+    funnel_response,
+    parse_funnel,
+    parse_retention,
+    retention_response,
+)
 from services.metrics.domain import (
     ALL_STAGES,
     METRIC_NAMES,
@@ -230,6 +236,16 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 for step in await self._reports.funnel(*days)
             ]
         )
+
+    async def GetEventFunnel(
+        self, request: metrics_pb2.GetEventFunnelRequest, context: Context
+    ) -> metrics_pb2.GetEventFunnelResponse:
+        return funnel_response(await self._reports.event_funnel(parse_funnel(request)))
+
+    async def GetRetention(
+        self, request: metrics_pb2.GetRetentionRequest, context: Context
+    ) -> metrics_pb2.GetRetentionResponse:
+        return retention_response(await self._reports.retention(parse_retention(request)))
 
     async def GetStageSnapshot(
         self, request: metrics_pb2.GetStageSnapshotRequest, context: Context

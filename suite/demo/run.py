@@ -26,6 +26,7 @@ from runtime.migrations import acting_as
 from runtime.partitions import ensure_partitions
 from runtime.structs import dict_to_struct, set_timestamp
 from suite.certificates import LocalCertificates
+from suite.demo.analytics import print_analytics
 from suite.demo.catalog import Catalog, set_up
 from suite.demo.clients import Suite, connected
 from suite.demo.report import print_report
@@ -96,6 +97,7 @@ async def run_demo(
         await suite.metrics.RunRollup(
             metrics_pb2.RunRollupRequest(start_date=first.isoformat(), end_date=last.isoformat())
         )
+        await print_analytics(suite, first, last)
         await print_report(suite, first, last, members)
     return 0
 

@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lifecycle.common.v1 import access_pb2 as lifecycle_dot_common_dot_v1_dot_access__pb2
 from lifecycle.common.v1 import stage_pb2 as lifecycle_dot_common_dot_v1_dot_stage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lifecycle/metrics/v1/metrics.proto\x12\x14lifecycle.metrics.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lifecycle/common/v1/access.proto\x1a\x1flifecycle/common/v1/stage.proto\"\x9d\x02\n\x0eLifecycleEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1d\n\x15workflow_execution_id\x18\x04 \x01(\t\x12<\n\x0flifecycle_stage\x18\x05 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tors\x18\t \x03(\t\"K\n\x13RecordEventsRequest\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\"b\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x19\n\x11\x65rased_user_count\x18\x03 \x01(\x03\"\xab\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12=\n\x10lifecycle_stages\x18\x05 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x1d\n\x15workflow_execution_id\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\"c\n\x12ListEventsResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10RunRollupRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"7\n\x11RunRollupResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\"1\n\x0bMetricPoint\x12\x13\n\x0bmetric_date\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xc1\x01\n\x0cMetricSeries\x12\x13\n\x0bmetric_name\x18\x01 \x01(\t\x12<\n\x0flifecycle_stage\x18\x02 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12+\n\ndimensions\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x06points\x18\x04 \x03(\x0b\x32!.lifecycle.metrics.v1.MetricPoint\"\xbb\x01\n\x11GetMetricsRequest\x12\x14\n\x0cmetric_names\x18\x01 \x03(\t\x12=\n\x10lifecycle_stages\x18\x02 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12+\n\ndimensions\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x12GetMetricsResponse\x12\x32\n\x06series\x18\x01 \x03(\x0b\x32\".lifecycle.metrics.v1.MetricSeries\"=\n\x15GetStageFunnelRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"u\n\x0b\x46unnelStage\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x17\n\x0f\x63onversion_rate\x18\x03 \x01(\x01\"K\n\x16GetStageFunnelResponse\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.lifecycle.metrics.v1.FunnelStage\"\x19\n\x17GetStageSnapshotRequest\"^\n\x0fStagePopulation\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\r\n\x05users\x18\x02 \x01(\x03\"\x9f\x01\n\x18GetStageSnapshotResponse\x12\x35\n\x06stages\x18\x01 \x03(\x0b\x32%.lifecycle.metrics.v1.StagePopulation\x12\x31\n\rsnapshot_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11rolled_up_through\x18\x03 \x01(\t\"\'\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\x15\x45raseUserDataResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x03\x32\x81\x07\n\x0eMetricsService\x12\x91\x01\n\x0cRecordEvents\x12).lifecycle.metrics.v1.RecordEventsRequest\x1a*.lifecycle.metrics.v1.RecordEventsResponse\"*\xc2\xf3\x18&\x12\x05users\x12\tworkflows\x12\x08segments\x12\x08triggers\x12s\n\nListEvents\x12\'.lifecycle.metrics.v1.ListEventsRequest\x1a(.lifecycle.metrics.v1.ListEventsResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12q\n\tRunRollup\x12&.lifecycle.metrics.v1.RunRollupRequest\x1a\'.lifecycle.metrics.v1.RunRollupResponse\"\x13\xc2\xf3\x18\x0f\n\rmetrics:admin\x12s\n\nGetMetrics\x12\'.lifecycle.metrics.v1.GetMetricsRequest\x1a(.lifecycle.metrics.v1.GetMetricsResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x7f\n\x0eGetStageFunnel\x12+.lifecycle.metrics.v1.GetStageFunnelRequest\x1a,.lifecycle.metrics.v1.GetStageFunnelResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x85\x01\n\x10GetStageSnapshot\x12-.lifecycle.metrics.v1.GetStageSnapshotRequest\x1a..lifecycle.metrics.v1.GetStageSnapshotResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12u\n\rEraseUserData\x12*.lifecycle.metrics.v1.EraseUserDataRequest\x1a+.lifecycle.metrics.v1.EraseUserDataResponse\"\x0b\xc2\xf3\x18\x07\x12\x05usersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lifecycle/metrics/v1/metrics.proto\x12\x14lifecycle.metrics.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lifecycle/common/v1/access.proto\x1a\x1flifecycle/common/v1/stage.proto\"\x9d\x02\n\x0eLifecycleEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1d\n\x15workflow_execution_id\x18\x04 \x01(\t\x12<\n\x0flifecycle_stage\x18\x05 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tors\x18\t \x03(\t\"K\n\x13RecordEventsRequest\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\"b\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x19\n\x11\x65rased_user_count\x18\x03 \x01(\x03\"\xab\x02\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12=\n\x10lifecycle_stages\x18\x05 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x1d\n\x15workflow_execution_id\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\"c\n\x12ListEventsResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.lifecycle.metrics.v1.LifecycleEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10RunRollupRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"7\n\x11RunRollupResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\"1\n\x0bMetricPoint\x12\x13\n\x0bmetric_date\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xc1\x01\n\x0cMetricSeries\x12\x13\n\x0bmetric_name\x18\x01 \x01(\t\x12<\n\x0flifecycle_stage\x18\x02 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12+\n\ndimensions\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x06points\x18\x04 \x03(\x0b\x32!.lifecycle.metrics.v1.MetricPoint\"\xbb\x01\n\x11GetMetricsRequest\x12\x14\n\x0cmetric_names\x18\x01 \x03(\t\x12=\n\x10lifecycle_stages\x18\x02 \x03(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12+\n\ndimensions\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x12GetMetricsResponse\x12\x32\n\x06series\x18\x01 \x03(\x0b\x32\".lifecycle.metrics.v1.MetricSeries\"=\n\x15GetStageFunnelRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"u\n\x0b\x46unnelStage\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x17\n\x0f\x63onversion_rate\x18\x03 \x01(\x01\"K\n\x16GetStageFunnelResponse\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.lifecycle.metrics.v1.FunnelStage\"L\n\nEventMatch\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12*\n\tcondition\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"<\n\x0f\x46unnelBreakdown\x12\x0f\n\x05stage\x18\x01 \x01(\x08H\x00\x12\x12\n\x08\x64\x61ta_key\x18\x02 \x01(\tH\x00\x42\x04\n\x02\x62y\"\x90\x02\n\x15GetEventFunnelRequest\x12/\n\x05steps\x18\x01 \x03(\x0b\x32 .lifecycle.metrics.v1.EventMatch\x12\x34\n\x11\x63onversion_window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12\x30\n\x05order\x18\x05 \x01(\x0e\x32!.lifecycle.metrics.v1.FunnelOrder\x12\x38\n\tbreakdown\x18\x06 \x01(\x0b\x32%.lifecycle.metrics.v1.FunnelBreakdown\"\xa0\x01\n\x0f\x45ventFunnelStep\x12\x0e\n\x06people\x18\x01 \x01(\x03\x12 \n\x18\x63onversion_from_previous\x18\x02 \x01(\x01\x12\x1d\n\x15\x63onversion_from_first\x18\x03 \x01(\x01\x12<\n\x19median_time_from_previous\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x10\x45ventFunnelGroup\x12\x17\n\x0f\x62reakdown_value\x18\x01 \x01(\t\x12\x34\n\x05steps\x18\x02 \x03(\x0b\x32%.lifecycle.metrics.v1.EventFunnelStep\"\xab\x01\n\x16GetEventFunnelResponse\x12\x34\n\x05steps\x18\x01 \x03(\x0b\x32%.lifecycle.metrics.v1.EventFunnelStep\x12\x39\n\tbreakdown\x18\x02 \x03(\x0b\x32&.lifecycle.metrics.v1.EventFunnelGroup\x12 \n\x18omitted_breakdown_values\x18\x03 \x01(\x05\"\xf3\x01\n\x13GetRetentionRequest\x12\x36\n\x0c\x63ohort_event\x18\x01 \x01(\x0b\x32 .lifecycle.metrics.v1.EventMatch\x12\x36\n\x0creturn_event\x18\x02 \x01(\x0b\x32 .lifecycle.metrics.v1.EventMatch\x12\x35\n\x06period\x18\x03 \x01(\x0e\x32%.lifecycle.metrics.v1.RetentionPeriod\x12\x0f\n\x07periods\x18\x04 \x01(\x05\x12\x12\n\nstart_date\x18\x05 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x06 \x01(\t\"W\n\x0eRetentionValue\x12\x0e\n\x06period\x18\x01 \x01(\x05\x12\x14\n\x0cperiod_start\x18\x02 \x01(\t\x12\x10\n\x08returned\x18\x03 \x01(\x03\x12\r\n\x05share\x18\x04 \x01(\x01\"k\n\x0fRetentionCohort\x12\x14\n\x0cperiod_start\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x34\n\x06values\x18\x03 \x03(\x0b\x32$.lifecycle.metrics.v1.RetentionValue\"N\n\x14GetRetentionResponse\x12\x36\n\x07\x63ohorts\x18\x01 \x03(\x0b\x32%.lifecycle.metrics.v1.RetentionCohort\"\x19\n\x17GetStageSnapshotRequest\"^\n\x0fStagePopulation\x12<\n\x0flifecycle_stage\x18\x01 \x01(\x0e\x32#.lifecycle.common.v1.LifecycleStage\x12\r\n\x05users\x18\x02 \x01(\x03\"\x9f\x01\n\x18GetStageSnapshotResponse\x12\x35\n\x06stages\x18\x01 \x03(\x0b\x32%.lifecycle.metrics.v1.StagePopulation\x12\x31\n\rsnapshot_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11rolled_up_through\x18\x03 \x01(\t\"\'\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\x15\x45raseUserDataResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x03*t\n\x0b\x46unnelOrder\x12\x1c\n\x18\x46UNNEL_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46UNNEL_ORDER_ORDERED\x10\x01\x12\x17\n\x13\x46UNNEL_ORDER_STRICT\x10\x02\x12\x14\n\x10\x46UNNEL_ORDER_ANY\x10\x03*\x84\x01\n\x0fRetentionPeriod\x12 \n\x1cRETENTION_PERIOD_UNSPECIFIED\x10\x00\x12\x18\n\x14RETENTION_PERIOD_DAY\x10\x01\x12\x19\n\x15RETENTION_PERIOD_WEEK\x10\x02\x12\x1a\n\x16RETENTION_PERIOD_MONTH\x10\x03\x32\xfd\x08\n\x0eMetricsService\x12\x91\x01\n\x0cRecordEvents\x12).lifecycle.metrics.v1.RecordEventsRequest\x1a*.lifecycle.metrics.v1.RecordEventsResponse\"*\xc2\xf3\x18&\x12\x05users\x12\tworkflows\x12\x08segments\x12\x08triggers\x12s\n\nListEvents\x12\'.lifecycle.metrics.v1.ListEventsRequest\x1a(.lifecycle.metrics.v1.ListEventsResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12q\n\tRunRollup\x12&.lifecycle.metrics.v1.RunRollupRequest\x1a\'.lifecycle.metrics.v1.RunRollupResponse\"\x13\xc2\xf3\x18\x0f\n\rmetrics:admin\x12s\n\nGetMetrics\x12\'.lifecycle.metrics.v1.GetMetricsRequest\x1a(.lifecycle.metrics.v1.GetMetricsResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x7f\n\x0eGetStageFunnel\x12+.lifecycle.metrics.v1.GetStageFunnelRequest\x1a,.lifecycle.metrics.v1.GetStageFunnelResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x7f\n\x0eGetEventFunnel\x12+.lifecycle.metrics.v1.GetEventFunnelRequest\x1a,.lifecycle.metrics.v1.GetEventFunnelResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12y\n\x0cGetRetention\x12).lifecycle.metrics.v1.GetRetentionRequest\x1a*.lifecycle.metrics.v1.GetRetentionResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12\x85\x01\n\x10GetStageSnapshot\x12-.lifecycle.metrics.v1.GetStageSnapshotRequest\x1a..lifecycle.metrics.v1.GetStageSnapshotResponse\"\x12\xc2\xf3\x18\x0e\n\x0cmetrics:read\x12u\n\rEraseUserData\x12*.lifecycle.metrics.v1.EraseUserDataRequest\x1a+.lifecycle.metrics.v1.EraseUserDataResponse\"\x0b\xc2\xf3\x18\x07\x12\x05usersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,48 +46,76 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICSSERVICE'].methods_by_name['GetMetrics']._serialized_options = b'\302\363\030\016\n\014metrics:read'
   _globals['_METRICSSERVICE'].methods_by_name['GetStageFunnel']._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['GetStageFunnel']._serialized_options = b'\302\363\030\016\n\014metrics:read'
+  _globals['_METRICSSERVICE'].methods_by_name['GetEventFunnel']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetEventFunnel']._serialized_options = b'\302\363\030\016\n\014metrics:read'
+  _globals['_METRICSSERVICE'].methods_by_name['GetRetention']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetRetention']._serialized_options = b'\302\363\030\016\n\014metrics:read'
   _globals['_METRICSSERVICE'].methods_by_name['GetStageSnapshot']._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['GetStageSnapshot']._serialized_options = b'\302\363\030\016\n\014metrics:read'
   _globals['_METRICSSERVICE'].methods_by_name['EraseUserData']._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['EraseUserData']._serialized_options = b'\302\363\030\007\022\005users'
-  _globals['_LIFECYCLEEVENT']._serialized_start=191
-  _globals['_LIFECYCLEEVENT']._serialized_end=476
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=478
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=553
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=555
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=653
-  _globals['_LISTEVENTSREQUEST']._serialized_start=656
-  _globals['_LISTEVENTSREQUEST']._serialized_end=955
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=957
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1056
-  _globals['_RUNROLLUPREQUEST']._serialized_start=1058
-  _globals['_RUNROLLUPREQUEST']._serialized_end=1114
-  _globals['_RUNROLLUPRESPONSE']._serialized_start=1116
-  _globals['_RUNROLLUPRESPONSE']._serialized_end=1171
-  _globals['_METRICPOINT']._serialized_start=1173
-  _globals['_METRICPOINT']._serialized_end=1222
-  _globals['_METRICSERIES']._serialized_start=1225
-  _globals['_METRICSERIES']._serialized_end=1418
-  _globals['_GETMETRICSREQUEST']._serialized_start=1421
-  _globals['_GETMETRICSREQUEST']._serialized_end=1608
-  _globals['_GETMETRICSRESPONSE']._serialized_start=1610
-  _globals['_GETMETRICSRESPONSE']._serialized_end=1682
-  _globals['_GETSTAGEFUNNELREQUEST']._serialized_start=1684
-  _globals['_GETSTAGEFUNNELREQUEST']._serialized_end=1745
-  _globals['_FUNNELSTAGE']._serialized_start=1747
-  _globals['_FUNNELSTAGE']._serialized_end=1864
-  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_start=1866
-  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_end=1941
-  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_start=1943
-  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_end=1968
-  _globals['_STAGEPOPULATION']._serialized_start=1970
-  _globals['_STAGEPOPULATION']._serialized_end=2064
-  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_start=2067
-  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_end=2226
-  _globals['_ERASEUSERDATAREQUEST']._serialized_start=2228
-  _globals['_ERASEUSERDATAREQUEST']._serialized_end=2267
-  _globals['_ERASEUSERDATARESPONSE']._serialized_start=2269
-  _globals['_ERASEUSERDATARESPONSE']._serialized_end=2314
-  _globals['_METRICSSERVICE']._serialized_start=2317
-  _globals['_METRICSSERVICE']._serialized_end=3214
+  _globals['_FUNNELORDER']._serialized_start=3723
+  _globals['_FUNNELORDER']._serialized_end=3839
+  _globals['_RETENTIONPERIOD']._serialized_start=3842
+  _globals['_RETENTIONPERIOD']._serialized_end=3974
+  _globals['_LIFECYCLEEVENT']._serialized_start=223
+  _globals['_LIFECYCLEEVENT']._serialized_end=508
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=510
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=585
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=587
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=685
+  _globals['_LISTEVENTSREQUEST']._serialized_start=688
+  _globals['_LISTEVENTSREQUEST']._serialized_end=987
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=989
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1088
+  _globals['_RUNROLLUPREQUEST']._serialized_start=1090
+  _globals['_RUNROLLUPREQUEST']._serialized_end=1146
+  _globals['_RUNROLLUPRESPONSE']._serialized_start=1148
+  _globals['_RUNROLLUPRESPONSE']._serialized_end=1203
+  _globals['_METRICPOINT']._serialized_start=1205
+  _globals['_METRICPOINT']._serialized_end=1254
+  _globals['_METRICSERIES']._serialized_start=1257
+  _globals['_METRICSERIES']._serialized_end=1450
+  _globals['_GETMETRICSREQUEST']._serialized_start=1453
+  _globals['_GETMETRICSREQUEST']._serialized_end=1640
+  _globals['_GETMETRICSRESPONSE']._serialized_start=1642
+  _globals['_GETMETRICSRESPONSE']._serialized_end=1714
+  _globals['_GETSTAGEFUNNELREQUEST']._serialized_start=1716
+  _globals['_GETSTAGEFUNNELREQUEST']._serialized_end=1777
+  _globals['_FUNNELSTAGE']._serialized_start=1779
+  _globals['_FUNNELSTAGE']._serialized_end=1896
+  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_start=1898
+  _globals['_GETSTAGEFUNNELRESPONSE']._serialized_end=1973
+  _globals['_EVENTMATCH']._serialized_start=1975
+  _globals['_EVENTMATCH']._serialized_end=2051
+  _globals['_FUNNELBREAKDOWN']._serialized_start=2053
+  _globals['_FUNNELBREAKDOWN']._serialized_end=2113
+  _globals['_GETEVENTFUNNELREQUEST']._serialized_start=2116
+  _globals['_GETEVENTFUNNELREQUEST']._serialized_end=2388
+  _globals['_EVENTFUNNELSTEP']._serialized_start=2391
+  _globals['_EVENTFUNNELSTEP']._serialized_end=2551
+  _globals['_EVENTFUNNELGROUP']._serialized_start=2553
+  _globals['_EVENTFUNNELGROUP']._serialized_end=2650
+  _globals['_GETEVENTFUNNELRESPONSE']._serialized_start=2653
+  _globals['_GETEVENTFUNNELRESPONSE']._serialized_end=2824
+  _globals['_GETRETENTIONREQUEST']._serialized_start=2827
+  _globals['_GETRETENTIONREQUEST']._serialized_end=3070
+  _globals['_RETENTIONVALUE']._serialized_start=3072
+  _globals['_RETENTIONVALUE']._serialized_end=3159
+  _globals['_RETENTIONCOHORT']._serialized_start=3161
+  _globals['_RETENTIONCOHORT']._serialized_end=3268
+  _globals['_GETRETENTIONRESPONSE']._serialized_start=3270
+  _globals['_GETRETENTIONRESPONSE']._serialized_end=3348
+  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_start=3350
+  _globals['_GETSTAGESNAPSHOTREQUEST']._serialized_end=3375
+  _globals['_STAGEPOPULATION']._serialized_start=3377
+  _globals['_STAGEPOPULATION']._serialized_end=3471
+  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_start=3474
+  _globals['_GETSTAGESNAPSHOTRESPONSE']._serialized_end=3633
+  _globals['_ERASEUSERDATAREQUEST']._serialized_start=3635
+  _globals['_ERASEUSERDATAREQUEST']._serialized_end=3674
+  _globals['_ERASEUSERDATARESPONSE']._serialized_start=3676
+  _globals['_ERASEUSERDATARESPONSE']._serialized_end=3721
+  _globals['_METRICSSERVICE']._serialized_start=3977
+  _globals['_METRICSSERVICE']._serialized_end=5126
 # @@protoc_insertion_point(module_scope)

@@ -5,10 +5,12 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lifecycle.common.v1 import stage_pb2 as _stage_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +22,58 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FunnelOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FunnelOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FunnelOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FUNNEL_ORDER_UNSPECIFIED: _FunnelOrder.ValueType  # 0
+    """ORDERED."""
+    FUNNEL_ORDER_ORDERED: _FunnelOrder.ValueType  # 1
+    """Each step after the one before; other events may happen between them."""
+    FUNNEL_ORDER_STRICT: _FunnelOrder.ValueType  # 2
+    """Each step the person's very next event after the one before."""
+    FUNNEL_ORDER_ANY: _FunnelOrder.ValueType  # 3
+    """The steps in any order within the window."""
+
+class FunnelOrder(_FunnelOrder, metaclass=_FunnelOrderEnumTypeWrapper): ...
+
+FUNNEL_ORDER_UNSPECIFIED: FunnelOrder.ValueType  # 0
+"""ORDERED."""
+FUNNEL_ORDER_ORDERED: FunnelOrder.ValueType  # 1
+"""Each step after the one before; other events may happen between them."""
+FUNNEL_ORDER_STRICT: FunnelOrder.ValueType  # 2
+"""Each step the person's very next event after the one before."""
+FUNNEL_ORDER_ANY: FunnelOrder.ValueType  # 3
+"""The steps in any order within the window."""
+Global___FunnelOrder: _TypeAlias = FunnelOrder  # noqa: Y015
+
+class _RetentionPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RetentionPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RetentionPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETENTION_PERIOD_UNSPECIFIED: _RetentionPeriod.ValueType  # 0
+    RETENTION_PERIOD_DAY: _RetentionPeriod.ValueType  # 1
+    """UTC calendar days."""
+    RETENTION_PERIOD_WEEK: _RetentionPeriod.ValueType  # 2
+    """ISO weeks, from Monday (UTC)."""
+    RETENTION_PERIOD_MONTH: _RetentionPeriod.ValueType  # 3
+    """UTC calendar months."""
+
+class RetentionPeriod(_RetentionPeriod, metaclass=_RetentionPeriodEnumTypeWrapper): ...
+
+RETENTION_PERIOD_UNSPECIFIED: RetentionPeriod.ValueType  # 0
+RETENTION_PERIOD_DAY: RetentionPeriod.ValueType  # 1
+"""UTC calendar days."""
+RETENTION_PERIOD_WEEK: RetentionPeriod.ValueType  # 2
+"""ISO weeks, from Monday (UTC)."""
+RETENTION_PERIOD_MONTH: RetentionPeriod.ValueType  # 3
+"""UTC calendar months."""
+Global___RetentionPeriod: _TypeAlias = RetentionPeriod  # noqa: Y015
 
 @_typing.final
 class LifecycleEvent(_message.Message):
@@ -457,6 +511,340 @@ class GetStageFunnelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStageFunnelResponse: _TypeAlias = GetStageFunnelResponse  # noqa: Y015
+
+@_typing.final
+class EventMatch(_message.Message):
+    """The events a funnel step, a retention cohort or a return counts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    """An event type of the log ("tracked.purchase", "user.created"), or a
+    family "prefix.*" ("tracked.*": every type under tracked.).
+    """
+    @_builtins.property
+    def condition(self) -> _struct_pb2.Struct:
+        """Optional: a condition of the shared condition language (docs/conditions.md)
+        on the event's data, with event leaves only ("src": "event"), in the subset
+        docs/metrics.md lists. Empty: every event of the type.
+        """
+
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        condition: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event_type", b"event_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventMatch: _TypeAlias = EventMatch  # noqa: Y015
+
+@_typing.final
+class FunnelBreakdown(_message.Message):
+    """What a funnel's people are grouped by: a value of their first step's event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    DATA_KEY_FIELD_NUMBER: _builtins.int
+    stage: _builtins.bool
+    """The lifecycle stage the first step's event names."""
+    data_key: _builtins.str
+    """A value of the first step's event data, by a dotted path ("plan",
+    "utm.source").
+    """
+    def __init__(
+        self,
+        *,
+        stage: _builtins.bool = ...,
+        data_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "data_key", b"data_key", "stage", b"stage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "data_key", b"data_key", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["stage", "data_key"]  # noqa: Y015
+    _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_by) -> _WhichOneofReturnType_by | None: ...
+
+Global___FunnelBreakdown: _TypeAlias = FunnelBreakdown  # noqa: Y015
+
+@_typing.final
+class GetEventFunnelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    CONVERSION_WINDOW_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    BREAKDOWN_FIELD_NUMBER: _builtins.int
+    start_date: _builtins.str
+    """ISO-8601 dates (UTC days), inclusive: the range of the first step's time."""
+    end_date: _builtins.str
+    order: Global___FunnelOrder.ValueType
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventMatch]:
+        """2 to 10 steps."""
+
+    @_builtins.property
+    def conversion_window(self) -> _duration_pb2.Duration:
+        """How long after the first step the last may happen (inclusive), at most
+        90 days.
+        """
+
+    @_builtins.property
+    def breakdown(self) -> Global___FunnelBreakdown:
+        """Unset: no breakdown."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___EventMatch] | None = ...,
+        conversion_window: _duration_pb2.Duration | None = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        order: Global___FunnelOrder.ValueType = ...,
+        breakdown: Global___FunnelBreakdown | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breakdown", b"breakdown", "conversion_window", b"conversion_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakdown", b"breakdown", "conversion_window", b"conversion_window", "end_date", b"end_date", "order", b"order", "start_date", b"start_date", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventFunnelRequest: _TypeAlias = GetEventFunnelRequest  # noqa: Y015
+
+@_typing.final
+class EventFunnelStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    CONVERSION_FROM_PREVIOUS_FIELD_NUMBER: _builtins.int
+    CONVERSION_FROM_FIRST_FIELD_NUMBER: _builtins.int
+    MEDIAN_TIME_FROM_PREVIOUS_FIELD_NUMBER: _builtins.int
+    people: _builtins.int
+    """People who reached this step (and every step before it, in the order mode,
+    within the window from their first step).
+    """
+    conversion_from_previous: _builtins.float
+    """people ÷ the previous step's people (1 for the first step, 0 when the
+    previous step has nobody).
+    """
+    conversion_from_first: _builtins.float
+    """people ÷ the first step's people (0 when it has nobody)."""
+    @_builtins.property
+    def median_time_from_previous(self) -> _duration_pb2.Duration:
+        """The median time from the previous step to this one over the people who
+        reached it; unset for the first step and a step nobody reached.
+        """
+
+    def __init__(
+        self,
+        *,
+        people: _builtins.int = ...,
+        conversion_from_previous: _builtins.float = ...,
+        conversion_from_first: _builtins.float = ...,
+        median_time_from_previous: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["median_time_from_previous", b"median_time_from_previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion_from_first", b"conversion_from_first", "conversion_from_previous", b"conversion_from_previous", "median_time_from_previous", b"median_time_from_previous", "people", b"people"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventFunnelStep: _TypeAlias = EventFunnelStep  # noqa: Y015
+
+@_typing.final
+class EventFunnelGroup(_message.Message):
+    """A funnel's steps for the people of one breakdown value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREAKDOWN_VALUE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    breakdown_value: _builtins.str
+    """The value ("" when the first step's event has none)."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventFunnelStep]: ...
+    def __init__(
+        self,
+        *,
+        breakdown_value: _builtins.str = ...,
+        steps: _abc.Iterable[Global___EventFunnelStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakdown_value", b"breakdown_value", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventFunnelGroup: _TypeAlias = EventFunnelGroup  # noqa: Y015
+
+@_typing.final
+class GetEventFunnelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    BREAKDOWN_FIELD_NUMBER: _builtins.int
+    OMITTED_BREAKDOWN_VALUES_FIELD_NUMBER: _builtins.int
+    omitted_breakdown_values: _builtins.int
+    """Values left out beyond those 50."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventFunnelStep]:
+        """Everybody."""
+
+    @_builtins.property
+    def breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventFunnelGroup]:
+        """With a breakdown: a group per value, the most people first, at most 50."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___EventFunnelStep] | None = ...,
+        breakdown: _abc.Iterable[Global___EventFunnelGroup] | None = ...,
+        omitted_breakdown_values: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakdown", b"breakdown", "omitted_breakdown_values", b"omitted_breakdown_values", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventFunnelResponse: _TypeAlias = GetEventFunnelResponse  # noqa: Y015
+
+@_typing.final
+class GetRetentionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COHORT_EVENT_FIELD_NUMBER: _builtins.int
+    RETURN_EVENT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PERIODS_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    period: Global___RetentionPeriod.ValueType
+    periods: _builtins.int
+    """Periods after the cohort's own to report: 1 to 100."""
+    start_date: _builtins.str
+    """ISO-8601 dates (UTC days), inclusive: the range of the cohort events."""
+    end_date: _builtins.str
+    @_builtins.property
+    def cohort_event(self) -> Global___EventMatch:
+        """A person joins the cohort of the period of their first such event in the
+        date range.
+        """
+
+    @_builtins.property
+    def return_event(self) -> Global___EventMatch:
+        """What counts as coming back."""
+
+    def __init__(
+        self,
+        *,
+        cohort_event: Global___EventMatch | None = ...,
+        return_event: Global___EventMatch | None = ...,
+        period: Global___RetentionPeriod.ValueType = ...,
+        periods: _builtins.int = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cohort_event", b"cohort_event", "return_event", b"return_event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort_event", b"cohort_event", "end_date", b"end_date", "period", b"period", "periods", b"periods", "return_event", b"return_event", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetentionRequest: _TypeAlias = GetRetentionRequest  # noqa: Y015
+
+@_typing.final
+class RetentionValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    period: _builtins.int
+    """0 is the cohort's own period (a return after the cohort event), 1 the next."""
+    period_start: _builtins.str
+    """The period's first day, YYYY-MM-DD."""
+    returned: _builtins.int
+    """Cohort members with a return event in the period."""
+    share: _builtins.float
+    """returned ÷ the cohort's size."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.int = ...,
+        period_start: _builtins.str = ...,
+        returned: _builtins.int = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "period_start", b"period_start", "returned", b"returned", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionValue: _TypeAlias = RetentionValue  # noqa: Y015
+
+@_typing.final
+class RetentionCohort(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    period_start: _builtins.str
+    """The cohort's period's first day, YYYY-MM-DD."""
+    size: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetentionValue]:
+        """Periods 0 to `periods`, those that have begun only."""
+
+    def __init__(
+        self,
+        *,
+        period_start: _builtins.str = ...,
+        size: _builtins.int = ...,
+        values: _abc.Iterable[Global___RetentionValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_start", b"period_start", "size", b"size", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionCohort: _TypeAlias = RetentionCohort  # noqa: Y015
+
+@_typing.final
+class GetRetentionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COHORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cohorts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetentionCohort]:
+        """Cohorts with at least one person, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        cohorts: _abc.Iterable[Global___RetentionCohort] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohorts", b"cohorts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetentionResponse: _TypeAlias = GetRetentionResponse  # noqa: Y015
 
 @_typing.final
 class GetStageSnapshotRequest(_message.Message):

@@ -62,6 +62,16 @@ class MetricsServiceStub:
                 request_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageFunnelRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageFunnelResponse.FromString,
                 _registered_method=True)
+        self.GetEventFunnel = channel.unary_unary(
+                '/lifecycle.metrics.v1.MetricsService/GetEventFunnel',
+                request_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetEventFunnelRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetEventFunnelResponse.FromString,
+                _registered_method=True)
+        self.GetRetention = channel.unary_unary(
+                '/lifecycle.metrics.v1.MetricsService/GetRetention',
+                request_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetRetentionRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetRetentionResponse.FromString,
+                _registered_method=True)
         self.GetStageSnapshot = channel.unary_unary(
                 '/lifecycle.metrics.v1.MetricsService/GetStageSnapshot',
                 request_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageSnapshotRequest.SerializeToString,
@@ -123,6 +133,24 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEventFunnel(self, request, context):
+        """People through ordered steps of events within a conversion window, from
+        the event log (docs/metrics.md, "Event funnels"): FAILED_PRECONDITION
+        (reason EVENTS_ARCHIVED) for a range reaching archived days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetention(self, request, context):
+        """Cohorts by the period of an event, and the share of each who came back
+        (did a return event) in each following period (docs/metrics.md,
+        "Retention"); EVENTS_ARCHIVED as GetEventFunnel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStageSnapshot(self, request, context):
         """Current population per stage.
         """
@@ -165,6 +193,16 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetStageFunnel,
                     request_deserializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageFunnelRequest.FromString,
                     response_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageFunnelResponse.SerializeToString,
+            ),
+            'GetEventFunnel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventFunnel,
+                    request_deserializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetEventFunnelRequest.FromString,
+                    response_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetEventFunnelResponse.SerializeToString,
+            ),
+            'GetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetention,
+                    request_deserializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetRetentionRequest.FromString,
+                    response_serializer=lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetRetentionResponse.SerializeToString,
             ),
             'GetStageSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStageSnapshot,
@@ -315,6 +353,60 @@ class MetricsService:
             '/lifecycle.metrics.v1.MetricsService/GetStageFunnel',
             lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageFunnelRequest.SerializeToString,
             lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetStageFunnelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventFunnel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.metrics.v1.MetricsService/GetEventFunnel',
+            lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetEventFunnelRequest.SerializeToString,
+            lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetEventFunnelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.metrics.v1.MetricsService/GetRetention',
+            lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetRetentionRequest.SerializeToString,
+            lifecycle_dot_metrics_dot_v1_dot_metrics__pb2.GetRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

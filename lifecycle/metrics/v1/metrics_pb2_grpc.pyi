@@ -57,6 +57,16 @@ class MetricsServiceStub:
     log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
     days whose events were archived.
     """
+    GetEventFunnel: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetEventFunnelRequest, _metrics_pb2.GetEventFunnelResponse]
+    """People through ordered steps of events within a conversion window, from
+    the event log (docs/metrics.md, "Event funnels"): FAILED_PRECONDITION
+    (reason EVENTS_ARCHIVED) for a range reaching archived days.
+    """
+    GetRetention: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetRetentionRequest, _metrics_pb2.GetRetentionResponse]
+    """Cohorts by the period of an event, and the share of each who came back
+    (did a return event) in each following period (docs/metrics.md,
+    "Retention"); EVENTS_ARCHIVED as GetEventFunnel.
+    """
     GetStageSnapshot: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetStageSnapshotRequest, _metrics_pb2.GetStageSnapshotResponse]
     """Current population per stage."""
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.EraseUserDataRequest, _metrics_pb2.EraseUserDataResponse]
@@ -92,6 +102,16 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     """Stage counts and conversion rates over a date range, counted from the event
     log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
     days whose events were archived.
+    """
+    GetEventFunnel: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetEventFunnelRequest, _metrics_pb2.GetEventFunnelResponse]  # type: ignore[assignment]
+    """People through ordered steps of events within a conversion window, from
+    the event log (docs/metrics.md, "Event funnels"): FAILED_PRECONDITION
+    (reason EVENTS_ARCHIVED) for a range reaching archived days.
+    """
+    GetRetention: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetRetentionRequest, _metrics_pb2.GetRetentionResponse]  # type: ignore[assignment]
+    """Cohorts by the period of an event, and the share of each who came back
+    (did a return event) in each following period (docs/metrics.md,
+    "Retention"); EVENTS_ARCHIVED as GetEventFunnel.
     """
     GetStageSnapshot: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetStageSnapshotRequest, _metrics_pb2.GetStageSnapshotResponse]  # type: ignore[assignment]
     """Current population per stage."""
@@ -155,6 +175,28 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stage counts and conversion rates over a date range, counted from the event
         log: FAILED_PRECONDITION (reason EVENTS_ARCHIVED) for a range reaching
         days whose events were archived.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEventFunnel(
+        self,
+        request: _metrics_pb2.GetEventFunnelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetEventFunnelResponse, _abc.Awaitable[_metrics_pb2.GetEventFunnelResponse]]:
+        """People through ordered steps of events within a conversion window, from
+        the event log (docs/metrics.md, "Event funnels"): FAILED_PRECONDITION
+        (reason EVENTS_ARCHIVED) for a range reaching archived days.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRetention(
+        self,
+        request: _metrics_pb2.GetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetRetentionResponse, _abc.Awaitable[_metrics_pb2.GetRetentionResponse]]:
+        """Cohorts by the period of an event, and the share of each who came back
+        (did a return event) in each following period (docs/metrics.md,
+        "Retention"); EVENTS_ARCHIVED as GetEventFunnel.
         """
 
     @_abc_1.abstractmethod

@@ -4,6 +4,7 @@ share (common: locks, the log's columns, the facts counted of an event).
 Every function runs on the connection it is given, inside the caller's
 transaction where one is open."""
 
+from services.metrics.store.analytics import event_funnel, retention
 from services.metrics.store.archive import (
     ArchivedPartition,
     RowStats,
@@ -72,6 +73,7 @@ __all__ = [
     "detach_and_drop",
     "drop_metrics_partition",
     "erase_user",
+    "event_funnel",
     "export_csv",
     "first_event_day",
     "forget_erased_events",
@@ -94,6 +96,7 @@ __all__ = [
     "record_archive",
     "remove_erased",
     "replace_metrics",
+    "retention",
     "row_stats",
     "stored_flows",
     "try_lock_rollups",
