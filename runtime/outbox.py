@@ -241,8 +241,9 @@ class OutboxRelay(PollingWorker):
     async def _deliver(self, topic: str, batch: list[OutboxRow]) -> list[_Outcome]:
         """Sends a batch as one call. When the callee refuses a merged batch for what
         is in it, each message is sent alone, so that one bad message does not hold
-        back the others (receivers are idempotent: what the first call stored is
-        not stored twice)."""
+        back the others; when the merged call outran its deadline, its halves go
+        one after the other, so that no batch is too large to ever get through
+        (receivers are idempotent: what the first call stored is not stored twice)."""
         destination = self._destinations[topic]
         # Payloads are serialized requests already; the answer is read only for
         # the items it refused.
@@ -262,6 +263,12 @@ class OutboxRelay(PollingWorker):
             if len(batch) > 1 and refused:
                 alone = await asyncio.gather(*(self._deliver(topic, [row]) for row in batch))
                 return [outcome for outcomes in alone for outcome in outcomes]
+            if len(batch) > 1 and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                half = len(batch) // 2
+                return [
+                    *await self._deliver(topic, batch[:half]),
+                    *await self._deliver(topic, batch[half:]),
+                ]
             return [_Outcome(batch, f"{error.code().name}: {error.details()}", refused)]
         if destination.refused_items is None:
             return [_Outcome(batch)]

@@ -311,6 +311,46 @@ async def test_messages_of_different_chains_are_each_sent_on_behalf_of_their_own
     assert not await pending(pool, topic)
 
 
+class SlowRecorder(Recorder):
+    """A callee too slow for a call of more than two messages (of two bytes each)."""
+
+    async def record(self, request: bytes, context: Any) -> bytes:
+        if len(request) > 4:
+            await asyncio.sleep(1.0)
+        return await super().record(request, context)
+
+
+async def test_a_merged_call_that_outruns_its_deadline_goes_again_in_halves(
+    users_host: ServiceHost,
+) -> None:
+    assert users_host.context is not None
+    pool = users_host.context.pool
+    recorder = SlowRecorder()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((recorder.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    identity = CallingService("users", ServiceToken(AuthConfig(), "users"))
+    clients = ServiceClients({"users": f"127.0.0.1:{port}"}, 0.5, identity=identity)
+    topic = f"test.record_{uuid.uuid4().hex[:8]}"
+    destination = Destination("users", f"/{Recorder.SERVICE}/Record", mergeable=True)
+    relay = OutboxRelay(pool, clients, {topic: destination}, service="users")
+    try:
+        async with unit_of_work(pool) as work:
+            for n in range(1, 7):
+                work.publish(topic, f"m{n}".encode(), ("alice",))
+        await relay.relay_once()
+    finally:
+        await clients.close()
+        await server.stop(None)
+    delivered = b"".join(sorted(request for _, request in recorder.calls))
+    assert sorted(delivered[i : i + 2] for i in range(0, len(delivered), 2)) == [
+        f"m{n}".encode() for n in range(1, 7)
+    ]
+    assert all(len(request) <= 4 for _, request in recorder.calls)
+    assert not await pending(pool, topic)
+
+
 def test_merged_payloads_parse_as_one_request_holding_every_event() -> None:
     batch = EventBatch("users", per_request=1)
     for _ in range(3):
