@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf import timestamp_pb2
 
-from conditions import UserProfile
+from conditions import EventReads, PersonEvent, UserProfile
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.clients import ServiceClients
 from runtime.deadlines import timeout_for_call
@@ -34,6 +34,7 @@ PROFILES_PER_CALL = 1000
 # for all, as building one per document costs as much as decoding it.
 _ATTRIBUTES = json.JSONDecoder(parse_float=Decimal)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NO_EVENTS = EventReads()
 
 # A call of the users service, given its stub and timeout.
 _Call = Callable[["users_pb2_grpc.UserServiceAsyncStub", float], Awaitable[Any]]
@@ -67,6 +68,14 @@ class KnownUser:
                 stage_entered_at=_moment(message.stage_enter_time)
                 if message.HasField("stage_enter_time")
                 else None,
+                events=tuple(
+                    PersonEvent(
+                        event.event_type,
+                        _moment(event.occur_time),
+                        _ATTRIBUTES.decode(event.data_json),
+                    )
+                    for event in message.events
+                ),
             )
         return self._profile
 
@@ -177,14 +186,17 @@ class UsersClient:
             struct_to_dict(reply.user.attributes),
         )
 
-    async def profiles(self, user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, KnownUser]:
-        """Those of the users that exist, asked for in calls of PROFILES_PER_CALL at once."""
+    async def profiles(
+        self, user_ids: Iterable[uuid.UUID], events: EventReads = _NO_EVENTS
+    ) -> dict[uuid.UUID, KnownUser]:
+        """Those of the users that exist, asked for in calls of PROFILES_PER_CALL at
+        once, each with the tracked events `events` asks for."""
         wanted = list(user_ids)
         chunks = [
             wanted[start : start + PROFILES_PER_CALL]
             for start in range(0, len(wanted), PROFILES_PER_CALL)
         ]
-        replies = await asyncio.gather(*(self._profiles(chunk) for chunk in chunks))
+        replies = await asyncio.gather(*(self._profiles(chunk, events) for chunk in chunks))
         return {
             uuid.UUID(message.user_id): KnownUser(message)
             for reply in replies
@@ -192,9 +204,13 @@ class UsersClient:
         }
 
     async def _profiles(
-        self, user_ids: Sequence[uuid.UUID]
+        self, user_ids: Sequence[uuid.UUID], events: EventReads
     ) -> users_pb2.BatchGetUserProfilesResponse:
-        request = users_pb2.BatchGetUserProfilesRequest(user_ids=[str(u) for u in user_ids])
+        request = users_pb2.BatchGetUserProfilesRequest(
+            user_ids=[str(u) for u in user_ids], event_types=events.types
+        )
+        if events.since is not None:
+            set_timestamp(request.events_since, events.since)
         try:
             return await self._stub().BatchGetUserProfiles(request, timeout=self._clients.timeout())
         except grpc.aio.AioRpcError as error:

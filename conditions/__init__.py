@@ -13,6 +13,7 @@ from conditions.evaluate import (
     LeafOutcome,
     UserProfile,
 )
+from conditions.events import EventReads, PersonEvent, event_reads
 from conditions.model import AUTHORED, EXPANDED, VERSION, Condition, Dependencies
 from conditions.parse import SEGMENT, SQL, TRIGGER, Scope, parse_condition
 from conditions.references import ReferenceProblem, SegmentDefinition, resolve, size
@@ -33,13 +34,16 @@ __all__ = [
     "Context",
     "Dependencies",
     "Evaluator",
+    "EventReads",
     "LeafOutcome",
+    "PersonEvent",
     "ReferenceProblem",
     "Scope",
     "SegmentDefinition",
     "SqlCondition",
     "UserProfile",
     "compile_sql",
+    "event_reads",
     "parse_condition",
     "resolve",
     "size",

@@ -13,12 +13,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from conditions import events
+from conditions.events import PersonEvent
 from conditions.model import (
     AllOf,
     AnyOf,
     AttributeLeaf,
     Condition,
     CreatedAtLeaf,
+    EventLeaf,
     EventTypeLeaf,
     Kind,
     Node,
@@ -27,13 +30,13 @@ from conditions.model import (
     StageAgeLeaf,
     StageLeaf,
 )
+from conditions.moments import json_moment, moment_test, window_flip, within
 from conditions.patterns import compile_pattern, fold
 from conditions.values import (
     MICROSECOND,
     MISSING,
     Number,
     format_duration,
-    format_timestamp,
     json_equal,
     later,
     lookup,
@@ -52,6 +55,8 @@ class UserProfile:
     created_at: datetime
     # When the user entered their current stage; None if the history has no entry.
     stage_entered_at: datetime | None
+    # Their tracked events that the conditions evaluated read (event leaves).
+    events: tuple[PersonEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,32 @@ class Evaluator:
             return _stage_age(node)
         if isinstance(node, CreatedAtLeaf):
             return _created_at(node)
+        if isinstance(node, EventLeaf):
+            return self._event(node)
         return _event_type(node)
+
+    def _event(self, node: EventLeaf) -> _Program:
+        where = self._compile(node.where).test if node.where is not None else None
+        data_test = None
+        if where is not None:
+            data_test = lambda data, as_of: where(Context(as_of, event_data=data))  # noqa: E731
+
+        def read(context: Context) -> Any:
+            found = context.user.events if context.user is not None else ()
+            return events.moments(node, found, context.as_of, data_test)
+
+        show = lambda found, _: json_moment(events.measured(node, found))  # noqa: E731
+        if node.measure == "count":
+            holds = lambda found, _: events.count_holds(node, len(found))  # noqa: E731
+            return _leaf(read, holds, False, lambda found, _: events.count_flip(node, found), show)
+        moment = moment_test(node.op, node.value)
+        return _leaf(
+            lambda context: events.measured(node, read(context)),
+            moment.holds,
+            node.op.negated,
+            moment.flip,
+            lambda value, _: json_moment(value),
+        )
 
     def _segment(self, node: SegmentRef) -> _Program:
         if node.condition is None:
@@ -321,7 +351,7 @@ def _attribute(node: AttributeLeaf) -> _Program:
         return _leaf(read, _CHANGE_TESTS[op](value), negated, show=_show_change)
     if node.op.kind is Kind.DURATION:
         duration: timedelta = value
-        return _leaf(read, _within(duration), negated, _window_flip(duration))
+        return _leaf(read, within(duration), negated, window_flip(duration))
     if op in _LIST_TESTS:
         return _leaf(read, _LIST_TESTS[op](value), negated)
     holds = _VALUE_TESTS[op](value, ci)
@@ -512,34 +542,6 @@ def _json(value: Any) -> Any:
     return None if value is MISSING else value
 
 
-# Time: a moment within the last `duration` is in [as_of - duration, as_of].
-
-
-def _within(duration: timedelta) -> Callable[[Any, Context], bool]:
-    def holds(value: Any, context: Context) -> bool:
-        moment = value if isinstance(value, datetime) else parse_timestamp(value)
-        return moment is not None and context.as_of - duration <= moment <= context.as_of
-
-    return holds
-
-
-def _window_flip(duration: timedelta) -> Callable[[Any, Context], datetime | None]:
-    """When a moment enters the window (it is in the future) or leaves it."""
-    leaves_after = duration + MICROSECOND
-
-    def flip(value: Any, context: Context) -> datetime | None:
-        moment = value if isinstance(value, datetime) else parse_timestamp(value)
-        if moment is None:
-            return None
-        if moment > context.as_of:
-            return moment
-        if moment >= context.as_of - duration:
-            return later(moment, leaves_after)
-        return None
-
-    return flip
-
-
 def _read_stage(context: Context) -> Any:
     return context.user.stage if context.user is not None else MISSING
 
@@ -590,20 +592,11 @@ def _read_created(context: Context) -> Any:
 
 
 def _created_at(node: CreatedAtLeaf) -> _Program:
-    def show(created: Any, _: Context) -> Any:
-        return MISSING if created is MISSING else format_timestamp(created)
-
-    negated = node.op.negated
-    if node.duration is not None:
-        window = node.duration
-        return _leaf(_read_created, _within(window), negated, _window_flip(window), show)
-    limit = node.moment
-    assert limit is not None
-    if node.op.name == "before":
-        holds = lambda created, _: created is not MISSING and created < limit  # noqa: E731
-    else:
-        holds = lambda created, _: created is not MISSING and created > limit  # noqa: E731
-    return _leaf(_read_created, holds, negated, show=show)
+    value = node.duration if node.duration is not None else node.moment
+    assert value is not None
+    moment = moment_test(node.op, value)
+    show = lambda created, _: json_moment(created)  # noqa: E731
+    return _leaf(_read_created, moment.holds, node.op.negated, moment.flip, show)
 
 
 def _event_type(node: EventTypeLeaf) -> _Program:

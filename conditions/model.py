@@ -82,6 +82,13 @@ STAGE_OPERATORS = ("eq", "neq", "in", "not_in")
 STAGE_AGE_OPERATORS = ("gt", "gte", "lt", "lte")
 CREATED_AT_OPERATORS = ("before", "after", "within_last", "not_within_last")
 EVENT_TYPE_OPERATORS = ("eq", "neq", "in", "not_in", "starts_with")
+COUNT_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte")
+EVENT_TIME_OPERATORS = CREATED_AT_OPERATORS
+EVENT_MEASURES = ("count", "first", "last")
+MAX_EVENT_COUNT = 10000
+# The longest window an event leaf may look back: the users service keeps each
+# person's events at least this long (LIFECYCLE_USERS_EVENT_RETENTION_DAYS).
+EVENT_RETENTION = timedelta(days=400)
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,36 @@ class EventTypeLeaf(Leaf):
 
 
 @dataclass(frozen=True)
+class EventWindow:
+    """Which of a person's events a count reads, besides those not yet happened:
+    the last `last` before as_of, or those from `since` (to `until`, inclusive)."""
+
+    last: timedelta | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventLeaf(Leaf):
+    """A person's tracked events of a type (or a `prefix.*` family) whose data
+    match `where`: how many there are in `window` (`measure` "count", `value` an
+    int), or when the first or last one happened (a datetime or a timedelta)."""
+
+    event_type: str
+    prefix: bool
+    where: Node | None
+    measure: str
+    op: Operator
+    value: Any
+    window: EventWindow
+
+    def matches_type(self, event_type: str) -> bool:
+        if self.prefix:
+            return event_type.startswith(self.event_type)
+        return event_type == self.event_type
+
+
+@dataclass(frozen=True)
 class SegmentRef(Leaf):
     segment_id: uuid.UUID
     # The referenced segment, once resolved: its stages and condition.
@@ -183,6 +220,7 @@ Node = (
     | StageAgeLeaf
     | CreatedAtLeaf
     | EventTypeLeaf
+    | EventLeaf
     | SegmentRef
 )
 
@@ -205,6 +243,9 @@ class Condition:
             elif isinstance(node, SegmentRef) and node.condition is not None:
                 stack.append(node.condition.root)
 
+    def event_leaves(self) -> list[EventLeaf]:
+        return [node for node in self.nodes() if isinstance(node, EventLeaf)]
+
     def segment_ids(self) -> set[uuid.UUID]:
         return {n.segment_id for n in self.nodes() if isinstance(n, SegmentRef)}
 
@@ -216,15 +257,18 @@ class Condition:
     def dependencies(self) -> Dependencies:
         """What a change must touch for this condition's answer to change."""
         keys: set[str] = set()
+        events: set[str] = set()
         stage = False
         for node in self.nodes():
-            if isinstance(node, AttributeLeaf) and node.source == "user":
+            if isinstance(node, EventLeaf):
+                events.add(node.event_type + ("*" if node.prefix else ""))
+            elif isinstance(node, AttributeLeaf) and node.source == "user":
                 keys.add(node.keys[0])
             elif isinstance(node, StageLeaf | StageAgeLeaf) or (
                 isinstance(node, SegmentRef) and node.stages
             ):
                 stage = True
-        return Dependencies(frozenset(keys), stage)
+        return Dependencies(frozenset(keys), stage, frozenset(events))
 
 
 @dataclass(frozen=True)
@@ -233,6 +277,14 @@ class Dependencies:
     attribute_keys: frozenset[str]
     # Whether it reads the stage (or the time in it).
     stage: bool
+    # The event types its event leaves read: exact, or a prefix ending in "*".
+    event_types: frozenset[str] = frozenset()
+
+    def reads_event(self, event_type: str) -> bool:
+        return any(
+            event_type.startswith(kind[:-1]) if kind.endswith("*") else event_type == kind
+            for kind in self.event_types
+        )
 
 
 def _node_json(node: Node) -> dict[str, Any]:

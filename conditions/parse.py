@@ -16,9 +16,13 @@ from typing import Any
 
 from conditions.model import (
     AUTHORED,
+    COUNT_OPERATORS,
     CREATED_AT_OPERATORS,
+    EVENT_MEASURES,
+    EVENT_RETENTION,
     EVENT_TYPE_OPERATORS,
     EXPANDED,
+    MAX_EVENT_COUNT,
     OPERATORS,
     STAGE_AGE_OPERATORS,
     STAGE_OPERATORS,
@@ -28,7 +32,9 @@ from conditions.model import (
     AttributeLeaf,
     Condition,
     CreatedAtLeaf,
+    EventLeaf,
     EventTypeLeaf,
+    EventWindow,
     Kind,
     Limits,
     Node,
@@ -47,7 +53,11 @@ from runtime.stages import STAGES
 # arrays in PostgreSQL's #> and not in Python, so keys start with a letter or _.
 PATH_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 MAX_TEXT_LENGTH = 1024
-_NODE_KEYS = ("all", "any", "not", "attr", "stage", "stage_age", "created_at", "event_type")
+_NODE_KEYS = (
+    "all", "any", "not", "attr", "stage", "stage_age", "created_at", "event_type", "event",
+)  # fmt: skip
+# What an event leaf's `where` may hold: nodes over the event's data.
+_EVENT_DATA_KEYS = ("all", "any", "not", "attr")
 _NODE_KEYS_WITH_SEGMENTS = (*_NODE_KEYS, "in_segment")
 _LEAF_KEYS = {"attr", "op", "value", "ci", "src"}
 
@@ -63,6 +73,8 @@ class Scope:
     # Why an in_segment leaf is refused where `segments` is false.
     no_segments: str = "in_segment is resolved by the segments service, not here"
     limits: Limits = AUTHORED
+    # A person's tracked events (event leaves), which the users service keeps.
+    person_events: bool = True
 
 
 SEGMENT = Scope(segments=True)
@@ -72,6 +84,7 @@ TRIGGER = Scope(
     events=True,
     no_segments="in_segment is not available in triggers: trigger on segment.entered"
     " with a condition on the event's segment_id instead",
+    person_events=False,
 )
 # What the users service runs in SQL: user leaves only, references inlined.
 SQL = Scope(limits=EXPANDED)
@@ -98,6 +111,8 @@ class _Parser:
         self.scope = scope
         self.violations = violations
         self.nodes = 0
+        # Inside an event leaf's `where`: nodes read the event's data.
+        self.event_data = False
         # Each list of allowed values, by where it was said.
         self.listed: dict[tuple[str, ...], str] = {}
 
@@ -137,8 +152,10 @@ class _Parser:
         if not isinstance(data, dict):
             self.add(location, "must be an object")
             return None
-        allowed = _NODE_KEYS_WITH_SEGMENTS if self.scope.segments else _NODE_KEYS
-        if "in_segment" in data and not self.scope.segments:
+        allowed: tuple[str, ...] = _NODE_KEYS_WITH_SEGMENTS if self.scope.segments else _NODE_KEYS
+        if self.event_data:
+            allowed = _EVENT_DATA_KEYS
+        elif "in_segment" in data and not self.scope.segments:
             self.add(_join(location, "in_segment"), self.scope.no_segments)
             return None
         kinds = [key for key in allowed if key in data]
@@ -149,6 +166,8 @@ class _Parser:
         kind = kinds[0]
         if kind == "attr":
             return self.attribute(data, location)
+        if kind == "event":
+            return self.event(data, location, depth)
         if kind not in ("all", "any") and len(data) != 1:
             extra = sorted(set(data) - {kind})
             self.add(location, f"has unknown keys {extra}")
@@ -255,6 +274,102 @@ class _Parser:
             location, data, op in ("neq", "not_in"), op == "starts_with", tuple(values)
         )
 
+    def event(self, data: dict[str, Any], location: str, depth: int) -> Node | None:
+        at = _join(location, "event")
+        if not self.scope.person_events:
+            self.add(at, "event leaves (a person's tracked events) are not available here yet")
+            return None
+        if len(data) != 1:
+            self.add(location, f"has unknown keys {sorted(set(data) - {'event'})}")
+            return None
+        spec = data["event"]
+        if not isinstance(spec, dict):
+            self.add(at, 'must be {"type": ..., "count" | "first" | "last": ...}')
+            return None
+        unknown = set(spec) - {"type", "where", "window", *EVENT_MEASURES}
+        measures = [key for key in EVENT_MEASURES if key in spec]
+        if unknown or len(measures) != 1:
+            problem = f"must have a type and exactly one of count, first, last{_unknown(unknown)}"
+            self.add(at, problem)
+            return None
+        measure = measures[0]
+        kind = self.event_kind(spec.get("type"), _join(at, "type"))
+        where = self.event_where(spec, at, depth)
+        window = self.event_window(spec, at, measure)
+        compared = self.event_measure(spec[measure], _join(at, measure), measure)
+        if kind is None or where is _INVALID or window is None or compared is None:
+            return None
+        op, value = compared
+        return EventLeaf(location, data, *kind, where, measure, op, value, window)
+
+    def event_kind(self, raw: Any, at: str) -> tuple[str, bool] | None:
+        prefix = isinstance(raw, str) and raw.endswith(".*")
+        name = raw[:-1] if prefix else raw
+        if not isinstance(name, str) or not 0 < len(name) <= 255 or "*" in name:
+            self.add(at, "must be an event type like purchase, or a family like billing.*")
+            return None
+        return name, prefix
+
+    def event_where(self, spec: dict[str, Any], at: str, depth: int) -> Any:
+        if "where" not in spec:
+            return None
+        self.event_data = True
+        try:
+            # Two levels of nesting on the wire: the leaf's object, then where's.
+            where = self.node(spec["where"], _join(at, "where"), depth + 2)
+        finally:
+            self.event_data = False
+        return _INVALID if where is None else where
+
+    def event_window(self, spec: dict[str, Any], at: str, measure: str) -> EventWindow | None:
+        if "window" not in spec:
+            return EventWindow()
+        at = _join(at, "window")
+        raw = spec["window"]
+        if measure != "count":
+            self.add(at, "applies to count: first and last read every event kept")
+            return None
+        if not isinstance(raw, dict) or len(raw) != 1 or set(raw) - {"last", "since", "between"}:
+            self.add(at, 'must be {"last": "P30D"}, {"since": time} or {"between": [time, time]}')
+            return None
+        ((form, value),) = raw.items()
+        at = _join(at, form)
+        if form == "last":
+            last = self.duration(value, at)
+            if last is not None and last > EVENT_RETENTION:
+                self.add(at, f"must be at most P{EVENT_RETENTION.days}D, how long events are kept")
+                return None
+            return EventWindow(last=last) if last is not None else None
+        if form == "since":
+            since = self.timestamp(value, at)
+            return EventWindow(since=since) if since is not None else None
+        if not isinstance(value, list) or len(value) != 2:
+            self.add(at, "must be [since, until], two timestamps")
+            return None
+        since, until = (self.timestamp(item, f"{at}[{i}]") for i, item in enumerate(value))
+        if since is None or until is None:
+            return None
+        if since > until:
+            self.add(at, "since must not be after until")
+            return None
+        return EventWindow(since=since, until=until)
+
+    def event_measure(self, spec: Any, at: str, measure: str) -> tuple[Operator, Any] | None:
+        if not isinstance(spec, dict) or set(spec) != {"op", "value"}:
+            self.add(at, 'must be {"op": ..., "value": ...}')
+            return None
+        if measure != "count":
+            moment = self.created_at(spec, at, "", {})
+            if not isinstance(moment, CreatedAtLeaf):
+                return None
+            return moment.op, moment.moment if moment.duration is None else moment.duration
+        op = self.operator_name(spec, at, COUNT_OPERATORS)
+        value = spec.get("value")
+        if type(value) is not int or not 0 <= value <= MAX_EVENT_COUNT:
+            self.add(_join(at, "value"), f"must be a whole number from 0 to {MAX_EVENT_COUNT}")
+            return None
+        return (OPERATORS[op], value) if op is not None else None
+
     def segment_reference(self, data: dict[str, Any], location: str) -> Node | None:
         if len(data) != 1:
             self.add(location, f"has unknown keys {sorted(set(data) - {'in_segment'})}")
@@ -272,10 +387,15 @@ class _Parser:
             self.add(location, f"has unknown keys {sorted(unknown)}")
             return None
         source = data.get("src", "user")
+        if self.event_data:
+            if "src" in data:
+                self.add(_join(location, "src"), "is not allowed in where: it reads event data")
+                return None
+            source = "event"
         if source not in ("user", "event"):
             self.add(_join(location, "src"), "must be user or event")
             return None
-        if source == "event" and not self.scope.events:
+        if source == "event" and not (self.scope.events or self.event_data):
             self.add(_join(location, "src"), "event leaves only make sense per event (triggers)")
             return None
         keys = self.path(data["attr"], _join(location, "attr"))
@@ -300,8 +420,11 @@ class _Parser:
         if operator.change and not self.scope.events:
             self.add(at, f"{operator.name} compares an attribute change: triggers only")
             return None
-        if operator.change and data.get("src", "user") != "user":
+        if operator.change and (data.get("src", "user") != "user" or self.event_data):
             self.add(at, f"{operator.name} applies to user attributes")
+            return None
+        if operator.kind is Kind.DURATION and self.event_data:
+            self.add(at, f"{operator.name} is not allowed in where: use the event leaf's window")
             return None
         return operator
 
@@ -419,6 +542,10 @@ class _Parser:
 
 
 _INVALID = object()
+
+
+def _unknown(keys: set[str]) -> str:
+    return f"; unknown keys {sorted(keys)}" if keys else ""
 
 
 def _folded(text: str | None, ci: bool) -> str | None:

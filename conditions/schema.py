@@ -15,8 +15,12 @@ from typing import Any
 
 from conditions.model import (
     AUTHORED,
+    COUNT_OPERATORS,
     CREATED_AT_OPERATORS,
+    EVENT_MEASURES,
+    EVENT_TIME_OPERATORS,
     EVENT_TYPE_OPERATORS,
+    MAX_EVENT_COUNT,
     OPERATORS,
     STAGE_AGE_OPERATORS,
     STAGE_OPERATORS,
@@ -116,6 +120,60 @@ def _special(name: str, ops: tuple[str, ...], value: dict[str, Any], root: bool)
     return _object({name: spec}, [name], root)
 
 
+def _event_leaf(root: bool) -> dict[str, Any]:
+    """A person's events: a count in a window, or the first or last time."""
+    compare = {"op": {"enum": list(COUNT_OPERATORS)}, "value": {
+        "type": "integer", "minimum": 0, "maximum": MAX_EVENT_COUNT,
+    }}  # fmt: skip
+    moment = _object(
+        {"op": {"enum": list(EVENT_TIME_OPERATORS)}, "value": {"oneOf": [_TIMESTAMP, _DURATION]}},
+        ["op", "value"],
+        root=False,
+    )
+    window = {
+        "oneOf": [
+            _object({"last": _DURATION}, ["last"], root=False),
+            _object({"since": _TIMESTAMP}, ["since"], root=False),
+            _object(
+                {"between": {"type": "array", "prefixItems": [_TIMESTAMP, _TIMESTAMP],
+                             "minItems": 2, "maxItems": 2}},
+                ["between"],
+                root=False,
+            ),
+        ]
+    }  # fmt: skip
+    spec = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "pattern": r"^[^*]{1,255}$|^[^*]{1,254}\.\*$"},
+            "where": {"$ref": "#/$defs/event_data"},
+            "window": window,
+            "count": _object(compare, ["op", "value"], root=False),
+            "first": moment,
+            "last": moment,
+        },
+        "required": ["type"],
+        "additionalProperties": False,
+        "oneOf": [{"required": [measure]} for measure in EVENT_MEASURES],
+    }
+    return _object({"event": spec}, ["event"], root)
+
+
+def _event_data() -> dict[str, Any]:
+    """An event leaf's `where`: attribute leaves over the event's data."""
+    node = {"$ref": "#/$defs/event_data"}
+    leaf = _attribute_leaf(root=False)
+    leaf = {**leaf, "properties": {k: v for k, v in leaf["properties"].items() if k != "src"}}
+    variants = {
+        "all": _object({"all": {"type": "array", "items": node}}, ["all"], False),
+        "any": _object({"any": {"type": "array", "items": node}}, ["any"], False),
+        "not": _object({"not": node}, ["not"], False),
+        "attr": leaf,
+    }
+    cases = [({"required": [key]}, variant) for key, variant in variants.items()]
+    return {"type": "object", **_chain(cases, {"not": {}})}
+
+
 def _node(root: bool) -> dict[str, Any]:
     node = {"$ref": "#/$defs/node"}
     stage = {"enum": list(STAGES)}
@@ -143,6 +201,7 @@ def _node(root: bool) -> dict[str, Any]:
         "in_segment": _object(
             {"in_segment": {"type": "string", "format": "uuid"}}, ["in_segment"], root
         ),
+        "event": _event_leaf(root),
     }
     cases = [({"required": [key]}, variant) for key, variant in variants.items()]
     return {"type": "object", **_chain(cases, {"not": {}})}
@@ -154,7 +213,7 @@ SCHEMA: dict[str, Any] = {
     "title": f"lifecycle-ops condition, version {VERSION}",
     "description": "See docs/conditions.md.",
     **_node(root=True),
-    "$defs": {"node": _node(root=False)},
+    "$defs": {"node": _node(root=False), "event_data": _event_data()},
 }
 
 if __name__ == "__main__":

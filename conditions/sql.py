@@ -42,6 +42,7 @@ from conditions.model import (
     AttributeLeaf,
     Condition,
     CreatedAtLeaf,
+    EventLeaf,
     EventTypeLeaf,
     Kind,
     Node,
@@ -136,6 +137,9 @@ class _Compiler:
     # Each moment a window reads: its lateral's alias and the test of its text.
     moments: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
     _as_of_param: str = ""
+    # The JSON document attribute leaves read: the user's attributes, or an
+    # event's data inside an event leaf's `where`.
+    document: str = ATTRIBUTES
 
     def param(self, value: Any, cast: str) -> str:
         self.params.append(value)
@@ -169,6 +173,8 @@ class _Compiler:
             return self.stage_age(node)
         if isinstance(node, CreatedAtLeaf):
             return self.created_at(node)
+        if isinstance(node, EventLeaf):
+            return self.event(node)
         return self.refuse(node, "event_type leaves are evaluated per event and cannot run in SQL")
 
     def refuse(self, node: EventTypeLeaf | AttributeLeaf | SegmentRef, message: str) -> NoReturn:
@@ -185,7 +191,8 @@ class _Compiler:
         return _all_of([stage, inner])
 
     def attribute(self, node: AttributeLeaf) -> _Compiled:
-        if node.source != "user" or node.op.change:
+        event_data = node.source == "event" and self.document != ATTRIBUTES
+        if not (node.source == "user" or event_data) or node.op.change:
             self.refuse(node, "event and change leaves are evaluated per event, not in SQL")
         clause = self.positive(node)
         return _negation(clause) if node.op.negated else clause
@@ -210,7 +217,7 @@ class _Compiler:
             return "(" + " OR ".join(self.contains(keys, f"[{_json_text(v)}]") for v in value) + ")"
         if op == "has_all":
             return self.contains(keys, "[" + ",".join(map(_json_text, value)) + "]")
-        found = f"({ATTRIBUTES} #> {self.param(list(keys), 'text[]')})"
+        found = f"({self.document} #> {self.param(list(keys), 'text[]')})"
         if op == "exists":
             return f"coalesce(jsonb_typeof({found}) <> 'null', false)"
         if node.op.kind in (Kind.NUMBER, Kind.RANGE):
@@ -250,7 +257,7 @@ class _Compiler:
         document = leaf_json
         for key in reversed(keys):
             document = "{" + json.dumps(key) + ":" + document + "}"
-        return f"({ATTRIBUTES} @> {self.param(document, 'text::jsonb')})"
+        return f"({self.document} @> {self.param(document, 'text::jsonb')})"
 
     def numeric(self, op: str, found: str, value: Any) -> str:
         # The type guard matters: jsonb orders across types ('true' > '30').
@@ -296,6 +303,71 @@ class _Compiler:
         # The window's start only moves on: a moment behind it stays behind it.
         return _Compiled(test, flip, f"({moment} >= {since})")
 
+    def event(self, node: EventLeaf) -> _Compiled:
+        """The person's events the leaf reads, counted (and, for a `last` window,
+        listed newest first, for the flip) or their first and last moments, in
+        a lateral subquery over `user_events` (its index on (user, type, time))."""
+        alias = f"events_{len(self.joins)}"
+        now, window = self.now(), node.window
+        kind = "starts_with(e.event_type, {})" if node.prefix else "e.event_type = {}"
+        tests = [kind.format(self.param(node.event_type, "text")), f"e.occurred_at <= {now}"]
+        since = self.as_of - window.last if window.last is not None else window.since
+        if since is not None:
+            tests.append(f"e.occurred_at >= {self.param(since, 'timestamptz')}")
+        if window.until is not None:
+            tests.append(f"e.occurred_at <= {self.param(window.until, 'timestamptz')}")
+        if node.where is not None:
+            data = _Compiler(self.as_of, self.request_field, self.first, self.params)
+            data.document = "e.data"
+            tests.append(data.node(node.where).test)
+        newest = ", array_agg(e.occurred_at ORDER BY e.occurred_at DESC) AS newest"
+        self.joins.append(
+            "CROSS JOIN LATERAL (SELECT count(*) AS n, min(e.occurred_at) AS first,"
+            f" max(e.occurred_at) AS last{newest if window.last is not None else ''}"
+            f" FROM user_events e WHERE e.user_id = u.id AND {' AND '.join(tests)}) {alias}"
+        )
+        # The people with at least so many of these events, as one aggregate
+        # over them: a hashed set the users scan filters by before any lateral.
+        least = _least_count(node)
+        having = None
+        if least:
+            having = (
+                f"u.id IN (SELECT e.user_id FROM user_events e WHERE {' AND '.join(tests)}"
+                f" GROUP BY e.user_id HAVING count(*) >= {self.param(least, 'integer')})"
+            )
+        if node.measure != "count":
+            moment = f"{alias}.{node.measure}"
+            if isinstance(node.value, timedelta):
+                clause = self.window(moment, node.value)
+            else:
+                symbol = "<" if node.op.name == "before" else ">"
+                limit = self.param(node.value, "timestamptz")
+                clause = _Compiled(f"coalesce({moment} {symbol} {limit}, false)")
+            return _negation(clause) if node.op.negated else clause
+        counted = self.count(node, alias)
+        if having is None:
+            return counted
+        return _Compiled(f"({having} AND {counted.test})", counted.flip, having)
+
+    def count(self, node: EventLeaf, alias: str) -> _Compiled:
+        symbol = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+        n = self.param(node.value, "integer")
+        test = f"({alias}.n {symbol[node.op.name]} {n})"
+        if node.window.last is None:
+            return _Compiled(test)
+        # conditions.events.threshold: the rank of the event whose exit flips it.
+        if node.op.name in ("eq", "neq"):
+            rank = f"CASE WHEN {alias}.n > {n} THEN {n} + 1 ELSE {n} END"
+        else:
+            rank = f"{n} + 1" if node.op.name in ("gt", "lte") else n
+        leaves = f"({alias}.newest[{rank}] + {self.micros(node.window.last + MICROSECOND)})"
+        now, never = self.now(), f"CASE WHEN {test} THEN {_NEVER} ELSE {_FAILS_FOR_EVER} END"
+        flip = (
+            f"CASE WHEN {leaves} IS NULL THEN {never}"
+            f" WHEN {test} THEN {leaves} - {now} ELSE {now} - {leaves} END"
+        )
+        return _Compiled(test, flip)
+
     def stage_age(self, node: StageAgeLeaf) -> _Compiled:
         if STAGE_ENTRY_JOIN not in self.joins:
             self.joins.append(STAGE_ENTRY_JOIN)
@@ -325,6 +397,15 @@ class _Compiler:
             symbol = "<" if node.op.name == "before" else ">"
             clause = _Compiled(f"({CREATED_AT} {symbol} {self.param(node.moment, 'timestamptz')})")
         return _negation(clause) if node.op.negated else clause
+
+
+def _least_count(node: EventLeaf) -> int:
+    """How many of its events a person needs for a count leaf to hold, now or
+    later (counts only fall as time passes); 0 when none are needed."""
+    if node.measure != "count":
+        return 0
+    n: int = node.value
+    return {"gte": n, "gt": n + 1, "eq": n}.get(node.op.name, 0)
 
 
 def _joined(operator: str, tests: list[str], empty: str) -> str:

@@ -9,7 +9,7 @@ import bisect
 import itertools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from conditions import (
@@ -24,6 +24,7 @@ from conditions import (
     resolve,
     size,
 )
+from conditions.model import EventLeaf
 from runtime.errors import InvalidArgument, NotFound, Violations
 from runtime.structs import JsonObject
 
@@ -145,13 +146,16 @@ class CompiledSegment:
     condition: Condition
     evaluator: Evaluator
     dependencies: Dependencies
+    # What it reads of people's events: their profiles must carry those.
+    event_leaves: tuple[EventLeaf, ...] = ()
 
     @classmethod
     def of(cls, segment: Segment, condition: Condition) -> CompiledSegment:
         dependencies = condition.dependencies()
         if segment.stages:
-            dependencies = Dependencies(dependencies.attribute_keys, stage=True)
-        return cls(segment, condition, Evaluator(condition), dependencies)
+            dependencies = replace(dependencies, stage=True)
+        leaves = tuple(condition.event_leaves())
+        return cls(segment, condition, Evaluator(condition), dependencies, leaves)
 
     def stage_matches(self, profile: UserProfile) -> bool:
         return not self.segment.stages or profile.stage in self.segment.stages
@@ -167,9 +171,14 @@ class CompiledSegment:
         cap = as_of + ttl
         return Verdict(member, min(flip, cap) if flip is not None else cap)
 
-    def concerns(self, attribute_keys: Iterable[str], stage_changed: bool) -> bool:
-        """Whether a change of these attributes (or of the stage) may change membership."""
+    def concerns(
+        self, attribute_keys: Iterable[str], stage_changed: bool, event_types: Iterable[str] = ()
+    ) -> bool:
+        """Whether a change of these attributes (or of the stage), or new events of
+        these types, may change membership."""
         if stage_changed and self.dependencies.stage:
+            return True
+        if any(map(self.dependencies.reads_event, event_types)):
             return True
         return not self.dependencies.attribute_keys.isdisjoint(attribute_keys)
 
@@ -183,9 +192,13 @@ class UserChange:
     stage_changed: bool = False
     # New users, expired memberships and explicit requests: every segment.
     everything: bool = False
+    # Types of the tracked events the users service recorded for the user.
+    event_types: frozenset[str] = frozenset()
 
     def concerns(self, segment: CompiledSegment) -> bool:
-        return self.everything or segment.concerns(self.attribute_keys, self.stage_changed)
+        return self.everything or segment.concerns(
+            self.attribute_keys, self.stage_changed, self.event_types
+        )
 
     def merge(self, other: UserChange) -> UserChange:
         return UserChange(
@@ -193,6 +206,7 @@ class UserChange:
             self.attribute_keys | other.attribute_keys,
             self.stage_changed or other.stage_changed,
             self.everything or other.everything,
+            self.event_types | other.event_types,
         )
 
 

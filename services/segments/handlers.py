@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from conditions import Condition, Context, LeafOutcome, UserProfile
+from conditions import Condition, Context, EventReads, LeafOutcome, UserProfile, event_reads
 from runtime import idempotency, tombstones
 from runtime.clock import Clock
 from runtime.database import Executor, UnitOfWork, connection, transaction
@@ -431,7 +431,8 @@ class Memberships:
             return 0, 0
         await store.lock_for_writes(uow.conn, {s.segment.id for ss in wanted.values() for s in ss})
         erased = await tombstones.erased_among(uow.conn, list(wanted))
-        known = await self._users.profiles([u for u in wanted if u not in erased])
+        reads = self._event_reads({s.segment.id: s for ss in wanted.values() for s in ss}.values())
+        known = await self._users.profiles([u for u in wanted if u not in erased], reads)
         profiles = {user_id: user.profile for user_id, user in known.items()}
         # Users the users service no longer has are being erased: they belong to
         # no segment (quietly: no events about them), whatever their erase's delay.
@@ -502,17 +503,26 @@ class Memberships:
                 raise segment_not_found(segment_id)
             # A refresh in progress will write this user too: answer without caching.
             locked = await store.lock_for_writes(uow.conn, [segment_id], wait=False)
-            profile = await self._profile(uow.conn, user_id)
+            profile = await self._profile(uow.conn, user_id, compiled)
             as_of = self._clock.now()
             verdict = compiled.verdict(profile, as_of, self._settings.membership_ttl)
             if locked:
                 await self._write(uow, {(user_id, segment_id): verdict}, as_of)
         return CheckOutcome(verdict.member, as_of, verdict.valid_until, False)
 
-    async def _profile(self, conn: Executor, user_id: uuid.UUID) -> UserProfile:
+    def _event_reads(self, segments: Iterable[CompiledSegment]) -> EventReads:
+        """The events the segments' event leaves read, from a moment no later than
+        the `as_of` they are evaluated at (taken after the profiles are read)."""
+        leaves = (leaf for segment in segments for leaf in segment.event_leaves)
+        return event_reads(leaves, self._clock.now())
+
+    async def _profile(
+        self, conn: Executor, user_id: uuid.UUID, segment: CompiledSegment
+    ) -> UserProfile:
         if await tombstones.erased_among(conn, [user_id]):
             raise user_not_found(user_id)
-        user = (await self._users.profiles([user_id])).get(user_id)
+        reads = self._event_reads([segment])
+        user = (await self._users.profiles([user_id], reads)).get(user_id)
         if user is None:
             raise user_not_found(user_id)
         return user.profile
@@ -521,7 +531,7 @@ class Memberships:
         async with connection(self._context.pool) as conn:
             await self._compiled.load(conn)
             compiled = self._compiled.compile(segment_id)
-            profile = await self._profile(conn, user_id)
+            profile = await self._profile(conn, user_id, compiled)
         as_of = self._clock.now()
         verdict = compiled.verdict(profile, as_of, self._settings.membership_ttl)
         leaves = compiled.evaluator.explain(Context(as_of=as_of, user=profile))

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from clients.users import KnownUser, UserMatches
+from conditions import EventReads
 from runtime.structs import JsonObject
 
 
@@ -38,6 +39,8 @@ class Users(Protocol):
         """How many users the condition selects at `as_of`."""
         ...
 
-    async def profiles(self, user_ids: Iterable[uuid.UUID]) -> Mapping[uuid.UUID, KnownUser]:
-        """Those of the users that exist."""
+    async def profiles(
+        self, user_ids: Iterable[uuid.UUID], events: EventReads = ...
+    ) -> Mapping[uuid.UUID, KnownUser]:
+        """Those of the users that exist, each with the tracked events `events` asks for."""
         ...

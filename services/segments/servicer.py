@@ -319,6 +319,7 @@ class SegmentServicer(segments_pb2_grpc.SegmentServiceServicer):
                 frozenset(change.attribute_keys),
                 change.stage_changed,
                 change.created,
+                frozenset(change.event_types),
             )
             for i, change in enumerate(request.changes)
         ]

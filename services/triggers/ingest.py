@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 import asyncpg
 from google.protobuf import struct_pb2
 
+from lifecycle.users.v1 import users_pb2
 from lifecycle.workflows.v1 import workflows_pb2
 from runtime import tombstones
 from runtime.clients import GRPC_SERVICES
@@ -40,6 +41,7 @@ from runtime.lifecycle_events import TRACKED_PREFIX, EventBatch, new_event_id
 from runtime.outbox import Destination
 from runtime.pacing import Pacer
 from runtime.server import ServiceContext
+from runtime.structs import set_timestamp
 from services.triggers import store
 from services.triggers.domain import (
     INTERNAL_ERROR,
@@ -73,7 +75,16 @@ def _refused_messages(answer: bytes) -> dict[int, str]:
 
 
 PUBLISH_MESSAGES = "workflows.publish_messages"
+RECORD_USER_EVENTS = "users.record_user_events"
 DESTINATIONS = {
+    # Each payload is a one-event RecordUserEventsRequest (what conditions' event
+    # leaves read, docs/architecture.md, "Who keeps what people did").
+    RECORD_USER_EVENTS: Destination(
+        "users",
+        f"/{GRPC_SERVICES['users']}/RecordUserEvents",
+        mergeable=True,
+        max_batch=1000,
+    ),
     # Each payload is a one-message PublishMessagesRequest; the relay sends many
     # as one request.
     PUBLISH_MESSAGES: Destination(
@@ -351,6 +362,7 @@ class IngestPipeline:
                 event.actors,
             )
             if event.tracked and event.user is not None:
+                uow.publish(RECORD_USER_EVENTS, _user_event_request(event), event.actors)
                 data = struct_pb2.Struct()
                 data.CopyFrom(event.data_struct)
                 data.fields["message_id"].string_value = event.message_id
@@ -363,6 +375,19 @@ class IngestPipeline:
                     actors=event.actors,
                 )
         lifecycle.publish(uow)
+
+
+def _user_event_request(event: Event) -> bytes:
+    """The event for the users service, which keeps each person's events."""
+    request = users_pb2.RecordUserEventsRequest()
+    user_event = request.events.add(
+        message_id=event.message_id,
+        user_id=str(event.user_id),
+        event_type=event.event_type,
+        data_json=event.data_json,
+    )
+    set_timestamp(user_event.occur_time, event.event_time)
+    return request.SerializeToString()
 
 
 def _erased() -> Refusal:

@@ -14,6 +14,7 @@ from conditions import Condition
 from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.structs import JsonObject, compact_json
+from services.users.events import StoredEvent
 
 MAX_EMAIL_LENGTH = 255
 MAX_ATTRIBUTES_BYTES = 64 * 1024
@@ -125,6 +126,8 @@ class Profile:
     attributes_json: str
     created_at: datetime
     stage_entered_at: datetime | None
+    # The tracked events the request asked for, oldest first.
+    events: tuple[StoredEvent, ...] = ()
 
 
 def normalize_email(raw: str, field: str, violations: Violations) -> str:

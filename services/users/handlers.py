@@ -31,7 +31,7 @@ from runtime.isolation import refusal_text, write_apart
 from runtime.lifecycle_events import EventBatch, erase_messages
 from runtime.server import ServiceContext
 from runtime.structs import dict_to_struct
-from services.users import store
+from services.users import store, store_events
 from services.users.domain import (
     DEFAULT_STAGE,
     MAX_ATTRIBUTES_BYTES,
@@ -47,6 +47,7 @@ from services.users.domain import (
     attribute_changes,
     moved_by,
 )
+from services.users.events import EventReads
 from services.users.store import MatchQuery, MergedUser
 
 PRODUCER = "users"
@@ -113,6 +114,7 @@ class Reevaluations:
         attribute_keys: Sequence[str] = (),
         stage_changed: bool = False,
         created: bool = False,
+        event_types: Sequence[str] = (),
     ) -> None:
         self._changes.append(
             segments_pb2.UserChange(
@@ -120,6 +122,7 @@ class Reevaluations:
                 attribute_keys=sorted(attribute_keys),
                 stage_changed=stage_changed,
                 created=created,
+                event_types=event_types,
             )
         )
 
@@ -422,5 +425,11 @@ class UserMatcher:
             except asyncpg.QueryCanceledError as error:
                 raise self._too_slow(error) from error
 
-    async def profiles(self, user_ids: Sequence[uuid.UUID]) -> list[Profile]:
-        return await store.get_profiles(self._context.pool, user_ids)
+    async def profiles(self, user_ids: Sequence[uuid.UUID], reads: EventReads) -> list[Profile]:
+        """The profiles, each with the events `reads` asks for. Two statements, no
+        snapshot: an event recorded between them is followed by its own
+        re-evaluation (ReevaluateUsers from RecordUserEvents) anyway."""
+        if reads.empty:
+            return await store.get_profiles(self._context.pool, user_ids)
+        async with connection(self._context.pool) as conn:
+            return await store_events.profiles_with_events(conn, user_ids, reads)

@@ -8,10 +8,13 @@ import grpc
 
 from lifecycle.users.v1 import users_pb2_grpc
 from runtime.clients import GRPC_SERVICES
+from runtime.clock import SYSTEM_CLOCK
 from runtime.lifecycle_events import ERASE_TOPICS, RECORD_EVENTS, TRACK_EVENTS, destinations
 from runtime.outbox import Destination
 from runtime.server import ServiceComponents, ServiceContext, ServiceDefinition
 from services.users.handlers import REEVALUATE_USERS, UserDirectory, UserMatcher
+from services.users.maintenance import maintenance
+from services.users.recording import UserEvents
 from services.users.servicer import UserServicer
 from services.users.settings import load_settings
 
@@ -19,7 +22,8 @@ from services.users.settings import load_settings
 async def build(context: ServiceContext) -> ServiceComponents:
     settings = load_settings()
     matcher = UserMatcher(context, settings.condition_timeout)
-    servicer = UserServicer(UserDirectory(context), matcher, context.page_tokens)
+    events = UserEvents(context, SYSTEM_CLOCK, settings.event_retention)
+    servicer = UserServicer(UserDirectory(context), matcher, context.page_tokens, events)
 
     def register(server: grpc.aio.Server) -> None:
         users_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)
@@ -42,4 +46,5 @@ DEFINITION = ServiceDefinition(
         ),
     },
     batch_items=frozenset({"lifecycle.users.v1.ImportUsersRequest.users"}),
+    maintenance=maintenance,
 )

@@ -35,6 +35,8 @@ from services.users.domain import (
     normalize_email,
 )
 from services.users.handlers import ImportSummary, UserDirectory, UserMatcher
+from services.users.recording import UserEvents
+from services.users.servicer_events import event_messages, event_reads, recorded_events
 
 Context = grpc.aio.ServicerContext[Any, Any]
 UPDATABLE = ("email", "attributes")
@@ -87,6 +89,7 @@ def profile_message(profile: Profile) -> users_pb2.UserProfile:
     )
     if profile.stage_entered_at is not None:
         set_timestamp(message.stage_enter_time, profile.stage_entered_at)
+    message.events.extend(event_messages(profile.events))
     return message
 
 
@@ -130,11 +133,16 @@ def _match_query(
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
     def __init__(
-        self, directory: UserDirectory, matcher: UserMatcher, page_tokens: PageTokens
+        self,
+        directory: UserDirectory,
+        matcher: UserMatcher,
+        page_tokens: PageTokens,
+        events: UserEvents,
     ) -> None:
         self._directory = directory
         self._matcher = matcher
         self._tokens = page_tokens
+        self._events = events
 
     async def CreateUser(
         self, request: users_pb2.CreateUserRequest, context: Context
@@ -330,11 +338,21 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.BatchGetUserProfilesResponse:
         violations = Violations()
         user_ids = _user_ids(request.user_ids, "user_ids", MAX_PROFILES, violations)
+        reads = event_reads(request, violations)
         violations.check()
-        profiles = await self._matcher.profiles(user_ids)
+        profiles = await self._matcher.profiles(user_ids, reads)
         return users_pb2.BatchGetUserProfilesResponse(
             profiles=[profile_message(profile) for profile in profiles]
         )
+
+    async def RecordUserEvents(
+        self, request: users_pb2.RecordUserEventsRequest, context: Context
+    ) -> users_pb2.RecordUserEventsResponse:
+        violations = Violations()
+        events = recorded_events(request, violations)
+        violations.check()
+        recorded = await self._events.record(events) if events else 0
+        return users_pb2.RecordUserEventsResponse(recorded_count=recorded)
 
     @staticmethod
     def _import_rows(

@@ -21,9 +21,11 @@ from conditions import (
     Context,
     Evaluator,
     compile_sql,
+    event_reads,
     parse_condition,
 )
-from services.users import store
+from services.users import store, store_events
+from services.users.events import EventReads
 from services.users.servicer import profile_message
 from tests.support import ScratchDatabase, valid_until_of
 
@@ -38,6 +40,8 @@ class StoredUser:
     created_at: datetime | None = None
     # Their stage history; None for one transition into their stage when created.
     history: tuple[Transition, ...] | None = None
+    # Their tracked events (user_events): type, when, data.
+    events: tuple[tuple[str, datetime, dict[str, Any]], ...] = ()
 
     def transitions(self, now: datetime) -> tuple[Transition, ...]:
         if self.history is not None:
@@ -89,6 +93,18 @@ async def insert_users(
             "INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at)"
             " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])",
             *map(list, zip(*history, strict=True)),
+        )
+    events = [
+        (f"{user_id}:{index}", user_id, kind, moment, json.dumps(data))
+        for user_id, user in zip(ids, users, strict=True)
+        for index, (kind, moment, data) in enumerate(user.events)
+    ]
+    if events:
+        await conn.execute(
+            "INSERT INTO user_events (message_id, user_id, event_type, occurred_at, data)"
+            " SELECT m, u, t, o, d::jsonb FROM unnest($1::text[], $2::uuid[], $3::text[],"
+            " $4::timestamptz[], $5::text[]) AS x(m, u, t, o, d)",
+            *map(list, zip(*events, strict=True)),
         )
     return ids
 
@@ -162,7 +178,9 @@ async def python_verdicts(
     members: set[uuid.UUID] = set()
     valid_until: dict[uuid.UUID, datetime] = {}
     next_entry: dict[uuid.UUID, datetime] = {}
-    for stored in await store.get_profiles(conn, ids):
+    wanted = event_reads(condition.event_leaves(), as_of)
+    reads = EventReads.of(wanted.types, wanted.since)
+    for stored in await store_events.profiles_with_events(conn, ids, reads):
         profile = KnownUser(profile_message(stored)).profile
         context = Context(as_of=as_of, user=profile)
         flip = _capped(evaluator.valid_until(context), cap)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.segments.behaviour_strategies import BEHAVIOUR_CONDITIONS, PEOPLE
 from tests.segments.engines import (
     CAP,
     StoredUser,
@@ -52,6 +53,11 @@ EXAMPLES = st.one_of(
     st.tuples(
         st.lists(TIMED_USERS, min_size=4, max_size=12),
         st.lists(TIME_CONDITIONS, min_size=1, max_size=5),
+    ),
+    # What people did: event leaves over event histories (docs/conditions.md).
+    st.tuples(
+        st.lists(PEOPLE, min_size=4, max_size=12),
+        st.lists(BEHAVIOUR_CONDITIONS, min_size=1, max_size=5),
     ),
 )
 

@@ -691,6 +691,7 @@ class UserChange(_message.Message):
     ATTRIBUTE_KEYS_FIELD_NUMBER: _builtins.int
     STAGE_CHANGED_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     stage_changed: _builtins.bool
     """The stage changed."""
@@ -700,6 +701,10 @@ class UserChange(_message.Message):
     def attribute_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Top-level attribute keys whose value changed."""
 
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Types of tracked events the users service recorded for the user."""
+
     def __init__(
         self,
         *,
@@ -707,10 +712,11 @@ class UserChange(_message.Message):
         attribute_keys: _abc.Iterable[_builtins.str] | None = ...,
         stage_changed: _builtins.bool = ...,
         created: _builtins.bool = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_keys", b"attribute_keys", "created", b"created", "stage_changed", b"stage_changed", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_keys", b"attribute_keys", "created", b"created", "event_types", b"event_types", "stage_changed", b"stage_changed", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -769,6 +769,7 @@ class UserProfile(_message.Message):
     ATTRIBUTES_JSON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STAGE_ENTER_TIME_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     lifecycle_stage: _stage_pb2.LifecycleStage.ValueType
     attributes_json: _builtins.str
@@ -783,6 +784,10 @@ class UserProfile(_message.Message):
         changed the stage.
         """
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___PersonEvent]:
+        """The tracked events the request asked for, oldest first."""
+
     def __init__(
         self,
         *,
@@ -791,32 +796,150 @@ class UserProfile(_message.Message):
         attributes_json: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         stage_enter_time: _timestamp_pb2.Timestamp | None = ...,
+        events: _abc.Iterable[Global___PersonEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "stage_enter_time", b"stage_enter_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes_json", b"attributes_json", "create_time", b"create_time", "lifecycle_stage", b"lifecycle_stage", "stage_enter_time", b"stage_enter_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes_json", b"attributes_json", "create_time", b"create_time", "events", b"events", "lifecycle_stage", b"lifecycle_stage", "stage_enter_time", b"stage_enter_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserProfile: _TypeAlias = UserProfile  # noqa: Y015
 
 @_typing.final
-class BatchGetUserProfilesRequest(_message.Message):
+class PersonEvent(_message.Message):
+    """A tracked event of a person, as condition leaves read it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    USER_IDS_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    data_json: _builtins.str
+    """The event's data: a JSON object, numbers exactly as written."""
     @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """At most 1000 UUIDs."""
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        data_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_json", b"data_json", "event_type", b"event_type", "occur_time", b"occur_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonEvent: _TypeAlias = PersonEvent  # noqa: Y015
+
+@_typing.final
+class RecordUserEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserEvent]:
+        """At most 1000."""
 
     def __init__(
         self,
         *,
-        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        events: _abc.Iterable[Global___UserEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUserEventsRequest: _TypeAlias = RecordUserEventsRequest  # noqa: Y015
+
+@_typing.final
+class UserEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The event's id at the triggers service: stored once."""
+    user_id: _builtins.str
+    event_type: _builtins.str
+    data_json: _builtins.str
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        data_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_json", b"data_json", "event_type", b"event_type", "message_id", b"message_id", "occur_time", b"occur_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserEvent: _TypeAlias = UserEvent  # noqa: Y015
+
+@_typing.final
+class RecordUserEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_COUNT_FIELD_NUMBER: _builtins.int
+    recorded_count: _builtins.int
+    """How many were new and kept."""
+    def __init__(
+        self,
+        *,
+        recorded_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded_count", b"recorded_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUserEventsResponse: _TypeAlias = RecordUserEventsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetUserProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    EVENTS_SINCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000 UUIDs."""
+
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tracked events each profile carries: those of these types (exact, or a
+        family like "billing.*"), at most 100, that happened at or after
+        `events_since` (all that are kept when unset). None when empty.
+        """
+
+    @_builtins.property
+    def events_since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        events_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["events_since", b"events_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "events_since", b"events_since", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

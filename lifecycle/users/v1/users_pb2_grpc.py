@@ -94,6 +94,11 @@ class UserServiceStub:
                 request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesResponse.FromString,
                 _registered_method=True)
+        self.RecordUserEvents = channel.unary_unary(
+                '/lifecycle.users.v1.UserService/RecordUserEvents',
+                request_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.RecordUserEventsRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.RecordUserEventsResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -193,6 +198,18 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUserEvents(self, request, context):
+        """Keeps people's tracked events, which conditions' event leaves read
+        (docs/conditions.md, "What people did"). The triggers service sends each
+        event it stores, from its outbox; idempotent on message_id. Events of users
+        who do not exist (or were erased) and events older than the retention are
+        dropped. The users whose events were kept are re-evaluated by the segments
+        service (ReevaluateUsers, with the event types).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +267,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.BatchGetUserProfiles,
                     request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesRequest.FromString,
                     response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesResponse.SerializeToString,
+            ),
+            'RecordUserEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUserEvents,
+                    request_deserializer=lifecycle_dot_users_dot_v1_dot_users__pb2.RecordUserEventsRequest.FromString,
+                    response_serializer=lifecycle_dot_users_dot_v1_dot_users__pb2.RecordUserEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -554,6 +576,33 @@ class UserService:
             '/lifecycle.users.v1.UserService/BatchGetUserProfiles',
             lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesRequest.SerializeToString,
             lifecycle_dot_users_dot_v1_dot_users__pb2.BatchGetUserProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUserEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.users.v1.UserService/RecordUserEvents',
+            lifecycle_dot_users_dot_v1_dot_users__pb2.RecordUserEventsRequest.SerializeToString,
+            lifecycle_dot_users_dot_v1_dot_users__pb2.RecordUserEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,14 @@ class UserServiceStub:
     """Counts the users matching a condition."""
     BatchGetUserProfiles: _grpc.UnaryUnaryMultiCallable[_users_pb2.BatchGetUserProfilesRequest, _users_pb2.BatchGetUserProfilesResponse]
     """What the condition evaluator reads of each user, for up to 1000 users."""
+    RecordUserEvents: _grpc.UnaryUnaryMultiCallable[_users_pb2.RecordUserEventsRequest, _users_pb2.RecordUserEventsResponse]
+    """Keeps people's tracked events, which conditions' event leaves read
+    (docs/conditions.md, "What people did"). The triggers service sends each
+    event it stores, from its outbox; idempotent on message_id. Events of users
+    who do not exist (or were erased) and events older than the retention are
+    dropped. The users whose events were kept are re-evaluated by the segments
+    service (ReevaluateUsers, with the event types).
+    """
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -127,6 +135,14 @@ class UserServiceAsyncStub(UserServiceStub):
     """Counts the users matching a condition."""
     BatchGetUserProfiles: _aio.UnaryUnaryMultiCallable[_users_pb2.BatchGetUserProfilesRequest, _users_pb2.BatchGetUserProfilesResponse]  # type: ignore[assignment]
     """What the condition evaluator reads of each user, for up to 1000 users."""
+    RecordUserEvents: _aio.UnaryUnaryMultiCallable[_users_pb2.RecordUserEventsRequest, _users_pb2.RecordUserEventsResponse]  # type: ignore[assignment]
+    """Keeps people's tracked events, which conditions' event leaves read
+    (docs/conditions.md, "What people did"). The triggers service sends each
+    event it stores, from its outbox; idempotent on message_id. Events of users
+    who do not exist (or were erased) and events older than the retention are
+    dropped. The users whose events were kept are re-evaluated by the segments
+    service (ReevaluateUsers, with the event types).
+    """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """UserService owns the users and the history of their lifecycle stages.
@@ -240,5 +256,19 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.BatchGetUserProfilesResponse, _abc.Awaitable[_users_pb2.BatchGetUserProfilesResponse]]:
         """What the condition evaluator reads of each user, for up to 1000 users."""
+
+    @_abc_1.abstractmethod
+    def RecordUserEvents(
+        self,
+        request: _users_pb2.RecordUserEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.RecordUserEventsResponse, _abc.Awaitable[_users_pb2.RecordUserEventsResponse]]:
+        """Keeps people's tracked events, which conditions' event leaves read
+        (docs/conditions.md, "What people did"). The triggers service sends each
+        event it stores, from its outbox; idempotent on message_id. Events of users
+        who do not exist (or were erased) and events older than the retention are
+        dropped. The users whose events were kept are re-evaluated by the segments
+        service (ReevaluateUsers, with the event types).
+        """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
