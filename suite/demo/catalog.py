@@ -132,6 +132,21 @@ async def set_up(suite: Suite, tag: str, day_seconds: float) -> Catalog:
             {"v": 1, "attr": "last_seen", "op": "not_within_last", "value": "P5D"},
             [stage.LIFECYCLE_STAGE_ACTIVATION, stage.LIFECYCLE_STAGE_RETENTION],
         ),
+        # What people did (docs/conditions.md): a person enters as their third
+        # login of the week is tracked and leaves as it ages out of the week.
+        "engaged this week": await _segment(
+            suite,
+            f"Engaged this week ({tag})",
+            {
+                "v": 1,
+                "event": {
+                    "type": "login",
+                    "window": {"last": "P7D"},
+                    "count": {"op": "gte", "value": 3},
+                },
+            },
+            [],
+        ),
     }
     every_time = triggers_pb2.ReentryPolicy(mode=triggers_pb2.REENTRY_MODE_EVERY_TIME)
     week = triggers_pb2.ReentryPolicy(mode=triggers_pb2.REENTRY_MODE_ONCE_PER_PERIOD)
@@ -166,6 +181,24 @@ async def set_up(suite: Suite, tag: str, day_seconds: float) -> Catalog:
             "invite",
             workflows["Referral"],
             {"v": 1, "stage": {"op": "eq", "value": "Revenue"}},
+        ),
+        await _trigger(
+            suite,
+            "The engaged are retained",
+            "segment.entered",
+            workflows["Retention"],
+            {
+                "v": 1,
+                "all": [
+                    {
+                        "src": "event",
+                        "attr": "segment_id",
+                        "op": "eq",
+                        "value": segments["engaged this week"],
+                    },
+                    {"stage": {"op": "eq", "value": "Activation"}},
+                ],
+            },
         ),
         await _trigger(
             suite,
