@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint protos venv clean lock manifests assets
+.PHONY: run test lint protos venv clean lock manifests assets screenshots
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,11 @@ assets:
 	cp $(ASSETS)/node_modules/chart.js/dist/chart.umd.min.js $(VENDOR)/
 	cd $(ASSETS)/node_modules && for license in $$(find . -maxdepth 3 -iname 'LICENSE*' -not -path '*/node_modules/*/node_modules/*'); do \
 		cp "$$license" "$(CURDIR)/$(VENDOR)/licenses/$$(dirname "$$license" | sed 's|^\./||; s|/|__|g').$$(basename "$$license")"; done
+
+# The console's screenshots in the README (docs/images/), taken by its browser
+# test over a short run of the demo.
+screenshots: venv
+	LIFECYCLE_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest -q -p no:cacheprovider tests/console/test_screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

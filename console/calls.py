@@ -5,6 +5,7 @@ deadline, and gRPC errors turned into something a person can read."""
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -71,8 +72,9 @@ class _PersonsCall(
 class Services:
     """Typed stubs of the five services, on channels opened once."""
 
-    def __init__(self, config: ConsoleConfig) -> None:
-        interceptors = [_PersonsCall(config.call_timeout)]
+    def __init__(self, config: ConsoleConfig, observers: Sequence[Any] = ()) -> None:
+        # `observers` watch every call (bench/console_bench.py times them).
+        interceptors = [_PersonsCall(config.call_timeout), *observers]
         self._channels = {
             name: open_channel(address, config.tls, interceptors=interceptors)
             for name, address in config.addresses.items()

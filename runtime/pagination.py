@@ -124,6 +124,10 @@ def parse_time_and_id(values: list[Any]) -> tuple[datetime, uuid.UUID]:
     return _moment(values[0]), uuid.UUID(values[1])
 
 
+def parse_time_and_text(values: list[Any]) -> tuple[datetime, str]:
+    return _moment(values[0]), str(values[1])
+
+
 def parse_time_and_number(values: list[Any]) -> tuple[datetime, int]:
     number = int(values[1])
     if not -(2**63) <= number < 2**63:

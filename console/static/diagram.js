@@ -42,7 +42,7 @@
         holder.append(badge("incidents", counts.incidents, "open incidents"));
         canvas.addMarker(id, "has-incident");
       }
-      overlays.add(id, { position: { bottom: -4, left: -4 }, html: holder });
+      overlays.add(id, { position: { top: -22, left: 0 }, html: holder });
     }
   }
 

@@ -116,6 +116,16 @@ class WorkflowDirectory:
         """A recurring campaign's scheduled cycle, then its latest."""
         return await self._campaigns.recent(workflow_id, limit)
 
+    async def versions(
+        self, workflow_id: uuid.UUID, cursor: tuple[datetime, str] | None, limit: int
+    ) -> list[store.VersionListed]:
+        """A page of the workflow's versions; NOT_FOUND for a workflow that does
+        not exist (every workflow has a version, so only its first page is empty)."""
+        found = await store.list_versions(self._stepper.context.pool, workflow_id, cursor, limit)
+        if not found and cursor is None:
+            raise workflow_not_found(workflow_id)
+        return found
+
     async def page(
         self,
         statuses: list[str],

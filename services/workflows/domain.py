@@ -92,6 +92,18 @@ ENDED_STATUSES = (COMPLETED, FAILED, CANCELLED)
 MAX_VARIABLES_BYTES = 65536
 
 
+@dataclass(frozen=True)
+class ExecutionFilter:
+    """Which executions a list holds (ListExecutions' filters); None or empty: any."""
+
+    workflow_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    statuses: tuple[str, ...] = ()
+    # Started at or after `started_after`, and before `started_before`.
+    started_after: datetime | None = None
+    started_before: datetime | None = None
+
+
 def variables_problems(variables: dict[str, Any]) -> list[str]:
     """What makes variables a request brings unusable: reserved names, more
     than MAX_VARIABLES_BYTES as JSON, values nested too deep."""

@@ -23,6 +23,7 @@ from services.workflows.domain import (
     ACTIVE,
     ENDED_STATUSES,
     HISTORY_LIMIT,
+    ExecutionFilter,
     ExecutionView,
     HistoryStep,
     NewMessage,
@@ -218,15 +219,10 @@ class Executions:
         return found
 
     async def page(
-        self,
-        workflow_id: uuid.UUID | None,
-        user_id: uuid.UUID | None,
-        statuses: list[str],
-        cursor: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, where: ExecutionFilter, cursor: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[ExecutionView]:
         return await store.list_executions(
-            self._stepper.context.pool, workflow_id, user_id, statuses, cursor=cursor, limit=limit
+            self._stepper.context.pool, where, cursor=cursor, limit=limit
         )
 
     # ------------------------------------------------------------ cancel

@@ -18,8 +18,8 @@ from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.identity import current_caller
 from runtime.isolation import content_error, refusal_text, refused_value
-from runtime.pagination import PageTokens, parse_time_and_id, time_and_id
-from runtime.parsing import check_name, parse_stages, parse_uuid, required_id
+from runtime.pagination import PageTokens, parse_time_and_id, parse_time_and_text, time_and_id
+from runtime.parsing import check_name, optional_time, parse_stages, parse_uuid, required_id
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, json_object, timestamp
 from services.workflows.definitions import BpmnError, WorkflowDirectory
@@ -34,6 +34,7 @@ from services.workflows.domain import (
     INACTIVE,
     PENDING,
     RUNNING,
+    ExecutionFilter,
     ExecutionView,
     JobRecord,
     NewMessage,
@@ -294,6 +295,25 @@ class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServ
             workflows=[workflow_message(w) for w in found], next_page_token=token
         )
 
+    async def ListWorkflowVersions(
+        self, request: pb.ListWorkflowVersionsRequest, context: Context
+    ) -> pb.ListWorkflowVersionsResponse:
+        workflow_id = required_id(request.workflow_id, "workflow_id")
+        found, token = await self._tokens.read_page(
+            request,
+            [str(workflow_id)],
+            lambda cursor, limit: self._directory.versions(workflow_id, cursor, limit),
+            lambda v: [v.created_at.isoformat(), v.version],
+            parse_time_and_text,
+        )
+        return pb.ListWorkflowVersionsResponse(
+            versions=[
+                pb.WorkflowVersion(version=v.version, create_time=timestamp(v.created_at))
+                for v in found
+            ],
+            next_page_token=token,
+        )
+
     async def UpdateWorkflow(
         self, request: pb.UpdateWorkflowRequest, context: Context
     ) -> pb.UpdateWorkflowResponse:
@@ -393,16 +413,29 @@ class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServ
         self, request: pb.ListExecutionsRequest, context: Context
     ) -> pb.ListExecutionsResponse:
         violations = Violations()
-        workflow_id = parse_uuid(request.workflow_id, "workflow_id", violations, required=False)
-        user_id = parse_uuid(request.user_id, "user_id", violations, required=False)
-        statuses = _statuses(list(request.statuses), EXECUTION_STATUSES, "statuses", violations)
+        where = ExecutionFilter(
+            workflow_id=parse_uuid(request.workflow_id, "workflow_id", violations, required=False),
+            user_id=parse_uuid(request.user_id, "user_id", violations, required=False),
+            statuses=tuple(
+                _statuses(list(request.statuses), EXECUTION_STATUSES, "statuses", violations)
+            ),
+            started_after=optional_time(request, "started_after"),
+            started_before=optional_time(request, "started_before"),
+        )
+        after, before = where.started_after, where.started_before
+        if after is not None and before is not None and before < after:
+            violations.add("started_before", "must not be before started_after")
         violations.check()
         found, token = await self._tokens.read_page(
             request,
-            [str(workflow_id or ""), str(user_id or ""), statuses],
-            lambda cursor, limit: self._executions.page(
-                workflow_id, user_id, statuses, cursor, limit
-            ),
+            [
+                str(where.workflow_id or ""),
+                str(where.user_id or ""),
+                list(where.statuses),
+                where.started_after,
+                where.started_before,
+            ],
+            lambda cursor, limit: self._executions.page(where, cursor, limit),
             lambda e: time_and_id(e.started_at, e.id),
             parse_time_and_id,
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import grpc
 
 from lifecycle.metrics.v1 import metrics_pb2
 from lifecycle.segments.v1 import segments_pb2
@@ -175,6 +176,11 @@ async def _live(suite: Suite, simulation: Simulation, day: Day) -> None:
             print(f"\n{len(reply.errors)} events refused, e.g. {reply.errors[0].message}")
 
 
+# ImportUsers answers ABORTED when it met a concurrent change of the same users
+# (a workflow moving them on): the import, an upsert by email, is sent again.
+IMPORT_ATTEMPTS = 5
+
+
 async def _import(suite: Suite, people: Sequence[Person]) -> None:
     async def rows() -> AsyncIterator[users_pb2.ImportUsersRequest]:
         for chunk in _chunks(people, BATCH):
@@ -185,7 +191,14 @@ async def _import(suite: Suite, people: Sequence[Person]) -> None:
                 ]
             )
 
-    reply = await suite.users.ImportUsers(rows())
+    for attempt in range(IMPORT_ATTEMPTS):
+        try:
+            reply = await suite.users.ImportUsers(rows())
+            break
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ABORTED or attempt == IMPORT_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt)
     if reply.failed_count:
         print(f"\n{reply.failed_count} users refused, e.g. {reply.errors[0].message}")
 

@@ -14,6 +14,7 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import duration_pb2
+from playwright.async_api import Browser, Page
 
 from console.app import create_app
 from console.calls import Services
@@ -23,6 +24,7 @@ from lifecycle.workflows.v1 import workflows_pb2_grpc
 from runtime.structs import dict_to_struct
 from suite.registry import DEFINITIONS
 from tests.conftest import migrated_database
+from tests.console.browsing import chromium, served
 from tests.console.diagrams import job_then_message
 from tests.support import eventually, free_port, service_env, whole_suite
 
@@ -176,3 +178,24 @@ async def client(console_suite: Console, services: Services) -> AsyncIterator[ht
     transport = httpx.ASGITransport(app=create_app(console_suite.config, services))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as browser:
         yield browser
+
+
+@pytest.fixture(scope="package")
+async def console_url(console_suite: Console, services: Services) -> AsyncIterator[str]:
+    async with served(console_suite.config, services) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()

@@ -4,88 +4,22 @@ the stored payloads never run. One browser for the session."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
-import uvicorn
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Page
 
-from console.app import create_app
-from console.calls import Services
 from lifecycle.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from suite.demo.catalog import bpmn
+from tests.console.browsing import no_errors
 from tests.console.conftest import Console, new_incident
 from tests.console.diagrams import ELEMENTS, flow_nodes
 from tests.support import eventually
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="package")
-async def console_url(console_suite: Console, services: Services) -> AsyncIterator[str]:
-    """The console served by uvicorn on its loopback port, as `lifecycle serve console` does."""
-    config = console_suite.config
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, services), host=config.host, port=config.port, log_level="warning"
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    try:
-        yield f"http://{config.host}:{config.port}"
-    finally:
-        server.should_exit = True
-        await serving
-
-
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-@pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context()
-    try:
-        yield await context.new_page()
-    finally:
-        await context.close()
-
-
-@contextmanager
-def no_errors(page: Page) -> Iterator[None]:
-    """Fails if the page logs an error (a CSP violation, a failed load, a
-    script's exception) or a payload ran."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield
-    assert errors == []
 
 
 async def _visit(page: Page, url: str) -> None:

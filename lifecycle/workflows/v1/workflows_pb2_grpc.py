@@ -53,6 +53,11 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.ListWorkflowVersions = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/ListWorkflowVersions',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowVersionsRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowVersionsResponse.FromString,
+                _registered_method=True)
         self.UpdateWorkflow = channel.unary_unary(
                 '/lifecycle.workflows.v1.WorkflowService/UpdateWorkflow',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.UpdateWorkflowRequest.SerializeToString,
@@ -203,6 +208,13 @@ class WorkflowServiceServicer:
 
     def ListWorkflows(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflowVersions(self, request, context):
+        """A workflow's versions, the newest first (GetWorkflow with a version gives its BPMN).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -407,6 +419,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'ListWorkflowVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflowVersions,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowVersionsRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowVersionsResponse.SerializeToString,
             ),
             'UpdateWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateWorkflow,
@@ -619,6 +636,33 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/ListWorkflows',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowsRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflowVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/ListWorkflowVersions',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowVersionsRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListWorkflowVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class WorkflowServiceStub:
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowRequest, _workflows_pb2.GetWorkflowResponse]
     """Gets a workflow: its current version, or the version asked for."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListWorkflowsRequest, _workflows_pb2.ListWorkflowsResponse]
+    ListWorkflowVersions: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListWorkflowVersionsRequest, _workflows_pb2.ListWorkflowVersionsResponse]
+    """A workflow's versions, the newest first (GetWorkflow with a version gives its BPMN)."""
     UpdateWorkflow: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.UpdateWorkflowRequest, _workflows_pb2.UpdateWorkflowResponse]
     """Changing the BPMN of an ACTIVE workflow creates a new version; running
     executions stay on the version they started on.
@@ -125,6 +127,8 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowRequest, _workflows_pb2.GetWorkflowResponse]  # type: ignore[assignment]
     """Gets a workflow: its current version, or the version asked for."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListWorkflowsRequest, _workflows_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
+    ListWorkflowVersions: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListWorkflowVersionsRequest, _workflows_pb2.ListWorkflowVersionsResponse]  # type: ignore[assignment]
+    """A workflow's versions, the newest first (GetWorkflow with a version gives its BPMN)."""
     UpdateWorkflow: _aio.UnaryUnaryMultiCallable[_workflows_pb2.UpdateWorkflowRequest, _workflows_pb2.UpdateWorkflowResponse]  # type: ignore[assignment]
     """Changing the BPMN of an ACTIVE workflow creates a new version; running
     executions stay on the version they started on.
@@ -223,6 +227,14 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflows_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.ListWorkflowsResponse, _abc.Awaitable[_workflows_pb2.ListWorkflowsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWorkflowVersions(
+        self,
+        request: _workflows_pb2.ListWorkflowVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.ListWorkflowVersionsResponse, _abc.Awaitable[_workflows_pb2.ListWorkflowVersionsResponse]]:
+        """A workflow's versions, the newest first (GetWorkflow with a version gives its BPMN)."""
 
     @_abc_1.abstractmethod
     def UpdateWorkflow(

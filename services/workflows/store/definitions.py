@@ -21,6 +21,11 @@ class WorkflowVersion(NamedTuple):
     version: str
 
 
+class VersionListed(NamedTuple):
+    version: str
+    created_at: datetime
+
+
 class WorkflowState(NamedTuple):
     """A workflow's status and current version: whether and on what it starts."""
 
@@ -112,6 +117,22 @@ async def get_workflow_version(
         version,
     )
     return _workflow(row) if row else None
+
+
+async def list_versions(
+    conn: Executor, workflow_id: uuid.UUID, cursor: tuple[datetime, str] | None, limit: int
+) -> list[VersionListed]:
+    """A workflow's versions, the newest first, after the cursor."""
+    rows = await conn.fetch(
+        "SELECT version, created_at FROM workflow_versions WHERE workflow_id = $1"
+        "   AND ($2::timestamptz IS NULL OR (created_at, version) < ($2, $3::text))"
+        " ORDER BY created_at DESC, version DESC LIMIT $4",
+        workflow_id,
+        cursor[0] if cursor else None,
+        cursor[1] if cursor else None,
+        limit,
+    )
+    return [VersionListed(row["version"], row["created_at"]) for row in rows]
 
 
 async def version_checksum(conn: Executor, workflow_id: uuid.UUID, version: str) -> bytes | None:

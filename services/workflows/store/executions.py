@@ -15,7 +15,7 @@ from runtime import tombstones
 from runtime.chains import stored
 from runtime.database import Executor
 from services.workflows.compensation_log import CompensationLog
-from services.workflows.domain import ExecutionView, HistoryStep, IncidentRecord
+from services.workflows.domain import ExecutionFilter, ExecutionView, HistoryStep, IncidentRecord
 from services.workflows.state import ExecutionState, Token
 from services.workflows.store import compensations
 from services.workflows.store.definitions import WorkflowState
@@ -309,9 +309,7 @@ async def get_execution(
 
 async def list_executions(
     conn: Executor,
-    workflow_id: uuid.UUID | None,
-    user_id: uuid.UUID | None,
-    statuses: list[str],
+    where: ExecutionFilter,
     *,
     cursor: tuple[datetime, uuid.UUID] | None,
     limit: int,
@@ -320,11 +318,15 @@ async def list_executions(
         f"SELECT {_VIEW} FROM workflow_executions e"
         " WHERE ($1::uuid IS NULL OR workflow_id = $1) AND ($2::uuid IS NULL OR user_id = $2)"
         "   AND (cardinality($3::text[]) = 0 OR status = ANY($3))"
-        "   AND ($4::timestamptz IS NULL OR (started_at, id) < ($4, $5::uuid))"
-        " ORDER BY started_at DESC, id DESC LIMIT $6",
-        workflow_id,
-        user_id,
-        statuses,
+        "   AND ($4::timestamptz IS NULL OR started_at >= $4)"
+        "   AND ($5::timestamptz IS NULL OR started_at < $5)"
+        "   AND ($6::timestamptz IS NULL OR (started_at, id) < ($6, $7::uuid))"
+        " ORDER BY started_at DESC, id DESC LIMIT $8",
+        where.workflow_id,
+        where.user_id,
+        list(where.statuses),
+        where.started_after,
+        where.started_before,
         cursor[0] if cursor else None,
         cursor[1] if cursor else None,
         limit,
