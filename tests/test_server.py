@@ -120,7 +120,7 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
     methods = (
         await asyncio.to_thread(grpcurl, address, "list", "lifecycle.users.v1.UserService")
     ).split()
-    assert len(methods) == 11
+    assert len(methods) == 12
 
     def call(method: str, body: dict[str, object] | str) -> dict[str, object]:
         data = body if isinstance(body, str) else json.dumps(body)
@@ -169,6 +169,16 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
         )
         assert call("ImportUsers", stream)["created_count"] == "2"
         called.add("ImportUsers")
+        event = {
+            "message_id": f"grpcurl-{uuid.uuid4().hex}",
+            "user_id": user_id,
+            "event_type": "tracked.purchase",
+            "occur_time": "2026-01-01T00:00:00Z",
+            "data_json": "{}",
+        }
+        recorded = call("RecordUserEvents", {"events": [event]})
+        assert int(recorded["recorded_count"]) == 1  # type: ignore[call-overload]
+        called.add("RecordUserEvents")
         call("DeleteUser", {"user_id": user_id})
         called.add("DeleteUser")
 
