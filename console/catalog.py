@@ -1,13 +1,23 @@
-"""Segments and triggers: their lists, a segment's page (its condition and
-its members, a page at a time) and a trigger's (its condition, action and
+"""Segments and triggers: their lists, a segment's page (its condition as
+sentences, its members a page at a time, and why a user is or is not a
+member: ExplainMembership) and a trigger's (its condition, action and
 recent evaluations, with why a firing started nothing)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import json_format
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from console.calls import CallProblem, call_problem
+from console.conditions_text import Phrase, describe
+from console.users import lookup
 from console.web import render, services
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2
@@ -28,21 +38,87 @@ async def segment_list(request: Request) -> Response:
     )
 
 
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf of an explanation, written out: where it sits, what it says,
+    the value it read and whether it held."""
+
+    path: str
+    phrase: Phrase
+    read: str
+    held: bool
+
+
+def _read(leaf: segments_pb2.LeafExplanation) -> str:
+    """The value a leaf read (an event leaf's count or time) as JSON, whole
+    numbers without a decimal point; "missing" when there was none."""
+    if not leaf.HasField("actual_value"):
+        return "missing"
+    value = json_format.MessageToDict(leaf.actual_value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """ExplainMembership's answer for the user the form named."""
+
+    user_id: str
+    reply: segments_pb2.ExplainMembershipResponse
+    leaves: list[Leaf]
+
+
+def explain(user_id: str, reply: segments_pb2.ExplainMembershipResponse) -> Explanation:
+    leaves = [
+        Leaf(leaf.path, describe(json_format.MessageToDict(leaf.condition)), _read(leaf), leaf.held)
+        for leaf in reply.leaves
+    ]
+    return Explanation(user_id, reply, leaves)
+
+
+async def _explain(
+    request: Request, segment_id: str, given: str
+) -> Explanation | CallProblem | None:
+    """ExplainMembership for a user given by id or email; a failed call as its problem."""
+    if not given:
+        return None
+    calls = services(request)
+    try:
+        user_id = given
+        if "@" in given:
+            user_id = (await calls.users.GetUser(lookup(given))).user.id
+        reply = await calls.segments.ExplainMembership(
+            segments_pb2.ExplainMembershipRequest(user_id=user_id, segment_id=segment_id)
+        )
+        return explain(user_id, reply)
+    except grpc.aio.AioRpcError as error:
+        return call_problem(error)
+
+
 async def segment_page(request: Request) -> Response:
     segment_id = request.path_params["segment_id"]
+    given = request.query_params.get("explain", "").strip()
     calls = services(request).segments
-    found = await calls.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment_id))
-    members = await calls.ListSegmentMembers(
-        segments_pb2.ListSegmentMembersRequest(
-            segment_id=segment_id, page_size=PAGE_SIZE, page_token=_page_token(request)
-        )
+    found, members, explained = await asyncio.gather(
+        calls.GetSegment(segments_pb2.GetSegmentRequest(segment_id=segment_id)),
+        calls.ListSegmentMembers(
+            segments_pb2.ListSegmentMembersRequest(
+                segment_id=segment_id, page_size=PAGE_SIZE, page_token=_page_token(request)
+            )
+        ),
+        _explain(request, segment_id, given),
     )
     return render(
         request,
         "segment.html",
         segment=found.segment,
+        condition=describe(json_format.MessageToDict(found.segment.conditions)),
         members=members.memberships,
         next_page_token=members.next_page_token,
+        given=given,
+        problem=explained if isinstance(explained, CallProblem) else None,
+        explanation=explained if isinstance(explained, Explanation) else None,
     )
 
 

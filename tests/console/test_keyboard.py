@@ -5,12 +5,16 @@ Tab, arrows, letters and Enter."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 from playwright.async_api import Locator, Page
 
+from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
+from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
+from runtime.structs import dict_to_struct
 from tests.console.browsing import no_errors
 from tests.console.conftest import Console, new_incident
 
@@ -18,7 +22,7 @@ pytestmark = pytest.mark.browser
 
 # More Tab stops than any page of the test's data has.
 MOST_STOPS = 200
-ACTIONABLE = "a[href], button, input:not([type=hidden]), select, textarea, [tabindex]"
+ACTIONABLE = "a[href], button, input:not([type=hidden]), select, textarea, summary, [tabindex]"
 
 # Each element that can take the focus, numbered in document order; then the
 # focus goes back to the document, where the first Tab starts.
@@ -64,10 +68,27 @@ async def _tab_to(page: Page, target: Locator) -> None:
     raise AssertionError(f"Tab never reached {target}")
 
 
+async def _explained_segment(console_suite: Console) -> str:
+    """The page of a new segment explained for a new user."""
+    users = users_pb2_grpc.UserServiceStub(console_suite.channels["users"])
+    segments = segments_pb2_grpc.SegmentServiceStub(console_suite.channels["segments"])
+    user = await users.CreateUser(
+        users_pb2.CreateUserRequest(user=users_pb2.User(email=f"{uuid.uuid4().hex}@example.com"))
+    )
+    condition = {"v": 1, "attr": "plan", "op": "exists"}
+    created = await segments.CreateSegment(
+        segments_pb2.CreateSegmentRequest(
+            segment=segments_pb2.Segment(name="planned", conditions=dict_to_struct(condition))
+        )
+    )
+    return f"/segments/{created.segment.id}?explain={user.user.id}"
+
+
 async def test_tab_reaches_every_action_of_each_page_with_its_focus_shown(
     page: Page, console_url: str, console_suite: Console
 ) -> None:
     seeded = console_suite.seeded
+    explained = await _explained_segment(console_suite)
     for path in (
         "/",
         "/workflows",
@@ -77,6 +98,7 @@ async def test_tab_reaches_every_action_of_each_page_with_its_focus_shown(
         f"/executions/{seeded.at_wait}/cancel",
         "/users",
         "/segments",
+        explained,
         "/triggers",
     ):
         with no_errors(page):
