@@ -1,6 +1,10 @@
 """The triggers service with real users, workflows and metrics services, on
-ports of their own, for the session; the triggers service runs on a clock the
-tests can move forward."""
+ports and a database of their own, for the session; the triggers service runs
+on a clock the tests can move forward.
+
+The database is their own because this suite's users service delivers to a
+live metrics service: on the shared database its relay would also deliver the
+rows the session's users service leaves in its outbox for other tests to read."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import grpc
 import pytest
 
@@ -23,6 +28,7 @@ from runtime.server import ServiceHost
 from runtime.structs import dict_to_struct
 from services.triggers.service import DEFINITION, build_with
 from services.workflows.service import DEFINITION as WORKFLOWS
+from tests.conftest import migrated_database
 from tests.support import (
     TRACER_PROVIDER,
     ScratchDatabase,
@@ -93,10 +99,26 @@ async def serving(host: ServiceHost) -> AsyncIterator[ServiceHost]:
 
 
 @pytest.fixture(scope="session")
-def tr_env(database: ScratchDatabase) -> dict[str, str]:
+async def triggers_database(server_url: str) -> AsyncIterator[ScratchDatabase]:
+    async with migrated_database(server_url, "lifecycle_triggers") as database:
+        yield database
+
+
+@pytest.fixture
+async def admin(triggers_database: ScratchDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """The suite's database, where the shared `admin` would read another."""
+    conn = await asyncpg.connect(triggers_database.admin_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def tr_env(triggers_database: ScratchDatabase) -> dict[str, str]:
     ports = {name: free_port() for name in ("users", "workflows", "triggers", "metrics")}
     return service_env(
-        database,
+        triggers_database,
         ports,
         LIFECYCLE_OUTBOX_POLL_SECONDS="0.1",
         LIFECYCLE_METRICS_ROLLUP_INTERVAL_SECONDS="0",

@@ -200,8 +200,8 @@ async def test_attribute_changes_and_segment_entries_fire_without_being_recorded
         event(user, "segment.entered", segment_id=segment),
         event(user, "segment.entered", segment_id=str(uuid.uuid4())),
     )
-    # The users services of other tests, on the same database, send their
-    # users' attribute changes too: only this user's executions are counted.
+    # The suite's other tests send their users' attribute changes too: only
+    # this user's executions are counted.
     changes = await settled(suite.triggers, upgraded.id, 2, user)
     [change] = [e for e in changes if e.condition_met]
     assert change.workflow_execution_id
