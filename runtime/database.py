@@ -67,10 +67,13 @@ class UnitOfWork:
     conn: asyncpg.Connection
     messages: list[Message] = field(default_factory=list)
 
-    def publish(self, topic: str, payload: bytes, actors: Chain | None = None) -> None:
-        """Sends the message on behalf of `actors`: by default, of the current caller."""
+    def publish(
+        self, topic: str, payload: bytes, actors: Chain | None = None, *, items: int = 1
+    ) -> None:
+        """Sends the message on behalf of `actors`: by default, of the current caller.
+        `items`: how many items of a mergeable request the payload holds."""
         chain = current_caller().actors if actors is None else actors
-        self.messages.append(Message(topic, payload, chain))
+        self.messages.append(Message(topic, payload, chain, items))
 
 
 @contextlib.asynccontextmanager

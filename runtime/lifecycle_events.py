@@ -75,7 +75,7 @@ DESTINATIONS = {
         "metrics", f"/{GRPC_SERVICES['metrics']}/RecordEvents", mergeable=True
     ),
     TRACK_EVENTS: Destination(
-        "triggers", f"/{GRPC_SERVICES['triggers']}/TrackEvents", mergeable=True, max_batch=10
+        "triggers", f"/{GRPC_SERVICES['triggers']}/TrackEvents", mergeable=True, max_batch=1000
     ),
     **{
         topic: Destination(service, f"/{GRPC_SERVICES[service]}/EraseUserData")
@@ -169,21 +169,21 @@ class EventBatch:
             )
 
     def payloads(self) -> list[bytes]:
-        return [payload for _, payload in self._payloads()]
+        return [payload for _, payload, _ in self._payloads()]
 
-    def _payloads(self) -> Iterator[tuple[Chain, bytes]]:
+    def _payloads(self) -> Iterator[tuple[Chain, bytes, int]]:
         for chain, requests in self._requests.items():
             for request in requests:
-                yield chain, request.SerializeToString()
+                yield chain, request.SerializeToString(), len(request.events)
 
     def publish(self, uow: UnitOfWork) -> None:
-        for chain, payload in self._payloads():
-            uow.publish(RECORD_EVENTS, payload, chain)
+        for chain, payload, items in self._payloads():
+            uow.publish(RECORD_EVENTS, payload, chain, items=items)
         for chain, tracked in self._tracked.items():
             for start in range(0, len(tracked), TRACKED_PER_REQUEST):
                 events = tracked[start : start + TRACKED_PER_REQUEST]
                 request = triggers_pb2.TrackEventsRequest(events=events)
-                uow.publish(TRACK_EVENTS, request.SerializeToString(), chain)
+                uow.publish(TRACK_EVENTS, request.SerializeToString(), chain, items=len(events))
 
 
 _ERASE_REQUESTS = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -35,13 +35,18 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span
 
-from runtime.chains import Chain, stored
+from runtime.chains import Chain, as_json, stored
 from runtime.clients import ServiceClients
 from runtime.identity import acting_for, calling_as
 from runtime.telemetry import current_traceparent, trace_context
+from runtime.wire import fields
 from runtime.worker import Pause, PollingWorker, doubling
 
 log = logging.getLogger(__name__)
+
+# A merged call stops growing at this many bytes (the callees take 32 MiB): a
+# topic whose messages are large still goes through, a few per call.
+MAX_CALL_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,10 @@ class Destination:
     # True when the request message has only repeated fields: the concatenated
     # bytes of several payloads then parse as one request holding all of them.
     mergeable: bool = False
+    # Items a merged call holds at most (the callee's limit on its repeated field).
     max_batch: int = 1000
-    # For a callee that answers a merged call with the items it refused (each
-    # payload one item) instead of an error status: their positions, with why.
+    # For a callee that answers a merged call with the items it refused instead
+    # of an error status: their positions in the call, with why.
     refused_items: Callable[[bytes], dict[int, str]] | None = None
 
 
@@ -66,6 +72,29 @@ class Message(NamedTuple):
     topic: str
     payload: bytes
     actors: Chain
+    # The items of a mergeable request the payload holds (its repeated fields' values).
+    items: int = 1
+
+
+class MergedMessages:
+    """Items of one mergeable topic (each a one-item request, runtime.wire)
+    gathered into messages of at most `per_message` items, one chain of actors
+    each: a thousand events make one row, not a thousand."""
+
+    def __init__(self, topic: str, per_message: int) -> None:
+        self._topic = topic
+        self._per_message = per_message
+        self._items: dict[Chain, list[bytes]] = defaultdict(list)
+
+    def add(self, item: bytes, actors: Chain) -> None:
+        self._items[actors].append(item)
+
+    def __iter__(self) -> Iterator[Message]:
+        size = self._per_message
+        for chain, items in self._items.items():
+            for start in range(0, len(items), size):
+                part = items[start : start + size]
+                yield Message(self._topic, b"".join(part), chain, len(part))
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,7 @@ class OutboxRow:
     traceparent: str | None = None
     # The actors the call is made for.
     actors: Chain = ()
+    items: int = 1
 
 
 async def enqueue(conn: asyncpg.Connection, messages: Sequence[Message]) -> None:
@@ -85,13 +115,15 @@ async def enqueue(conn: asyncpg.Connection, messages: Sequence[Message]) -> None
     current trace, so that the calls the relay makes later join it."""
     if messages:
         await conn.execute(
-            "INSERT INTO outbox (topic, payload, traceparent, actors)"
-            f" SELECT topic, payload, $3, {stored('actors')}"
-            " FROM unnest($1::text[], $2::bytea[], $4::jsonb[]) AS m(topic, payload, actors)",
+            "INSERT INTO outbox (topic, payload, traceparent, actors, items)"
+            f" SELECT topic, payload, $3, {stored('actors::jsonb')}, items"
+            " FROM unnest($1::text[], $2::bytea[], $4::text[], $5::int[])"
+            " AS m(topic, payload, actors, items)",
             [message.topic for message in messages],
             [message.payload for message in messages],
             current_traceparent(),
-            [message.actors for message in messages],
+            as_json(message.actors for message in messages),
+            [message.items for message in messages],
         )
 
 
@@ -112,6 +144,9 @@ class _Outcome:
     rows: list[OutboxRow]
     error: str = ""
     refused: bool = False
+    # A row of several items some of which were refused keeps only those: its
+    # new payload, and how many items that is.
+    kept: tuple[bytes, int] | None = None
 
     @property
     def delivered(self) -> bool:
@@ -130,7 +165,7 @@ WITH due AS (
 )
 UPDATE outbox o SET available_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
 FROM due WHERE o.id = due.id
-RETURNING o.id, o.topic, o.payload, o.attempts, o.traceparent, o.actors
+RETURNING o.id, o.topic, o.payload, o.attempts, o.traceparent, o.actors, o.items
 """
 
 
@@ -185,6 +220,7 @@ class OutboxRelay(PollingWorker):
                 r["attempts"],
                 r["traceparent"],
                 tuple(r["actors"]),
+                r["items"],
             )
             for r in await self._pool.fetch(_CLAIM, self._batch_size, self._lease, topics)
         ]
@@ -230,13 +266,30 @@ class OutboxRelay(PollingWorker):
         self._resting_until[topic] = asyncio.get_running_loop().time() + pause
 
     def _batches(self, topic: str, rows: list[OutboxRow]) -> list[list[OutboxRow]]:
-        """Rows merge with rows of the same chain only: a call acts for one chain."""
+        """Rows merge with rows of the same chain only (a call acts for one chain),
+        up to the destination's items and MAX_CALL_BYTES a call."""
         destination = self._destinations[topic]
-        size = destination.max_batch if destination.mergeable else 1
         by_chain: dict[Chain, list[OutboxRow]] = defaultdict(list)
         for row in rows:
             by_chain[row.actors].append(row)
-        return [same[i : i + size] for same in by_chain.values() for i in range(0, len(same), size)]
+        if not destination.mergeable:
+            return [[row] for same in by_chain.values() for row in same]
+        batches: list[list[OutboxRow]] = []
+        for same in by_chain.values():
+            batch: list[OutboxRow] = []
+            items = size = 0
+            for row in same:
+                if batch and (
+                    items + row.items > destination.max_batch
+                    or size + len(row.payload) > MAX_CALL_BYTES
+                ):
+                    batches.append(batch)
+                    batch, items, size = [], 0, 0
+                batch.append(row)
+                items += row.items
+                size += len(row.payload)
+            batches.append(batch)
+        return batches
 
     async def _deliver(self, topic: str, batch: list[OutboxRow]) -> list[_Outcome]:
         """Sends a batch as one call. When the callee refuses a merged batch for what
@@ -273,7 +326,7 @@ class OutboxRelay(PollingWorker):
         if destination.refused_items is None:
             return [_Outcome(batch)]
         refusals = destination.refused_items(answer)
-        return [_Outcome([row], refusals.get(n, ""), n in refusals) for n, row in enumerate(batch)]
+        return [_item_outcome(row, first, refusals) for row, first in _first_items(batch)]
 
     def _delivery_span(self, topic: str, batch: list[OutboxRow]) -> AbstractContextManager[Span]:
         """A span in the trace of the batch's first message, linked to the others'."""
@@ -289,6 +342,7 @@ class OutboxRelay(PollingWorker):
         )
 
     async def _bury(self, outcome: _Outcome) -> None:
+        payload, items = outcome.kept or (None, None)
         log.error(
             "outbox message refused %d times, moved to outbox_dead_letters (%s): %s",
             self._max_refusals,
@@ -297,12 +351,15 @@ class OutboxRelay(PollingWorker):
         )
         await self._pool.execute(
             "WITH dead AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-            " RETURNING id, topic, payload, created_at, attempts, traceparent, actors)"
+            " RETURNING id, topic, payload, created_at, attempts, traceparent, actors, items)"
             " INSERT INTO outbox_dead_letters"
-            " (id, topic, payload, created_at, attempts, last_error, traceparent, actors)"
-            " SELECT id, topic, payload, created_at, attempts, $2, traceparent, actors FROM dead",
+            " (id, topic, payload, created_at, attempts, last_error, traceparent, actors, items)"
+            " SELECT id, topic, coalesce($3, payload), created_at, attempts, $2, traceparent,"
+            " actors, coalesce($4, items) FROM dead",
             [row.id for row in outcome.rows],
             outcome.error,
+            payload,
+            items,
         )
 
     async def _reschedule(self, failed: list[_Outcome]) -> None:
@@ -311,6 +368,7 @@ class OutboxRelay(PollingWorker):
         if not failed:
             return
         rows = [(row, outcome.error) for outcome in failed for row in outcome.rows]
+        kept = {outcome.rows[0].id: outcome.kept for outcome in failed if outcome.kept}
         delays = [self._backoff(row.attempts) for row, _ in rows]
         by_topic: dict[str, list[str]] = defaultdict(list)
         for row, error in rows:
@@ -325,12 +383,16 @@ class OutboxRelay(PollingWorker):
             )
         await self._pool.execute(
             "UPDATE outbox o SET available_at = now() + make_interval(secs => f.delay),"
-            " last_error = f.error"
-            " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS f(id, delay, error)"
+            " last_error = f.error, payload = coalesce(f.payload, o.payload),"
+            " items = coalesce(f.items, o.items)"
+            " FROM unnest($1::bigint[], $2::float8[], $3::text[], $4::bytea[], $5::int[])"
+            " AS f(id, delay, error, payload, items)"
             " WHERE o.id = f.id",
             [row.id for row, _ in rows],
             delays,
             [error for _, error in rows],
+            [kept[row.id][0] if row.id in kept else None for row, _ in rows],
+            [kept[row.id][1] if row.id in kept else None for row, _ in rows],
         )
 
     def _backoff(self, attempts: int) -> float:
@@ -338,13 +400,34 @@ class OutboxRelay(PollingWorker):
         return doubling(attempts, 0.5, self._max_backoff)
 
 
+def _first_items(batch: list[OutboxRow]) -> Iterator[tuple[OutboxRow, int]]:
+    """Each row of a merged call with the position of its first item in the call."""
+    first = 0
+    for row in batch:
+        yield row, first
+        first += row.items
+
+
+def _item_outcome(row: OutboxRow, first: int, refusals: Mapping[int, str]) -> _Outcome:
+    """A row's outcome from the items the callee refused: delivered when none of
+    its items were; otherwise it keeps only those, for the next attempt and, in
+    the end, the dead letters (the others were delivered)."""
+    refused = [refusals[n] for n in range(first, first + row.items) if n in refusals]
+    if not refused:
+        return _Outcome([row])
+    if len(refused) == row.items:
+        return _Outcome([row], refused[0], refused=True)
+    kept = [item for n, item in enumerate(fields(row.payload), first) if n in refusals]
+    return _Outcome([row], refused[0], refused=True, kept=(b"".join(kept), len(kept)))
+
+
 async def retry_dead_letters(conn: asyncpg.Connection, topic: str | None = None) -> int:
     """Sends dead letters again (all, or one topic's) once their cause is fixed."""
     moved = await conn.fetchval(
         "WITH revived AS (DELETE FROM outbox_dead_letters WHERE $1::text IS NULL OR topic = $1"
-        " RETURNING topic, payload, created_at, traceparent, actors),"
-        " requeued AS (INSERT INTO outbox (topic, payload, created_at, traceparent, actors)"
-        " SELECT topic, payload, created_at, traceparent, actors FROM revived RETURNING 1)"
+        " RETURNING topic, payload, created_at, traceparent, actors, items),"
+        " requeued AS (INSERT INTO outbox (topic, payload, created_at, traceparent, actors, items)"
+        " SELECT topic, payload, created_at, traceparent, actors, items FROM revived RETURNING 1)"
         " SELECT count(*) FROM requeued",
         topic,
     )

@@ -38,7 +38,7 @@ from runtime.database import UnitOfWork
 from runtime.errors import InvalidArgument
 from runtime.isolation import Part, refusal_text, refused_value, write_apart
 from runtime.lifecycle_events import TRACKED_PREFIX, EventBatch, new_event_id
-from runtime.outbox import Destination
+from runtime.outbox import Destination, MergedMessages
 from runtime.pacing import Pacer
 from runtime.server import ServiceContext
 from runtime.structs import set_timestamp
@@ -74,24 +74,27 @@ def _refused_messages(answer: bytes) -> dict[int, str]:
     }
 
 
+# Items of an outbox message: a full call's worth (the callees' limits).
+PUBLISHED_PER_MESSAGE = 500
+RECORDED_PER_MESSAGE = 1000
 PUBLISH_MESSAGES = "workflows.publish_messages"
 RECORD_USER_EVENTS = "users.record_user_events"
 DESTINATIONS = {
-    # Each payload is a one-event RecordUserEventsRequest (what conditions' event
-    # leaves read, docs/architecture.md, "Who keeps what people did").
+    # Each payload is a RecordUserEventsRequest of a batch's events (what
+    # conditions' event leaves read, docs/architecture.md, "Who keeps what people did").
     RECORD_USER_EVENTS: Destination(
         "users",
         f"/{GRPC_SERVICES['users']}/RecordUserEvents",
         mergeable=True,
-        max_batch=1000,
+        max_batch=RECORDED_PER_MESSAGE,
     ),
-    # Each payload is a one-message PublishMessagesRequest; the relay sends many
-    # as one request.
+    # Each payload is a PublishMessagesRequest of a batch's events; the relay
+    # sends many as one request.
     PUBLISH_MESSAGES: Destination(
         "workflows",
         f"/{GRPC_SERVICES['workflows']}/PublishMessages",
         mergeable=True,
-        max_batch=500,
+        max_batch=PUBLISHED_PER_MESSAGE,
         refused_items=_refused_messages,
     ),
 }
@@ -178,7 +181,8 @@ def _action_request(
 
 
 def _publish_request(event: Event, variable: struct_pb2.Struct, ttl: timedelta) -> bytes:
-    """The event as a message to the workflows service, a mergeable payload."""
+    """The event as a message to the workflows service: a one-message request,
+    which is also the message as an item of a merged request (runtime.outbox)."""
     batch = workflows_pb2.PublishMessagesRequest()
     message = batch.messages.add(
         name=event.event_type,
@@ -355,14 +359,14 @@ class IngestPipeline:
         """The messages the stored events imply, in the transaction that stores them,
         each on behalf of its event's caller (a batch holds many calls' events)."""
         lifecycle = EventBatch(PRODUCER)
+        published = MergedMessages(PUBLISH_MESSAGES, PUBLISHED_PER_MESSAGE)
+        recorded = MergedMessages(RECORD_USER_EVENTS, RECORDED_PER_MESSAGE)
         for event in events:
-            uow.publish(
-                PUBLISH_MESSAGES,
-                _publish_request(event, variables[event.message_id], self._ttl),
-                event.actors,
+            published.add(
+                _publish_request(event, variables[event.message_id], self._ttl), event.actors
             )
             if event.tracked and event.user is not None:
-                uow.publish(RECORD_USER_EVENTS, _user_event_request(event), event.actors)
+                recorded.add(_user_event_request(event), event.actors)
                 data = struct_pb2.Struct()
                 data.CopyFrom(event.data_struct)
                 data.fields["message_id"].string_value = event.message_id
@@ -374,11 +378,13 @@ class IngestPipeline:
                     data=data,
                     actors=event.actors,
                 )
+        uow.messages.extend((*published, *recorded))
         lifecycle.publish(uow)
 
 
 def _user_event_request(event: Event) -> bytes:
-    """The event for the users service, which keeps each person's events."""
+    """The event for the users service, which keeps each person's events: a
+    one-event request, which is also the event as an item of a merged request."""
     request = users_pb2.RecordUserEventsRequest()
     user_event = request.events.add(
         message_id=event.message_id,

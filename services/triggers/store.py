@@ -13,7 +13,7 @@ from datetime import date, datetime
 import asyncpg
 
 from runtime import tombstones
-from runtime.chains import Chain, stored
+from runtime.chains import Chain, as_json, stored
 from runtime.database import Executor
 from services.triggers.domain import (
     REENTRY_LIMIT,
@@ -215,7 +215,7 @@ WITH erased AS (
 ), evaluated AS (
   SELECT v.*, a.user_id, a.event_type, a.data
   FROM unnest($7::text[], $8::uuid[], $9::uuid[], $10::boolean[], $11::boolean[],
-              $12::text[], $13::bytea[], $14::text[], $15::jsonb[], $16::text[])
+              $12::text[], $13::bytea[], $14::text[], $15::text[], $16::text[])
     AS v(message_id, trigger_id, id, met, claim, skip, request, traceparent, actors, signal)
   JOIN accepted a USING (message_id)
   WHERE v.trigger_id IN (SELECT id FROM present)
@@ -240,7 +240,7 @@ WITH erased AS (
   INSERT INTO pending_starts (trigger_execution_id, executed_at, trigger_id, user_id,
                               event_type, request, traceparent, actors, signal_name)
   SELECT v.id, $6, v.trigger_id, v.user_id, v.event_type, v.request, v.traceparent,
-         {stored("v.actors")}, v.signal
+         {stored("v.actors::jsonb")}, v.signal
   FROM recorded r JOIN evaluated v ON v.id = r.id
   WHERE r.condition_met AND r.skip_reason IS NULL
   RETURNING 1
@@ -286,7 +286,7 @@ async def record(
         evaluations.skips,
         evaluations.requests,
         evaluations.traceparents,
-        evaluations.actors,
+        as_json(evaluations.actors),
         evaluations.signals,
     )
     assert row is not None

@@ -131,7 +131,7 @@ class Reevaluations:
             request = segments_pb2.ReevaluateUsersRequest(
                 changes=self._changes[start : start + self._per_request]
             )
-            uow.publish(REEVALUATE_USERS, request.SerializeToString())
+            uow.publish(REEVALUATE_USERS, request.SerializeToString(), items=len(request.changes))
 
 
 def _reevaluate(uow: UnitOfWork, user_id: uuid.UUID, **change: Any) -> None:

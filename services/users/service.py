@@ -42,7 +42,7 @@ DEFINITION = ServiceDefinition(
             "segments",
             f"/{GRPC_SERVICES['segments']}/ReevaluateUsers",
             mergeable=True,
-            max_batch=5,
+            max_batch=5000,
         ),
     },
     batch_items=frozenset({"lifecycle.users.v1.ImportUsersRequest.users"}),

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from runtime import tombstones
-from runtime.chains import stored
+from runtime.chains import as_json, stored
 from runtime.database import Executor
 from services.metrics.domain import EventFilter, EventRows, LoggedEvent
 from services.metrics.store.common import (
@@ -25,13 +25,13 @@ _INSERT_EVENTS = f"""
 WITH input AS (
   SELECT i.*, EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = i.user_id) AS erased
   FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-              $7::timestamptz[], $8::text[], $9::text[], $10::jsonb[]) WITH ORDINALITY
+              $7::timestamptz[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY
     AS i(event_id, event_type, user_id, workflow_execution_id, lifecycle_stage, event_data,
          created_at, producer, partition_name, actors, n)
 ), inserted AS (
   INSERT INTO lifecycle_events ({EVENT_COLUMNS})
   SELECT event_id, event_type, user_id, workflow_execution_id, lifecycle_stage,
-         event_data::jsonb, created_at, producer, NULLIF({stored("actors")}, '{{}}')
+         event_data::jsonb, created_at, producer, NULLIF({stored("actors::jsonb")}, '{{}}')
   FROM input WHERE NOT erased
   ON CONFLICT (event_id, created_at) DO NOTHING
   RETURNING 1
@@ -82,7 +82,7 @@ async def insert_events(conn: asyncpg.Connection, rows: EventRows) -> Insertion:
         rows.times,
         rows.producers,
         rows.partitions(),
-        rows.actors,
+        as_json(rows.actors),
     )
     assert record is not None
     return Insertion(
