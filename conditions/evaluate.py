@@ -187,9 +187,14 @@ class Evaluator:
         if where is not None:
             data_test = lambda data, as_of: where(Context(as_of, event_data=data))  # noqa: E731
 
+        anchor = node.window.anchor
+
         def read(context: Context) -> Any:
-            found = context.user.events if context.user is not None else ()
-            return events.moments(node, found, context.as_of, data_test)
+            user = context.user
+            if user is None:
+                return []
+            at = events.anchor_moment(anchor, user.attributes, user.created_at)
+            return events.moments(node, user.events, context.as_of, data_test, at)
 
         show = lambda found, _: json_moment(events.measured(node, found))  # noqa: E731
         if node.measure == "count":

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conditions.model import EventLeaf
-from conditions.values import MICROSECOND, MISSING, later
+from conditions.model import EventAnchor, EventLeaf, EventWindow
+from conditions.values import MICROSECOND, MISSING, later, lookup, parse_timestamp
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,55 @@ _COUNTS: dict[str, Callable[[int, int], bool]] = {
 }
 
 
+def anchor_moment(
+    anchor: EventAnchor | None, attributes: Mapping[str, Any], created_at: datetime
+) -> datetime | None:
+    """The person's moment an anchored window is measured from; None without
+    an anchor, or when the attribute is missing or not a timestamp (the window
+    then holds nothing)."""
+    if anchor is None:
+        return None
+    if not anchor.keys:
+        return created_at
+    return parse_timestamp(lookup(attributes, anchor.keys))
+
+
+def bounds(
+    window: EventWindow, as_of: datetime, anchor_at: datetime | None
+) -> tuple[datetime | None, datetime | None] | None:
+    """The window's first and last moments (None: open on that side), or None
+    when it holds nothing (an anchored window without its moment)."""
+    anchor = window.anchor
+    if anchor is None:
+        return (as_of - window.last if window.last is not None else window.since), window.until
+    if anchor_at is None:
+        return None
+    if anchor.before:
+        return anchor_at - anchor.span, anchor_at
+    # Past the year 9999 it is open: every event kept is before then.
+    return anchor_at, later(anchor_at, anchor.span)
+
+
 def moments(
-    node: EventLeaf, events: tuple[PersonEvent, ...], as_of: datetime, where: DataTest | None
+    node: EventLeaf,
+    events: tuple[PersonEvent, ...],
+    as_of: datetime,
+    where: DataTest | None,
+    anchor_at: datetime | None = None,
 ) -> list[datetime]:
-    """When each event the leaf reads happened, newest first."""
-    window = node.window
-    since = as_of - window.last if window.last is not None else window.since
+    """When each event the leaf reads happened, newest first (`anchor_at`: the
+    moment of an anchored window)."""
+    window = bounds(node.window, as_of, anchor_at)
+    if window is None:
+        return []
+    since, until = window
     found = [
         event.occurred_at
         for event in events
         if node.matches_type(event.event_type)
         and event.occurred_at <= as_of
         and (since is None or event.occurred_at >= since)
-        and (window.until is None or event.occurred_at <= window.until)
+        and (until is None or event.occurred_at <= until)
         and (where is None or where(event.data, as_of))
     ]
     found.sort(reverse=True)
@@ -104,7 +140,8 @@ class EventReads:
 
 def event_reads(leaves: Iterable[EventLeaf], as_of: datetime) -> EventReads:
     """What a profile must carry for these leaves: each one's types, from the
-    earliest moment a window of them opens (first and last read every event)."""
+    earliest moment a window of them opens (first and last, and anchored windows,
+    whose start is each person's own, read every event)."""
     types: set[str] = set()
     starts: list[datetime | None] = []
     for leaf in leaves:

@@ -156,13 +156,26 @@ class EventTypeLeaf(Leaf):
 
 
 @dataclass(frozen=True)
+class EventAnchor:
+    """The person's own moment an anchored window is measured from: a timestamp
+    attribute at `keys`, or, with no keys, when the user was created; the window
+    is the `span` after it (or before it, `before`), both ends included."""
+
+    keys: tuple[str, ...]
+    span: timedelta
+    before: bool
+
+
+@dataclass(frozen=True)
 class EventWindow:
     """Which of a person's events a count reads, besides those not yet happened:
-    the last `last` before as_of, or those from `since` (to `until`, inclusive)."""
+    the last `last` before as_of, those from `since` (to `until`, inclusive), or
+    those in the span around the person's `anchor` moment."""
 
     last: timedelta | None = None
     since: datetime | None = None
     until: datetime | None = None
+    anchor: EventAnchor | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,10 @@ class Condition:
         for node in self.nodes():
             if isinstance(node, EventLeaf):
                 events.add(node.event_type + ("*" if node.prefix else ""))
+                # An anchored window moves with its attribute.
+                anchor = node.window.anchor
+                if anchor is not None and anchor.keys:
+                    keys.add(anchor.keys[0])
             elif isinstance(node, AttributeLeaf) and node.source == "user":
                 keys.add(node.keys[0])
             elif isinstance(node, StageLeaf | StageAgeLeaf) or (

@@ -32,6 +32,7 @@ from conditions.model import (
     AttributeLeaf,
     Condition,
     CreatedAtLeaf,
+    EventAnchor,
     EventLeaf,
     EventTypeLeaf,
     EventWindow,
@@ -329,8 +330,10 @@ class _Parser:
         if measure != "count":
             self.add(at, "applies to count: first and last read every event kept")
             return None
+        if isinstance(raw, dict) and "within" in raw:
+            return self.anchored_window(raw, at)
         if not isinstance(raw, dict) or len(raw) != 1 or set(raw) - {"last", "since", "between"}:
-            self.add(at, 'must be {"last": "P30D"}, {"since": time} or {"between": [time, time]}')
+            self.add(at, _WINDOW_FORMS)
             return None
         ((form, value),) = raw.items()
         at = _join(at, form)
@@ -353,6 +356,34 @@ class _Parser:
             self.add(at, "since must not be after until")
             return None
         return EventWindow(since=since, until=until)
+
+    def anchored_window(self, raw: dict[str, Any], at: str) -> EventWindow | None:
+        """{"within": D, "after" | "before": {"attr": path} | "created_at"}."""
+        sides = [side for side in ("after", "before") if side in raw]
+        if len(raw) != 2 or len(sides) != 1:
+            self.add(at, _WINDOW_FORMS)
+            return None
+        side = sides[0]
+        span = self.duration(raw["within"], _join(at, "within"))
+        if span is not None and span > EVENT_RETENTION:
+            self.add(
+                _join(at, "within"),
+                f"must be at most P{EVENT_RETENTION.days}D, how long events are kept",
+            )
+            return None
+        keys = self.anchor(raw[side], _join(at, side))
+        if span is None or keys is None:
+            return None
+        return EventWindow(anchor=EventAnchor(keys, span, side == "before"))
+
+    def anchor(self, raw: Any, at: str) -> tuple[str, ...] | None:
+        """An anchor's attribute path, or () for the user's creation time."""
+        if raw == "created_at":
+            return ()
+        if not isinstance(raw, dict) or set(raw) != {"attr"}:
+            self.add(at, 'must be {"attr": "signup_at"} (a timestamp attribute) or "created_at"')
+            return None
+        return self.path(raw["attr"], _join(at, "attr"))
 
     def event_measure(self, spec: Any, at: str, measure: str) -> tuple[Operator, Any] | None:
         if not isinstance(spec, dict) or set(spec) != {"op", "value"}:
@@ -542,6 +573,10 @@ class _Parser:
 
 
 _INVALID = object()
+_WINDOW_FORMS = (
+    'must be {"last": "P30D"}, {"since": time}, {"between": [time, time]}'
+    ' or {"within": "P14D", "after" | "before": {"attr": "signup_at"} | "created_at"}'
+)
 
 
 def _unknown(keys: set[str]) -> str:

@@ -130,6 +130,10 @@ def _event_leaf(root: bool) -> dict[str, Any]:
         ["op", "value"],
         root=False,
     )
+    anchor = {"oneOf": [
+        _object({"attr": {"type": "string", "pattern": _PATH}}, ["attr"], root=False),
+        {"const": "created_at"},
+    ]}  # fmt: skip
     window = {
         "oneOf": [
             _object({"last": _DURATION}, ["last"], root=False),
@@ -139,6 +143,10 @@ def _event_leaf(root: bool) -> dict[str, Any]:
                              "minItems": 2, "maxItems": 2}},
                 ["between"],
                 root=False,
+            ),
+            *(
+                _object({"within": _DURATION, side: anchor}, ["within", side], root=False)
+                for side in ("after", "before")
             ),
         ]
     }  # fmt: skip

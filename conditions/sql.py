@@ -42,6 +42,7 @@ from conditions.model import (
     AttributeLeaf,
     Condition,
     CreatedAtLeaf,
+    EventAnchor,
     EventLeaf,
     EventTypeLeaf,
     Kind,
@@ -76,10 +77,11 @@ _MICROSECOND = "interval '1 microsecond'"
 class SqlCondition:
     """The condition split in two: `where`, the part time never changes (the
     root's children that read no time: "true" if none) and the cheap tests the
-    others need for ever once they fail (a window's moment not behind it: its
-    start only moves on), which every user who matches now or may match later
-    satisfies, and `timed`, the rest, which holds for the users of `where` who
-    match now (None when the condition reads no time)."""
+    children need for ever once they fail (a window's moment not behind it: its
+    start only moves on; a count's people with enough events: counts only fall),
+    which every user who matches now or may match later satisfies, and `timed`,
+    the rest, which holds for the users of `where` who match now (None when the
+    condition reads no time)."""
 
     where: str
     timed: str | None
@@ -121,9 +123,9 @@ class _Compiled:
     test: str
     # The node's next flip, signed by its answer; None for a node time never changes.
     flip: str | None = None
-    # A cheap test, over the users table alone, that every user for whom the node
-    # holds now or will later passes (a window's moment not yet behind it for
-    # good); None if none is known.
+    # A cheap test that every user for whom the node holds now or will later
+    # passes (a window's moment not yet behind it for good, a count's set of the
+    # people with enough events); None if none is known.
     necessary: str | None = None
 
 
@@ -320,21 +322,17 @@ class _Compiler:
             data = _Compiler(self.as_of, self.request_field, self.first, self.params)
             data.document = "e.data"
             tests.append(data.node(node.where).test)
+        # The set of people with enough events reads no person's own moment: for
+        # an anchored window it holds those with enough events at all, a superset.
+        set_tests = list(tests)
+        if window.anchor is not None:
+            tests.append(self.anchored(window.anchor))
         newest = ", array_agg(e.occurred_at ORDER BY e.occurred_at DESC) AS newest"
         self.joins.append(
             "CROSS JOIN LATERAL (SELECT count(*) AS n, min(e.occurred_at) AS first,"
             f" max(e.occurred_at) AS last{newest if window.last is not None else ''}"
             f" FROM user_events e WHERE e.user_id = u.id AND {' AND '.join(tests)}) {alias}"
         )
-        # The people with at least so many of these events, as one aggregate
-        # over them: a hashed set the users scan filters by before any lateral.
-        least = _least_count(node)
-        having = None
-        if least:
-            having = (
-                f"u.id IN (SELECT e.user_id FROM user_events e WHERE {' AND '.join(tests)}"
-                f" GROUP BY e.user_id HAVING count(*) >= {self.param(least, 'integer')})"
-            )
         if node.measure != "count":
             moment = f"{alias}.{node.measure}"
             if isinstance(node.value, timedelta):
@@ -344,14 +342,44 @@ class _Compiler:
                 limit = self.param(node.value, "timestamptz")
                 clause = _Compiled(f"coalesce({moment} {symbol} {limit}, false)")
             return _negation(clause) if node.op.negated else clause
-        counted = self.count(node, alias)
-        if having is None:
-            return counted
-        return _Compiled(f"({having} AND {counted.test})", counted.flip, having)
-
-    def count(self, node: EventLeaf, alias: str) -> _Compiled:
-        symbol = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
         n = self.param(node.value, "integer")
+        counted = self.count(node, alias, n)
+        least = _least_count(node, n)
+        if least is None:
+            return counted
+        # The people with at least so many of these events, as one aggregate
+        # over them: a hashed set the users scan filters by before any lateral.
+        # It is the leaf's `necessary`, which `where` tests once; the test reads
+        # the lateral's count (a second copy of the set there was a second scan
+        # of the events, a hashed subplan). It binds nothing of its own: where a
+        # parent drops it (a `not`), each parameter is still in the test.
+        having = (
+            f"u.id IN (SELECT e.user_id FROM user_events e WHERE {' AND '.join(set_tests)}"
+            f" GROUP BY e.user_id HAVING count(*) >= {least})"
+        )
+        return replace(counted, necessary=having)
+
+    def anchored(self, anchor: EventAnchor) -> str:
+        """An anchored window's bounds on `e.occurred_at`, from the person's moment:
+        an attribute's read and parsed once per user, in a lateral joined before
+        the events' one. Without a moment (NULL) the bounds hold for no event."""
+        moment = CREATED_AT
+        if anchor.keys:
+            alias = f"anchor_{len(self.joins)}"
+            path = self.param(list(anchor.keys), "text[]")
+            self.joins.append(
+                f"CROSS JOIN LATERAL (SELECT condition_timestamp({ATTRIBUTES} #>> {path}) AS at"
+                f" OFFSET 0) {alias}"
+            )
+            moment = f"{alias}.at"
+        span = self.micros(anchor.span)
+        if anchor.before:
+            return f"e.occurred_at >= {moment} - {span} AND e.occurred_at <= {moment}"
+        return f"e.occurred_at >= {moment} AND e.occurred_at <= {moment} + {span}"
+
+    def count(self, node: EventLeaf, alias: str, n: str) -> _Compiled:
+        """The lateral's count compared with `n` (the bound value), and its flip."""
+        symbol = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
         test = f"({alias}.n {symbol[node.op.name]} {n})"
         if node.window.last is None:
             return _Compiled(test)
@@ -399,13 +427,13 @@ class _Compiler:
         return _negation(clause) if node.op.negated else clause
 
 
-def _least_count(node: EventLeaf) -> int:
+def _least_count(node: EventLeaf, n: str) -> str | None:
     """How many of its events a person needs for a count leaf to hold, now or
-    later (counts only fall as time passes); 0 when none are needed."""
-    if node.measure != "count":
-        return 0
-    n: int = node.value
-    return {"gte": n, "gt": n + 1, "eq": n}.get(node.op.name, 0)
+    later (counts only fall as time passes), over the leaf's bound value `n`;
+    None when none are needed."""
+    if node.op.name == "gt":
+        return f"{n} + 1"
+    return n if node.op.name in ("gte", "eq") and node.value > 0 else None
 
 
 def _joined(operator: str, tests: list[str], empty: str) -> str:
@@ -439,14 +467,14 @@ def _combination(children: list[_Compiled], *, conjunction: bool) -> _Compiled:
     operator = " AND " if conjunction else " OR "
     test = _joined(operator, [child.test for child in children], str(conjunction).lower())
     flips = [child.flip for child in children if child.flip is not None]
-    if not flips:
-        return _Compiled(test)
     if len(children) == 1:
         return children[0]
-    fixed = [child.test for child in children if child.flip is None]
     # What every child of an `all` needs, it needs; an `any` may hold without any.
     known = [child.necessary for child in children if child.necessary] if conjunction else []
     necessary = _joined(" AND ", known, "") or None
+    if not flips:
+        return _Compiled(test, None, necessary)
+    fixed = [child.test for child in children if child.flip is None]
     if fixed:
         flips.append(
             f"CASE WHEN {_joined(operator, fixed, '')} THEN {_NEVER} ELSE {_FAILS_FOR_EVER} END"
@@ -464,16 +492,18 @@ def compile_sql(
     children = [
         compiler.node(child) for child in (root.children if isinstance(root, AllOf) else [root])
     ]
+    # The tests of the children time never changes, and what every child needs
+    # (written there only: `timed` reads it again for the users of `where`).
     fixed = [child.test for child in children if child.flip is None]
+    fixed += [child.necessary for child in children if child.necessary]
     timed = [child for child in children if child.flip is not None]
     if not timed:
         return SqlCondition(
             _joined(" AND ", fixed, "true"), None, None, compiler.params, compiler.joins
         )
     time_part = _all_of(timed)
-    necessary = [time_part.necessary] if time_part.necessary else []
     return SqlCondition(
-        _joined(" AND ", fixed + necessary, "true"),
+        _joined(" AND ", fixed, "true"),
         time_part.test,
         time_part.flip,
         compiler.params,

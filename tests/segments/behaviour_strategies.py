@@ -16,6 +16,7 @@ from tests.segments.strategies import (
     DURATIONS,
     LEAVES,
     MOMENTS,
+    TIMED_USERS,
     TIMESTAMPS,
     USERS,
     attribute_leaves,
@@ -36,7 +37,8 @@ def _with_events(user: StoredUser, events: list[Event]) -> StoredUser:
     return StoredUser(user.attributes, user.stage, user.created_at, user.history, tuple(events))
 
 
-PEOPLE = st.builds(_with_events, USERS, st.lists(EVENTS, max_size=8))
+# Half of them with timestamps at "t" and "n", which anchored windows read.
+PEOPLE = st.builds(_with_events, st.one_of(USERS, TIMED_USERS), st.lists(EVENTS, max_size=8))
 
 # Leaves over an event's data: any attribute operator but the windows, which
 # belong to the event leaf.
@@ -49,6 +51,14 @@ WINDOWS = st.one_of(
     TIMESTAMPS.map(lambda moment: {"since": moment}),
     st.tuples(MOMENTS, MOMENTS).map(
         lambda pair: {"between": [moment.isoformat() for moment in sorted(pair)]}
+    ),
+    # Anchored: the span after or before the person's own moment (a timestamp
+    # attribute, one that is missing or no timestamp, or their creation time).
+    st.builds(
+        lambda span, side, anchor: {"within": span, side: anchor},
+        _WINDOW_DURATIONS,
+        st.sampled_from(["after", "before"]),
+        st.sampled_from([{"attr": "t"}, {"attr": "n"}, {"attr": "o.a"}, "created_at"]),
     ),
 )
 

@@ -15,9 +15,11 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2, triggers_pb2_grpc
+from lifecycle.users.v1 import users_pb2
 from runtime.clock import ShiftedClock
 from runtime.structs import dict_to_struct, set_timestamp, struct_to_dict
 from tests.segments.conftest import Suite
@@ -189,3 +191,51 @@ async def test_event_leaves_are_checked_and_each_problem_named(suite: Suite) -> 
     condition = tagged(uuid.uuid4().hex, TWICE_THIS_WEEK)
     valid = await suite.create_segment(condition)
     assert struct_to_dict(valid.conditions) == condition
+
+
+async def test_a_window_anchored_on_an_attribute_follows_the_attribute_and_explains_its_count(
+    suite: Suite, segment_ports: dict[str, int], segments_admin: asyncpg.Connection
+) -> None:
+    # "Bought within 14 days of signing up" (docs/conditions.md, "What people did").
+    first_fortnight = {
+        "event": {
+            "type": "purchase",
+            "window": {"within": "P14D", "after": {"attr": "signup_at"}},
+            "count": {"op": "gte", "value": 1},
+        }
+    }
+    tag, now = uuid.uuid4().hex, datetime.now(UTC)
+    signed_up = now - timedelta(days=20)
+    attributes = {"run": tag, "signup_at": signed_up.isoformat().replace("+00:00", "Z")}
+    quick, late = await suite.create_user(attributes), await suite.create_user(attributes)
+    segment = await suite.create_segment(tagged(tag, first_fortnight))
+    await suite.refresh(segment.id)
+    await track(segment_ports, quick.id, "purchase", signed_up + timedelta(days=14), {})
+    await track(segment_ports, late.id, "purchase", signed_up + timedelta(days=15), {})
+    await delivered(segments_admin)
+    # The event path lets the quick buyer in; the window is closed, so time
+    # alone never changes the answer: valid_until is the TTL's (an hour).
+    member = await membership(suite, quick.id, segment.id)
+    assert member is not None
+    assert member.valid_until.ToDatetime(tzinfo=UTC) >= now + timedelta(minutes=59)
+    assert await membership(suite, late.id, segment.id) is None
+    explained = await suite.segments.ExplainMembership(
+        segments_pb2.ExplainMembershipRequest(user_id=late.id, segment_id=segment.id)
+    )
+    read = {leaf.path: leaf.actual_value.number_value for leaf in explained.leaves}
+    assert (explained.is_member, read["all[1]"]) == (False, 0)
+    # A later signup moves the window over the late purchase: the attribute's
+    # change re-evaluates the person, and a refresh agrees.
+    later_signup = (signed_up + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    await suite.users.UpdateUser(
+        users_pb2.UpdateUserRequest(
+            user=users_pb2.User(
+                id=late.id, attributes=dict_to_struct({**attributes, "signup_at": later_signup})
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["attributes"]),
+        )
+    )
+    await delivered(segments_admin)
+    assert await membership(suite, late.id, segment.id) is not None
+    await suite.refresh(segment.id)
+    assert await suite.members(segment.id) == {quick.id, late.id}

@@ -101,3 +101,17 @@ async def test_the_scan_for_later_entries_uses_the_index_for_what_time_never_cha
     query = _query({"all": [EQ, WINDOW]})
     plan = await _plan(conn, _statement(query, candidates=True))
     assert _index_scans(plan) == [INDEX]
+
+
+@pytest.mark.parametrize("window", [{"window": {"last": "P7D"}}, {}], ids=["timed", "timeless"])
+async def test_a_count_reads_the_events_once_for_its_set_and_once_per_candidate(
+    conn: asyncpg.Connection, window: dict[str, Any]
+) -> None:
+    # The set of people with enough events filters the users before the
+    # per-person lateral; a second copy of it in the test was a second scan of
+    # the events (a hashed subplan), and without it every user is probed.
+    count = {"event": {"type": "purchase", **window, "count": {"op": "gte", "value": 2}}}
+    for candidates in (True, False):
+        plan = await _plan(conn, _statement(_query(count), candidates=candidates))
+        scans = [n for n in _nodes(plan) if n.get("Relation Name") == "user_events"]
+        assert len(scans) == 2, plan

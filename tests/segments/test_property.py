@@ -89,6 +89,43 @@ _NESTED = (
 )
 
 
+# A count under a `not`: its set of people with enough events is dropped (it
+# selects nobody's entry there), and every parameter must still be bound in SQL.
+_NOT_A_COUNT = (
+    [StoredUser({})] * 4,
+    [{"v": 1, "not": {"event": {"type": "purchase", "count": {"op": "gt", "value": 0}}}}],
+)
+# Anchored windows on their edges: the purchase at the end of the 14 days after
+# "t" counts, the one a microsecond before "t" does not; before "t", the reverse.
+_EDGE = AS_OF - timedelta(days=14)
+_ANCHORED = (
+    [
+        StoredUser(
+            {"t": "2025-05-18T00:00:00Z"},
+            events=(
+                ("purchase", AS_OF, {}),
+                ("purchase", _EDGE - timedelta(microseconds=1), {}),
+            ),
+        ),
+        StoredUser({"t": "2025-05-18"}, events=(("purchase", _EDGE, {}),)),
+        StoredUser({"t": 17}, events=(("purchase", _EDGE, {}),)),
+        StoredUser({}, created_at=_EDGE, events=(("purchase", _EDGE, {}),)),
+    ],
+    [
+        {
+            "v": 1,
+            "event": {
+                "type": "purchase",
+                "window": {"within": "P14D", side: anchor},
+                "count": {"op": "eq", "value": 1},
+            },
+        }
+        for side in ("after", "before")
+        for anchor in ({"attr": "t"}, "created_at")
+    ],
+)
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -96,6 +133,8 @@ _NESTED = (
 )
 @given(EXAMPLES)
 @example(_NESTED)
+@example(_NOT_A_COUNT)
+@example(_ANCHORED)
 async def test_python_and_sql_agree_on_members_validity_and_entries(
     conn: asyncpg.Connection, example: tuple[list[StoredUser], list[dict[str, Any]]]
 ) -> None:
