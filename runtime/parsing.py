@@ -4,7 +4,7 @@ Violations under the field's name so that one error reports them all."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from google.protobuf import timestamp_pb2
 
@@ -79,3 +79,33 @@ def check_name(value: str, field: str, violations: Violations, *, required: bool
     elif len(name) > MAX_NAME_LENGTH:
         violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
     return name
+
+
+def parse_date(value: str, field: str, violations: Violations) -> date | None:
+    """A required ISO-8601 date (YYYY-MM-DD)."""
+    if not value:
+        violations.add(field, "is required (YYYY-MM-DD)")
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        violations.add(field, "must be a date as YYYY-MM-DD")
+        return None
+
+
+def parse_date_range(
+    start: str, end: str, violations: Violations, *, max_days: int, prefix: str = ""
+) -> tuple[date, date] | None:
+    """An inclusive range of `<prefix>start_date` to `<prefix>end_date`, at most
+    `max_days` days long."""
+    first = parse_date(start, f"{prefix}start_date", violations)
+    last = parse_date(end, f"{prefix}end_date", violations)
+    if first is None or last is None:
+        return None
+    if last < first:
+        violations.add(f"{prefix}end_date", "must not be before start_date")
+        return None
+    if (last - first).days >= max_days:
+        violations.add(f"{prefix}end_date", f"the range must span at most {max_days} days")
+        return None
+    return first, last

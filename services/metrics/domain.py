@@ -18,6 +18,7 @@ from runtime import wire_checks
 from runtime.chains import Chain
 from runtime.errors import Violations
 from runtime.lifecycle_events import is_known_event_type
+from runtime.parsing import parse_date_range
 from runtime.partitions import PartitionedTable, partition_name, period_start, shift
 from runtime.stages import STAGES, stage_name
 from runtime.structs import JsonObject, compact_json, json_object
@@ -263,32 +264,11 @@ def refused_outside(rows: EventRows, offsets: Iterable[int]) -> list[RefusedEven
     ]
 
 
-def parse_date(value: str, field: str, violations: Violations) -> date | None:
-    if not value:
-        violations.add(field, "is required (YYYY-MM-DD)")
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        violations.add(field, "must be a date as YYYY-MM-DD")
-        return None
-
-
 def parse_range(
     start: str, end: str, violations: Violations, *, prefix: str = ""
 ) -> tuple[date, date] | None:
     """An inclusive date range of at most MAX_RANGE_DAYS days."""
-    first = parse_date(start, f"{prefix}start_date", violations)
-    last = parse_date(end, f"{prefix}end_date", violations)
-    if first is None or last is None:
-        return None
-    if last < first:
-        violations.add(f"{prefix}end_date", "must not be before start_date")
-        return None
-    if (last - first).days >= MAX_RANGE_DAYS:
-        violations.add(f"{prefix}end_date", f"the range must span at most {MAX_RANGE_DAYS} days")
-        return None
-    return first, last
+    return parse_date_range(start, end, violations, max_days=MAX_RANGE_DAYS, prefix=prefix)
 
 
 def day_start(day: date) -> datetime:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import bisect
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from conditions import (
     EXPANDED,
@@ -91,6 +92,31 @@ class Verdict:
 
     member: bool
     valid_until: datetime
+
+
+@dataclass(frozen=True)
+class SegmentSize:
+    """A segment's member count on a day: the day's last, or carried from the
+    last day before it with one."""
+
+    day: date
+    members: int
+    recorded_at: datetime
+
+
+def utc_day(moment: datetime) -> date:
+    """The UTC day of a moment: sizes are kept per UTC day."""
+    return moment.astimezone(UTC).date()
+
+
+def size_changes(
+    entered: Iterable[tuple[uuid.UUID, uuid.UUID]], exited: Iterable[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[uuid.UUID, int]:
+    """Each segment's net change of members from the (user, segment) pairs that
+    entered and exited; segments with none are left out."""
+    changes = Counter(segment for _, segment in entered)
+    changes.subtract(segment for _, segment in exited)
+    return {segment: change for segment, change in changes.items() if change}
 
 
 def segment_not_found(segment_id: uuid.UUID) -> NotFound:

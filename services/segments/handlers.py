@@ -11,7 +11,8 @@ one written last:
   outbox) and of expired memberships (the scheduler): Python per user;
 - CheckMembership on a cache miss.
 Every change of membership is a segment.entered / segment.exited event in the
-same transaction (metrics and triggers, through the outbox).
+same transaction (metrics and triggers, through the outbox), and changes the
+segment's size of the day (segment_sizes) in that transaction too.
 
 A definition change (UpdateSegment, DeleteSegment) holds its segment's
 definition lock (store.lock_definitions) alone and writes its moment before it
@@ -30,7 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import asyncpg
 
@@ -57,13 +58,16 @@ from services.segments.domain import (
     RangeChanges,
     Segment,
     SegmentFields,
+    SegmentSize,
     UserChange,
     Verdict,
     compare_range,
     merge_changes,
     resolved,
     segment_not_found,
+    size_changes,
     user_not_found,
+    utc_day,
 )
 from services.segments.peers import Users
 from services.segments.settings import SegmentSettings
@@ -95,12 +99,22 @@ async def judge(
     return verdicts
 
 
+async def _count(conn: asyncpg.Connection, changes: Mapping[uuid.UUID, int], at: datetime) -> None:
+    """Records the segments' changes of members in their sizes of the day."""
+    changed = {segment_id: change for segment_id, change in changes.items() if change}
+    if changed:
+        await store.add_to_sizes(conn, changed, at)
+
+
 async def _lock_for_change(conn: asyncpg.Connection, segment_id: uuid.UUID) -> None:
-    """Locks a segment that is about to change or go: its row, and its definition
-    lock, which the answers that will be cached share while they read it."""
+    """Locks a segment that is about to change or go: its definition lock, which
+    the answers that will be cached share while they read it and write their
+    memberships, then its row. In that order: a writer holding the shared lock
+    checks the row (the foreign keys of memberships and sizes), which must not
+    be locked by a change waiting for that writer."""
+    await store.lock_definitions(conn, [segment_id], exclusive=True)
     if not await store.lock_segments(conn, [segment_id], exclusive=True):
         raise segment_not_found(segment_id)
-    await store.lock_definitions(conn, [segment_id], exclusive=True)
 
 
 @dataclass(frozen=True)
@@ -291,6 +305,10 @@ class Memberships:
     ) -> RefreshOutcome:
         segment = compiled.segment
         as_of = self._clock.now()
+        # The day's size row first, holding no membership: the writes below then
+        # update it without checking its segment, which a deletion in progress
+        # locks (they would deadlock with it, holding the rows it deletes).
+        await store.add_to_sizes(conn, {segment.id: 0}, as_of)
         # The next full refresh: at the interval, or when a user may enter by time
         # alone (a window reaching their moment, a time in stage passing), if sooner,
         # but not sooner than the gap (which the interval bounds).
@@ -359,6 +377,7 @@ class Memberships:
             )
             self._publish(uow, segment_id, as_of, ENTERED, [user for user, _ in entered])
             self._publish(uow, segment_id, as_of, EXITED, exited)
+            await _count(conn, {segment_id: len(entered) - len(exited)}, as_of)
         changes.entered += len(entered)
         changes.exited += len(exited)
 
@@ -436,13 +455,13 @@ class Memberships:
         profiles = {user_id: user.profile for user_id, user in known.items()}
         # Users the users service no longer has are being erased: they belong to
         # no segment (quietly: no events about them), whatever their erase's delay.
-        await store.delete_members(
+        gone = await store.delete_members(
             uow.conn,
             [(u, s.segment.id) for u, ss in wanted.items() if u not in profiles for s in ss],
         )
         as_of = self._clock.now()
         verdicts = await judge(wanted, profiles, as_of, self._settings.membership_ttl)
-        return await self._write(uow, verdicts, as_of)
+        return await self._write(uow, verdicts, as_of, gone)
 
     async def _lock_definitions(
         self, conn: asyncpg.Connection, segments: Iterable[CompiledSegment]
@@ -472,7 +491,10 @@ class Memberships:
         uow: UnitOfWork,
         verdicts: Mapping[tuple[uuid.UUID, uuid.UUID], Verdict],
         as_of: datetime,
+        gone: Sequence[tuple[uuid.UUID, uuid.UUID]] = (),
     ) -> tuple[int, int]:
+        """Writes the verdicts, their events and the sizes they change, with the
+        memberships of users `gone` (removed without events)."""
         members = [pair for pair, verdict in verdicts.items() if verdict.member]
         others = [pair for pair, verdict in verdicts.items() if not verdict.member]
         entered = await store.upsert_members(
@@ -485,6 +507,7 @@ class Memberships:
                 by_segment[segment_id].append(user_id)
             for segment_id, user_ids in by_segment.items():
                 self._publish(uow, segment_id, as_of, event_type, user_ids)
+        await _count(uow.conn, size_changes(entered, [*exited, *gone]), as_of)
         return len(entered), len(exited)
 
     async def check(self, user_id: uuid.UUID, segment_id: uuid.UUID) -> CheckOutcome:
@@ -547,6 +570,15 @@ class Memberships:
             raise segment_not_found(segment_id)
         return await store.list_members(pool, segment_id, after, limit)
 
+    async def sizes(self, segment_id: uuid.UUID, first: date, last: date) -> list[SegmentSize]:
+        """The segment's size on each day from `first` to `last` it existed by
+        (today at the latest)."""
+        pool = self._context.pool
+        if await store.get_segment(pool, segment_id) is None:
+            raise segment_not_found(segment_id)
+        last = min(last, utc_day(self._clock.now()))
+        return await store.list_sizes(pool, segment_id, first, last) if first <= last else []
+
     async def of_user(self, user_id: uuid.UUID) -> list[Membership]:
         return await store.user_memberships(self._context.pool, user_id)
 
@@ -556,4 +588,10 @@ class Memberships:
         async with self._context.unit_of_work() as uow:
             segment_ids = list(await store.segment_versions(uow.conn))
             await store.lock_for_writes(uow.conn, segment_ids)
-            return await store.erase_user(uow.conn, user_id)
+            # Their segments' rows before their memberships: a segment being deleted
+            # is waited for, rather than deadlocked with over its sizes' foreign key.
+            memberships = await store.user_memberships(uow.conn, user_id)
+            await store.lock_segments(uow.conn, [m.segment_id for m in memberships])
+            left = await store.erase_user(uow.conn, user_id)
+            await _count(uow.conn, {segment_id: -1 for segment_id in left}, self._clock.now())
+            return len(left)

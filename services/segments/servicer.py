@@ -14,13 +14,14 @@ from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
 from runtime.pagination import PageTokens, parse_time_and_id, time_and_id
-from runtime.parsing import check_name, parse_stages, parse_uuid
+from runtime.parsing import check_name, parse_date_range, parse_stages, parse_uuid
 from runtime.stages import stage_value
 from runtime.structs import dict_to_struct, json_object, set_timestamp, timestamp
 from services.segments.domain import (
     Membership,
     Segment,
     SegmentFields,
+    SegmentSize,
     UserChange,
     check_description,
 )
@@ -31,6 +32,8 @@ UPDATABLE = ("name", "description", "conditions", "lifecycle_stages")
 DEFAULT_SAMPLE = 10
 MAX_SAMPLE = 100
 MAX_REEVALUATED_USERS = 100_000
+# The longest range of ListSegmentSizes: a year of points, leap day included.
+MAX_SIZE_DAYS = 366
 
 
 def segment_message(segment: Segment) -> segments_pb2.Segment:
@@ -58,6 +61,14 @@ def membership_message(membership: Membership) -> segments_pb2.Membership:
     if membership.valid_until is not None:
         set_timestamp(message.valid_until, membership.valid_until)
     return message
+
+
+def size_message(size: SegmentSize) -> segments_pb2.SegmentSize:
+    return segments_pb2.SegmentSize(
+        date=size.day.isoformat(),
+        member_count=size.members,
+        record_time=timestamp(size.recorded_at),
+    )
 
 
 def leaf_message(outcome: LeafOutcome) -> segments_pb2.LeafExplanation:
@@ -276,6 +287,19 @@ class SegmentServicer(segments_pb2_grpc.SegmentServiceServicer):
         return segments_pb2.ListSegmentMembersResponse(
             memberships=[membership_message(m) for m in members], next_page_token=next_token
         )
+
+    async def ListSegmentSizes(
+        self, request: segments_pb2.ListSegmentSizesRequest, context: Context
+    ) -> segments_pb2.ListSegmentSizesResponse:
+        violations = Violations()
+        segment_id = _required_id(request.segment_id, "segment_id", violations)
+        days = parse_date_range(
+            request.start_date, request.end_date, violations, max_days=MAX_SIZE_DAYS
+        )
+        violations.check()
+        assert days is not None
+        sizes = await self._memberships.sizes(segment_id, *days)
+        return segments_pb2.ListSegmentSizesResponse(sizes=[size_message(s) for s in sizes])
 
     async def ListUserSegments(
         self, request: segments_pb2.ListUserSegmentsRequest, context: Context

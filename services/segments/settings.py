@@ -13,6 +13,8 @@ MIN_REFRESH_VARIABLE = "LIFECYCLE_SEGMENTS_MIN_REFRESH_SECONDS"
 TTL_VARIABLE = "LIFECYCLE_SEGMENTS_MEMBERSHIP_TTL_SECONDS"
 SCHEDULER_VARIABLE = "LIFECYCLE_SEGMENTS_SCHEDULER_SECONDS"
 MATCH_TIMEOUT_VARIABLE = "LIFECYCLE_SEGMENTS_MATCH_TIMEOUT_SECONDS"
+SIZE_RETENTION_VARIABLE = "LIFECYCLE_SEGMENTS_SIZE_RETENTION_DAYS"
+MAX_SIZE_RETENTION_DAYS = 36_525
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,17 @@ class SegmentSettings:
     scheduler_interval: float = 5.0
     # Deadline of one MatchUserIds stream (a refresh of every user).
     match_timeout: float = 120.0
+    # How long each day's member count (segment_sizes) is kept: longer than the
+    # longest range ListSegmentSizes answers (366 days).
+    size_retention: timedelta = timedelta(days=400)
+
+
+def _days(raw: str) -> timedelta:
+    days = int(raw)
+    # A century at most: today less the retention must still be a date.
+    if not 0 < days <= MAX_SIZE_RETENTION_DAYS:
+        raise ValueError(raw)
+    return timedelta(days=days)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> SegmentSettings:
@@ -51,6 +64,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> SegmentSettings:
             SCHEDULER_VARIABLE, defaults.scheduler_interval, zero_allowed=True
         ),
         match_timeout=reader.seconds(MATCH_TIMEOUT_VARIABLE, defaults.match_timeout),
+        size_retention=reader.get(
+            SIZE_RETENTION_VARIABLE,
+            defaults.size_retention,
+            _days,
+            f"a whole number of days from 1 to {MAX_SIZE_RETENTION_DAYS}",
+        ),
     )
     reader.check()
     return settings

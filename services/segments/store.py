@@ -5,15 +5,22 @@ arrays in, one statement per batch."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
 from runtime import tombstones
 from runtime.database import Executor
-from services.segments.domain import CachedMembership, Membership, Segment, SegmentFields
+from services.segments.domain import (
+    CachedMembership,
+    Membership,
+    Segment,
+    SegmentFields,
+    SegmentSize,
+    utc_day,
+)
 
 # The first key of the advisory locks that serialise the membership writes of a
 # segment (the second is the hash of its id): "SEGM" in ASCII.
@@ -28,6 +35,13 @@ SELECT s.id, s.name, coalesce(s.description, '') AS description, s.conditions,
        coalesce(r.member_count, 0) AS member_count, r.evaluated_at
 FROM user_segments s LEFT JOIN segment_refreshes r ON r.segment_id = s.id
 """
+
+
+# A day's size is its last count.
+_LAST_WINS = (
+    "ON CONFLICT (segment_id, day) DO UPDATE"
+    " SET members = excluded.members, recorded_at = excluded.recorded_at"
+)
 
 
 def _segment(row: asyncpg.Record) -> Segment:
@@ -56,11 +70,14 @@ async def insert_segment(conn: asyncpg.Connection, fields: SegmentFields, now: d
         fields.conditions,
         list(fields.stages or ()),
     )
+    # Its size starts at none on the day it is created.
     await conn.execute(
-        "INSERT INTO segment_refreshes (segment_id, changed_at, next_refresh_at)"
-        " VALUES ($1, $2, $2)",
+        "WITH refresh AS (INSERT INTO segment_refreshes (segment_id, changed_at, next_refresh_at)"
+        " VALUES ($1, $2, $2))"
+        " INSERT INTO segment_sizes (segment_id, day, members, recorded_at) VALUES ($1, $3, 0, $2)",
         segment_id,
         now,
+        utc_day(now),
     )
     segment = await get_segment(conn, segment_id)
     assert segment is not None
@@ -178,21 +195,74 @@ async def finish_refresh(
     the member count. If the definition changed meanwhile, the refresh confirmed
     nothing: the segment stays due and its memberships stale, those it wrote
     (evaluated at `evaluated_at`, under the old definition) included, however
-    early the change's own moment was taken."""
+    early the change's own moment was taken. Either way the count is the day's
+    size: the members the table holds now."""
     count = await conn.fetchval(
-        "UPDATE segment_refreshes SET"
+        "WITH refreshed AS (UPDATE segment_refreshes SET"
         " evaluated_at = CASE WHEN changed_at = $4 THEN $2 ELSE evaluated_at END,"
         " next_refresh_at = CASE WHEN changed_at = $4 THEN $3 ELSE next_refresh_at END,"
         " changed_at = CASE WHEN changed_at = $4 THEN changed_at"
         "   ELSE greatest(changed_at, $2 + interval '1 microsecond') END,"
         " member_count = (SELECT count(*) FROM user_segment_memberships WHERE segment_id = $1)"
-        " WHERE segment_id = $1 RETURNING member_count",
+        " WHERE segment_id = $1 RETURNING segment_id, member_count),"
+        " sized AS (INSERT INTO segment_sizes (segment_id, day, members, recorded_at)"
+        f"   SELECT segment_id, $5, member_count, $2 FROM refreshed {_LAST_WINS})"
+        " SELECT member_count FROM refreshed",
         segment_id,
         evaluated_at,
         next_refresh_at,
         changed_at,
+        utc_day(evaluated_at),
     )
     return int(count or 0)
+
+
+# Sizes
+
+
+async def add_to_sizes(conn: Executor, changes: Mapping[uuid.UUID, int], at: datetime) -> None:
+    """Adds each segment's change of members to its size on `at`'s day, which
+    starts from its last size before (none before any). Inside the transaction
+    of the change, under the segments' write locks: writers do not interleave."""
+    await conn.execute(
+        "INSERT INTO segment_sizes (segment_id, day, members, recorded_at)"
+        " SELECT x.s, $3, x.d + coalesce((SELECT z.members FROM segment_sizes z"
+        "   WHERE z.segment_id = x.s AND z.day <= $3 ORDER BY z.day DESC LIMIT 1), 0), $4"
+        f" FROM unnest($1::uuid[], $2::bigint[]) AS x(s, d) {_LAST_WINS}",
+        list(changes),
+        list(changes.values()),
+        utc_day(at),
+        at,
+    )
+
+
+async def list_sizes(
+    conn: Executor, segment_id: uuid.UUID, first: date, last: date
+) -> list[SegmentSize]:
+    """The segment's size on each day from `first` to `last`: the day's row, else
+    the last before it; days before its first row have none."""
+    rows = await conn.fetch(
+        "SELECT d::date AS day, z.members, z.recorded_at"
+        " FROM generate_series($2::date, $3::date, interval '1 day') AS d"
+        " CROSS JOIN LATERAL (SELECT members, recorded_at FROM segment_sizes"
+        "   WHERE segment_id = $1 AND day <= d::date ORDER BY day DESC LIMIT 1) AS z"
+        " ORDER BY d",
+        segment_id,
+        first,
+        last,
+    )
+    return [SegmentSize(row["day"], row["members"], row["recorded_at"]) for row in rows]
+
+
+async def forget_sizes(conn: Executor, before: date) -> int:
+    """Deletes the sizes of days before `before` but each segment's last of them,
+    which is its size until its next row (and what later changes add to)."""
+    result = await conn.execute(
+        "DELETE FROM segment_sizes z WHERE z.day < (SELECT max(p.day) FROM segment_sizes p"
+        " WHERE p.segment_id = z.segment_id AND p.day < $1)",
+        before,
+    )
+    return int(result.split()[-1])
 
 
 async def due_segments(conn: Executor, now: datetime, limit: int) -> list[uuid.UUID]:
@@ -368,11 +438,14 @@ async def expired_memberships(
     return [(row["user_id"], row["segment_id"]) for row in rows]
 
 
-async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
-    """Keeps the user as a tombstone and removes their memberships; returns how many."""
+async def erase_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """Keeps the user as a tombstone and removes their memberships; returns the
+    segments they were in."""
     await tombstones.bury(conn, user_id)
-    result = await conn.execute("DELETE FROM user_segment_memberships WHERE user_id = $1", user_id)
-    return int(result.split()[-1])
+    rows = await conn.fetch(
+        "DELETE FROM user_segment_memberships WHERE user_id = $1 RETURNING segment_id", user_id
+    )
+    return [row["segment_id"] for row in rows]
 
 
 def _range(params: list[Any], after: str | None, through: str | None) -> str:

@@ -525,6 +525,90 @@ class ListSegmentMembersResponse(_message.Message):
 Global___ListSegmentMembersResponse: _TypeAlias = ListSegmentMembersResponse  # noqa: Y015
 
 @_typing.final
+class ListSegmentSizesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.str
+    start_date: _builtins.str
+    """ISO-8601 dates (YYYY-MM-DD, UTC days), inclusive; at most 366 days."""
+    end_date: _builtins.str
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "segment_id", b"segment_id", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentSizesRequest: _TypeAlias = ListSegmentSizesRequest  # noqa: Y015
+
+@_typing.final
+class SegmentSize(_message.Message):
+    """A segment's size at the end of a day (or now, for today)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """ISO-8601 date (UTC day)."""
+    member_count: _builtins.int
+    @_builtins.property
+    def record_time(self) -> _timestamp_pb2.Timestamp:
+        """When the count was recorded: on this day, or on an earlier day whose
+        count no change has replaced since.
+        """
+
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        member_count: _builtins.int = ...,
+        record_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "member_count", b"member_count", "record_time", b"record_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentSize: _TypeAlias = SegmentSize  # noqa: Y015
+
+@_typing.final
+class ListSegmentSizesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentSize]:
+        """One per day of the range, in order, from the day the segment was created
+        (or the oldest day retention keeps) to today at the latest: a range before
+        or after those has none.
+        """
+
+    def __init__(
+        self,
+        *,
+        sizes: _abc.Iterable[Global___SegmentSize] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sizes", b"sizes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentSizesResponse: _TypeAlias = ListSegmentSizesResponse  # noqa: Y015
+
+@_typing.final
 class ListUserSegmentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -82,6 +82,11 @@ class SegmentServiceStub:
                 request_serializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentMembersRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentMembersResponse.FromString,
                 _registered_method=True)
+        self.ListSegmentSizes = channel.unary_unary(
+                '/lifecycle.segments.v1.SegmentService/ListSegmentSizes',
+                request_serializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentSizesRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentSizesResponse.FromString,
+                _registered_method=True)
         self.ListUserSegments = channel.unary_unary(
                 '/lifecycle.segments.v1.SegmentService/ListUserSegments',
                 request_serializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListUserSegmentsRequest.SerializeToString,
@@ -167,6 +172,13 @@ class SegmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSegmentSizes(self, request, context):
+        """A segment's member count per day (docs/conditions.md, "Size over time").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListUserSegments(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -241,6 +253,11 @@ def add_SegmentServiceServicer_to_server(servicer, server):
                     servicer.ListSegmentMembers,
                     request_deserializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentMembersRequest.FromString,
                     response_serializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'ListSegmentSizes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentSizes,
+                    request_deserializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentSizesRequest.FromString,
+                    response_serializer=lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentSizesResponse.SerializeToString,
             ),
             'ListUserSegments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUserSegments,
@@ -509,6 +526,33 @@ class SegmentService:
             '/lifecycle.segments.v1.SegmentService/ListSegmentMembers',
             lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentMembersRequest.SerializeToString,
             lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentSizes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.segments.v1.SegmentService/ListSegmentSizes',
+            lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentSizesRequest.SerializeToString,
+            lifecycle_dot_segments_dot_v1_dot_segments__pb2.ListSegmentSizesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,8 @@ class SegmentServiceStub:
     CheckMembership: _grpc.UnaryUnaryMultiCallable[_segments_pb2.CheckMembershipRequest, _segments_pb2.CheckMembershipResponse]
     """Answers from the cache while it is valid, else evaluates the user now."""
     ListSegmentMembers: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ListSegmentMembersRequest, _segments_pb2.ListSegmentMembersResponse]
+    ListSegmentSizes: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ListSegmentSizesRequest, _segments_pb2.ListSegmentSizesResponse]
+    """A segment's member count per day (docs/conditions.md, "Size over time")."""
     ListUserSegments: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ListUserSegmentsRequest, _segments_pb2.ListUserSegmentsResponse]
     ExplainMembership: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ExplainMembershipRequest, _segments_pb2.ExplainMembershipResponse]
     """Each leaf of the condition with the user's value and whether it held."""
@@ -76,6 +78,8 @@ class SegmentServiceAsyncStub(SegmentServiceStub):
     CheckMembership: _aio.UnaryUnaryMultiCallable[_segments_pb2.CheckMembershipRequest, _segments_pb2.CheckMembershipResponse]  # type: ignore[assignment]
     """Answers from the cache while it is valid, else evaluates the user now."""
     ListSegmentMembers: _aio.UnaryUnaryMultiCallable[_segments_pb2.ListSegmentMembersRequest, _segments_pb2.ListSegmentMembersResponse]  # type: ignore[assignment]
+    ListSegmentSizes: _aio.UnaryUnaryMultiCallable[_segments_pb2.ListSegmentSizesRequest, _segments_pb2.ListSegmentSizesResponse]  # type: ignore[assignment]
+    """A segment's member count per day (docs/conditions.md, "Size over time")."""
     ListUserSegments: _aio.UnaryUnaryMultiCallable[_segments_pb2.ListUserSegmentsRequest, _segments_pb2.ListUserSegmentsResponse]  # type: ignore[assignment]
     ExplainMembership: _aio.UnaryUnaryMultiCallable[_segments_pb2.ExplainMembershipRequest, _segments_pb2.ExplainMembershipResponse]  # type: ignore[assignment]
     """Each leaf of the condition with the user's value and whether it held."""
@@ -155,6 +159,14 @@ class SegmentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _segments_pb2.ListSegmentMembersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_segments_pb2.ListSegmentMembersResponse, _abc.Awaitable[_segments_pb2.ListSegmentMembersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSegmentSizes(
+        self,
+        request: _segments_pb2.ListSegmentSizesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segments_pb2.ListSegmentSizesResponse, _abc.Awaitable[_segments_pb2.ListSegmentSizesResponse]]:
+        """A segment's member count per day (docs/conditions.md, "Size over time")."""
 
     @_abc_1.abstractmethod
     def ListUserSegments(
