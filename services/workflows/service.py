@@ -28,6 +28,7 @@ from services.workflows.store.campaigns import WAITING_CYCLES
 from services.workflows.store.jobs import WAITING_USERS_CALLS
 from services.workflows.timers import DueTimers
 from services.workflows.user_tasks import UserTasks
+from services.workflows.waits import ExecutionWaits
 from services.workflows.workers import BuiltinJobWorker, CampaignWorker, TimerWorker
 
 
@@ -55,6 +56,7 @@ def build_with(
             context.page_tokens,
             UserTasks(stepper),
             signals=Signals(stepper),
+            waits=ExecutionWaits(stepper),
         )
 
         def register(server: grpc.aio.Server) -> None:

@@ -51,8 +51,10 @@ from services.workflows.jobs import Jobs
 from services.workflows.servicer_campaigns import RECENT_CYCLES, cycle_message
 from services.workflows.servicer_signals import SignalRpcs
 from services.workflows.servicer_user_tasks import UserTaskRpcs
+from services.workflows.servicer_waits import WaitRpcs
 from services.workflows.signals import Signals
 from services.workflows.user_tasks import UserTasks
+from services.workflows.waits import ExecutionWaits
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -216,7 +218,9 @@ def _invalid_message(violations: Violations) -> pb.PublishMessageResponse:
     return pb.PublishMessageResponse(error=error)
 
 
-class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(
+    UserTaskRpcs, SignalRpcs, WaitRpcs, workflows_pb2_grpc.WorkflowServiceServicer
+):
     def __init__(
         self,
         directory: WorkflowDirectory,
@@ -226,8 +230,10 @@ class WorkflowServicer(UserTaskRpcs, SignalRpcs, workflows_pb2_grpc.WorkflowServ
         user_tasks: UserTasks,
         *,
         signals: Signals,
+        waits: ExecutionWaits,
     ) -> None:
         self._signals = signals
+        self._waits = waits
         self._directory = directory
         self._executions = executions
         self._jobs = jobs

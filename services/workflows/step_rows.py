@@ -57,7 +57,13 @@ def collect(
                 notes.earliest_timer = timer.due_at
     w.subscriptions += [
         steps.NewSubscription(
-            execution_id, token, element, name, state.user_id, correlation_key(run, token, element)
+            execution_id,
+            token,
+            element,
+            name,
+            state.user_id,
+            correlation_key(run, token, element),
+            now,
         )
         for token, element, name in step.subscriptions
         if token in alive

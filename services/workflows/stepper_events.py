@@ -104,7 +104,7 @@ def signal_rows(run: Interpreter, alive: Iterable[int]) -> list[NewSignalSubscri
     """The signal subscriptions of `run`'s step whose token is still there."""
     tokens = set(alive)
     return [
-        NewSignalSubscription(run.state.id, s.token, s.element, s.name)
+        NewSignalSubscription(run.state.id, s.token, s.element, s.name, run.now)
         for s in run.events.signal_subscriptions
         if s.token in tokens
     ]

@@ -125,6 +125,65 @@ CONFLICT_POLICY_ALLOW_PARALLEL: ConflictPolicy.ValueType  # 3
 """Start another one beside it."""
 Global___ConflictPolicy: _TypeAlias = ConflictPolicy  # noqa: Y015
 
+class _EventWaitKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventWaitKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventWaitKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_WAIT_KIND_UNSPECIFIED: _EventWaitKind.ValueType  # 0
+    EVENT_WAIT_KIND_INTERMEDIATE: _EventWaitKind.ValueType  # 1
+    """An intermediate catch event (also one an event-based gateway waits on)."""
+    EVENT_WAIT_KIND_BOUNDARY: _EventWaitKind.ValueType  # 2
+    """A boundary event of an activity the execution is at."""
+    EVENT_WAIT_KIND_EVENT_SUBPROCESS: _EventWaitKind.ValueType  # 3
+    """The start event of an event sub-process, open while its scope runs."""
+    EVENT_WAIT_KIND_RECEIVE_TASK: _EventWaitKind.ValueType  # 4
+    """A receive task."""
+    EVENT_WAIT_KIND_START: _EventWaitKind.ValueType  # 5
+    """The workflow's timer start event: the execution starts when it fires."""
+
+class EventWaitKind(_EventWaitKind, metaclass=_EventWaitKindEnumTypeWrapper):
+    """Where an event an execution waits for sits in its workflow."""
+
+EVENT_WAIT_KIND_UNSPECIFIED: EventWaitKind.ValueType  # 0
+EVENT_WAIT_KIND_INTERMEDIATE: EventWaitKind.ValueType  # 1
+"""An intermediate catch event (also one an event-based gateway waits on)."""
+EVENT_WAIT_KIND_BOUNDARY: EventWaitKind.ValueType  # 2
+"""A boundary event of an activity the execution is at."""
+EVENT_WAIT_KIND_EVENT_SUBPROCESS: EventWaitKind.ValueType  # 3
+"""The start event of an event sub-process, open while its scope runs."""
+EVENT_WAIT_KIND_RECEIVE_TASK: EventWaitKind.ValueType  # 4
+"""A receive task."""
+EVENT_WAIT_KIND_START: EventWaitKind.ValueType  # 5
+"""The workflow's timer start event: the execution starts when it fires."""
+Global___EventWaitKind: _TypeAlias = EventWaitKind  # noqa: Y015
+
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    JOB_STATE_READY: _JobState.ValueType  # 1
+    """Waits for a worker to activate it (after a failure, for next_attempt_time)."""
+    JOB_STATE_ACTIVATED: _JobState.ValueType  # 2
+    """Locked to `worker` until lock_expire_time."""
+    JOB_STATE_FAILED: _JobState.ValueType  # 3
+    """Its retries ran out, or an error was not caught: an incident waits for ResolveIncident."""
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+JOB_STATE_READY: JobState.ValueType  # 1
+"""Waits for a worker to activate it (after a failure, for next_attempt_time)."""
+JOB_STATE_ACTIVATED: JobState.ValueType  # 2
+"""Locked to `worker` until lock_expire_time."""
+JOB_STATE_FAILED: JobState.ValueType  # 3
+"""Its retries ran out, or an error was not caught: an incident waits for ResolveIncident."""
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
 class _UserTaskState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1061,6 +1120,257 @@ class GetWorkflowStatisticsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWorkflowStatisticsResponse: _TypeAlias = GetWorkflowStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class ListExecutionWaitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExecutionWaitsRequest: _TypeAlias = ListExecutionWaitsRequest  # noqa: Y015
+
+@_typing.final
+class ListExecutionWaitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def waits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionWait]: ...
+    def __init__(
+        self,
+        *,
+        waits: _abc.Iterable[Global___ExecutionWait] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "waits", b"waits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExecutionWaitsResponse: _TypeAlias = ListExecutionWaitsResponse  # noqa: Y015
+
+@_typing.final
+class ExecutionWait(_message.Message):
+    """One thing an execution waits on now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ELEMENT_ID_FIELD_NUMBER: _builtins.int
+    TIMER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    USER_TASK_FIELD_NUMBER: _builtins.int
+    element_id: _builtins.str
+    """The element waiting: the timer, message or signal event (a catch event,
+    a boundary event, a start event), the receive task, the service task
+    (its job), the user task.
+    """
+    @_builtins.property
+    def timer(self) -> Global___TimerWait: ...
+    @_builtins.property
+    def message(self) -> Global___MessageWait: ...
+    @_builtins.property
+    def signal(self) -> Global___SignalWait: ...
+    @_builtins.property
+    def job(self) -> Global___JobWait: ...
+    @_builtins.property
+    def user_task(self) -> Global___UserTask:
+        """An open user task (CREATED or ASSIGNED)."""
+
+    def __init__(
+        self,
+        *,
+        element_id: _builtins.str = ...,
+        timer: Global___TimerWait | None = ...,
+        message: Global___MessageWait | None = ...,
+        signal: Global___SignalWait | None = ...,
+        job: Global___JobWait | None = ...,
+        user_task: Global___UserTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "message", b"message", "signal", b"signal", "timer", b"timer", "user_task", b"user_task", "wait", b"wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["element_id", b"element_id", "job", b"job", "message", b"message", "signal", b"signal", "timer", b"timer", "user_task", b"user_task", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_wait: _TypeAlias = _typing.Literal["timer", "message", "signal", "job", "user_task"]  # noqa: Y015
+    _WhichOneofArgType_wait: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_wait) -> _WhichOneofReturnType_wait | None: ...
+
+Global___ExecutionWait: _TypeAlias = ExecutionWait  # noqa: Y015
+
+@_typing.final
+class TimerWait(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    INTERRUPTING_FIELD_NUMBER: _builtins.int
+    kind: Global___EventWaitKind.ValueType
+    interrupting: _builtins.bool
+    """An interrupting boundary event or event sub-process: its firing ends the
+    activity, or the other work of its scope. False for the other kinds.
+    """
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___EventWaitKind.ValueType = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        interrupting: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time", "interrupting", b"interrupting", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimerWait: _TypeAlias = TimerWait  # noqa: Y015
+
+@_typing.final
+class MessageWait(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_NAME_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    INTERRUPTING_FIELD_NUMBER: _builtins.int
+    kind: Global___EventWaitKind.ValueType
+    message_name: _builtins.str
+    correlation_key: _builtins.str
+    """The key a message must carry to be delivered: the subscription's
+    correlation key, or the user id when the BPMN names none.
+    """
+    interrupting: _builtins.bool
+    """As TimerWait.interrupting."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the execution began to wait (unset for a subscription made before
+        the engine recorded it).
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: Global___EventWaitKind.ValueType = ...,
+        message_name: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        interrupting: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "create_time", b"create_time", "interrupting", b"interrupting", "kind", b"kind", "message_name", b"message_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageWait: _TypeAlias = MessageWait  # noqa: Y015
+
+@_typing.final
+class SignalWait(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SIGNAL_NAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    INTERRUPTING_FIELD_NUMBER: _builtins.int
+    kind: Global___EventWaitKind.ValueType
+    signal_name: _builtins.str
+    interrupting: _builtins.bool
+    """As TimerWait.interrupting."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """As MessageWait.create_time."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___EventWaitKind.ValueType = ...,
+        signal_name: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        interrupting: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "interrupting", b"interrupting", "kind", b"kind", "signal_name", b"signal_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalWait: _TypeAlias = SignalWait  # noqa: Y015
+
+@_typing.final
+class JobWait(_message.Message):
+    """The job of a service task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_KEY_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    LOCK_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    job_key: _builtins.str
+    job_type: _builtins.str
+    state: Global___JobState.ValueType
+    retries: _builtins.int
+    """Attempts left."""
+    failures: _builtins.int
+    """Attempts that failed so far."""
+    worker: _builtins.str
+    """ACTIVATED: the worker that has it, and when its lock expires."""
+    error_message: _builtins.str
+    """The error of its last failed attempt."""
+    @_builtins.property
+    def lock_expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """READY after a failed attempt: when it may be activated again (its backoff)."""
+
+    def __init__(
+        self,
+        *,
+        job_key: _builtins.str = ...,
+        job_type: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        retries: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        worker: _builtins.str = ...,
+        lock_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lock_expire_time", b"lock_expire_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "failures", b"failures", "job_key", b"job_key", "job_type", b"job_type", "lock_expire_time", b"lock_expire_time", "next_attempt_time", b"next_attempt_time", "retries", b"retries", "state", b"state", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobWait: _TypeAlias = JobWait  # noqa: Y015
 
 @_typing.final
 class CancelExecutionRequest(_message.Message):

@@ -103,6 +103,11 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsResponse.FromString,
                 _registered_method=True)
+        self.ListExecutionWaits = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/ListExecutionWaits',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionWaitsRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionWaitsResponse.FromString,
+                _registered_method=True)
         self.CancelExecution = channel.unary_unary(
                 '/lifecycle.workflows.v1.WorkflowService/CancelExecution',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.CancelExecutionRequest.SerializeToString,
@@ -277,6 +282,15 @@ class WorkflowServiceServicer:
     def GetWorkflowStatistics(self, request, context):
         """Per element of a workflow version: the executions waiting there now, the
         times it was completed and its open incidents (the console's heatmap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExecutionWaits(self, request, context):
+        """What an execution waits on now, a page at a time: its timers, message and
+        signal subscriptions, jobs and open user tasks, in the order it reached
+        them. An execution that ended waits on nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -469,6 +483,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.GetWorkflowStatistics,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsResponse.SerializeToString,
+            ),
+            'ListExecutionWaits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExecutionWaits,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionWaitsRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionWaitsResponse.SerializeToString,
             ),
             'CancelExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelExecution,
@@ -906,6 +925,33 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/GetWorkflowStatistics',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetWorkflowStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExecutionWaits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/ListExecutionWaits',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionWaitsRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.ListExecutionWaitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

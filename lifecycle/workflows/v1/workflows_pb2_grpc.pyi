@@ -64,6 +64,11 @@ class WorkflowServiceStub:
     """Per element of a workflow version: the executions waiting there now, the
     times it was completed and its open incidents (the console's heatmap).
     """
+    ListExecutionWaits: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListExecutionWaitsRequest, _workflows_pb2.ListExecutionWaitsResponse]
+    """What an execution waits on now, a page at a time: its timers, message and
+    signal subscriptions, jobs and open user tasks, in the order it reached
+    them. An execution that ended waits on nothing.
+    """
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.CancelExecutionRequest, _workflows_pb2.CancelExecutionResponse]
     PublishMessage: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessageRequest, _workflows_pb2.PublishMessageResponse]
     """Delivers a message to every execution of the user (correlation key)
@@ -148,6 +153,11 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     GetWorkflowStatistics: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowStatisticsRequest, _workflows_pb2.GetWorkflowStatisticsResponse]  # type: ignore[assignment]
     """Per element of a workflow version: the executions waiting there now, the
     times it was completed and its open incidents (the console's heatmap).
+    """
+    ListExecutionWaits: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListExecutionWaitsRequest, _workflows_pb2.ListExecutionWaitsResponse]  # type: ignore[assignment]
+    """What an execution waits on now, a page at a time: its timers, message and
+    signal subscriptions, jobs and open user tasks, in the order it reached
+    them. An execution that ended waits on nothing.
     """
     CancelExecution: _aio.UnaryUnaryMultiCallable[_workflows_pb2.CancelExecutionRequest, _workflows_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     PublishMessage: _aio.UnaryUnaryMultiCallable[_workflows_pb2.PublishMessageRequest, _workflows_pb2.PublishMessageResponse]  # type: ignore[assignment]
@@ -308,6 +318,17 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workflows_pb2.GetWorkflowStatisticsResponse, _abc.Awaitable[_workflows_pb2.GetWorkflowStatisticsResponse]]:
         """Per element of a workflow version: the executions waiting there now, the
         times it was completed and its open incidents (the console's heatmap).
+        """
+
+    @_abc_1.abstractmethod
+    def ListExecutionWaits(
+        self,
+        request: _workflows_pb2.ListExecutionWaitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.ListExecutionWaitsResponse, _abc.Awaitable[_workflows_pb2.ListExecutionWaitsResponse]]:
+        """What an execution waits on now, a page at a time: its timers, message and
+        signal subscriptions, jobs and open user tasks, in the order it reached
+        them. An execution that ended waits on nothing.
         """
 
     @_abc_1.abstractmethod

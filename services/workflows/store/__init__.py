@@ -13,4 +13,5 @@ incidents    incidents
 campaigns    recurring campaigns' cycles: schedule, cursor, outcome
 retention    what `lifecycle maintenance` deletes
 statistics   per-element counts of a workflow version (the console's heatmap)
+waits        what an execution waits on now, a page at a time (ListExecutionWaits)
 """

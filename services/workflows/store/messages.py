@@ -52,7 +52,7 @@ class Correlation(NamedTuple):
 
 
 # A subscription's or a message's key: its correlation key, else its user id.
-_KEY = "coalesce({0}.correlation_key, {0}.user_id::text)"
+KEY = "coalesce({0}.correlation_key, {0}.user_id::text)"
 
 
 async def buffered_messages(
@@ -65,7 +65,7 @@ async def buffered_messages(
         " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::text[])"
         " AS w(execution_id, user_id, name, correlation_key)"
         " JOIN messages m ON m.user_id = w.user_id AND m.name = w.name AND m.expires_at > $4"
-        f"  AND {_KEY.format('m')} = {_KEY.format('w')}"
+        f"  AND {KEY.format('m')} = {KEY.format('w')}"
         "  AND NOT (w.execution_id = ANY(m.delivered_to))"
         " ORDER BY w.execution_id, w.name, m.id",
         [w.execution_id for w in wanted],
@@ -144,7 +144,7 @@ async def subscribers(
         " FROM message_subscriptions s"
         " JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS w(user_id, name, correlation_key)"
         " ON s.user_id = w.user_id AND s.message_name = w.name"
-        f" AND {_KEY.format('s')} = {_KEY.format('w')}"
+        f" AND {KEY.format('s')} = {KEY.format('w')}"
         " ORDER BY s.execution_id, s.token",
         [w.user_id for w in wanted],
         [w.name for w in wanted],

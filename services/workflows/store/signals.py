@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 from runtime.database import Executor
@@ -19,6 +20,8 @@ class NewSignalSubscription(NamedTuple):
     token: int
     element_id: str
     signal_name: str
+    # The step's time: since when the token waits.
+    created_at: datetime
 
 
 class SignalSubscriber(NamedTuple):
@@ -37,7 +40,8 @@ def add_writes(q: Statement, rows: Sequence[NewSignalSubscription]) -> None:
         q.add(
             "signal_subscriptions",
             f"INSERT INTO signal_subscriptions ({columns}) SELECT r.*"
-            f" FROM {q.unnest(rows, ('uuid', 'int', 'text', 'text'))} AS r({columns})"
+            f" FROM {q.unnest(rows, ('uuid', 'int', 'text', 'text', 'timestamptz'))}"
+            f" AS r({columns})"
             " ON CONFLICT DO NOTHING",
         )
 

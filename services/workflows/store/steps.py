@@ -53,7 +53,9 @@ class NewSubscription(NamedTuple):
     message_name: str
     user_id: uuid.UUID
     # zeebe:subscription correlationKey's value; None: the user id.
-    correlation_key: str | None = None
+    correlation_key: str | None
+    # The step's time: since when the token waits.
+    created_at: datetime
 
 
 class NewJob(NamedTuple):
@@ -124,7 +126,8 @@ def _inserts(w: Writes) -> tuple[_Insert, ...]:
          " ON CONFLICT (execution_id, token, element_id)"
          " DO UPDATE SET due_at = excluded.due_at, repeat = excluded.repeat"),
         ("subscriptions", "message_subscriptions", w.subscriptions,
-         ("uuid", "int", "text", "text", "uuid", "text"), " ON CONFLICT DO NOTHING"),
+         ("uuid", "int", "text", "text", "uuid", "text", "timestamptz"),
+         " ON CONFLICT DO NOTHING"),
         ("jobs", "jobs", w.jobs,
          ("uuid", "int", "text", "text", "uuid", "uuid", "jsonb", "int", "timestamptz"), ""),
         ("incidents", "incidents", w.incidents,

@@ -108,14 +108,14 @@ def add_writes(q: Statement, new: Sequence[NewUserTask], closed: Sequence[Closed
         )
 
 
-_FIELDS = (
+USER_TASK_FIELDS = (
     "id, execution_id, token, element_id, workflow_id, workflow_version, user_id, state,"
     " assignee, candidate_groups, candidate_users, due_at, follow_up_at, variables,"
     " created_at, completed_at"
 )
 
 
-def _record(row: asyncpg.Record) -> UserTaskRecord:
+def user_task_record(row: asyncpg.Record) -> UserTaskRecord:
     values = dict(row)
     values["candidate_groups"] = list(values["candidate_groups"])
     values["candidate_users"] = list(values["candidate_users"])
@@ -127,8 +127,10 @@ async def get_user_task(
     conn: Executor, task_id: uuid.UUID, *, lock: bool = False
 ) -> UserTaskRecord | None:
     suffix = " FOR UPDATE" if lock else ""
-    row = await conn.fetchrow(f"SELECT {_FIELDS} FROM user_tasks WHERE id = $1{suffix}", task_id)
-    return _record(row) if row else None
+    row = await conn.fetchrow(
+        f"SELECT {USER_TASK_FIELDS} FROM user_tasks WHERE id = $1{suffix}", task_id
+    )
+    return user_task_record(row) if row else None
 
 
 async def list_user_tasks(
@@ -139,7 +141,7 @@ async def list_user_tasks(
     limit: int,
 ) -> list[UserTaskRecord]:
     rows = await conn.fetch(
-        f"SELECT {_FIELDS} FROM user_tasks"
+        f"SELECT {USER_TASK_FIELDS} FROM user_tasks"
         " WHERE ($1::text = '' OR assignee = $1)"
         "   AND ($2::text = '' OR candidate_groups @> ARRAY[$2::text])"
         "   AND ($3::text = '' OR candidate_users @> ARRAY[$3::text])"
@@ -158,7 +160,7 @@ async def list_user_tasks(
         cursor[1] if cursor else None,
         limit,
     )
-    return [_record(row) for row in rows]
+    return [user_task_record(row) for row in rows]
 
 
 async def set_assignee(
@@ -168,19 +170,19 @@ async def set_assignee(
     row = await conn.fetchrow(
         f"UPDATE user_tasks SET assignee = $2,"
         f" state = CASE WHEN $2::text IS NULL THEN '{CREATED}' ELSE '{ASSIGNED}' END"
-        f" WHERE id = $1 AND state IN ('{CREATED}', '{ASSIGNED}') RETURNING {_FIELDS}",
+        f" WHERE id = $1 AND state IN ('{CREATED}', '{ASSIGNED}') RETURNING {USER_TASK_FIELDS}",
         task_id,
         assignee,
     )
-    return _record(row) if row else None
+    return user_task_record(row) if row else None
 
 
 async def complete_user_task(conn: Executor, task_id: uuid.UUID, at: datetime) -> UserTaskRecord:
     row = await conn.fetchrow(
         f"UPDATE user_tasks SET state = '{COMPLETED}', completed_at = $2"
-        f" WHERE id = $1 RETURNING {_FIELDS}",
+        f" WHERE id = $1 RETURNING {USER_TASK_FIELDS}",
         task_id,
         at,
     )
     assert row is not None  # locked by the caller
-    return _record(row)
+    return user_task_record(row)
