@@ -29,6 +29,7 @@ Calling other services
 clients         long-lived channels to other services, with deadlines and retries
 deadlines       the deadline left of the call being served, for calls on its behalf
 outbox          reliable calls to other services (transactional outbox and relay)
+operations      what waits in a service's outbox and queues; its dead letters sent again
 lifecycle_events  the lifecycle events and outbox topics services send each other
 
 Batches and fairness

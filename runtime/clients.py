@@ -30,6 +30,8 @@ GRPC_SERVICES = {
     "triggers": "lifecycle.triggers.v1.TriggerService",
     "metrics": "lifecycle.metrics.v1.MetricsService",
 }
+# Served by every service beside its own, about itself (runtime.operations).
+OPERATIONS_SERVICE = "lifecycle.operations.v1.OperationsService"
 
 # What is retried is an UNAVAILABLE from the transport (a replica gone, a
 # connection refused, a replica that is stopping): the next attempt goes to
@@ -72,7 +74,10 @@ def service_config(service: str) -> str:
         {
             "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
-                {"name": [{"service": GRPC_SERVICES[service]}], "retryPolicy": _RETRY_POLICY}
+                {
+                    "name": [{"service": GRPC_SERVICES[service]}, {"service": OPERATIONS_SERVICE}],
+                    "retryPolicy": _RETRY_POLICY,
+                }
             ],
             "retryThrottling": RETRY_BUDGET,
         }

@@ -1,7 +1,8 @@
 """The gRPC host of one service: its lifecycle from start to graceful stop.
 
 start: pool (lazy) -> service components -> grpc.aio server with tracing and
-error interceptors, health and reflection -> workers (outbox relay, ...).
+error interceptors, the operations service (runtime.operations), health and
+reflection -> workers (outbox relay, ...).
 stop (SIGTERM/SIGINT, or `stop()`): health flips to NOT_SERVING, an optional
 drain delay, the server stops taking calls and gives in-flight ones a grace
 period, workers finish, channels and pool close, spans are flushed.
@@ -26,13 +27,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
+from lifecycle.operations.v1 import operations_pb2_grpc
 from runtime.admission import Admission
 from runtime.auth import Authenticator, CallingService, Gate, ServiceToken, access_of
-from runtime.clients import GRPC_SERVICES, ServiceClients
+from runtime.clients import GRPC_SERVICES, OPERATIONS_SERVICE, ServiceClients
 from runtime.config import ConnectionLimits, ServiceConfig
 from runtime.database import UnitOfWork, create_pool, unit_of_work
 from runtime.identity import acting_for, calling_as
 from runtime.interceptors import ServiceInterceptor
+from runtime.operations import OperationsServicer
 from runtime.outbox import Destination, OutboxRelay
 from runtime.pagination import PageTokens
 from runtime.partitions import PartitionedTable
@@ -228,18 +231,41 @@ class ServiceHost:
         )
         if components.register is not None:
             components.register(server)
+        operations_pb2_grpc.add_OperationsServiceServicer_to_server(self._operations(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (self.definition.grpc_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                self.definition.grpc_service,
+                OPERATIONS_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         return server
 
+    def _operations(self) -> OperationsServicer:
+        """What waits in this service's outbox and queues, served on its port."""
+        assert self.context is not None
+        definition = self.definition
+        return OperationsServicer(
+            definition.name,
+            self.context.pool,
+            definition.destinations,
+            definition.waiting,
+            self.context.relay.wake,
+        )
+
     def _gate(self) -> Gate:
         """Who may call this service's RPCs, as their .proto declares it."""
-        service = descriptor_pool.Default().FindServiceByName(self.definition.grpc_service)
+        pool = descriptor_pool.Default()
+        access = {
+            **access_of(pool.FindServiceByName(self.definition.grpc_service)),
+            **access_of(pool.FindServiceByName(OPERATIONS_SERVICE)),
+        }
         # Under mutual TLS a service is known by its certificate.
         peers = peer_service if self.config.tls is not None else None
-        return Gate(Authenticator(self.config.auth, peers), access_of(service))
+        return Gate(Authenticator(self.config.auth, peers), access)
 
     async def _serve_probes(self, port: int) -> grpc.aio.Server:
         """The health service alone, in plaintext, for probes that cannot do TLS

@@ -36,9 +36,10 @@ from runtime.config import (
 )
 from runtime.errors import OperationFailed
 from runtime.migrations import acting_as, migrate
+from runtime.operations import Waiting, waiting_report
 from runtime.outbox import retry_dead_letters
 from runtime.partitions import ensure_partitions
-from runtime.server import ServiceDefinition, ServiceHost
+from runtime.server import ServiceHost
 from runtime.telemetry import configure_logging, create_tracer_provider
 from suite.certificates import CLIENT, LocalCertificates, kept_certificates
 from suite.database import (
@@ -94,7 +95,7 @@ async def _outbox(admin_url: str, args: argparse.Namespace) -> None:
                 if args.action == "retry":
                     moved = await retry_dead_letters(conn, args.topic)
                     print(f"{owner.schema}: {moved} dead letters sent again")
-                for row in await conn.fetch(_waiting_report(definition)):
+                for row in (await waiting_report(conn, definition.waiting)).rows:
                     waiting += 1
                     print(f"{owner.schema}: {_waiting_line(row)}")
     finally:
@@ -103,25 +104,10 @@ async def _outbox(admin_url: str, args: argparse.Namespace) -> None:
         print("nothing waiting")
 
 
-# Every outbox holds these; a service adds what else it keeps waiting (`waiting`).
-_OUTBOX_WAITING = """
-SELECT 'pending' AS kind, topic, count(*) AS messages, min(created_at) AS oldest,
-       max(last_error) AS last_error FROM outbox GROUP BY topic
-UNION ALL
-SELECT 'dead', topic, count(*), min(created_at), max(last_error)
-FROM outbox_dead_letters GROUP BY topic
-"""
-
-
-def _waiting_report(definition: ServiceDefinition) -> str:
-    queries = [_OUTBOX_WAITING, *([definition.waiting] if definition.waiting else [])]
-    return " UNION ALL ".join(f"({query})" for query in queries) + " ORDER BY 1, 2"
-
-
-def _waiting_line(row: asyncpg.Record) -> str:
-    oldest = f", oldest {row['oldest']}" if row["oldest"] else ""
-    error = f", {row['last_error']}" if row["last_error"] else ""
-    return f"{row['kind']} {row['topic']}: {row['messages']} messages{oldest}{error}"
+def _waiting_line(row: Waiting) -> str:
+    oldest = f", oldest {row.oldest}" if row.oldest else ""
+    error = f", {row.last_error}" if row.last_error else ""
+    return f"{row.kind} {row.topic}: {row.messages} messages{oldest}{error}"
 
 
 async def _service_command(admin_url: str, args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pool
 
 from runtime.auth import access_of
-from runtime.clients import GRPC_SERVICES
+from runtime.clients import GRPC_SERVICES, OPERATIONS_SERVICE
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 BEGIN = "<!-- permissions: made by `python -m suite.permissions` -->"
@@ -29,14 +29,24 @@ PERMISSIONS = (
     "events:track",
     "metrics:read",
     "metrics:admin",
+    "operations:read",
+    "operations:write",
 )
 
 
+# Who serves each gRPC service: a service of the suite, or every one of them.
+SERVED_BY = {
+    **{full_name: service for service, full_name in GRPC_SERVICES.items()},
+    OPERATIONS_SERVICE: "every service",
+}
+
+
 def table() -> str:
-    """A row per RPC: its service, its name, and who may call it."""
+    """A row per RPC: who serves it, its name, and who may call it."""
     rows = ["| Service | RPC | Who may call it |", "|---|---|---|"]
-    for service, full_name in GRPC_SERVICES.items():
-        importlib.import_module(f"lifecycle.{service}.v1.{service}_pb2")
+    for full_name, served_by in SERVED_BY.items():
+        package = full_name.split(".")[1]
+        importlib.import_module(f"lifecycle.{package}.v1.{package}_pb2")
         descriptor = descriptor_pool.Default().FindServiceByName(full_name)
         for path, access in access_of(descriptor).items():
             who = (
@@ -44,7 +54,7 @@ def table() -> str:
                 if access.services
                 else f"`{access.permission}`"
             )
-            rows.append(f"| {service} | `{path.rsplit('/', 1)[1]}` | {who} |")
+            rows.append(f"| {served_by} | `{path.rsplit('/', 1)[1]}` | {who} |")
     return "\n".join(rows)
 
 

@@ -8,16 +8,18 @@ from google.protobuf import descriptor_pool
 
 from lifecycle.common.v1 import access_pb2
 from runtime.auth import access_of, grants
-from runtime.clients import GRPC_SERVICES
+from runtime.clients import GRPC_SERVICES, OPERATIONS_SERVICE
 from suite.permissions import DOCUMENT, PERMISSIONS, with_table
 from suite.registry import DEFINITIONS
 
 
 def declared() -> dict[str, dict[str, access_pb2.Access]]:
-    """Each service's RPCs and their access, by service name."""
+    """Each service's RPCs and their access, by service name, and those every
+    service serves (runtime.operations) as "operations"."""
+    pool = descriptor_pool.Default()
     return {
-        name: access_of(descriptor_pool.Default().FindServiceByName(GRPC_SERVICES[name]))
-        for name in DEFINITIONS
+        **{name: access_of(pool.FindServiceByName(GRPC_SERVICES[name])) for name in DEFINITIONS},
+        "operations": access_of(pool.FindServiceByName(OPERATIONS_SERVICE)),
     }
 
 

@@ -116,6 +116,7 @@ async def test_grpcurl_lists_and_calls_every_users_rpc_through_reflection(
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "lifecycle.users.v1.UserService",
+        "lifecycle.operations.v1.OperationsService",
     }
     methods = (
         await asyncio.to_thread(grpcurl, address, "list", "lifecycle.users.v1.UserService")
