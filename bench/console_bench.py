@@ -48,6 +48,8 @@ from tests.console.product import load
 from tests.support import free_port
 
 TARGET_MS = 300.0
+# The event funnel the analytics pages are timed on (over the last 30 days, by default).
+FUNNEL = "step=user.created&step=tracked.signup&step=tracked.login&window=14&unit=days"
 
 
 class CallTimes(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -155,6 +157,13 @@ async def _paths(calls: Services) -> list[tuple[str, str]]:
         ("/segments/{id}", f"/segments/{segment.id}"),
         ("/triggers", "/triggers"),
         ("/triggers/{id}", f"/triggers/{trigger.id}"),
+        ("/analytics (the form)", "/analytics"),
+        ("/analytics (3 steps, by stage)", f"/analytics?{FUNNEL}&by=stage"),
+        ("/analytics (3 steps, strict)", f"/analytics?{FUNNEL}&order=strict"),
+        (
+            "/analytics/retention (7 days)",
+            "/analytics/retention?cohort=tracked.signup&return=tracked.login&period=day&periods=7",
+        ),
     ]
 
 

@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from console import catalog, executions, overview, users, workflows
+from console import analytics, catalog, executions, overview, users, workflows
 from console.calls import Services, call_problem, forwarded_authorization
 from console.config import ConsoleConfig
 from console.security import Guard
@@ -79,6 +79,7 @@ def create_app(config: ConsoleConfig, given: Services | None = None) -> ASGIApp:
             *executions.ROUTES,
             *users.ROUTES,
             *catalog.ROUTES,
+            *analytics.ROUTES,
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         exception_handlers={grpc.aio.AioRpcError: _call_failed, HTTPException: _refused},

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 
 from console.config import ConsoleConfig
 from lifecycle.metrics.v1 import metrics_pb2_grpc
+from lifecycle.operations.v1 import operations_pb2_grpc
 from lifecycle.segments.v1 import segments_pb2_grpc
 from lifecycle.triggers.v1 import triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2_grpc
@@ -24,6 +25,7 @@ from runtime.tls import open_channel
 
 if TYPE_CHECKING:
     from lifecycle.metrics.v1.metrics_pb2_grpc import MetricsServiceAsyncStub
+    from lifecycle.operations.v1.operations_pb2_grpc import OperationsServiceAsyncStub
     from lifecycle.segments.v1.segments_pb2_grpc import SegmentServiceAsyncStub
     from lifecycle.triggers.v1.triggers_pb2_grpc import TriggerServiceAsyncStub
     from lifecycle.users.v1.users_pb2_grpc import UserServiceAsyncStub
@@ -70,7 +72,8 @@ class _PersonsCall(
 
 
 class Services:
-    """Typed stubs of the five services, on channels opened once."""
+    """Typed stubs of the five services (and of the operations service each
+    serves), on channels opened once."""
 
     def __init__(self, config: ConsoleConfig, observers: Sequence[Any] = ()) -> None:
         # `observers` watch every call (bench/console_bench.py times them).
@@ -92,6 +95,11 @@ class Services:
         self.metrics: MetricsServiceAsyncStub = metrics_pb2_grpc.MetricsServiceStub(
             self._channels["metrics"]
         )
+        # What waits in each service's outbox, which each serves about itself.
+        self.operations: dict[str, OperationsServiceAsyncStub] = {
+            name: operations_pb2_grpc.OperationsServiceStub(channel)
+            for name, channel in self._channels.items()
+        }
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -1,5 +1,6 @@
 """Segments and triggers: their lists, a segment's page (its condition as
-sentences, its members a page at a time, and why a user is or is not a
+sentences, its size over the last 30 days (drawn by static/overview.js from
+its sizes.json), its members a page at a time, and why a user is or is not a
 member: ExplainMembership) and a trigger's (its condition, action and
 recent evaluations, with why a firing started nothing)."""
 
@@ -8,21 +9,25 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf import json_format
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from console.calls import CallProblem, call_problem
-from console.conditions_text import Phrase, describe
+from console.conditions_text import Names, Phrase, describe, segment_ids
 from console.users import lookup
 from console.web import render, services
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2
+from runtime.pagination import MAX_PAGE_SIZE
 
 PAGE_SIZE = 50
+# The days a segment's page charts its size over, today included.
+SIZE_DAYS = 30
 
 
 def _page_token(request: Request) -> str:
@@ -96,6 +101,18 @@ async def _explain(
         return call_problem(error)
 
 
+async def _segment_names(request: Request, condition: dict[str, object]) -> Names:
+    """The names of the segments the condition's in_segment leaves name, in one
+    ListSegments call (there is no BatchGetSegments), none without such leaves.
+    A segment beyond its largest page is shown by its id."""
+    if not segment_ids(condition):
+        return {}
+    listed = await services(request).segments.ListSegments(
+        segments_pb2.ListSegmentsRequest(page_size=MAX_PAGE_SIZE)
+    )
+    return {segment.id: segment.name for segment in listed.segments}
+
+
 async def segment_page(request: Request) -> Response:
     segment_id = request.path_params["segment_id"]
     given = request.query_params.get("explain", "").strip()
@@ -109,17 +126,33 @@ async def segment_page(request: Request) -> Response:
         ),
         _explain(request, segment_id, given),
     )
+    condition = json_format.MessageToDict(found.segment.conditions)
     return render(
         request,
         "segment.html",
         segment=found.segment,
-        condition=describe(json_format.MessageToDict(found.segment.conditions)),
+        condition=describe(condition, await _segment_names(request, condition)),
         members=members.memberships,
         next_page_token=members.next_page_token,
         given=given,
         problem=explained if isinstance(explained, CallProblem) else None,
         explanation=explained if isinstance(explained, Explanation) else None,
     )
+
+
+async def segment_sizes(request: Request) -> Response:
+    """The segment's members on each of the last 30 days it existed, in the
+    shape the charts script reads: the days, and the one line of the chart."""
+    today = datetime.now(UTC).date()
+    reply = await services(request).segments.ListSegmentSizes(
+        segments_pb2.ListSegmentSizesRequest(
+            segment_id=request.path_params["segment_id"],
+            start_date=(today - timedelta(days=SIZE_DAYS - 1)).isoformat(),
+            end_date=today.isoformat(),
+        )
+    )
+    line = {size.date: size.member_count for size in reply.sizes}
+    return JSONResponse({"days": list(line), "charts": {"size": {"members": line} if line else {}}})
 
 
 async def trigger_list(request: Request) -> Response:
@@ -152,6 +185,7 @@ async def trigger_page(request: Request) -> Response:
 ROUTES = [
     Route("/segments", segment_list),
     Route("/segments/{segment_id}", segment_page),
+    Route("/segments/{segment_id}/sizes.json", segment_sizes),
     Route("/triggers", trigger_list),
     Route("/triggers/{trigger_id}", trigger_page),
 ]

@@ -7,19 +7,30 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 Node = Mapping[str, Any]
+# Segment names by id, for in_segment leaves.
+Names = Mapping[str, str]
+_NO_NAMES: Names = {}
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    label: str
 
 
 @dataclass(frozen=True)
 class Phrase:
-    """One sentence of a condition, and the sentences it introduces."""
+    """One sentence of a condition (its text, then a link when it names a
+    segment), and the sentences it introduces."""
 
     text: str
     children: list[Phrase] = field(default_factory=list)
+    link: Link | None = None
 
 
 _ATTR_OPS = {
@@ -138,7 +149,23 @@ def _window(window: Mapping[str, Any] | None) -> str:
         return f" in the last {duration(window['last'])}"
     if "since" in window:
         return f" since {scalar(window['since'])}"
+    if "within" in window:
+        return _anchored(window)
     return f" between {_operand('between', window['between']).strip()}"
+
+
+def _anchored(window: Mapping[str, Any]) -> str:
+    """A window of a duration after (or before) a moment of the person's own."""
+    side = "after" if "after" in window else "before"
+    anchor = window.get(side)
+    moment = (
+        f"their {scalar(anchor['attr'])}"
+        if isinstance(anchor, Mapping) and "attr" in anchor
+        else "they were created"
+        if anchor == "created_at"
+        else scalar(anchor)
+    )
+    return f" within {duration(window['within'])} {side} {moment}"
 
 
 def _count(spec: Node, kind: str, where: str, window: Mapping[str, Any] | None) -> str:
@@ -149,10 +176,10 @@ def _count(spec: Node, kind: str, where: str, window: Mapping[str, Any] | None) 
     return f"{_COUNT_OPS.get(op, op)} {scalar(n)} {kind} {noun}{where}{_window(window)}"
 
 
-def _event(node: Node) -> Phrase:
+def _event(node: Node, names: Names) -> Phrase:
     spec = node["event"]
     kind = scalar(spec.get("type"))
-    where = describe(spec["where"]) if "where" in spec else None
+    where = describe(spec["where"], names) if "where" in spec else None
     inline = f" where {where.text}" if where is not None and not where.children else ""
     if "count" in spec:
         text = _count(spec["count"], kind, inline, spec.get("window"))
@@ -164,35 +191,60 @@ def _event(node: Node) -> Phrase:
     return Phrase(f"{text}, considering only events where:", [where])
 
 
-def _group(word: str, empty: str) -> Callable[[Node], Phrase]:
-    def group(node: Node) -> Phrase:
+def _group(word: str, empty: str) -> Callable[[Node, Names], Phrase]:
+    def group(node: Node, names: Names) -> Phrase:
         children: Sequence[Node] = node[word]
         if not children:
             return Phrase(empty)
-        return Phrase(f"{word} of:", [describe(child) for child in children])
+        return Phrase(f"{word} of:", [describe(child, names) for child in children])
 
     return group
 
 
-_NODES: dict[str, Callable[[Node], Phrase]] = {
+def _in_segment(node: Node, names: Names) -> Phrase:
+    """The segment by its name when known (else its id), linking its page."""
+    segment_id = scalar(node["in_segment"])
+    return Phrase(
+        "is in segment ", link=Link(f"/segments/{segment_id}", names.get(segment_id, segment_id))
+    )
+
+
+_NODES: dict[str, Callable[[Node, Names], Phrase]] = {
     "all": _group("all", "always holds"),
     "any": _group("any", "never holds"),
-    "not": lambda node: Phrase("not:", [describe(node["not"])]),
-    "attr": _attr,
-    "stage": lambda node: Phrase(_comparison("stage", node["stage"])),
-    "stage_age": _stage_age,
-    "created_at": lambda node: Phrase(_comparison("creation time", node["created_at"])),
-    "in_segment": lambda node: Phrase(f"is in segment {scalar(node['in_segment'])}"),
+    "not": lambda node, names: Phrase("not:", [describe(node["not"], names)]),
+    "attr": lambda node, _: _attr(node),
+    "stage": lambda node, _: Phrase(_comparison("stage", node["stage"])),
+    "stage_age": lambda node, _: _stage_age(node),
+    "created_at": lambda node, _: Phrase(_comparison("creation time", node["created_at"])),
+    "in_segment": _in_segment,
     "event": _event,
-    "event_type": lambda node: Phrase(_comparison("the event's type", node["event_type"])),
+    "event_type": lambda node, _: Phrase(_comparison("the event's type", node["event_type"])),
 }
 
 
-def describe(node: Node) -> Phrase:
+def describe(node: Node, names: Names = _NO_NAMES) -> Phrase:
     """The sentence of a node (the language version `v` aside); a node this
-    console does not know is shown as its JSON."""
+    console does not know is shown as its JSON. `names`: the segments'
+    names by id, which in_segment leaves show (their ids otherwise)."""
     for key, write in _NODES.items():
         if key in node:
-            return write(node)
+            return write(node, names)
     shown = {k: v for k, v in node.items() if k != "v"}
     return Phrase(json.dumps(shown, ensure_ascii=False, sort_keys=True))
+
+
+def segment_ids(node: Any) -> set[str]:
+    """The segments a condition's in_segment leaves name, wherever they sit."""
+    return set(_segment_ids(node))
+
+
+def _segment_ids(node: Any) -> Iterator[str]:
+    if isinstance(node, Mapping):
+        if isinstance(node.get("in_segment"), str):
+            yield node["in_segment"]
+        for value in node.values():
+            yield from _segment_ids(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _segment_ids(value)

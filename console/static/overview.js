@@ -1,5 +1,6 @@
-// Draws the overview's daily metrics (Chart.js) from the JSON that #charts
-// names: one line chart per canvas, a line per stage or metric.
+// Draws a page's line charts (Chart.js) from the JSON that #charts names: the
+// overview's daily metrics, a segment's size. One chart per canvas, a line
+// per stage or metric.
 (function () {
   "use strict";
   const holder = document.getElementById("charts");

@@ -4,8 +4,10 @@ the stored payloads never run. One browser for the session."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Page
@@ -15,7 +17,7 @@ from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from suite.demo.catalog import bpmn
 from tests.console.browsing import no_errors
-from tests.console.conftest import Console, new_incident
+from tests.console.conftest import SCRIPT, Console, new_incident
 from tests.console.diagrams import ELEMENTS, flow_nodes
 from tests.support import eventually
 
@@ -123,12 +125,27 @@ async def test_every_page_loads_without_errors(
     page: Page, console_url: str, console_suite: Console
 ) -> None:
     seeded = console_suite.seeded
+    # A condition on the event's data holding a payload, shown as a sentence and in the form.
+    where = quote(json.dumps({"v": 1, "attr": "note", "src": "event", "op": "eq", "value": SCRIPT}))
     for path in (
         "/workflows",
         "/users",
         "/segments",
         "/triggers",
         f"/executions/{seeded.at_wait}/cancel",
+        "/analytics",
+        f"/analytics?step=user.created&step=tracked.login&where={where}&by=stage",
+        f"/analytics/retention?cohort=user.created&return=tracked.login&return_where={where}",
     ):
         with no_errors(page):
             await _visit(page, f"{console_url}{path}")
+
+
+async def test_the_event_funnel_draws_its_chart(
+    page: Page, console_url: str, console_suite: Console
+) -> None:
+    await _signed_up_today(console_suite)
+    with no_errors(page):
+        await _visit(page, f"{console_url}/analytics?step=user.created&step=tracked.*&by=stage")
+        await page.wait_for_selector("canvas#funnel-chart[data-drawn=true]")
+        assert await page.locator("table.event-funnel tbody tr").count() == 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from console.conditions_text import Phrase, describe, duration, scalar
+from console.conditions_text import Link, Phrase, describe, duration, scalar, segment_ids
 from console.web import TEMPLATES
 
 
@@ -80,7 +80,6 @@ OTHER_LEAVES: list[tuple[dict[str, Any], str]] = [
         {"created_at": {"op": "not_within_last", "value": "PT90.5S"}},
         "creation time is not within the last 90.5 seconds",
     ),
-    ({"in_segment": "5b0e"}, "is in segment 5b0e"),
     ({"event_type": {"op": "eq", "value": "billing.paid"}}, "the event's type is billing.paid"),
     (
         {"event_type": {"op": "starts_with", "value": "billing."}},
@@ -105,6 +104,14 @@ EVENT_LEAVES: list[tuple[dict[str, Any], str]] = [
     (
         _count("lte", 5, window={"between": ["2025-01-01", "2025-02-01T00:00:00Z"]}),
         "at most 5 purchase events between 2025-01-01 and 2025-02-01T00:00:00Z",
+    ),
+    (
+        _count("gte", 1, window={"within": "P14D", "after": {"attr": "signup_at"}}),
+        "at least 1 purchase event within 14 days after their signup_at",
+    ),
+    (
+        _count("eq", 0, window={"within": "P7D", "before": "created_at"}),
+        "no purchase events within 7 days before they were created",
     ),
     (_count("eq", 0), "no purchase events"),
     (
@@ -149,9 +156,28 @@ def test_all_any_and_not_introduce_their_children() -> None:
         [
             Phrase("plan is one of pro, team"),
             Phrase("not:", [Phrase("email ends with @example.com (ignoring case)")]),
-            Phrase("any of:", [Phrase("stage is Activation"), Phrase("is in segment s1")]),
+            Phrase("any of:", [Phrase("stage is Activation"), _in_segment("s1", "s1")]),
         ],
     )
+
+
+def _in_segment(segment_id: str, label: str) -> Phrase:
+    return Phrase("is in segment ", link=Link(f"/segments/{segment_id}", label))
+
+
+def test_an_in_segment_leaf_names_its_segment_and_links_it() -> None:
+    names = {"s1": "power users", "s2": "at risk"}
+    condition = {"any": [{"in_segment": "s1"}, {"not": {"in_segment": "s3"}}]}
+    assert describe(condition, names) == Phrase(
+        "any of:", [_in_segment("s1", "power users"), Phrase("not:", [_in_segment("s3", "s3")])]
+    )
+    nested = {"event": {"type": "t", "count": {"op": "gte", "value": 1}, "where": condition}}
+    assert segment_ids({"all": [nested, {"in_segment": "s2"}, {"attr": "in_segment"}]}) == {
+        "s1",
+        "s2",
+        "s3",
+    }
+    assert segment_ids({"attr": "plan", "op": "exists"}) == set()
 
 
 def test_empty_groups_say_what_they_always_answer() -> None:
@@ -195,3 +221,7 @@ def test_the_sentences_are_escaped_in_the_page() -> None:
         '{% from "_condition.html" import sentence %}{{ sentence(phrase) }}'
     ).render(phrase=describe(condition))
     assert html == "all of:<ul><li>plan is &lt;script&gt;alert(1)&lt;/script&gt;</li></ul>"
+    linked = TEMPLATES.env.from_string(
+        '{% from "_condition.html" import sentence %}{{ sentence(phrase) }}'
+    ).render(phrase=describe({"in_segment": "s1"}, {"s1": "<b>vip</b>"}))
+    assert linked == 'is in segment <a href="/segments/s1">&lt;b&gt;vip&lt;/b&gt;</a>'

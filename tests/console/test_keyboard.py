@@ -100,6 +100,8 @@ async def test_tab_reaches_every_action_of_each_page_with_its_focus_shown(
         "/segments",
         explained,
         "/triggers",
+        "/analytics?step=user.created&step=tracked.*&by=stage",
+        "/analytics/retention?cohort=user.created&return=tracked.login",
     ):
         with no_errors(page):
             await page.goto(f"{console_url}{path}")
@@ -161,3 +163,26 @@ async def test_retry_and_cancel_with_the_keyboard_alone(
     )
     assert [(i.id, i.resolved) for i in after.execution.incidents] == [(incident_id, True)]
     assert after.execution.status == pb.EXECUTION_STATUS_CANCELLED
+
+
+async def test_a_funnel_built_and_sent_with_the_keyboard_alone(
+    page: Page, console_url: str
+) -> None:
+    with no_errors(page):
+        await page.goto(console_url)
+        await _tab_to(page, page.get_by_role("link", name="Analytics", exact=True))
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(f"{console_url}/analytics")
+        steps = page.locator('input[name="step"]')
+        for number, event_type in enumerate(("user.created", "tracked.*")):
+            await _tab_to(page, steps.nth(number))
+            await page.keyboard.type(event_type)
+        order = page.locator('select[name="order"]')
+        await _tab_to(page, order)
+        while await order.input_value() != "any":
+            await page.keyboard.press("ArrowDown")
+        await _tab_to(page, page.get_by_role("button", name="Show the funnel"))
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector("canvas#funnel-chart[data-drawn=true]")
+    assert "order=any" in page.url
+    assert await page.locator("table.event-funnel tbody tr").count() == 2

@@ -10,15 +10,18 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import httpx
 import pytest
 from markupsafe import escape
 
+from console.app import create_app
+from console.calls import Services
 from lifecycle.segments.v1 import segments_pb2, segments_pb2_grpc
 from lifecycle.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 from lifecycle.users.v1 import users_pb2, users_pb2_grpc
 from runtime.structs import dict_to_struct
-from tests.console.conftest import SCRIPT, Console
+from tests.console.conftest import IMAGE, SCRIPT, Console
 from tests.console.test_pages import inert, page_of
 from tests.support import eventually
 
@@ -144,3 +147,65 @@ async def test_a_user_the_service_does_not_know_is_a_message(
     assert "is a member" not in html and "is not a member" not in html
     assert "<b>" not in html
     inert(html)
+
+
+class _Methods(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """The methods of the calls made, in order."""
+
+    def __init__(self) -> None:
+        self.called: list[str] = []
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        self.called.append(client_call_details.method.decode().rsplit("/", 1)[-1])
+        return await continuation(client_call_details, request)
+
+
+async def test_in_segment_leaves_name_their_segments_fetched_in_one_call(
+    console_suite: Console,
+) -> None:
+    segments = segments_pb2_grpc.SegmentServiceStub(console_suite.channels["segments"])
+    referenced = []
+    for name in (f"power {IMAGE}", "at risk"):
+        created = await segments.CreateSegment(
+            segments_pb2.CreateSegmentRequest(
+                segment=segments_pb2.Segment(
+                    name=f"{name} {uuid.uuid4().hex[:6]}",
+                    conditions=dict_to_struct({"v": 1, "attr": "plan", "op": "exists"}),
+                )
+            )
+        )
+        referenced.append(created.segment)
+    power, risk = referenced
+    condition = {
+        "v": 1,
+        "any": [
+            {"in_segment": power.id},
+            {"all": [{"in_segment": risk.id}, {"not": {"in_segment": power.id}}]},
+        ],
+    }
+    created = await segments.CreateSegment(
+        segments_pb2.CreateSegmentRequest(
+            segment=segments_pb2.Segment(name="either", conditions=dict_to_struct(condition))
+        )
+    )
+    methods = _Methods()
+    calls = Services(console_suite.config, [methods])
+    try:
+        transport = httpx.ASGITransport(app=create_app(console_suite.config, calls))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            html = await page_of(client, f"/segments/{created.segment.id}")
+            plain = await page_of(client, f"/segments/{power.id}")
+    finally:
+        await calls.close()
+    linked = f'is in segment <a href="/segments/{power.id}">{escape(power.name)}</a>'
+    assert f"<li>{linked}</li>" in html
+    assert f'<li>is in segment <a href="/segments/{risk.id}">{escape(risk.name)}</a></li>' in html
+    assert f"<li>not:<ul><li>{linked}</li></ul></li>" in html
+    inert(html)
+    assert "is in segment" not in plain
+    # One ListSegments for the three leaves; none for a condition without them.
+    assert sorted(methods.called) == sorted(
+        ["GetSegment", "ListSegmentMembers", "ListSegments", "GetSegment", "ListSegmentMembers"]
+    )
