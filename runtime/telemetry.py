@@ -55,7 +55,11 @@ def create_tracer_provider(
 
 
 def instrument_database(provider: TracerProvider) -> None:
-    """asyncpg spans. The instrumentation patches asyncpg for the whole process."""
+    """asyncpg spans. The instrumentation patches asyncpg for the whole process;
+    a provider that records nothing leaves it alone, as a span per query costs
+    every query even when nobody records it."""
+    if provider.sampler is ALWAYS_OFF:
+        return
     instrumentor = AsyncPGInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=provider)

@@ -92,6 +92,12 @@ DEVIATIONS: dict[str, tuple[set[Fact], set[Fact]]] = {
                     "CREATE UNIQUE INDEX idx_users_email_lower ON users"
                     " USING btree (lower((email)::text))",
                 ),
+                # ListUsers' page order (docs/schema.md).
+                (
+                    "index",
+                    "users",
+                    "CREATE INDEX idx_users_created_at_id ON users USING btree created_at, id",
+                ),
             },
         ),
     ),

@@ -195,19 +195,24 @@ async def list_users(
     cursor: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[User]:
+    # Only the filters given, so that the plan walks idx_users_created_at_id from
+    # the cursor (a generic plan of optional filters sorts every row instead).
+    args: list[Any] = [limit]
+    filters = []
+    for sql, value in (
+        ("current_lifecycle_stage = ANY(${})", list(where.stages) or None),
+        ("created_at >= ${}", where.created_after),
+        ("created_at < ${}", where.created_before),
+    ):
+        if value is not None:
+            args.append(value)
+            filters.append(sql.format(len(args)))
+    if cursor is not None:
+        args.extend(cursor)
+        filters.append(f"(created_at, id) > (${len(args) - 1}, ${len(args)})")
+    where_sql = f"WHERE {' AND '.join(filters)} " if filters else ""
     rows = await conn.fetch(
-        f"SELECT {_USER_COLUMNS} FROM users "
-        "WHERE ($1::text[] IS NULL OR current_lifecycle_stage = ANY($1)) "
-        "  AND ($2::timestamptz IS NULL OR created_at >= $2) "
-        "  AND ($3::timestamptz IS NULL OR created_at < $3) "
-        "  AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::uuid)) "
-        "ORDER BY created_at, id LIMIT $6",
-        list(where.stages) or None,
-        where.created_after,
-        where.created_before,
-        cursor[0] if cursor else None,
-        cursor[1] if cursor else None,
-        limit,
+        f"SELECT {_USER_COLUMNS} FROM users {where_sql}ORDER BY created_at, id LIMIT $1", *args
     )
     return [_user(row) for row in rows]
 
