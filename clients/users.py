@@ -9,12 +9,10 @@ the suite and stays an error the server reports as INTERNAL."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, NoReturn
 
 import grpc
@@ -26,13 +24,16 @@ from runtime.clients import ServiceClients
 from runtime.deadlines import timeout_for_call
 from runtime.errors import ResourceExhausted, Unavailable, reason_of
 from runtime.stages import stage_name, stage_value
-from runtime.structs import JsonObject, dict_to_struct, set_timestamp, struct_to_dict
+from runtime.structs import (
+    DECIMAL_JSON,
+    JsonObject,
+    dict_to_struct,
+    set_timestamp,
+    struct_to_dict,
+)
 
 # Users a BatchGetUserProfiles asks for at most (the users service's limit).
 PROFILES_PER_CALL = 1000
-# Numbers as the decimals they are written as (docs/conditions.md); one decoder
-# for all, as building one per document costs as much as decoding it.
-_ATTRIBUTES = json.JSONDecoder(parse_float=Decimal)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_EVENTS = EventReads()
 
@@ -62,7 +63,7 @@ class KnownUser:
         if self._profile is None:
             message = self._message
             self._profile = UserProfile(
-                attributes=_ATTRIBUTES.decode(message.attributes_json),
+                attributes=DECIMAL_JSON.decode(message.attributes_json),
                 stage=self.stage,
                 created_at=_moment(message.create_time),
                 stage_entered_at=_moment(message.stage_enter_time)
@@ -72,7 +73,7 @@ class KnownUser:
                     PersonEvent(
                         event.event_type,
                         _moment(event.occur_time),
-                        _ATTRIBUTES.decode(event.data_json),
+                        DECIMAL_JSON.decode(event.data_json),
                     )
                     for event in message.events
                 ),

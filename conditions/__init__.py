@@ -14,7 +14,7 @@ from conditions.evaluate import (
     UserProfile,
 )
 from conditions.events import EventReads, PersonEvent, event_reads
-from conditions.model import AUTHORED, EXPANDED, VERSION, Condition, Dependencies
+from conditions.model import AUTHORED, EXPANDED, VERSION, Condition, Dependencies, EventLeaf
 from conditions.parse import SEGMENT, SQL, TRIGGER, Scope, parse_condition
 from conditions.references import ReferenceProblem, SegmentDefinition, resolve, size
 from conditions.sql import STAGE_ENTRY_JOIN, SqlCondition, compile_sql
@@ -34,6 +34,7 @@ __all__ = [
     "Context",
     "Dependencies",
     "Evaluator",
+    "EventLeaf",
     "EventReads",
     "LeafOutcome",
     "PersonEvent",

@@ -74,8 +74,6 @@ class Scope:
     # Why an in_segment leaf is refused where `segments` is false.
     no_segments: str = "in_segment is resolved by the segments service, not here"
     limits: Limits = AUTHORED
-    # A person's tracked events (event leaves), which the users service keeps.
-    person_events: bool = True
 
 
 SEGMENT = Scope(segments=True)
@@ -85,7 +83,6 @@ TRIGGER = Scope(
     events=True,
     no_segments="in_segment is not available in triggers: trigger on segment.entered"
     " with a condition on the event's segment_id instead",
-    person_events=False,
 )
 # What the users service runs in SQL: user leaves only, references inlined.
 SQL = Scope(limits=EXPANDED)
@@ -277,9 +274,6 @@ class _Parser:
 
     def event(self, data: dict[str, Any], location: str, depth: int) -> Node | None:
         at = _join(location, "event")
-        if not self.scope.person_events:
-            self.add(at, "event leaves (a person's tracked events) are not available here yet")
-            return None
         if len(data) != 1:
             self.add(location, f"has unknown keys {sorted(set(data) - {'event'})}")
             return None

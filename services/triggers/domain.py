@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -19,6 +19,8 @@ from conditions import (
     Condition,
     Context,
     Evaluator,
+    EventLeaf,
+    PersonEvent,
     UserProfile,
     parse_condition,
 )
@@ -160,6 +162,8 @@ class CompiledTrigger:
     action: Action
     reentry: Reentry
     evaluator: Evaluator | None
+    # What its condition reads of the person's tracked events.
+    event_leaves: tuple[EventLeaf, ...] = ()
 
     def holds(self, context: Context) -> bool:
         return self.evaluator is None or self.evaluator.matches(context)
@@ -203,6 +207,7 @@ def compile_trigger(trigger: Trigger) -> CompiledTrigger:
         trigger.action,
         trigger.reentry,
         Evaluator(condition) if condition is not None else None,
+        tuple(condition.event_leaves()) if condition is not None else (),
     )
 
 
@@ -219,6 +224,12 @@ class TriggerSet:
             else:
                 self._exact.setdefault(pattern, []).append(trigger)
         self._matching: dict[str, tuple[CompiledTrigger, ...]] = {}
+
+    def event_leaves(self, event_types: Iterable[str]) -> list[EventLeaf]:
+        """The event leaves of the triggers that events of these types concern."""
+        return [
+            leaf for kind in event_types for t in self.matching(kind) for leaf in t.event_leaves
+        ]
 
     def matching(self, event_type: str) -> tuple[CompiledTrigger, ...]:
         found = self._matching.get(event_type)
@@ -289,10 +300,17 @@ class UserView(Protocol):
     def profile(self) -> UserProfile: ...
 
 
-def context_of(event: Event, as_of: datetime) -> Context:
+def context_of(
+    event: Event, as_of: datetime, person_events: tuple[PersonEvent, ...] | None = None
+) -> Context:
+    """What a trigger's condition reads of an event; `person_events`: the user's
+    tracked events its event leaves read, this one included."""
+    user = event.user.profile if event.user is not None else None
+    if user is not None and person_events is not None:
+        user = replace(user, events=person_events)
     return Context(
         as_of=as_of,
-        user=event.user.profile if event.user is not None else None,
+        user=user,
         event_type=event.event_type,
         event_data=event.data,
         changes=attribute_changes(event.event_type, event.data),

@@ -42,7 +42,7 @@ from runtime.outbox import Destination, MergedMessages
 from runtime.pacing import Pacer
 from runtime.server import ServiceContext
 from runtime.structs import set_timestamp
-from services.triggers import store
+from services.triggers import person_events, store
 from services.triggers.domain import (
     INTERNAL_ERROR,
     INVALID_EVENT,
@@ -247,6 +247,7 @@ class IngestPipeline:
         *,
         clock: Clock,
         message_ttl: timedelta,
+        event_retention: timedelta,
         on_starts: Callable[[], None],
     ) -> None:
         self._context = context
@@ -254,6 +255,7 @@ class IngestPipeline:
         self._users = users
         self._clock = clock
         self._ttl = message_ttl
+        self._event_retention = event_retention
         self._on_starts = on_starts
 
     async def ingest(self, events: Sequence[Event]) -> list[Outcome]:
@@ -285,7 +287,15 @@ class IngestPipeline:
         now = self._clock.now()
         async with self._context.unit_of_work() as uow:
             triggers = await self._cache.at(await store.lock_for_ingest(uow.conn))
-            batch = await self._evaluate(events, triggers, now)
+            leaves = triggers.event_leaves({event.event_type for event in events})
+            history = (
+                await person_events.load(
+                    uow.conn, self._users, events, leaves, now=now, retention=self._event_retention
+                )
+                if leaves
+                else None
+            )
+            batch = await self._evaluate(events, triggers, now, history)
             recorded = await store.record(uow.conn, batch.events, batch.evaluations, now)
             accepted = [event for event in events if event.message_id in recorded.accepted]
             self._publish(uow, accepted, batch.variables)
@@ -324,23 +334,29 @@ class IngestPipeline:
                 )
 
     async def _evaluate(
-        self, events: Iterable[Event], triggers: TriggerSet, now: datetime
+        self,
+        events: Iterable[Event],
+        triggers: TriggerSet,
+        now: datetime,
+        history: person_events.PersonEvents | None = None,
     ) -> _Evaluated:
         """Every matching trigger against every event, with its re-entry decision
-        (EntryClaims). A batch of many triggers takes a second: it lets the event
-        loop in as it goes."""
+        (EntryClaims); `history`: what event leaves read. A batch of many triggers
+        takes a second: it lets the event loop in as it goes."""
         batch, pacer, claims = _Evaluated(), Pacer(), EntryClaims()
         for event in events:
             user_id = event.user_id
             assert user_id is not None
             batch.add_event(event, user_id)
+            if history is not None:
+                history.add(event, now)
             variable = _event_variable(event)
             batch.variables[event.message_id] = variable
             matching = triggers.matching(event.event_type)
             await pacer.done(1 + len(matching))
             if not matching:
                 continue
-            context = context_of(event, now)
+            context = context_of(event, now, history.of(user_id) if history else None)
             for trigger in matching:
                 met = trigger.holds(context)
                 decision = claims.decide(trigger, user_id, met)

@@ -16,6 +16,7 @@ from typing import NoReturn, Protocol
 
 import grpc
 
+from conditions import EventReads
 from lifecycle.workflows.v1 import workflows_pb2, workflows_pb2_grpc
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.errors import InvalidArgument, Unavailable, reason_of
@@ -55,8 +56,10 @@ def _failed(error: grpc.aio.AioRpcError) -> NoReturn:
 class Users(Protocol):
     """What the triggers service asks of the users service."""
 
-    async def profiles(self, user_ids: Iterable[uuid.UUID]) -> Mapping[uuid.UUID, UserView]:
-        """Those of the users that exist."""
+    async def profiles(
+        self, user_ids: Iterable[uuid.UUID], events: EventReads = ...
+    ) -> Mapping[uuid.UUID, UserView]:
+        """Those of the users that exist, with the tracked events `events` asks for."""
         ...
 
     async def ids_by_email(self, emails: Iterable[str]) -> dict[str, uuid.UUID]:

@@ -52,6 +52,7 @@ def build_with(
             UsersClient(context.clients),
             clock=clock,
             message_ttl=chosen.message_ttl,
+            event_retention=chosen.event_retention,
             on_starts=starter.wake,
         )
         servicer = TriggerServicer(

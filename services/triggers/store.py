@@ -12,9 +12,11 @@ from datetime import date, datetime
 
 import asyncpg
 
+from conditions import PersonEvent
 from runtime import tombstones
 from runtime.chains import Chain, as_json, stored
 from runtime.database import Executor
+from runtime.structs import DECIMAL_JSON
 from services.triggers.domain import (
     REENTRY_LIMIT,
     Action,
@@ -249,6 +251,31 @@ SELECT array(SELECT message_id FROM accepted) AS accepted,
        array(SELECT user_id FROM erased) AS erased,
        (SELECT count(*) FROM started) AS starts
 """
+
+
+async def person_events(
+    conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID], types: Sequence[str], since: datetime
+) -> dict[uuid.UUID, list[tuple[str, PersonEvent]]]:
+    """The stored events of these users of these types (exact, or a family
+    ending in "*") that happened since `since`: (message_id, event), oldest first."""
+    exact = [kind for kind in types if not kind.endswith("*")]
+    prefixes = [kind[:-1] for kind in types if kind.endswith("*")]
+    rows = await conn.fetch(
+        "SELECT user_id, message_id, event_type, event_time, data::text AS data FROM events"
+        " WHERE user_id = ANY($1::uuid[]) AND event_time >= $2"
+        " AND (event_type = ANY($3::text[])"
+        "      OR EXISTS (SELECT 1 FROM unnest($4::text[]) p WHERE starts_with(event_type, p)))"
+        " ORDER BY event_time, id",
+        user_ids,
+        since,
+        exact,
+        prefixes,
+    )
+    found: dict[uuid.UUID, list[tuple[str, PersonEvent]]] = {}
+    for row in rows:
+        event = PersonEvent(row["event_type"], row["event_time"], DECIMAL_JSON.decode(row["data"]))
+        found.setdefault(row["user_id"], []).append((row["message_id"], event))
+    return found
 
 
 async def lock_for_ingest(conn: asyncpg.Connection) -> int:

@@ -60,10 +60,10 @@ def test_a_condition_says_which_events_it_reads_and_from_when() -> None:
     assert event_reads(everything.event_leaves(), AS_OF).since is None
 
 
-def test_triggers_refuse_event_leaves_for_now() -> None:
-    with pytest.raises(InvalidArgument) as refused:
-        parse_condition(condition(LEAVES[0]), "trigger.conditions", TRIGGER)
-    assert [v.field for v in refused.value.violations] == ["trigger.conditions.all[0].event"]
+def test_triggers_read_event_leaves_as_segments_do() -> None:
+    trigger = parse_condition(condition(*LEAVES), "c", TRIGGER)
+    segment = parse_condition(condition(*LEAVES), "c", SEGMENT)
+    assert trigger.event_leaves() == segment.event_leaves()
 
 
 def test_the_schema_accepts_what_the_validator_accepts_and_refuses_the_shapes_it_refuses() -> None:
