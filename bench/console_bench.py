@@ -155,6 +155,7 @@ async def _paths(calls: Services) -> list[tuple[str, str]]:
         ("/users/{id}", f"/users/{execution.user_id}"),
         ("/segments", "/segments"),
         ("/segments/{id}", f"/segments/{segment.id}"),
+        ("/segments/{id}/sizes.json", f"/segments/{segment.id}/sizes.json"),
         ("/triggers", "/triggers"),
         ("/triggers/{id}", f"/triggers/{trigger.id}"),
         ("/analytics (the form)", "/analytics"),

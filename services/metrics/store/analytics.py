@@ -176,21 +176,30 @@ _UNITS = {Period.DAY: "day", Period.WEEK: "week", Period.MONTH: "month"}
 
 
 def retention_query(query: RetentionQuery) -> tuple[str, list[Any]]:
-    """$1 and $2 bound the cohort events, $3 the returns; $4 the periods, $5 the unit."""
+    """$1 and $2 bound the cohort events, $3 the returns; $4 the periods, $5 the unit.
+
+    One pass over the range's events of either kind, each person's first cohort
+    event found by a window over their own rows: no join of the cohort with
+    the events, which a plan without statistics yet (a partition filling up)
+    would run as a nested loop over every pair."""
     params = Parameters(6)
     cohort, returning = match_sql(query.cohort, params), match_sql(query.returning, params)
     sql = f"""
-WITH members AS (
-  SELECT user_id, at, date_trunc($5, at AT TIME ZONE 'UTC')::date AS cohort_start
-  FROM (SELECT user_id, min(created_at) AS at FROM lifecycle_events
-        WHERE created_at >= $1 AND created_at < $2 AND user_id IS NOT NULL AND {cohort}
-        GROUP BY user_id) first_events
+WITH marked AS (
+  SELECT user_id, created_at, {returning} AS returns,
+         min(created_at) FILTER (WHERE {cohort} AND created_at < $2)
+           OVER (PARTITION BY user_id) AS at
+  FROM lifecycle_events
+  WHERE created_at >= $1 AND created_at < $3 AND user_id IS NOT NULL
+    AND ({cohort} OR {returning})
+), members AS (
+  SELECT DISTINCT user_id, at, date_trunc($5, at AT TIME ZONE 'UTC')::date AS cohort_start
+  FROM marked WHERE at IS NOT NULL
 ), returns AS (
-  SELECT m.user_id, m.cohort_start,
-         date_trunc($5, r.created_at AT TIME ZONE 'UTC')::date AS r_start
-  FROM members m JOIN lifecycle_events r ON r.user_id = m.user_id
-  WHERE r.created_at >= $1 AND r.created_at < $3 AND r.created_at > m.at AND {returning}
-), counts AS (
+  SELECT user_id, date_trunc($5, at AT TIME ZONE 'UTC')::date AS cohort_start,
+         date_trunc($5, created_at AT TIME ZONE 'UTC')::date AS r_start
+  FROM marked WHERE returns AND created_at > at
+), counts AS MATERIALIZED (
   SELECT cohort_start, {_PERIOD_INDEX[query.period]} AS n, count(DISTINCT user_id) AS returned
   FROM returns GROUP BY 1, 2
 )
