@@ -94,7 +94,11 @@ async def main(users: int, events: int) -> None:
                     _, cold, first, steady = await steady_refresh(
                         stub, TWICE_THIS_WEEK, lambda: conn.fetchval(HAND_WRITTEN_COUNT), ROUNDS
                     )
-    assert first.member_count == count, (first.member_count, count)
+                later = int(await conn.fetchval(HAND_WRITTEN_COUNT))
+    # No event arrives; people only leave as their purchases age out of the
+    # week, a few a second at 20,000,000 events: the first refresh's members
+    # lie between the counts taken before and after it.
+    assert later <= first.member_count <= count, (later, first.member_count, count)
     limit, refresh = steady["count"], steady["refresh"]
     print(
         f"behavioural segment: {users} users (loaded in {users_seconds:.1f} s), {loaded} events"
