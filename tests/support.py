@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -225,3 +226,27 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("the condition never held")
         await asyncio.sleep(interval)
+
+
+async def starts_waiting_for_workflows(database_url: str, age_minutes: int = 0) -> None:
+    """Two workflow starts a trigger fired, waiting (`age_minutes` old) for a
+    workflows service that is down: what `lifecycle outbox` and GetOutbox list
+    beside the triggers' outbox."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        trigger = await conn.fetchval(
+            "INSERT INTO triggers.triggers (name, event_type, conditions, workflow_id)"
+            " VALUES ('signup', 'signup', '{}', gen_random_uuid()) RETURNING id"
+        )
+        await conn.execute(
+            "INSERT INTO triggers.pending_starts"
+            " (trigger_execution_id, executed_at, trigger_id, user_id, event_type, request,"
+            "  attempts, last_error)"
+            " SELECT gen_random_uuid(), now() - make_interval(mins => $2), $1,"
+            "  gen_random_uuid(), 'signup', '', 3, 'UNAVAILABLE: the workflows service is down'"
+            " FROM generate_series(1, 2)",
+            trigger,
+            age_minutes,
+        )
+    finally:
+        await conn.close()

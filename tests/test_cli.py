@@ -28,7 +28,14 @@ from suite.certificates import CLIENT, LocalCertificates
 from suite.database import EMBEDDED_LOG
 from suite.launcher import PAGE_TOKEN_SECRET_FILE, kept_secret, serving
 from tests.conftest import create_database, drop_database
-from tests.support import ScratchDatabase, free_port, migration_count, rpc_error, serve_and_fail
+from tests.support import (
+    ScratchDatabase,
+    free_port,
+    migration_count,
+    rpc_error,
+    serve_and_fail,
+    starts_waiting_for_workflows,
+)
 from tests.test_tls import served_certificate
 
 pytestmark = pytest.mark.users
@@ -337,25 +344,7 @@ def test_outbox_shows_the_workflow_starts_that_wait_for_the_workflows_service(
     env = suite_environment(LIFECYCLE_DATABASE_URL=scratch_url)
     run_lifecycle("migrate", env=env)
 
-    async def fire_twice() -> None:
-        conn = await asyncpg.connect(scratch_url)
-        try:
-            trigger = await conn.fetchval(
-                "INSERT INTO triggers.triggers (name, event_type, conditions, workflow_id)"
-                " VALUES ('signup', 'signup', '{}', gen_random_uuid()) RETURNING id"
-            )
-            await conn.execute(
-                "INSERT INTO triggers.pending_starts"
-                " (trigger_execution_id, executed_at, trigger_id, user_id, event_type, request,"
-                "  attempts, last_error)"
-                " SELECT gen_random_uuid(), now(), $1, gen_random_uuid(), 'signup', '', 3,"
-                "  'UNAVAILABLE: the workflows service is down' FROM generate_series(1, 2)",
-                trigger,
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(fire_twice())
+    asyncio.run(starts_waiting_for_workflows(scratch_url))
     listed = run_lifecycle("outbox", "--service", "triggers", env=env).stdout
     [line] = listed.splitlines()
     assert line.startswith("triggers: pending workflows.start_execution: 2 messages, oldest ")

@@ -35,6 +35,7 @@ from tests.support import (
     rpc_error,
     running,
     service_env,
+    starts_waiting_for_workflows,
     whole_suite,
 )
 
@@ -213,23 +214,7 @@ async def test_the_calls_waiting_in_a_services_own_queue_show_beside_its_outbox(
     half_suite: HalfSuite,
 ) -> None:
     """The triggers' workflow starts, waiting while the workflows service is down."""
-    conn = await asyncpg.connect(half_suite.admin_url)
-    try:
-        trigger = await conn.fetchval(
-            "INSERT INTO triggers.triggers (name, event_type, conditions, workflow_id)"
-            " VALUES ('signup', 'signup', '{}', gen_random_uuid()) RETURNING id"
-        )
-        await conn.execute(
-            "INSERT INTO triggers.pending_starts"
-            " (trigger_execution_id, executed_at, trigger_id, user_id, event_type, request,"
-            "  attempts, last_error)"
-            " SELECT gen_random_uuid(), now() - interval '5 minutes', $1, gen_random_uuid(),"
-            "  'signup', '', 3, 'UNAVAILABLE: the workflows service is down'"
-            " FROM generate_series(1, 2)",
-            trigger,
-        )
-    finally:
-        await conn.close()
+    await starts_waiting_for_workflows(half_suite.admin_url, age_minutes=5)
     reply = await half_suite.operations("triggers").GetOutbox(pb.GetOutboxRequest())
     assert reply.service == "triggers"
     (starts,) = [w for w in reply.elsewhere if w.topic == START_EXECUTION]
