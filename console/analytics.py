@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import zip_longest
@@ -266,25 +267,21 @@ def _rows(params: QueryParams) -> list[tuple[str, str]]:
 async def funnel_page(request: Request) -> Response:
     params = request.query_params
     context: dict[str, Any] = {"form": params, "rows": _rows(params), "dates": _dates(params)}
-    if "step" not in params:
-        return _page(request, "funnel.html", context, None)
-    try:
+
+    async def report() -> dict[str, Any]:
         asked = funnel_request(params)
         reply = await services(request).metrics.GetEventFunnel(asked)
-    except FormProblem as refused:
-        return _page(request, "funnel.html", context, refused.problem)
-    except grpc.aio.AioRpcError as error:
-        return _page(request, "funnel.html", context, call_problem(error))
-    context.update(
-        steps=step_rows(asked, list(reply.steps)),
-        groups=[
-            (breakdown_label(group.breakdown_value), step_rows(asked, list(group.steps)))
-            for group in reply.breakdown
-        ],
-        omitted=reply.omitted_breakdown_values,
-        chart=chart_data(asked, reply),
-    )
-    return _page(request, "funnel.html", context, None)
+        return {
+            "steps": step_rows(asked, list(reply.steps)),
+            "groups": [
+                (breakdown_label(group.breakdown_value), step_rows(asked, list(group.steps)))
+                for group in reply.breakdown
+            ],
+            "omitted": reply.omitted_breakdown_values,
+            "chart": chart_data(asked, reply),
+        }
+
+    return await _report_page(request, "funnel.html", context, report if "step" in params else None)
 
 
 @dataclass(frozen=True)
@@ -307,20 +304,36 @@ def cohort_cells(cohort: metrics_pb2.RetentionCohort, periods: int) -> list[Cell
 async def retention_page(request: Request) -> Response:
     params = request.query_params
     context: dict[str, Any] = {"form": params, "dates": _dates(params)}
-    if "cohort" not in params:
-        return _page(request, "retention.html", context, None)
-    try:
+
+    async def report() -> dict[str, Any]:
         asked = retention_request(params)
         reply = await services(request).metrics.GetRetention(asked)
-    except FormProblem as refused:
-        return _page(request, "retention.html", context, refused.problem)
-    except grpc.aio.AioRpcError as error:
-        return _page(request, "retention.html", context, call_problem(error))
-    context.update(
-        periods=range(asked.periods + 1),
-        cohorts=[(cohort, cohort_cells(cohort, asked.periods)) for cohort in reply.cohorts],
+        return {
+            "periods": range(asked.periods + 1),
+            "cohorts": [(c, cohort_cells(c, asked.periods)) for c in reply.cohorts],
+        }
+
+    return await _report_page(
+        request, "retention.html", context, report if "cohort" in params else None
     )
-    return _page(request, "retention.html", context, None)
+
+
+async def _report_page(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    report: Callable[[], Awaitable[dict[str, Any]]] | None,
+) -> Response:
+    """The form alone until it is sent (`report` None); then the report, or the
+    form with the problem of its values or of the call."""
+    if report is not None:
+        try:
+            context.update(await report())
+        except FormProblem as refused:
+            return _page(request, template, context, refused.problem)
+        except grpc.aio.AioRpcError as error:
+            return _page(request, template, context, call_problem(error))
+    return _page(request, template, context, None)
 
 
 def _page(
