@@ -64,7 +64,10 @@ async def load(
     now: datetime,
     retention: timedelta,
 ) -> PersonEvents:
-    """The events the leaves read of the batch's users, stored before it."""
+    """The events the leaves read of the batch's users, stored before it. Runs
+    in the ingest's transaction, where the trigger set is read; the users call
+    (which holds that transaction open for its round trip) is made only when a
+    window reaches past the boundary."""
     reads = event_reads(leaves, now)
     user_ids = sorted({event.user_id for event in events if event.user_id is not None})
     boundary = now - retention + _ARRIVAL_MARGIN

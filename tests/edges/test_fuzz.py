@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, seed, settings
 
 from lifecycle.metrics.v1 import metrics_pb2
+from lifecycle.operations.v1 import operations_pb2
 from lifecycle.segments.v1 import segments_pb2
 from lifecycle.triggers.v1 import triggers_pb2
 from lifecycle.users.v1 import users_pb2
@@ -50,10 +51,14 @@ SERVICES = {
     "triggers": triggers_pb2,
     "metrics": metrics_pb2,
 }
+# Each service's own methods, and the operations service it serves beside them.
 METHODS = [
     (name, method)
     for name, module in SERVICES.items()
-    for service in module.DESCRIPTOR.services_by_name.values()
+    for service in (
+        *module.DESCRIPTOR.services_by_name.values(),
+        operations_pb2.DESCRIPTOR.services_by_name["OperationsService"],
+    )
     for method in service.methods
 ]
 
