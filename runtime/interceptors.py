@@ -56,7 +56,7 @@ Context = Any
 _UNREACHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def _as_service_error(error: Exception) -> ServiceError | None:
+def as_service_error(error: Exception) -> ServiceError | None:
     if isinstance(error, ServiceError):
         return error
     if isinstance(error, DecodeError):
@@ -161,7 +161,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return _described(span, method)
 
     def _status(self, error: Exception, method: str) -> grpc.Status:
-        known = _as_service_error(error)
+        known = as_service_error(error)
         if known is not None:
             return to_status(known, self._domain)
         trace_id, _ = current_trace_ids()

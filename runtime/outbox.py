@@ -25,7 +25,6 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -33,12 +32,11 @@ import asyncpg
 import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Span
 
 from runtime.chains import Chain, as_json, stored
 from runtime.clients import ServiceClients
 from runtime.identity import acting_for, calling_as
-from runtime.telemetry import current_traceparent, trace_context
+from runtime.telemetry import current_traceparent, linked_span
 from runtime.wire import fields
 from runtime.worker import Pause, PollingWorker, doubling
 
@@ -305,7 +303,13 @@ class OutboxRelay(PollingWorker):
         )
         try:
             with (
-                self._delivery_span(topic, batch),
+                linked_span(
+                    self._tracer,
+                    f"outbox {topic}",
+                    [row.traceparent for row in batch],
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={"messaging.batch.message_count": len(batch)},
+                ),
                 calling_as(acting_for(self._service, batch[0].actors)),
             ):
                 answer = await call(
@@ -327,19 +331,6 @@ class OutboxRelay(PollingWorker):
             return [_Outcome(batch)]
         refusals = destination.refused_items(answer)
         return [_item_outcome(row, first, refusals) for row, first in _first_items(batch)]
-
-    def _delivery_span(self, topic: str, batch: list[OutboxRow]) -> AbstractContextManager[Span]:
-        """A span in the trace of the batch's first message, linked to the others'."""
-        contexts = [trace_context(row.traceparent) for row in batch]
-        known = [context for context in contexts if context is not None]
-        links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in known[1:]]
-        return self._tracer.start_as_current_span(
-            f"outbox {topic}",
-            context=known[0] if known else None,
-            kind=trace.SpanKind.PRODUCER,
-            links=links,
-            attributes={"messaging.batch.message_count": len(batch)},
-        )
 
     async def _bury(self, outcome: _Outcome) -> None:
         payload, items = outcome.kept or (None, None)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from opentelemetry import context as otel_context
@@ -92,6 +92,27 @@ def joined(traceparent: str | None) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+def linked_span(
+    tracer: trace.Tracer,
+    name: str,
+    traceparents: Sequence[str | None],
+    *,
+    kind: trace.SpanKind,
+    attributes: dict[str, int] | None = None,
+) -> contextlib.AbstractContextManager[trace.Span]:
+    """A span for work done for many requests at once (a merged call): in the
+    trace of the first, linked to the others'."""
+    known = [c for c in map(trace_context, traceparents) if c is not None]
+    links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in known[1:]]
+    return tracer.start_as_current_span(
+        name,
+        context=known[0] if known else None,
+        kind=kind,
+        links=links,
+        attributes=attributes,
+    )
 
 
 def current_trace_ids() -> tuple[str, str]:

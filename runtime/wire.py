@@ -11,6 +11,21 @@ from __future__ import annotations
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value >= 0x80:
+        encoded.append(value & 0x7F | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)
+
+
+def message_field(number: int, message: bytes) -> bytes:
+    """A serialized message as one value of field `number` of another: with the
+    other's items so encoded, joined, a repeated field of it is made."""
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(message)) + message
+
+
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:
     value = shift = 0
     while True:

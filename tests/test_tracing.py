@@ -30,7 +30,7 @@ from tests.support import ScratchDatabase, free_port, service_env
 from tests.workflows.bpmn_docs import end, linear, service, start
 
 TRACK_EVENT = "/lifecycle.triggers.v1.TriggerService/TrackEvent"
-START_EXECUTION = "/lifecycle.workflows.v1.WorkflowService/StartExecution"
+START_EXECUTIONS = "/lifecycle.workflows.v1.WorkflowService/StartExecutions"
 TRANSITION_STAGE = "/lifecycle.users.v1.UserService/TransitionStage"
 RECORD_EVENTS = "/lifecycle.metrics.v1.MetricsService/RecordEvents"
 
@@ -213,13 +213,13 @@ def one_trace_problem(spans: list[ReceivedSpan]) -> str | None:
     def served(name: str, service: str) -> list[ReceivedSpan]:
         return [s for s in trace if (s.name, s.service) == (name, service)]
 
-    started = served(START_EXECUTION, "lifecycle-workflows")
+    started = served(START_EXECUTIONS, "lifecycle-workflows")
     moved = served(TRANSITION_STAGE, "lifecycle-users")
     recorded = served(RECORD_EVENTS, "lifecycle-metrics")
     if len(started) != 1 or len(moved) != 1:
-        return f"{len(started)} StartExecution and {len(moved)} TransitionStage server spans"
+        return f"{len(started)} StartExecutions and {len(moved)} TransitionStage server spans"
     if root not in ancestors(started[0], by_id):
-        return "StartExecution does not descend from TrackEvent"
+        return "StartExecutions does not descend from TrackEvent"
     if started[0] not in ancestors(moved[0], by_id):
         return "the stage change does not descend from the workflow's start"
     if not all(root in ancestors(s, by_id) for s in recorded):

@@ -4,6 +4,7 @@ another, and splits back into them."""
 from __future__ import annotations
 
 from lifecycle.users.v1 import users_pb2
+from lifecycle.workflows.v1 import workflows_pb2
 from runtime import wire
 
 
@@ -17,3 +18,13 @@ def test_a_merged_request_splits_into_its_one_item_requests() -> None:
     assert list(merged.events) == events
     assert wire.fields(merged.SerializeToString()) == items
     assert wire.fields(b"") == []
+
+
+def test_serialized_messages_as_values_of_a_repeated_field() -> None:
+    starts = [
+        workflows_pb2.StartExecutionRequest(workflow_id="w", user_id="u" * size, request_id="r")
+        for size in (0, 1, 100, 200, 20_000)
+    ]
+    encoded = b"".join(wire.message_field(1, s.SerializeToString()) for s in starts)
+    assert encoded == workflows_pb2.StartExecutionsRequest(starts=starts).SerializeToString()
+    assert list(workflows_pb2.StartExecutionsRequest.FromString(encoded).starts) == starts

@@ -178,7 +178,7 @@ class WorkflowStarts:
     async def send_due(self, limit: int) -> SentStarts:
         """Claims up to `limit` due starts, sends them, records the answers."""
         starts = await store.claim_starts(self._context.pool, limit, self._lease)
-        answers = await asyncio.gather(*(self._workflows.start(start) for start in starts))
+        answers = await self._workflows.start(starts) if starts else []
         settled = [answer for answer in answers if isinstance(answer, Settled)]
         if settled:
             async with self._context.unit_of_work() as uow:

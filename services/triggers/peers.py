@@ -10,22 +10,29 @@ The use cases see the users service as `Users`, the little they ask of it;
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import NoReturn, Protocol
 
 import grpc
+from opentelemetry import trace
 
 from conditions import EventReads
 from lifecycle.workflows.v1 import workflows_pb2, workflows_pb2_grpc
+from runtime.chains import Chain
 from runtime.clients import GRPC_SERVICES, ServiceClients
 from runtime.errors import InvalidArgument, Unavailable, reason_of
 from runtime.identity import acting_for, calling_as
-from runtime.telemetry import joined
+from runtime.telemetry import joined, linked_span
+from runtime.wire import message_field
 from services.triggers.domain import PRODUCER, PendingStart, Settled, SignalOutcome, UserView
 
-START_EXECUTION = f"/{GRPC_SERVICES['workflows']}/StartExecution"
+START_EXECUTIONS = f"/{GRPC_SERVICES['workflows']}/StartExecutions"
 BROADCAST_SIGNAL = f"/{GRPC_SERVICES['workflows']}/BroadcastSignal"
+# Starts a StartExecutions call carries at most (the workflows service takes 500).
+STARTS_PER_CALL = 200
 # The workflows service's answers about a start itself: retrying cannot change them.
 _REFUSALS = frozenset(
     {
@@ -69,8 +76,9 @@ class Users(Protocol):
 
 
 class Workflows:
-    def __init__(self, clients: ServiceClients) -> None:
+    def __init__(self, clients: ServiceClients, tracer: trace.Tracer) -> None:
         self._clients = clients
+        self._tracer = tracer
 
     async def check_startable(self, workflow_id: uuid.UUID, field: str) -> None:
         """INVALID_ARGUMENT unless the workflow exists and is not archived (a draft or
@@ -90,30 +98,91 @@ class Workflows:
         if reply.workflow.status == workflows_pb2.WORKFLOW_STATUS_ARCHIVED:
             raise InvalidArgument.field(field, f"workflow {workflow_id} is archived")
 
-    async def start(self, start: PendingStart) -> Settled | str:
-        """The answer to one start or broadcast, or why it should be tried again
-        (Unreachable: the service could not be reached). The call runs in the
-        trace of the event that caused it, on behalf of the actors of the call
-        that tracked it; its request_id is the trigger execution's id, so a retry
-        after a lost answer returns what the first attempt did, and does nothing
-        again."""
-        signal = start.signal_name
+    async def start(self, starts: Sequence[PendingStart]) -> list[Settled | str]:
+        """The answer to each start or broadcast, in order, or why it should be
+        tried again (Unreachable: the service could not be reached). Each call is
+        made on behalf of the actors of the call that tracked the event: the
+        workflow starts of one chain of actors go together, in StartExecutions
+        calls; a broadcast goes alone, in the trace of the event that caused it.
+        A request_id is the trigger execution's id, so a retry after a lost
+        answer returns what the first attempt did, and does nothing again."""
+        together: dict[Chain, list[int]] = defaultdict(list)
+        for position, start in enumerate(starts):
+            if start.signal_name is None:
+                together[start.actors].append(position)
+        calls: list[tuple[list[int], Awaitable[list[Settled | str]]]] = [
+            (part, self._start_executions([starts[n] for n in part]))
+            for positions in together.values()
+            for first in range(0, len(positions), STARTS_PER_CALL)
+            for part in [positions[first : first + STARTS_PER_CALL]]
+        ]
+        calls += [
+            ([n], self._broadcast(start))
+            for n, start in enumerate(starts)
+            if start.signal_name is not None
+        ]
+        answers = await asyncio.gather(*(call for _, call in calls))
+        ordered: list[Settled | str | None] = [None] * len(starts)
+        for (positions, _), answered in zip(calls, answers, strict=True):
+            for n, answer in zip(positions, answered, strict=True):
+                ordered[n] = answer
+        return [answer for answer in ordered if answer is not None]
+
+    async def _start_executions(self, starts: Sequence[PendingStart]) -> list[Settled | str]:
+        """One StartExecutions call, in the trace of the first start's event,
+        linked to the others'."""
         call = self._clients.channel("workflows").unary_unary(
-            START_EXECUTION if signal is None else BROADCAST_SIGNAL,
-            request_serializer=None,
-            response_deserializer=None,
+            START_EXECUTIONS, request_serializer=None, response_deserializer=None
+        )
+        request = b"".join(message_field(1, start.request) for start in starts)
+        try:
+            with (
+                linked_span(
+                    self._tracer,
+                    "start executions",
+                    [start.traceparent for start in starts],
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={"starts": len(starts)},
+                ),
+                calling_as(acting_for(PRODUCER, starts[0].actors)),
+            ):
+                reply: bytes = await call(request, timeout=self._clients.timeout())
+        except grpc.aio.AioRpcError as error:
+            return [_retry(error.code(), str(error.details()))] * len(starts)
+        results = workflows_pb2.StartExecutionsResponse.FromString(reply).results
+        return [_started(start, result) for start, result in zip(starts, results, strict=True)]
+
+    async def _broadcast(self, start: PendingStart) -> list[Settled | str]:
+        assert start.signal_name is not None
+        call = self._clients.channel("workflows").unary_unary(
+            BROADCAST_SIGNAL, request_serializer=None, response_deserializer=None
         )
         try:
             with joined(start.traceparent), calling_as(acting_for(PRODUCER, start.actors)):
                 reply: bytes = await call(start.request, timeout=self._clients.timeout())
         except grpc.aio.AioRpcError as error:
             if error.code() in _REFUSALS:
-                return Settled(start, skip_reason=_refusal(error))
-            why = f"{error.code().name}: {error.details()}"
-            return Unreachable(why) if error.code() == grpc.StatusCode.UNAVAILABLE else why
-        if signal is None:
-            started = workflows_pb2.StartExecutionResponse.FromString(reply)
-            return Settled(start, workflow_execution_id=uuid.UUID(started.execution.id))
+                return [Settled(start, skip_reason=_refusal(error))]
+            return [_retry(error.code(), str(error.details()))]
         broadcast = workflows_pb2.BroadcastSignalResponse.FromString(reply)
-        outcome = SignalOutcome(signal, broadcast.delivered_count, broadcast.started_count)
-        return Settled(start, signal=outcome)
+        outcome = SignalOutcome(
+            start.signal_name, broadcast.delivered_count, broadcast.started_count
+        )
+        return [Settled(start, signal=outcome)]
+
+
+def _retry(code: grpc.StatusCode, details: str) -> str:
+    """Why a call should be tried again; Unreachable when the service was away."""
+    why = f"{code.name}: {details}"
+    return Unreachable(why) if code == grpc.StatusCode.UNAVAILABLE else why
+
+
+def _started(start: PendingStart, result: workflows_pb2.StartExecutionResult) -> Settled | str:
+    """A start's result of StartExecutions, read as StartExecution's answer would be."""
+    if not result.HasField("error"):
+        return Settled(start, workflow_execution_id=uuid.UUID(result.execution.id))
+    error = result.error
+    code = grpc.StatusCode[error.code] if error.code in grpc.StatusCode.__members__ else None
+    if code in _REFUSALS:
+        return Settled(start, skip_reason=f"{error.reason or error.code}: {error.message}")
+    return _retry(code or grpc.StatusCode.UNKNOWN, error.message)

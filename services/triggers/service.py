@@ -38,7 +38,7 @@ def build_with(
 
     async def build(context: ServiceContext) -> ServiceComponents:
         chosen = settings or load_settings()
-        workflows = Workflows(context.clients)
+        workflows = Workflows(context.clients, context.tracer_provider.get_tracer(__name__))
         starter = Starter(
             WorkflowStarts(
                 context, workflows, max_backoff_seconds=context.config.outbox_max_backoff

@@ -86,5 +86,10 @@ DEFINITION = ServiceDefinition(
     calls=frozenset({"users", "segments"}),
     maintenance=maintenance,
     waiting=f"({WAITING_USERS_CALLS}) UNION ALL ({WAITING_CYCLES})",
-    batch_items=frozenset({"lifecycle.workflows.v1.PublishMessagesRequest.messages"}),
+    batch_items=frozenset(
+        {
+            "lifecycle.workflows.v1.PublishMessagesRequest.messages",
+            "lifecycle.workflows.v1.StartExecutionsRequest.starts",
+        }
+    ),
 )

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2
 
 from lifecycle.workflows.v1 import workflows_pb2 as pb
 from lifecycle.workflows.v1 import workflows_pb2_grpc
@@ -16,40 +16,37 @@ from runtime import wire_checks
 from runtime.deadlines import timeout_for_call
 from runtime.errors import InvalidArgument, Violations
 from runtime.idempotency import request_key
-from runtime.identity import current_caller
 from runtime.isolation import content_error, refusal_text, refused_value
 from runtime.pagination import PageTokens, parse_time_and_id, parse_time_and_text, time_and_id
 from runtime.parsing import check_name, optional_time, parse_stages, parse_uuid, required_id
 from runtime.stages import stage_value
-from runtime.structs import dict_to_struct, json_object, timestamp
+from runtime.structs import dict_to_struct, timestamp
 from services.workflows.definitions import BpmnError, WorkflowDirectory
 from services.workflows.domain import (
     ACTIVE,
     ARCHIVED,
     BUILTIN_PREFIX,
-    CANCELLED,
-    COMPLETED,
     DRAFT,
-    FAILED,
     INACTIVE,
-    PENDING,
-    RUNNING,
     ExecutionFilter,
-    ExecutionView,
     JobRecord,
     NewMessage,
     Published,
-    StartRequest,
     VersionRow,
     WorkflowFields,
     WorkflowRecord,
     job_key,
-    variables_problems,
 )
 from services.workflows.executions import Executions
 from services.workflows.jobs import Jobs
 from services.workflows.servicer_campaigns import RECENT_CYCLES, cycle_message
 from services.workflows.servicer_signals import SignalRpcs
+from services.workflows.servicer_starts import (
+    EXECUTION_STATUSES,
+    StartRpcs,
+    execution_message,
+    variables_of,
+)
 from services.workflows.servicer_user_tasks import UserTaskRpcs
 from services.workflows.servicer_waits import WaitRpcs
 from services.workflows.signals import Signals
@@ -64,15 +61,7 @@ WORKFLOW_STATUSES = {
     pb.WORKFLOW_STATUS_INACTIVE: INACTIVE,
     pb.WORKFLOW_STATUS_ARCHIVED: ARCHIVED,
 }
-EXECUTION_STATUSES = {
-    pb.EXECUTION_STATUS_PENDING: PENDING,
-    pb.EXECUTION_STATUS_RUNNING: RUNNING,
-    pb.EXECUTION_STATUS_COMPLETED: COMPLETED,
-    pb.EXECUTION_STATUS_FAILED: FAILED,
-    pb.EXECUTION_STATUS_CANCELLED: CANCELLED,
-}
 _WORKFLOW_ENUM = {name: value for value, name in WORKFLOW_STATUSES.items()}
-_EXECUTION_ENUM = {name: value for value, name in EXECUTION_STATUSES.items()}
 UPDATABLE = ("name", "description", "bpmn_xml", "lifecycle_stages")
 MAX_TTL = timedelta(days=365)
 MAX_MESSAGES = 1000
@@ -100,49 +89,6 @@ def workflow_message(workflow: WorkflowRecord) -> pb.Workflow:
         create_time=timestamp(workflow.created_at),
         update_time=timestamp(workflow.updated_at),
     )
-
-
-def execution_message(view: ExecutionView) -> pb.Execution:
-    message = pb.Execution(
-        id=str(view.id),
-        workflow_id=str(view.workflow_id),
-        workflow_version=view.version,
-        user_id=str(view.user_id),
-        status=_EXECUTION_ENUM[view.status],
-        variables=dict_to_struct(view.variables),
-        current_node_ids=view.current_nodes,
-        start_time=timestamp(view.started_at),
-        error_message=view.error_message or "",
-        history=[
-            pb.ExecutionStep(
-                element_id=element, element_type=kind, state=state, step_time=timestamp(at)
-            )
-            for element, kind, state, at in view.history
-        ],
-        incidents=[
-            pb.Incident(
-                id=str(i.id),
-                element_id=i.element_id,
-                job_key=job_key(i.execution_id, i.token) if i.from_job else "",
-                error_message=i.error_message,
-                create_time=timestamp(i.created_at),
-                resolved=i.resolved_at is not None,
-            )
-            for i in view.incidents
-        ],
-    )
-    if view.completed_at is not None:
-        message.completion_time.CopyFrom(timestamp(view.completed_at))
-    return message
-
-
-def variables_of(struct: struct_pb2.Struct, field: str, violations: Violations) -> dict[str, Any]:
-    data = json_object(struct, field, violations)
-    if data is None:
-        return {}
-    for problem in variables_problems(data):
-        violations.add(field, problem)
-    return data
 
 
 def _duration(
@@ -219,7 +165,7 @@ def _invalid_message(violations: Violations) -> pb.PublishMessageResponse:
 
 
 class WorkflowServicer(
-    UserTaskRpcs, SignalRpcs, WaitRpcs, workflows_pb2_grpc.WorkflowServiceServicer
+    StartRpcs, UserTaskRpcs, SignalRpcs, WaitRpcs, workflows_pb2_grpc.WorkflowServiceServicer
 ):
     def __init__(
         self,
@@ -381,33 +327,6 @@ class WorkflowServicer(
         return pb.ArchiveWorkflowResponse(workflow=workflow_message(workflow))
 
     # ------------------------------------------------------------ executions
-
-    async def StartExecution(
-        self, request: pb.StartExecutionRequest, context: Context
-    ) -> pb.StartExecutionResponse:
-        violations = Violations()
-        workflow_id = parse_uuid(request.workflow_id, "workflow_id", violations)
-        user_id = parse_uuid(request.user_id, "user_id", violations)
-        variables = variables_of(request.variables, "variables", violations)
-        key = request_key(request, "StartExecution", violations)
-        if request.conflict_policy not in pb.ConflictPolicy.values():
-            violations.add("conflict_policy", f"{request.conflict_policy} is not a policy")
-        violations.check()
-        assert workflow_id is not None and user_id is not None
-        started = await self._executions.start(
-            StartRequest(
-                workflow_id,
-                user_id,
-                variables,
-                key,
-                use_existing=request.conflict_policy == pb.CONFLICT_POLICY_USE_EXISTING,
-                exclusive=request.conflict_policy != pb.CONFLICT_POLICY_ALLOW_PARALLEL,
-                actors=current_caller().actors,
-            )
-        )
-        return pb.StartExecutionResponse(
-            execution=execution_message(started.execution), existing=started.existing
-        )
 
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: Context

@@ -227,10 +227,10 @@ async def test_one_track_event_is_one_trace_through_triggers_workflows_and_users
     assert {
         "TriggerService/TrackEvent",
         "UserService/BatchGetUserProfiles",
-        "WorkflowService/StartExecution",
+        "WorkflowService/StartExecutions",
         "UserService/GetUser",
     } <= names
-    [started] = [s for s in trace if s.name.endswith("WorkflowService/StartExecution")]
+    [started] = [s for s in trace if s.name.endswith("WorkflowService/StartExecutions")]
     [read] = [s for s in trace if s.name.endswith("UserService/GetUser")]
     ancestors = []
     parent = read.parent

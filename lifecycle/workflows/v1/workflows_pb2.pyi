@@ -934,6 +934,123 @@ class StartExecutionResponse(_message.Message):
 Global___StartExecutionResponse: _TypeAlias = StartExecutionResponse  # noqa: Y015
 
 @_typing.final
+class StartExecutionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def starts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartExecutionRequest]:
+        """1 to 500 starts, each as StartExecution takes it."""
+
+    def __init__(
+        self,
+        *,
+        starts: _abc.Iterable[Global___StartExecutionRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["starts", b"starts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartExecutionsRequest: _TypeAlias = StartExecutionsRequest  # noqa: Y015
+
+@_typing.final
+class StartExecutionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartExecutionResult]:
+        """One per start, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___StartExecutionResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartExecutionsResponse: _TypeAlias = StartExecutionsResponse  # noqa: Y015
+
+@_typing.final
+class StartExecutionResult(_message.Message):
+    """What one start of a StartExecutions call came to: its execution, or why
+    it was not made.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    EXISTING_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    existing: _builtins.bool
+    """True when the execution existed already (request_id replay or USE_EXISTING)."""
+    @_builtins.property
+    def execution(self) -> Global___Execution: ...
+    @_builtins.property
+    def error(self) -> Global___StartError:
+        """Set when the start was not made: what StartExecution would have answered."""
+
+    def __init__(
+        self,
+        *,
+        execution: Global___Execution | None = ...,
+        existing: _builtins.bool = ...,
+        error: Global___StartError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "execution", b"execution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "execution", b"execution", "existing", b"existing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartExecutionResult: _TypeAlias = StartExecutionResult  # noqa: Y015
+
+@_typing.final
+class StartError(_message.Message):
+    """Why one start of a StartExecutions call was not made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The status code StartExecution would answer, e.g. "NOT_FOUND" or
+    "FAILED_PRECONDITION".
+    """
+    reason: _builtins.str
+    """Why, in UPPER_SNAKE, as StartExecution's ErrorInfo: WORKFLOW_NOT_FOUND,
+    WORKFLOW_NOT_ACTIVE, EXECUTION_RUNNING, USER_ERASED, INVALID_ARGUMENT, ...
+    """
+    field: _builtins.str
+    """The field of the start at fault, e.g. "user_id", when the start itself
+    was invalid.
+    """
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        field: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartError: _TypeAlias = StartError  # noqa: Y015
+
+@_typing.final
 class GetExecutionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -88,6 +88,11 @@ class WorkflowServiceStub:
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionRequest.SerializeToString,
                 response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionResponse.FromString,
                 _registered_method=True)
+        self.StartExecutions = channel.unary_unary(
+                '/lifecycle.workflows.v1.WorkflowService/StartExecutions',
+                request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionsRequest.SerializeToString,
+                response_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionsResponse.FromString,
+                _registered_method=True)
         self.GetExecution = channel.unary_unary(
                 '/lifecycle.workflows.v1.WorkflowService/GetExecution',
                 request_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.GetExecutionRequest.SerializeToString,
@@ -262,6 +267,16 @@ class WorkflowServiceServicer:
 
     def StartExecution(self, request, context):
         """Starts an execution of a workflow for a user; idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartExecutions(self, request, context):
+        """Starts up to 500 executions, each with the outcome StartExecution would
+        give it, in order: the bulk path (the triggers service's starter sends
+        the starts its firings asked for this way). A start that cannot be made
+        fails alone, in its result; the others are made as if sent alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -468,6 +483,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.StartExecution,
                     request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionRequest.FromString,
                     response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionResponse.SerializeToString,
+            ),
+            'StartExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartExecutions,
+                    request_deserializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionsRequest.FromString,
+                    response_serializer=lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionsResponse.SerializeToString,
             ),
             'GetExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.GetExecution,
@@ -844,6 +864,33 @@ class WorkflowService:
             '/lifecycle.workflows.v1.WorkflowService/StartExecution',
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionRequest.SerializeToString,
             lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifecycle.workflows.v1.WorkflowService/StartExecutions',
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionsRequest.SerializeToString,
+            lifecycle_dot_workflows_dot_v1_dot_workflows__pb2.StartExecutionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

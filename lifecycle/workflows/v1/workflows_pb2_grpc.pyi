@@ -58,6 +58,12 @@ class WorkflowServiceStub:
     """DRAFT or INACTIVE -> ARCHIVED."""
     StartExecution: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.StartExecutionRequest, _workflows_pb2.StartExecutionResponse]
     """Starts an execution of a workflow for a user; idempotent on `request_id`."""
+    StartExecutions: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.StartExecutionsRequest, _workflows_pb2.StartExecutionsResponse]
+    """Starts up to 500 executions, each with the outcome StartExecution would
+    give it, in order: the bulk path (the triggers service's starter sends
+    the starts its firings asked for this way). A start that cannot be made
+    fails alone, in its result; the others are made as if sent alone.
+    """
     GetExecution: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetExecutionRequest, _workflows_pb2.GetExecutionResponse]
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ListExecutionsRequest, _workflows_pb2.ListExecutionsResponse]
     GetWorkflowStatistics: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowStatisticsRequest, _workflows_pb2.GetWorkflowStatisticsResponse]
@@ -148,6 +154,12 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """DRAFT or INACTIVE -> ARCHIVED."""
     StartExecution: _aio.UnaryUnaryMultiCallable[_workflows_pb2.StartExecutionRequest, _workflows_pb2.StartExecutionResponse]  # type: ignore[assignment]
     """Starts an execution of a workflow for a user; idempotent on `request_id`."""
+    StartExecutions: _aio.UnaryUnaryMultiCallable[_workflows_pb2.StartExecutionsRequest, _workflows_pb2.StartExecutionsResponse]  # type: ignore[assignment]
+    """Starts up to 500 executions, each with the outcome StartExecution would
+    give it, in order: the bulk path (the triggers service's starter sends
+    the starts its firings asked for this way). A start that cannot be made
+    fails alone, in its result; the others are made as if sent alone.
+    """
     GetExecution: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetExecutionRequest, _workflows_pb2.GetExecutionResponse]  # type: ignore[assignment]
     ListExecutions: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ListExecutionsRequest, _workflows_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     GetWorkflowStatistics: _aio.UnaryUnaryMultiCallable[_workflows_pb2.GetWorkflowStatisticsRequest, _workflows_pb2.GetWorkflowStatisticsResponse]  # type: ignore[assignment]
@@ -295,6 +307,18 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.StartExecutionResponse, _abc.Awaitable[_workflows_pb2.StartExecutionResponse]]:
         """Starts an execution of a workflow for a user; idempotent on `request_id`."""
+
+    @_abc_1.abstractmethod
+    def StartExecutions(
+        self,
+        request: _workflows_pb2.StartExecutionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.StartExecutionsResponse, _abc.Awaitable[_workflows_pb2.StartExecutionsResponse]]:
+        """Starts up to 500 executions, each with the outcome StartExecution would
+        give it, in order: the bulk path (the triggers service's starter sends
+        the starts its firings asked for this way). A start that cannot be made
+        fails alone, in its result; the others are made as if sent alone.
+        """
 
     @_abc_1.abstractmethod
     def GetExecution(
