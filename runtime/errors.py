@@ -250,11 +250,10 @@ def _with_pushback(error: ServiceError, status: grpc.Status) -> grpc.Status:
     return _Status(status.code, status.details, (*status.trailing_metadata, _NO_RETRY))
 
 
-def internal_status(trace_id: str, domain: str) -> grpc.Status:
+def internal_error(trace_id: str) -> Internal:
     """What a caller sees of an unexpected failure: nothing but a trace id to quote."""
     message = f"internal error (trace id {trace_id})" if trace_id else "internal error"
-    error = Internal(message, metadata={"trace_id": trace_id} if trace_id else None)
-    return to_status(error, domain)
+    return Internal(message, metadata={"trace_id": trace_id} if trace_id else None)
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:

@@ -35,7 +35,7 @@ from runtime.errors import (
     InvalidArgument,
     ServiceError,
     Unavailable,
-    internal_status,
+    internal_error,
     to_status,
 )
 from runtime.identity import calling_as
@@ -56,7 +56,18 @@ Context = Any
 _UNREACHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def as_service_error(error: Exception) -> ServiceError | None:
+def service_error(error: Exception, method: str) -> ServiceError:
+    """The error a caller gets for a failure of `method`: what it means, or an
+    INTERNAL error quoting the trace id of the unexpected failure, logged."""
+    known = _as_service_error(error)
+    if known is not None:
+        return known
+    trace_id, _ = current_trace_ids()
+    log.error("unexpected error in %s (trace id %s)", method, trace_id or "-", exc_info=error)
+    return internal_error(trace_id)
+
+
+def _as_service_error(error: Exception) -> ServiceError | None:
     if isinstance(error, ServiceError):
         return error
     if isinstance(error, DecodeError):
@@ -161,12 +172,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return _described(span, method)
 
     def _status(self, error: Exception, method: str) -> grpc.Status:
-        known = as_service_error(error)
-        if known is not None:
-            return to_status(known, self._domain)
-        trace_id, _ = current_trace_ids()
-        log.exception("unexpected error in %s (trace id %s)", method, trace_id or "-")
-        return internal_status(trace_id, self._domain)
+        return to_status(service_error(error, method), self._domain)
 
     def _unary(self, handler: Handler, method: str) -> Handler:
         inner = handler.unary_unary or handler.stream_unary

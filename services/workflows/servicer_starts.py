@@ -5,7 +5,6 @@ the message every executions RPC answers with."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import grpc
@@ -16,10 +15,9 @@ from runtime import wire_checks
 from runtime.errors import InvalidArgument, ServiceError, Violations
 from runtime.idempotency import request_key
 from runtime.identity import current_caller
-from runtime.interceptors import as_service_error
+from runtime.interceptors import service_error
 from runtime.parsing import parse_uuid
 from runtime.structs import dict_to_struct, json_object, timestamp
-from runtime.telemetry import current_trace_ids
 from services.workflows.domain import (
     CANCELLED,
     COMPLETED,
@@ -35,7 +33,6 @@ from services.workflows.domain import (
 from services.workflows.executions import START_METHOD, Executions
 
 Context = grpc.aio.ServicerContext[Any, Any]
-log = logging.getLogger(__name__)
 
 # Starts one StartExecutions call may ask for.
 MAX_STARTS = 500
@@ -128,20 +125,9 @@ def _start_result(outcome: Started | BaseException) -> pb.StartExecutionResult:
         return pb.StartExecutionResult(
             execution=execution_message(outcome.execution), existing=outcome.existing
         )
-    known = as_service_error(outcome) if isinstance(outcome, Exception) else None
-    if known is not None:
-        return _refused(known)
-    trace_id, _ = current_trace_ids()
-    log.error("a start of StartExecutions failed (trace id %s)", trace_id or "-", exc_info=outcome)
-    return pb.StartExecutionResult(
-        error=pb.StartError(
-            code=grpc.StatusCode.INTERNAL.name,
-            reason="INTERNAL",
-            message=f"internal error (trace id {trace_id}); retry the start"
-            if trace_id
-            else "internal error; retry the start",
-        )
-    )
+    if not isinstance(outcome, Exception):
+        raise outcome
+    return _refused(service_error(outcome, "StartExecutions"))
 
 
 class StartRpcs:

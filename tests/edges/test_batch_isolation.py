@@ -233,6 +233,39 @@ async def test_a_refused_start_among_concurrent_starts_fails_alone(
     assert "poisoned row" in (refused.details() or "")
 
 
+async def test_start_executions_answers_each_start_alone(
+    edges: Edges, edges_admin: asyncpg.Connection
+) -> None:
+    """A start the database refuses is INVALID_ARGUMENT in its result, one that
+    fails for another reason INTERNAL with a trace id; the others start."""
+    workflow = await deploy(edges, linear(start(), end()))
+
+    def request(**variables: Any) -> wf.StartExecutionRequest:
+        return wf.StartExecutionRequest(
+            workflow_id=workflow, user_id=str(uuid.uuid4()), variables=dict_to_struct(variables)
+        )
+
+    for state, code in ((REFUSED_VALUE, "INVALID_ARGUMENT"), (OTHER_FAILURE, "INTERNAL")):
+        starts = [request(n=n) for n in range(60)]
+        starts[25] = request(poison=True)
+        async with poisoned(edges_admin, "workflows.workflow_executions", "variables", state):
+            reply = await edges.workflows.StartExecutions(wf.StartExecutionsRequest(starts=starts))
+        failed = [(n, r.error) for n, r in enumerate(reply.results) if r.HasField("error")]
+        assert [(n, e.code) for n, e in failed] == [(25, code)]
+        message = failed[0][1].message
+        if code == "INTERNAL":
+            assert "trace id" in message and "poisoned" not in message
+        else:
+            assert "poisoned row" in message
+        started = [r.execution.user_id for r in reply.results if not r.HasField("error")]
+        assert started == [s.user_id for n, s in enumerate(starts) if n != 25]
+        stored = await edges_admin.fetchval(
+            "SELECT count(*) FROM workflows.workflow_executions WHERE user_id = ANY($1::uuid[])",
+            [s.user_id for s in starts],
+        )
+        assert stored == 59
+
+
 async def test_publish_messages_answers_each_message_alone(
     edges: Edges, edges_admin: asyncpg.Connection
 ) -> None:
